@@ -2,7 +2,10 @@
 # MariaDB on 127.0.0.1:3306 (root, no password). Source after common.sh.
 
 MARIADB_HOST=127.0.0.1
-MARIADB_PORT=3306
+MARIADB_PORT="${OCR_MARIADB_PORT:-3306}"
+# Data directory used when a server has to be started: Debian's by default. A second server
+# (another port) needs its own, e.g. OCR_MARIADB_PORT=3307 OCR_MARIADB_DATADIR=/tmp/mdb.
+MARIADB_DATADIR="${OCR_MARIADB_DATADIR:-/var/lib/mysql}"
 MARIADB_PIDFILE="$RUN_DIR/mariadb.pid"
 
 mariadb_client() {
@@ -14,6 +17,20 @@ mariadb_answers() {
     local c
     c=$(mariadb_client) || return 1
     "$c" -h"$MARIADB_HOST" -P"$MARIADB_PORT" -uroot --connect-timeout=2 -e 'select 1' >/dev/null 2>&1
+}
+
+# A fresh Debian mariadb-server lets root in through the unix socket only. When that is the
+# case, allow root without a password over TCP from 127.0.0.1 too (what the tests expect).
+# Local development machines only: the server listens on 127.0.0.1.
+_mariadb_fix_root_tcp() {
+    local c
+    c=$(mariadb_client) || return 1
+    "$c" -uroot --connect-timeout=2 -e 'select 1' >/dev/null 2>&1 || return 1
+    log "MariaDB: allowing root without password over TCP from 127.0.0.1 (socket login worked)"
+    "$c" -uroot -e "ALTER USER root@localhost IDENTIFIED VIA unix_socket OR mysql_native_password USING PASSWORD('');
+        CREATE USER IF NOT EXISTS root@'127.0.0.1' IDENTIFIED BY '';
+        GRANT ALL PRIVILEGES ON *.* TO root@'127.0.0.1' WITH GRANT OPTION;
+        FLUSH PRIVILEGES;" && mariadb_answers
 }
 
 # mariadb_install: install client (and server when none answers). Idempotent; no start.
@@ -36,26 +53,46 @@ mariadb_ensure() {
         log "MariaDB answers on $MARIADB_HOST:$MARIADB_PORT (reusing it)"
         return 0
     fi
-    mariadb_install
-    ensure_run_dir
-    log "starting MariaDB (mariadbd)"
-    # Debian's packaged server wants its socket directory; the data dir exists after apt install.
-    install -d -o mysql -g mysql /run/mysqld 2>/dev/null || mkdir -p /run/mysqld
-    if [[ ! -d /var/lib/mysql/mysql ]]; then
-        log "initialising the data directory"
-        mariadb-install-db --user=mysql --datadir=/var/lib/mysql >/dev/null
+    if [[ "$MARIADB_PORT" == 3306 ]] && _mariadb_fix_root_tcp; then
+        return 0
     fi
+    mariadb_install
+    # apt's postinst may have started the server.
+    if mariadb_answers || { [[ "$MARIADB_PORT" == 3306 ]] && _mariadb_fix_root_tcp; }; then
+        log "MariaDB answers on $MARIADB_HOST:$MARIADB_PORT"
+        return 0
+    fi
+    ensure_run_dir
+    log "starting MariaDB (mariadbd) on $MARIADB_HOST:$MARIADB_PORT, data in $MARIADB_DATADIR"
+    local extra=()
+    if [[ "$MARIADB_DATADIR" == /var/lib/mysql ]]; then
+        # Debian's packaged server wants its socket directory.
+        install -d -o mysql -g mysql /run/mysqld 2>/dev/null || mkdir -p /run/mysqld
+    else
+        # A private server: its own socket, pid file and error log (in its data dir, which the
+        # mysql user owns), so it can sit beside Debian's.
+        extra=(--socket="$MARIADB_DATADIR/mariadb.sock" --pid-file="$MARIADB_DATADIR/mariadbd.pid"
+            --log-error="$MARIADB_DATADIR/error.log")
+    fi
+    if [[ ! -d "$MARIADB_DATADIR/mysql" ]]; then
+        log "initialising the data directory $MARIADB_DATADIR"
+        install -d -o mysql -g mysql "$MARIADB_DATADIR"
+        mariadb-install-db --user=mysql --datadir="$MARIADB_DATADIR" --auth-root-authentication-method=normal >/dev/null
+    fi
+    # --pidfile makes start-stop-daemon look only for OUR server (not any mariadbd running).
     start-stop-daemon --start --oknodo --background --make-pidfile --pidfile "$MARIADB_PIDFILE" \
-        --exec /usr/sbin/mariadbd -- --user=mysql --bind-address="$MARIADB_HOST" --port="$MARIADB_PORT"
+        --exec /usr/sbin/mariadbd -- --user=mysql --datadir="$MARIADB_DATADIR" \
+        --bind-address="$MARIADB_HOST" --port="$MARIADB_PORT" "${extra[@]}"
     local i
     for ((i = 0; i < 300; i++)); do
-        if mariadb_answers; then
+        if mariadb_answers || { [[ "$MARIADB_PORT" == 3306 ]] && _mariadb_fix_root_tcp; }; then
             MARIADB_STARTED=1
             log "MariaDB is up (pid $(<"$MARIADB_PIDFILE"))"
             return 0
         fi
         sleep 0.2
     done
+    [[ -f "$MARIADB_DATADIR/error.log" ]] && tail -n 20 "$MARIADB_DATADIR/error.log" >&2
     die "MariaDB did not answer on $MARIADB_HOST:$MARIADB_PORT within 60 s"
 }
 
