@@ -1,0 +1,447 @@
+//! The engine: decode → orientation → detection → reading order → crops → recognition,
+//! with recognition batched across all images of a call.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use image::RgbImage;
+use ndarray::Ix4;
+use serde::Serialize;
+
+use crate::classify::{classify, line_cls_input, orientation_input};
+use crate::decode::{DEFAULT_MAX_PIXELS, decode_image};
+use crate::detection::{db_postprocess, det_preprocess};
+use crate::error::{EngineError, Result};
+use crate::geometry::{Quad, Rotation, crop_line};
+use crate::layout::reading_order;
+use crate::manifest::{ClsSpec, DetSpec, LimitType, Manifest, RecSpec, load_dict};
+use crate::model::Model;
+use crate::ort_backend::{OrtModel, SessionSettings};
+use crate::recognition::{CtcDecoder, recognize_crops};
+
+/// One recognised line.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Line {
+    /// Text of the line.
+    pub text: String,
+    /// Mean character probability, 0..1.
+    pub confidence: f32,
+    /// Corners `[x, y]` in pixels of the original (EXIF-upright) image: top-left, top-right,
+    /// bottom-right, bottom-left as the text reads.
+    #[serde(rename = "box")]
+    pub quad: Quad,
+}
+
+/// The result for one image.
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
+pub struct Page {
+    /// Lines in reading order.
+    pub lines: Vec<Line>,
+    /// Width of the (EXIF-upright) image in pixels.
+    pub width: u32,
+    /// Height of the (EXIF-upright) image in pixels.
+    pub height: u32,
+    /// Clockwise turn in degrees the engine applied to read the page (0, 90, 180, 270).
+    pub rotation: u32,
+}
+
+impl Page {
+    /// Lines joined by `\n` in reading order.
+    pub fn text(&self) -> String {
+        let texts: Vec<&str> = self.lines.iter().map(|l| l.text.as_str()).collect();
+        texts.join("\n")
+    }
+}
+
+/// Time spent per stage, summed over the images of a call (seconds).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct StageTimes {
+    /// Decoding bytes to pixels.
+    pub decode: f64,
+    /// Page orientation classifier.
+    pub orient: f64,
+    /// Detector pre-processing and model.
+    pub det: f64,
+    /// DB post-processing and reading order.
+    pub post: f64,
+    /// Perspective crops (and the line-angle classifier when on).
+    pub crop: f64,
+    /// Recogniser model and CTC decoding.
+    pub rec: f64,
+}
+
+impl StageTimes {
+    /// Adds another call's times.
+    pub fn add(&mut self, o: &StageTimes) {
+        self.decode += o.decode;
+        self.orient += o.orient;
+        self.det += o.det;
+        self.post += o.post;
+        self.crop += o.crop;
+        self.rec += o.rec;
+    }
+}
+
+/// Engine settings that are not part of the model set.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Detect and undo whole-page rotation (0/90/180/270).
+    pub orientation: bool,
+    /// Run the per-line 0/180 classifier (needs a set with `cls`).
+    pub line_angle: bool,
+    /// Crops per recogniser batch (batches span all images of a call).
+    pub rec_batch: usize,
+    /// Recogniser input widths are rounded up to a multiple of this (pixels). Small steps waste
+    /// less compute on CPU; on GPU a coarse step keeps the number of distinct shapes low.
+    pub rec_width_step: u32,
+    /// Lines below this confidence are dropped.
+    pub min_confidence: f32,
+    /// Decompression-bomb guard, pixels (width × height).
+    pub max_pixels: u64,
+    /// Override the set's detector side limit (pixels).
+    pub det_limit_side_len: Option<u32>,
+    /// Override the set's detector limit type.
+    pub det_limit_type: Option<LimitType>,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            orientation: true,
+            line_angle: false,
+            rec_batch: 16,
+            rec_width_step: 32,
+            min_confidence: 0.5,
+            max_pixels: DEFAULT_MAX_PIXELS,
+            det_limit_side_len: None,
+            det_limit_type: None,
+        }
+    }
+}
+
+/// Models of one set plus their settings; built from a manifest or from fakes in tests.
+pub struct Models {
+    /// Text detector.
+    pub det: Arc<dyn Model>,
+    /// Detector settings.
+    pub det_spec: DetSpec,
+    /// Recogniser.
+    pub rec: Arc<dyn Model>,
+    /// Recogniser settings.
+    pub rec_spec: RecSpec,
+    /// Dictionary lines of the recogniser.
+    pub dict: Vec<String>,
+    /// Optional line-angle classifier.
+    pub cls: Option<(Arc<dyn Model>, ClsSpec)>,
+    /// Optional page-orientation classifier.
+    pub orientation: Option<(Arc<dyn Model>, ClsSpec)>,
+}
+
+/// The OCR engine. `Send + Sync`: share it behind an `Arc`; model runs are serialised per model.
+pub struct Engine {
+    det: Arc<dyn Model>,
+    det_spec: DetSpec,
+    rec: Arc<dyn Model>,
+    rec_spec: RecSpec,
+    decoder: CtcDecoder,
+    cls: Option<(Arc<dyn Model>, ClsSpec)>,
+    orientation: Option<(Arc<dyn Model>, ClsSpec)>,
+    opts: EngineOptions,
+}
+
+/// An image that went through detection, waiting for recognition.
+struct Prepared {
+    width: u32,
+    height: u32,
+    rotation: Rotation,
+    /// Quads in the rotated (upright) image, reading order.
+    quads: Vec<Quad>,
+    crops: Vec<RgbImage>,
+}
+
+impl Engine {
+    /// Builds an engine from prepared models (fakes in tests, or [`Engine::load`]).
+    pub fn new(models: Models, mut opts: EngineOptions) -> Result<Self> {
+        let mut det_spec = models.det_spec;
+        if let Some(l) = opts.det_limit_side_len {
+            det_spec.limit_side_len = l;
+        }
+        if let Some(t) = opts.det_limit_type {
+            det_spec.limit_type = t;
+        }
+        if opts.line_angle && models.cls.is_none() {
+            return Err(EngineError::Config(
+                "line angle classifier requested but the model set has no cls model".into(),
+            ));
+        }
+        if models.dict.is_empty() {
+            return Err(EngineError::Config("empty dictionary".into()));
+        }
+        opts.rec_batch = opts.rec_batch.max(1);
+        Ok(Self {
+            det: models.det,
+            det_spec,
+            rec: models.rec,
+            rec_spec: models.rec_spec,
+            decoder: CtcDecoder::new(models.dict),
+            cls: models.cls,
+            orientation: if opts.orientation {
+                models.orientation
+            } else {
+                None
+            },
+            opts,
+        })
+    }
+
+    /// Loads a model set from `model_dir` through ONNX Runtime. Sessions are created once here
+    /// and reused by every call.
+    pub fn load(
+        model_dir: &Path,
+        set: &str,
+        session: &SessionSettings,
+        opts: EngineOptions,
+    ) -> Result<Self> {
+        let m = Manifest::load(model_dir, set)?;
+        let load = |p: &PathBuf| -> Result<Arc<dyn Model>> {
+            Ok(Arc::new(OrtModel::load(&m.path(p), session)?))
+        };
+        let dict = load_dict(&m.path(&m.rec.dict))?;
+        let cls = match (&m.cls, opts.line_angle) {
+            (Some(c), true) => Some((load(&c.model)?, c.clone())),
+            _ => None,
+        };
+        let orientation = match (&m.orientation, opts.orientation) {
+            (Some(c), true) => Some((load(&c.model)?, c.clone())),
+            _ => None,
+        };
+        if opts.line_angle && m.cls.is_none() {
+            return Err(EngineError::Config(format!(
+                "model set {} has no line-angle classifier",
+                m.name
+            )));
+        }
+        let models = Models {
+            det: load(&m.det.model)?,
+            det_spec: m.det.clone(),
+            rec: load(&m.rec.model)?,
+            rec_spec: m.rec.clone(),
+            dict,
+            cls,
+            orientation,
+        };
+        tracing::info!(set = %m.name, provider = ?session.provider, threads = session.intra_threads, "engine loaded");
+        Self::new(models, opts)
+    }
+
+    /// Recognises decoded images. One result per image, in order; a failing image fails alone.
+    pub fn recognize(&self, images: &[RgbImage]) -> Vec<Result<Page>> {
+        self.recognize_timed(images).0
+    }
+
+    /// Decodes and recognises encoded images (JPEG, PNG, WebP, TIFF); one result per input.
+    pub fn recognize_bytes(&self, inputs: &[&[u8]]) -> Vec<Result<Page>> {
+        self.recognize_bytes_timed(inputs).0
+    }
+
+    /// [`Engine::recognize_bytes`] plus per-stage times for the whole call.
+    pub fn recognize_bytes_timed(&self, inputs: &[&[u8]]) -> (Vec<Result<Page>>, StageTimes) {
+        let t = Instant::now();
+        let decoded: Vec<Result<RgbImage>> = inputs
+            .iter()
+            .map(|b| decode_image(b, self.opts.max_pixels))
+            .collect();
+        let decode = t.elapsed().as_secs_f64();
+        let (ok_images, slots): (Vec<RgbImage>, Vec<Result<usize>>) = {
+            let mut imgs = Vec::new();
+            let slots = decoded
+                .into_iter()
+                .map(|r| {
+                    r.map(|img| {
+                        imgs.push(img);
+                        imgs.len() - 1
+                    })
+                })
+                .collect();
+            (imgs, slots)
+        };
+        let (mut pages, mut times) = self.recognize_timed(&ok_images);
+        times.decode += decode;
+        let mut pages: Vec<Option<Result<Page>>> = pages.drain(..).map(Some).collect();
+        let out = slots
+            .into_iter()
+            .map(|s| s.and_then(|i| pages[i].take().expect("each page taken once")))
+            .collect();
+        (out, times)
+    }
+
+    /// [`Engine::recognize`] plus per-stage times for the whole call.
+    pub fn recognize_timed(&self, images: &[RgbImage]) -> (Vec<Result<Page>>, StageTimes) {
+        let mut times = StageTimes::default();
+        let prepared: Vec<Result<Prepared>> = images
+            .iter()
+            .map(|img| self.prepare(img, &mut times))
+            .collect();
+        // Recognition runs once over the crops of every image, so batches fill up across pages.
+        let crops: Vec<&RgbImage> = prepared
+            .iter()
+            .filter_map(|p| p.as_ref().ok())
+            .flat_map(|p| p.crops.iter())
+            .collect();
+        let t = Instant::now();
+        let texts = recognize_crops(
+            self.rec.as_ref(),
+            &self.decoder,
+            &crops,
+            self.rec_spec.height,
+            self.opts.rec_batch,
+            self.opts.rec_width_step,
+        );
+        times.rec += t.elapsed().as_secs_f64();
+        let texts = match texts {
+            Ok(t) => t,
+            Err(e) => {
+                // The recogniser failed for the whole batch: every image that reached it fails.
+                let msg = e.to_string();
+                let retry = e.is_retryable();
+                return (
+                    prepared
+                        .into_iter()
+                        .map(|p| {
+                            p.and_then(|_| {
+                                Err(if retry {
+                                    EngineError::Inference(msg.clone())
+                                } else {
+                                    EngineError::BadOutput(msg.clone())
+                                })
+                            })
+                        })
+                        .collect(),
+                    times,
+                );
+            }
+        };
+        let mut texts = texts.into_iter();
+        let pages = prepared
+            .into_iter()
+            .map(|p| {
+                let p = p?;
+                let mut lines = Vec::with_capacity(p.quads.len());
+                for q in &p.quads {
+                    let r = texts.next().expect("one text per crop");
+                    let text = r.text.trim();
+                    if text.is_empty() || r.confidence < self.opts.min_confidence {
+                        continue;
+                    }
+                    lines.push(Line {
+                        text: text.to_string(),
+                        confidence: r.confidence,
+                        quad: p.rotation.unmap_quad(q, p.width, p.height),
+                    });
+                }
+                Ok(Page {
+                    lines,
+                    width: p.width,
+                    height: p.height,
+                    rotation: p.rotation.degrees(),
+                })
+            })
+            .collect();
+        (pages, times)
+    }
+
+    fn prepare(&self, img: &RgbImage, times: &mut StageTimes) -> Result<Prepared> {
+        let (width, height) = img.dimensions();
+        crate::decode::check_dimensions(width, height, self.opts.max_pixels)?;
+        let t = Instant::now();
+        let rotation = self.page_rotation(img)?;
+        let rotated = rotation.apply(img);
+        let upright = rotated.as_ref().unwrap_or(img);
+        times.orient += t.elapsed().as_secs_f64();
+
+        let t = Instant::now();
+        let input = det_preprocess(upright, &self.det_spec);
+        let prob = self.det.run(input.view())?;
+        times.det += t.elapsed().as_secs_f64();
+
+        let t = Instant::now();
+        let prob = prob
+            .into_dimensionality::<Ix4>()
+            .map_err(|e| EngineError::BadOutput(format!("detector: {e}")))?;
+        if prob.shape()[0] != 1 || prob.shape()[1] != 1 || prob.shape()[2..] != input.shape()[2..] {
+            return Err(EngineError::BadOutput(format!(
+                "detector returned {:?} for input {:?}",
+                prob.shape(),
+                input.shape()
+            )));
+        }
+        let boxes = db_postprocess(
+            prob.index_axis(ndarray::Axis(0), 0)
+                .index_axis(ndarray::Axis(0), 0),
+            &self.det_spec,
+            upright.width(),
+            upright.height(),
+        );
+        let quads: Vec<Quad> = boxes.iter().map(|b| b.quad).collect();
+        let order = reading_order(&quads);
+        let quads: Vec<Quad> = order.iter().map(|&i| quads[i]).collect();
+        times.post += t.elapsed().as_secs_f64();
+
+        let t = Instant::now();
+        let r = &self.rec_spec;
+        let mut crops: Vec<RgbImage> = quads
+            .iter()
+            .map(|q| crop_line(upright, q, r.height, 8, r.max_width).image)
+            .collect();
+        if let Some((cls, spec)) = &self.cls {
+            self.fix_upside_down(cls.as_ref(), spec, &mut crops)?;
+        }
+        times.crop += t.elapsed().as_secs_f64();
+        let _ = Duration::ZERO;
+        Ok(Prepared {
+            width,
+            height,
+            rotation,
+            quads,
+            crops,
+        })
+    }
+
+    fn page_rotation(&self, img: &RgbImage) -> Result<Rotation> {
+        let Some((model, spec)) = &self.orientation else {
+            return Ok(Rotation::R0);
+        };
+        let input = orientation_input(img, spec.width);
+        let (class, p) = classify(model.as_ref(), input.view())?[0];
+        // Classes are the page's current rotation (0, 90, 180, 270 clockwise); turning the page
+        // back upright is the opposite turn.
+        let rot = match class {
+            1 => Rotation::R270,
+            2 => Rotation::R180,
+            3 => Rotation::R90,
+            _ => Rotation::R0,
+        };
+        tracing::debug!(class, p, "page orientation");
+        Ok(if p >= spec.thresh { rot } else { Rotation::R0 })
+    }
+
+    fn fix_upside_down(
+        &self,
+        model: &dyn Model,
+        spec: &ClsSpec,
+        crops: &mut [RgbImage],
+    ) -> Result<()> {
+        for chunk in crops.chunks_mut(self.opts.rec_batch) {
+            let refs: Vec<&RgbImage> = chunk.iter().collect();
+            let input = line_cls_input(&refs, spec.height, spec.width);
+            let res = classify(model, input.view())?;
+            for (c, (class, p)) in chunk.iter_mut().zip(res) {
+                if class == 1 && p >= spec.thresh {
+                    image::imageops::rotate180_in_place(c);
+                }
+            }
+        }
+        Ok(())
+    }
+}

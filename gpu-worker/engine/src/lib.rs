@@ -1,0 +1,44 @@
+//! OCR engine: PP-OCR text detection (DB), optional page-orientation and line-angle
+//! classifiers, and CTC text recognition, run through ONNX Runtime.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), ocr_engine::EngineError> {
+//! use ocr_engine::{Engine, EngineOptions, SessionSettings, Provider, ConvAlgoSearch};
+//! let session = SessionSettings {
+//!     dylib_path: "models/onnxruntime/libonnxruntime.so".into(),
+//!     provider: Provider::Cpu,
+//!     device_id: 0,
+//!     conv_algo_search: ConvAlgoSearch::Heuristic,
+//!     intra_threads: 2,
+//!     spinning: false,
+//! };
+//! let engine = Engine::load("models".as_ref(), "ppocrv6-small", &session, EngineOptions::default())?;
+//! let bytes = std::fs::read("receipt.jpg").unwrap();
+//! for page in engine.recognize_bytes(&[&bytes]) {
+//!     println!("{}", page?.text());
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! Recognition is batched across all images of one call: crops are sorted by width and padded
+//! to a few widths, so a call with many small pages fills batches that one page could not.
+
+pub mod classify;
+pub mod decode;
+pub mod detection;
+pub mod engine;
+pub mod error;
+pub mod geometry;
+pub mod layout;
+pub mod manifest;
+pub mod model;
+pub mod ort_backend;
+pub mod recognition;
+
+pub use decode::{DEFAULT_MAX_PIXELS, decode_image};
+pub use engine::{Engine, EngineOptions, Line, Models, Page, StageTimes};
+pub use error::EngineError;
+pub use geometry::Quad;
+pub use manifest::{LimitType, Manifest};
+pub use model::Model;
+pub use ort_backend::{ConvAlgoSearch, OrtModel, Provider, SessionSettings, check_dylib};

@@ -1,0 +1,19 @@
+//! The seam between the engine and an inference runtime.
+
+use ndarray::{ArrayD, ArrayView4};
+
+use crate::error::Result;
+
+/// One neural network: a float32 NCHW batch in, one float32 tensor out.
+///
+/// Shapes by role (N = batch):
+/// - detection: in `[N, 3, H, W]` (H, W multiples of 32), out `[N, 1, H, W]` text probability 0..1;
+/// - recognition: in `[N, 3, 48, W]`, out `[N, T, C]` softmax over C classes per time step;
+/// - angle / orientation classifiers: in `[N, 3, h, w]`, out `[N, K]` probabilities.
+///
+/// Implemented by the ONNX Runtime backend and by fakes in tests. `Send + Sync` so one engine
+/// can be shared by threads; implementations serialise internally if their runtime needs it.
+pub trait Model: Send + Sync {
+    /// Runs the model on one batch.
+    fn run(&self, input: ArrayView4<'_, f32>) -> Result<ArrayD<f32>>;
+}

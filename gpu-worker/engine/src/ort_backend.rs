@@ -1,0 +1,215 @@
+//! ONNX Runtime backend for [`Model`], loaded dynamically from `libonnxruntime.so`.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+use ndarray::{ArrayD, ArrayView4};
+use ort::environment::Environment;
+use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::value::TensorRef;
+
+use crate::error::{EngineError, Result};
+use crate::model::Model;
+
+/// Where inference runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Provider {
+    /// ONNX Runtime's CPU execution provider.
+    #[default]
+    Cpu,
+    /// CUDA (needs the `cuda` feature and an onnxruntime-gpu library).
+    Cuda,
+    /// TensorRT, with CUDA for unsupported nodes (needs the `tensorrt` feature).
+    Tensorrt,
+}
+
+/// cuDNN convolution algorithm search (CUDA only). Exhaustive is fastest once warm but can spend
+/// ~1 s per new input shape; heuristic starts quickly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ConvAlgoSearch {
+    /// Benchmark every algorithm per shape.
+    Exhaustive,
+    /// cuDNN's heuristics.
+    #[default]
+    Heuristic,
+    /// cuDNN's default algorithm.
+    Default,
+}
+
+/// Session settings shared by all models of an engine.
+#[derive(Debug, Clone)]
+pub struct SessionSettings {
+    /// Path of `libonnxruntime.so.1.3x.y`.
+    pub dylib_path: PathBuf,
+    /// Execution provider.
+    pub provider: Provider,
+    /// GPU ordinal for CUDA/TensorRT.
+    pub device_id: i32,
+    /// cuDNN search mode (CUDA/TensorRT).
+    pub conv_algo_search: ConvAlgoSearch,
+    /// Intra-op threads per session (0 = ONNX Runtime's choice: one per core).
+    pub intra_threads: usize,
+    /// Busy-wait in the intra-op pool between ops; off by default since it burns shared cores.
+    pub spinning: bool,
+}
+
+static ENVIRONMENT: OnceLock<std::result::Result<Environment, String>> = OnceLock::new();
+
+/// Loads ONNX Runtime once per process (ONNX Runtime allows one environment per process).
+fn environment(dylib: &Path) -> Result<&'static Environment> {
+    let env = ENVIRONMENT.get_or_init(|| {
+        if !dylib.is_file() {
+            return Err(format!(
+                "ONNX Runtime library not found at {} (set ORT_DYLIB_PATH to onnxruntime/capi/libonnxruntime.so.1.3x.y from the PyPI onnxruntime wheel; scripts/fetch-models.sh installs it)",
+                dylib.display()
+            ));
+        }
+        ort::init_from(dylib)
+            .map_err(|e| format!("loading {}: {e}", dylib.display()))?
+            .with_name("ocr-engine")
+            .build()
+            .map_err(|e| format!("creating ONNX Runtime environment: {e}"))
+    });
+    env.as_ref().map_err(|e| EngineError::Config(e.clone()))
+}
+
+/// Checks that `path` is set and names an existing file; the clear start-up error `ort`
+/// would otherwise turn into a panic.
+pub fn check_dylib(path: Option<&Path>) -> Result<PathBuf> {
+    match path {
+        None => Err(EngineError::Config(
+            "ORT_DYLIB_PATH is not set: point it at libonnxruntime.so.1.3x.y from the PyPI onnxruntime wheel (scripts/fetch-models.sh --print-env)".into(),
+        )),
+        Some(p) if !p.is_file() => Err(EngineError::Config(format!(
+            "ORT_DYLIB_PATH={} does not exist",
+            p.display()
+        ))),
+        Some(p) => Ok(p.to_path_buf()),
+    }
+}
+
+/// One ONNX model in one session. Runs are serialised by a mutex (ONNX Runtime sessions need
+/// `&mut` in `ort`); parallelism comes from the intra-op thread pool.
+pub struct OrtModel {
+    session: Mutex<Session>,
+    input: String,
+    name: String,
+}
+
+impl std::fmt::Debug for OrtModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrtModel")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+fn rt<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> EngineError + '_ {
+    move |e| EngineError::Config(format!("{what}: {e}"))
+}
+
+impl OrtModel {
+    /// Loads `path` with `settings`. A requested GPU provider that cannot be registered is an
+    /// error, never a silent fall-back to CPU.
+    pub fn load(path: &Path, settings: &SessionSettings) -> Result<Self> {
+        let env = environment(&settings.dylib_path)?;
+        let name = path.display().to_string();
+        if !path.is_file() {
+            return Err(EngineError::Config(format!(
+                "model file {name} is missing (run scripts/fetch-models.sh)"
+            )));
+        }
+        let mut b = Session::builder(env)
+            .map_err(rt("session builder"))?
+            .with_optimization_level(GraphOptimizationLevel::All)
+            .map_err(rt("optimisation level"))?
+            .with_intra_threads(settings.intra_threads)
+            .map_err(rt("intra-op threads"))?
+            .with_inter_threads(1)
+            .map_err(rt("inter-op threads"))?
+            .with_intra_op_spinning(settings.spinning)
+            .map_err(rt("spinning"))?
+            .with_inter_op_spinning(false)
+            .map_err(rt("spinning"))?;
+        b = register_provider(b, settings)?;
+        let session = b
+            .commit_from_file(path)
+            .map_err(|e| EngineError::Config(format!("loading model {name}: {e}")))?;
+        let input = session
+            .inputs()
+            .first()
+            .map(|i| i.name().to_string())
+            .ok_or_else(|| EngineError::Config(format!("model {name} has no input")))?;
+        tracing::debug!(model = %name, input = %input, "model loaded");
+        Ok(Self {
+            session: Mutex::new(session),
+            input,
+            name,
+        })
+    }
+}
+
+#[cfg(any(feature = "cuda", feature = "tensorrt"))]
+fn cuda_ep(settings: &SessionSettings) -> ort::ep::CUDA {
+    use ort::ep::cuda::ConvAlgorithmSearch as C;
+    let search = match settings.conv_algo_search {
+        ConvAlgoSearch::Exhaustive => C::Exhaustive,
+        ConvAlgoSearch::Heuristic => C::Heuristic,
+        ConvAlgoSearch::Default => C::Default,
+    };
+    ort::ep::CUDA::default()
+        .with_device_id(settings.device_id)
+        .with_conv_algorithm_search(search)
+}
+
+fn register_provider(
+    b: ort::session::builder::SessionBuilder,
+    settings: &SessionSettings,
+) -> Result<ort::session::builder::SessionBuilder> {
+    match settings.provider {
+        Provider::Cpu => Ok(b),
+        #[cfg(feature = "cuda")]
+        Provider::Cuda => b
+            .with_execution_providers([cuda_ep(settings).build().error_on_failure()])
+            .map_err(|e| EngineError::Config(format!("CUDA execution provider unavailable: {e}"))),
+        #[cfg(feature = "tensorrt")]
+        Provider::Tensorrt => b
+            .with_execution_providers([
+                ort::ep::TensorRT::default()
+                    .with_device_id(settings.device_id)
+                    .build()
+                    .error_on_failure(),
+                cuda_ep(settings).build().error_on_failure(),
+            ])
+            .map_err(|e| {
+                EngineError::Config(format!("TensorRT execution provider unavailable: {e}"))
+            }),
+        #[allow(unreachable_patterns)]
+        other => Err(EngineError::Config(format!(
+            "provider {other:?} requested but this build lacks its cargo feature (build with --features {})",
+            match other {
+                Provider::Cuda => "cuda",
+                _ => "tensorrt",
+            }
+        ))),
+    }
+}
+
+impl Model for OrtModel {
+    fn run(&self, input: ArrayView4<'_, f32>) -> Result<ArrayD<f32>> {
+        let tensor = TensorRef::from_array_view(input)
+            .map_err(|e| EngineError::Inference(format!("{}: input: {e}", self.name)))?;
+        let mut session = self
+            .session
+            .lock()
+            .map_err(|_| EngineError::Inference(format!("{}: session poisoned", self.name)))?;
+        let outputs = session
+            .run(ort::inputs![self.input.as_str() => tensor])
+            .map_err(|e| EngineError::Inference(format!("{}: {e}", self.name)))?;
+        let arr = outputs[0]
+            .try_extract_array::<f32>()
+            .map_err(|e| EngineError::BadOutput(format!("{}: {e}", self.name)))?;
+        Ok(arr.to_owned())
+    }
+}
