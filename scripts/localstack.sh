@@ -13,7 +13,7 @@ source "$ROOT/scripts/lib/localstack.sh"
 
 case "${1:-}" in
 start) localstack_start manual ;;
-stop) localstack_stop ;;
+stop) localstack_stop "" ;;
 status) localstack_status ;;
 logs) exec tail -n 100 -f "$LOCALSTACK_LOG" ;;
 *)

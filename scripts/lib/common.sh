@@ -16,8 +16,11 @@ OCR_FLEET_CACHE="${OCR_FLEET_CACHE:-$HOME/.cache/ocr-fleet}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$OCR_FLEET_CACHE/target}"
 
 # Local AWS (LocalStack) defaults shared by every script.
+# shellcheck disable=SC2034 # used by the scripts that source this file
 LOCALSTACK_PORT=4566
+# shellcheck disable=SC2034
 LOCALSTACK_URL="http://127.0.0.1:${LOCALSTACK_PORT}"
+# shellcheck disable=SC2034
 LOCALSTACK_VENV="$ROOT/.venv/localstack"
 
 log() { printf '[%s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }

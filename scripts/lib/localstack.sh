@@ -33,7 +33,7 @@ localstack_start() {
     : >"$LOCALSTACK_LOG"
     # setsid: LocalStack gets its own process group (pid == pgid), so stop can kill all of it.
     (
-        cd "$ROOT"
+        cd "$ROOT" || exit 1
         exec env \
             OVERRIDE_IN_DOCKER=0 \
             GATEWAY_LISTEN="127.0.0.1:$LOCALSTACK_PORT" \
@@ -61,6 +61,7 @@ localstack_start() {
             die "LocalStack exited during start (log above, full log in $LOCALSTACK_LOG)"
         fi
         if grep -q 'Ready' "$LOCALSTACK_LOG" && localstack_answers; then
+            # shellcheck disable=SC2034 # read by the sourcing script
             LOCALSTACK_STARTED=1
             log "LocalStack ready in $(($(date +%s) - start)) s (pid $pid)"
             return 0

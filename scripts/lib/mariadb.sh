@@ -86,6 +86,7 @@ mariadb_ensure() {
     local i
     for ((i = 0; i < 300; i++)); do
         if mariadb_answers || { [[ "$MARIADB_PORT" == 3306 ]] && _mariadb_fix_root_tcp; }; then
+            # shellcheck disable=SC2034 # read by the sourcing script
             MARIADB_STARTED=1
             log "MariaDB is up (pid $(<"$MARIADB_PIDFILE"))"
             return 0

@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# The one test command (CI runs it through .ci/run). From a fresh Debian 12 machine it:
+#   1. installs what is missing (scripts/setup.sh: Debian packages, .venv/localstack)
+#   2. ensures MariaDB on 127.0.0.1:3306 and LocalStack on 127.0.0.1:4566 (starting each only if
+#      none answers, and stopping at exit only what it started)
+#   3. fetches the OCR models when scripts/fetch-models.sh exists (exports ORT_DYLIB_PATH,
+#      OCR_MODEL_DIR and OCR_REQUIRE_MODELS=1)
+#   4. runs cargo fmt --check, cargo clippy -D warnings, cfn-lint template.yaml, a smoke run of
+#      localstack/init.py, then the workspace tests (cargo nextest, else cargo test)
+#   5. prints a timing summary; exits non-zero if any step failed.
+#
+# Usage: scripts/test.sh [ARGS...]   ARGS go to `cargo nextest run` / `cargo test` (e.g. a filter).
+# Env:   CARGO_TARGET_DIR (default ${OCR_FLEET_CACHE:-~/.cache/ocr-fleet}/target, shared by all
+#        scripts and clones), CI=true (no stdin needed; it never is).
+set -euo pipefail
+# shellcheck source=scripts/lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+# shellcheck source=scripts/lib/mariadb.sh
+source "$ROOT/scripts/lib/mariadb.sh"
+# shellcheck source=scripts/lib/localstack.sh
+source "$ROOT/scripts/lib/localstack.sh"
+cd "$ROOT"
+exec </dev/null # nothing here may wait for input
+
+T0=$(date +%s)
+FAILED=()
+TEST_SUMMARY="$RUN_DIR/test-summary.txt"
+
+cleanup() {
+    local rc=$?
+    set +e
+    if [[ $LOCALSTACK_STARTED == 1 ]]; then localstack_stop test; fi
+    if [[ $MARIADB_STARTED == 1 ]]; then mariadb_stop; fi
+    print_timings
+    printf '%-34s %8s\n' "total" "$(($(date +%s) - T0))" >&2
+    if ((${#FAILED[@]})); then
+        printf '\nFAILED: %s\n' "${FAILED[*]}" >&2
+        rc=1
+    fi
+    # The test runner's own closing line, last, for whoever reads the end of the log.
+    [[ -s "$TEST_SUMMARY" ]] && cat "$TEST_SUMMARY"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# check NAME CMD...: run a check step; remember a failure but go on with the other checks.
+check() {
+    step "$@" || FAILED+=("$1")
+}
+
+ensure_run_dir
+rm -f "$TEST_SUMMARY"
+
+step "setup" "$ROOT/scripts/setup.sh"
+step "mariadb" mariadb_ensure
+step "localstack start" localstack_start test
+
+export AWS_ENDPOINT_URL="$LOCALSTACK_URL"
+export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test
+export AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1
+export AWS_EC2_METADATA_DISABLED=true
+unset AWS_PROFILE AWS_SESSION_TOKEN
+# Tests create (and drop) their own randomly named databases on this server.
+export TEST_DATABASE_URL="mysql://root@$MARIADB_HOST:$MARIADB_PORT"
+# For tests that want to make a resource set with the project's script.
+export LOCALSTACK_PYTHON="$LOCALSTACK_VENV/bin/python" LOCALSTACK_INIT="$ROOT/localstack/init.py"
+
+fetch_models() {
+    local out line
+    out=$("$ROOT/scripts/fetch-models.sh" --print-env) || return
+    eval "$out"
+    # Export whatever it set, whether or not it printed `export`.
+    while IFS= read -r line; do
+        if [[ $line =~ ^(export[[:space:]]+)?([A-Za-z_][A-Za-z0-9_]*)= ]]; then
+            export "${BASH_REMATCH[2]?}"
+        fi
+    done <<<"$out"
+    export OCR_REQUIRE_MODELS=1
+    log "models: ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-} OCR_MODEL_DIR=${OCR_MODEL_DIR:-}"
+}
+if [[ -f "$ROOT/scripts/fetch-models.sh" ]]; then
+    step "fetch models" fetch_models
+fi
+
+init_smoke() {
+    # Create a throw-away resource set twice (idempotence), then delete it.
+    local prefix="ci-smoke-$$"
+    "$LOCALSTACK_PYTHON" "$LOCALSTACK_INIT" --prefix "$prefix" >/dev/null &&
+        "$LOCALSTACK_PYTHON" "$LOCALSTACK_INIT" --prefix "$prefix" | grep -q "^UPLOAD_BUCKET=$prefix-uploads$" &&
+        "$LOCALSTACK_PYTHON" "$LOCALSTACK_INIT" --prefix "$prefix" --delete
+}
+
+run_tests() {
+    local out="$RUN_DIR/test-output.log" rc=0
+    if command -v cargo-nextest >/dev/null 2>&1; then
+        cargo nextest run --workspace --no-fail-fast --no-tests=warn "$@" 2>&1 | tee "$out" || rc=$?
+        grep -E '^ *Summary \[' "$out" | tail -n 1 | sed 's/^ *//' >"$TEST_SUMMARY" || true
+        # nextest does not run doc tests.
+        if ((rc == 0)) && (($# == 0)); then
+            cargo test --workspace --doc 2>&1 | tee -a "$out" || rc=$?
+        fi
+    else
+        cargo test --workspace --no-fail-fast "$@" 2>&1 | tee "$out" || rc=$?
+        grep -E '^test result:' "$out" >"$TEST_SUMMARY" || true
+    fi
+    return "$rc"
+}
+
+check "cargo fmt --check" cargo fmt --all -- --check
+check "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
+check "cfn-lint template.yaml" "$LOCALSTACK_VENV/bin/cfn-lint" template.yaml
+check "localstack init smoke" init_smoke
+check "cargo tests" run_tests "$@"
