@@ -1,0 +1,122 @@
+//! Settings, from the environment (or flags). One name per setting everywhere:
+//! these env names are the ones template.yaml, localstack/ and the README use.
+
+use std::fmt;
+use std::time::Duration;
+
+/// Where the job queues and the bucket are.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ResourceArgs {
+    /// Bucket that receives uploads under `uploads/`.
+    #[arg(long, env = "UPLOAD_BUCKET")]
+    pub upload_bucket: String,
+    /// URL of the express job queue.
+    #[arg(long, env = "EXPRESS_QUEUE_URL")]
+    pub express_queue_url: String,
+    /// URL of the bulk job queue.
+    #[arg(long, env = "BULK_QUEUE_URL")]
+    pub bulk_queue_url: String,
+}
+
+/// The database connection.
+#[derive(clap::Args, Clone)]
+pub struct DbArgs {
+    /// `mysql://user:password@host:port/database`.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+    /// Most connections this process opens (1–2 on Lambda; RDS Proxy multiplexes).
+    #[arg(long, env = "DB_POOL_MAX", default_value_t = 2)]
+    pub db_pool_max: usize,
+}
+
+impl fmt::Debug for DbArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The URL carries the password.
+        f.debug_struct("DbArgs").field("database_url", &"<redacted>").field("db_pool_max", &self.db_pool_max).finish()
+    }
+}
+
+/// How callers are identified.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// API Gateway's JWT authorizer has checked the token; the caller is its `sub` claim.
+    Jwt,
+    /// Static bearer tokens from `API_TOKENS` (local runs and tests).
+    Static,
+}
+
+/// Limits and behaviour of the API.
+#[derive(clap::Args, Clone)]
+pub struct ApiArgs {
+    #[arg(long, env = "AUTH_MODE", value_enum, default_value = "jwt")]
+    pub auth_mode: AuthMode,
+    /// `token:caller,token2:caller2` for `AUTH_MODE=static`.
+    #[arg(long, env = "API_TOKENS", hide_env_values = true, default_value = "")]
+    pub api_tokens: String,
+    /// Largest image accepted, in bytes.
+    #[arg(long, env = "MAX_UPLOAD_BYTES", default_value_t = 20_000_000)]
+    pub max_upload_bytes: u64,
+    /// Lifetime of a presigned upload URL in seconds (at most 900).
+    #[arg(long, env = "PRESIGN_EXPIRY_SECS", default_value_t = 900)]
+    pub presign_expiry_secs: u64,
+    /// Above this many waiting messages on the job's queue, new jobs get 503.
+    #[arg(long, env = "QUEUE_DEPTH_LIMIT", default_value_t = 10_000)]
+    pub queue_depth_limit: u64,
+    /// How long a queue depth reading is reused, in seconds.
+    #[arg(long, env = "QUEUE_DEPTH_REFRESH_SECS", default_value_t = 5)]
+    pub queue_depth_refresh_secs: u64,
+    /// `Retry-After` sent with 503, in seconds.
+    #[arg(long, env = "RETRY_AFTER_SECS", default_value_t = 30)]
+    pub retry_after_secs: u64,
+}
+
+impl fmt::Debug for ApiArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiArgs")
+            .field("auth_mode", &self.auth_mode)
+            .field("api_tokens", &"<redacted>")
+            .field("max_upload_bytes", &self.max_upload_bytes)
+            .field("presign_expiry_secs", &self.presign_expiry_secs)
+            .field("queue_depth_limit", &self.queue_depth_limit)
+            .field("queue_depth_refresh_secs", &self.queue_depth_refresh_secs)
+            .field("retry_after_secs", &self.retry_after_secs)
+            .finish()
+    }
+}
+
+/// Largest body accepted for a direct (server-to-server) upload: Lambda's payload limit.
+pub const MAX_DIRECT_UPLOAD_BYTES: usize = 6 * 1024 * 1024;
+
+/// Limits the handlers enforce, separated from how they were read.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_upload_bytes: u64,
+    pub presign_expiry: Duration,
+    pub queue_depth_limit: u64,
+    pub queue_depth_refresh: Duration,
+    pub retry_after_secs: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_upload_bytes: 20_000_000,
+            presign_expiry: Duration::from_secs(900),
+            queue_depth_limit: 10_000,
+            queue_depth_refresh: Duration::from_secs(5),
+            retry_after_secs: 30,
+        }
+    }
+}
+
+impl From<&ApiArgs> for Limits {
+    fn from(a: &ApiArgs) -> Self {
+        Limits {
+            max_upload_bytes: a.max_upload_bytes,
+            presign_expiry: Duration::from_secs(a.presign_expiry_secs.clamp(1, 900)),
+            queue_depth_limit: a.queue_depth_limit,
+            queue_depth_refresh: Duration::from_secs(a.queue_depth_refresh_secs),
+            retry_after_secs: a.retry_after_secs,
+        }
+    }
+}

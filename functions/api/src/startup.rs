@@ -1,0 +1,69 @@
+//! Building the adapters once at start, shared by the three binaries.
+
+use std::sync::Arc;
+
+use ocr_aws::{MySqlJobStore, S3ObjectStore, SqsJobQueue};
+use ocr_core::PortError;
+use ocr_core::ports::SystemClock;
+
+use crate::auth::Authenticator;
+use crate::config::{ApiArgs, AuthMode, DbArgs, Limits, ResourceArgs};
+use crate::state::AppState;
+use crate::upload::UploadHandler;
+
+/// A setting or a service that keeps the process from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("invalid setting: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Port(#[from] PortError),
+}
+
+/// The adapters on the real services.
+#[derive(Clone)]
+pub struct Services {
+    pub store: Arc<MySqlJobStore>,
+    pub objects: Arc<S3ObjectStore>,
+    pub queue: Arc<SqsJobQueue>,
+    pub aws: ocr_aws::SdkConfig,
+}
+
+impl Services {
+    /// Builds clients without contacting anything: connections open on first use,
+    /// which keeps Lambda's init short.
+    pub async fn new(resources: &ResourceArgs, db: &DbArgs) -> Result<Self, StartupError> {
+        let aws = ocr_aws::aws_config_from_env().await;
+        Ok(Services {
+            store: Arc::new(MySqlJobStore::new(&db.database_url, db.db_pool_max)?),
+            objects: Arc::new(S3ObjectStore::new(&aws, &resources.upload_bucket)),
+            queue: Arc::new(SqsJobQueue::new(&aws, &resources.express_queue_url, &resources.bulk_queue_url)),
+            aws,
+        })
+    }
+
+    pub fn app_state(&self, api: &ApiArgs) -> Result<AppState, StartupError> {
+        let auth = match api.auth_mode {
+            AuthMode::Jwt => Authenticator::Jwt,
+            AuthMode::Static => Authenticator::from_static_tokens(&api.api_tokens).map_err(StartupError::Config)?,
+        };
+        Ok(AppState::new(
+            self.store.clone(),
+            self.objects.clone(),
+            self.queue.clone(),
+            Arc::new(SystemClock),
+            auth,
+            Limits::from(api),
+        ))
+    }
+
+    pub fn upload_handler(&self, max_upload_bytes: u64) -> UploadHandler {
+        UploadHandler {
+            store: self.store.clone(),
+            objects: self.objects.clone(),
+            queue: self.queue.clone(),
+            clock: Arc::new(SystemClock),
+            max_upload_bytes,
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! The on-upload handler: an object landed under `uploads/`; check it and queue its job.
+//!
+//! S3 events can arrive more than once and in any order, so every step is
+//! idempotent: the job's status in the store decides what is left to do.
+
+use std::sync::Arc;
+
+use aws_lambda_events::s3::S3Event;
+use ocr_core::content::{TAIL_LEN, check_shape};
+use ocr_core::job::parse_object_key;
+use ocr_core::ports::{Clock, JobQueue, JobStore, ObjectStore, StatusChange};
+use ocr_core::{ContentType, JobId, JobMessage, JobStatus, PortError};
+
+/// What handling one object-created event did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UploadOutcome {
+    /// The job's message was sent to its priority queue.
+    Enqueued(JobId),
+    /// The upload was refused: job failed with this reason, object deleted.
+    Rejected { job_id: JobId, reason: String },
+    /// Nothing to do: a repeated event, an unknown job, or a key that is not an upload.
+    Ignored(String),
+}
+
+/// Everything the handler needs; cheap to clone.
+#[derive(Clone)]
+pub struct UploadHandler {
+    pub store: Arc<dyn JobStore>,
+    pub objects: Arc<dyn ObjectStore>,
+    pub queue: Arc<dyn JobQueue>,
+    pub clock: Arc<dyn Clock>,
+    pub max_upload_bytes: u64,
+}
+
+/// A message body that is not an S3 event notification.
+#[derive(Debug, thiserror::Error)]
+#[error("not an S3 event notification: {0}")]
+pub struct NotAnEvent(String);
+
+impl UploadHandler {
+    /// Handles one upload-events message body (an S3 event notification, possibly
+    /// with several records, or S3's test event). Returns one outcome per record;
+    /// a retryable error means the whole message should be delivered again.
+    pub async fn handle_message(&self, body: &str) -> Result<Vec<UploadOutcome>, PortError> {
+        let keys = match object_created_keys(body) {
+            Ok(keys) => keys,
+            Err(e) => {
+                // Retrying cannot make it parse; acknowledging is right.
+                tracing::warn!(error = %e, "ignoring an upload-events message");
+                return Ok(vec![UploadOutcome::Ignored(e.to_string())]);
+            }
+        };
+        let mut outcomes = Vec::with_capacity(keys.len());
+        for key in keys {
+            outcomes.push(self.handle_object(&key).await?);
+        }
+        Ok(outcomes)
+    }
+
+    /// Handles the object `key` having been created.
+    pub async fn handle_object(&self, key: &str) -> Result<UploadOutcome, PortError> {
+        let Some((priority, id)) = parse_object_key(key) else {
+            return Ok(UploadOutcome::Ignored(format!("not an upload key: {key}")));
+        };
+        let span = tracing::info_span!("upload", job_id = %id, %priority);
+        let _enter = span.enter();
+        let Some(job) = self.store.get(&id).await? else {
+            tracing::warn!("upload for an unknown job");
+            return Ok(UploadOutcome::Ignored("unknown job".into()));
+        };
+        if job.priority != priority {
+            return Ok(UploadOutcome::Ignored("key does not match the job's priority".into()));
+        }
+        match job.status {
+            JobStatus::AwaitingUpload => {}
+            // The message may not have reached the queue (a crash or a failed send
+            // after the status changed): send it again; workers are idempotent.
+            JobStatus::Queued if job.enqueued_at_ms.is_none() => {
+                let info = self.objects.head(key).await?;
+                let size = info.map_or(job.content_length, |i| i.size);
+                return self.enqueue(&job, size).await;
+            }
+            JobStatus::Failed | JobStatus::Deleted | JobStatus::Expired => {
+                // A failed or deleted job's image must not linger (deleting twice is harmless).
+                self.objects.delete(key).await?;
+                return Ok(UploadOutcome::Ignored(format!("job is {}", job.status)));
+            }
+            status => return Ok(UploadOutcome::Ignored(format!("job is already {status}"))),
+        }
+
+        let Some(info) = self.objects.head(key).await? else {
+            return Ok(UploadOutcome::Ignored("object is gone".into()));
+        };
+        if let Some(reason) = self.refusal(&job.content_type, job.content_length, key, info.size).await? {
+            return self.reject(&job.id, key, reason).await;
+        }
+        let now = self.clock.now_ms();
+        let won = self
+            .store
+            .set_status(&id, JobStatus::AwaitingUpload, JobStatus::Queued, StatusChange { at_ms: now, error: None })
+            .await?;
+        if !won {
+            return Ok(UploadOutcome::Ignored("another handler took this upload".into()));
+        }
+        self.enqueue(&job, info.size).await
+    }
+
+    /// Why the object cannot be this job's image, if it cannot.
+    async fn refusal(
+        &self,
+        declared: &ContentType,
+        declared_len: u64,
+        key: &str,
+        size: u64,
+    ) -> Result<Option<String>, PortError> {
+        if size > self.max_upload_bytes {
+            return Ok(Some(format!("the upload is {size} bytes, over the limit of {}", self.max_upload_bytes)));
+        }
+        if size != declared_len {
+            return Ok(Some(format!("the upload is {size} bytes, but {declared_len} were declared")));
+        }
+        let head = self.objects.read_range(key, 0, ContentType::SNIFF_LEN).await?;
+        let tail_start = size.saturating_sub(TAIL_LEN as u64);
+        let tail = self.objects.read_range(key, tail_start, TAIL_LEN).await?;
+        Ok(check_shape(*declared, size, &head, &tail).err().map(|e| e.to_string()))
+    }
+
+    async fn reject(&self, id: &JobId, key: &str, reason: String) -> Result<UploadOutcome, PortError> {
+        let change = StatusChange { at_ms: self.clock.now_ms(), error: Some(reason.clone()) };
+        // Failed first, then the object: a crash in between leaves a failed job whose
+        // repeated event deletes the object (see the Failed arm above).
+        self.store.set_status(id, JobStatus::AwaitingUpload, JobStatus::Failed, change).await?;
+        self.objects.delete(key).await?;
+        tracing::warn!(%reason, "upload rejected");
+        Ok(UploadOutcome::Rejected { job_id: *id, reason })
+    }
+
+    async fn enqueue(&self, job: &ocr_core::Job, size: u64) -> Result<UploadOutcome, PortError> {
+        let now = self.clock.now_ms();
+        let message = JobMessage::for_job(job, self.objects.bucket(), size, now);
+        self.queue.send(&message).await?;
+        self.store.mark_enqueued(&job.id, now).await?;
+        tracing::info!(size, "job queued");
+        Ok(UploadOutcome::Enqueued(job.id))
+    }
+}
+
+/// Object keys of the ObjectCreated records in an S3 event notification body.
+/// S3's test event (sent when notifications are configured) has no records.
+pub fn object_created_keys(body: &str) -> Result<Vec<String>, NotAnEvent> {
+    let value: serde_json::Value = serde_json::from_str(body).map_err(|e| NotAnEvent(e.to_string()))?;
+    if value.get("Event").and_then(|e| e.as_str()) == Some("s3:TestEvent") {
+        return Ok(Vec::new());
+    }
+    let event: S3Event = serde_json::from_value(value).map_err(|e| NotAnEvent(e.to_string()))?;
+    Ok(event
+        .records
+        .into_iter()
+        .filter(|r| r.event_name.as_deref().is_some_and(|n| n.starts_with("ObjectCreated")))
+        .filter_map(|r| r.s3.object.key)
+        .map(|k| decode_key(&k))
+        .collect())
+}
+
+/// S3 event keys are URL-encoded with `+` for spaces.
+fn decode_key(key: &str) -> String {
+    let plus_decoded = key.replace('+', " ");
+    url::form_urlencoded::parse(format!("k={}", plus_decoded.replace('&', "%26")).as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or(plus_decoded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_keys_from_events() {
+        let body = r#"{"Records":[{"eventVersion":"2.1","eventSource":"aws:s3","awsRegion":"us-east-1",
+            "eventTime":"2026-01-01T00:00:00.000Z","eventName":"ObjectCreated:Put",
+            "userIdentity":{"principalId":"x"},"requestParameters":{"sourceIPAddress":"127.0.0.1"},
+            "responseElements":{},"s3":{"s3SchemaVersion":"1.0","configurationId":"c",
+            "bucket":{"name":"b","ownerIdentity":{"principalId":"x"},"arn":"arn:aws:s3:::b"},
+            "object":{"key":"uploads/bulk/a%20b+c","size":3,"eTag":"e","sequencer":"1"}}}]}"#;
+        assert_eq!(object_created_keys(body).unwrap(), vec!["uploads/bulk/a b c".to_string()]);
+        let test_event =
+            r#"{"Service":"Amazon S3","Event":"s3:TestEvent","Time":"t","Bucket":"b","RequestId":"r","HostId":"h"}"#;
+        assert!(object_created_keys(test_event).unwrap().is_empty());
+        assert!(object_created_keys("nonsense").is_err());
+    }
+}

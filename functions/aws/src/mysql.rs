@@ -1,0 +1,308 @@
+//! [`JobStore`] on MySQL 8 / MariaDB 10.6+.
+
+use async_trait::async_trait;
+use mysql_async::prelude::{Query, Queryable, WithParams};
+use mysql_async::{Conn, Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, Row, params};
+use ocr_core::job::Idempotency;
+use ocr_core::ports::{JobStore, StatusChange};
+use ocr_core::{Job, JobId, JobStatus, NewJob, OcrResult, PortError};
+
+/// Schema changes, applied in order, each once. Never edit an applied one: add a new one.
+const MIGRATIONS: &[(u32, &str)] = &[
+    (
+        1,
+        r"CREATE TABLE IF NOT EXISTS jobs (
+            id CHAR(32) CHARACTER SET ascii NOT NULL PRIMARY KEY,
+            owner VARCHAR(191) NOT NULL,
+            status VARCHAR(16) CHARACTER SET ascii NOT NULL,
+            priority VARCHAR(8) CHARACTER SET ascii NOT NULL,
+            content_type VARCHAR(32) CHARACTER SET ascii NOT NULL,
+            content_length BIGINT UNSIGNED NOT NULL,
+            callback_url TEXT NULL,
+            metadata LONGTEXT NULL,
+            idempotency_key VARCHAR(191) NULL,
+            request_hash CHAR(64) CHARACTER SET ascii NULL,
+            attempts INT UNSIGNED NOT NULL DEFAULT 0,
+            error TEXT NULL,
+            created_at_ms BIGINT NOT NULL,
+            updated_at_ms BIGINT NOT NULL,
+            queued_at_ms BIGINT NULL,
+            enqueued_at_ms BIGINT NULL,
+            started_at_ms BIGINT NULL,
+            finished_at_ms BIGINT NULL,
+            UNIQUE KEY uq_jobs_owner_idempotency (owner, idempotency_key),
+            KEY ix_jobs_status_created (status, created_at_ms)
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+    ),
+    (
+        2,
+        r"CREATE TABLE IF NOT EXISTS job_results (
+            job_id CHAR(32) CHARACTER SET ascii NOT NULL PRIMARY KEY,
+            result LONGTEXT NOT NULL,
+            created_at_ms BIGINT NOT NULL
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+    ),
+];
+
+const JOB_COLUMNS: &str = "id, owner, status, priority, content_type, content_length, callback_url, metadata, \
+     idempotency_key, request_hash, attempts, error, created_at_ms, updated_at_ms, queued_at_ms, \
+     enqueued_at_ms, started_at_ms, finished_at_ms";
+
+/// Jobs and results in MySQL.
+#[derive(Debug, Clone)]
+pub struct MySqlJobStore {
+    pool: Pool,
+}
+
+/// Maps driver errors: connection trouble, deadlocks and lock waits are retryable,
+/// duplicate keys are conflicts, everything else is permanent.
+pub(crate) fn db_error(err: mysql_async::Error) -> PortError {
+    match &err {
+        mysql_async::Error::Server(server) => match server.code {
+            1062 => PortError::Conflict(server.message.clone()),
+            // deadlock, lock wait timeout, too many connections, server shutdown, read-only
+            1213 | 1205 | 1040 | 1053 | 1290 | 1836 => PortError::unavailable("mysql", &err),
+            _ => PortError::permanent("mysql", &err),
+        },
+        mysql_async::Error::Url(_) => PortError::permanent("mysql", &err),
+        _ => PortError::unavailable("mysql", &err),
+    }
+}
+
+impl MySqlJobStore {
+    /// A pool of at most `max_connections` (1–2 on Lambda; RDS Proxy multiplexes).
+    /// Connections open lazily; call [`MySqlJobStore::migrate`] once at start.
+    pub fn new(database_url: &str, max_connections: usize) -> Result<Self, PortError> {
+        let opts = Opts::from_url(database_url).map_err(|e| PortError::permanent("mysql", e))?;
+        let max = max_connections.max(1);
+        let constraints = PoolConstraints::new(0, max).expect("0 <= max");
+        let opts = OptsBuilder::from_opts(opts)
+            .pool_opts(PoolOpts::default().with_constraints(constraints))
+            // Times are stored as epoch milliseconds; UTC keeps server-side NOW() sane too.
+            .init(vec!["SET time_zone = '+00:00'"]);
+        Ok(Self { pool: Pool::new(opts) })
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    pub async fn conn(&self) -> Result<Conn, PortError> {
+        self.pool.get_conn().await.map_err(db_error)
+    }
+
+    /// Applies pending migrations. Safe to run from many processes at once:
+    /// a named lock serialises them and applied versions are recorded.
+    pub async fn migrate(&self) -> Result<(), PortError> {
+        let mut conn = self.conn().await?;
+        conn.query_drop(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version INT UNSIGNED NOT NULL PRIMARY KEY, applied_at_ms BIGINT NOT NULL)",
+        )
+        .await
+        .map_err(db_error)?;
+        let got: Option<i64> =
+            conn.query_first("SELECT GET_LOCK('ocr_fleet_migrations', 30)").await.map_err(db_error)?;
+        if got != Some(1) {
+            return Err(PortError::unavailable("mysql", "timed out waiting for the migration lock"));
+        }
+        let result = apply_migrations(&mut conn).await;
+        let _ = conn.query_drop("DO RELEASE_LOCK('ocr_fleet_migrations')").await;
+        result
+    }
+
+    pub async fn disconnect(self) {
+        let _ = self.pool.disconnect().await;
+    }
+}
+
+async fn apply_migrations(conn: &mut Conn) -> Result<(), PortError> {
+    let applied: Vec<u32> = conn.query("SELECT version FROM schema_migrations").await.map_err(db_error)?;
+    for (version, sql) in MIGRATIONS {
+        if applied.contains(version) {
+            continue;
+        }
+        conn.query_drop(*sql).await.map_err(db_error)?;
+        "INSERT INTO schema_migrations (version, applied_at_ms) VALUES (:version, :at)"
+            .with(params! { "version" => version, "at" => now_ms() })
+            .ignore(&mut *conn)
+            .await
+            .map_err(db_error)?;
+        tracing::info!(version, "applied database migration");
+    }
+    Ok(())
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as i64
+}
+
+fn corrupt(what: &str) -> PortError {
+    PortError::permanent("mysql", format!("unreadable {what} in jobs row"))
+}
+
+pub(crate) fn job_from_row(mut row: Row) -> Result<Job, PortError> {
+    fn take<T: mysql_async::prelude::FromValue>(row: &mut Row, i: usize, what: &str) -> Result<T, PortError> {
+        row.take_opt::<T, usize>(i).ok_or_else(|| corrupt(what))?.map_err(|_| corrupt(what))
+    }
+    let id: String = take(&mut row, 0, "id")?;
+    let status: String = take(&mut row, 2, "status")?;
+    let priority: String = take(&mut row, 3, "priority")?;
+    let content_type: String = take(&mut row, 4, "content_type")?;
+    let metadata: Option<String> = take(&mut row, 7, "metadata")?;
+    let idem_key: Option<String> = take(&mut row, 8, "idempotency_key")?;
+    let idem_hash: Option<String> = take(&mut row, 9, "request_hash")?;
+    Ok(Job {
+        id: id.parse().map_err(|_| corrupt("id"))?,
+        owner: take(&mut row, 1, "owner")?,
+        status: status.parse().map_err(|_| corrupt("status"))?,
+        priority: priority.parse().map_err(|_| corrupt("priority"))?,
+        content_type: content_type.parse().map_err(|_| corrupt("content_type"))?,
+        content_length: take(&mut row, 5, "content_length")?,
+        callback_url: take(&mut row, 6, "callback_url")?,
+        metadata: metadata.map(|m| serde_json::from_str(&m)).transpose().map_err(|_| corrupt("metadata"))?,
+        idempotency: match (idem_key, idem_hash) {
+            (Some(key), Some(request_hash)) => Some(Idempotency { key, request_hash }),
+            _ => None,
+        },
+        attempts: take(&mut row, 10, "attempts")?,
+        error: take(&mut row, 11, "error")?,
+        created_at_ms: take(&mut row, 12, "created_at_ms")?,
+        updated_at_ms: take(&mut row, 13, "updated_at_ms")?,
+        queued_at_ms: take(&mut row, 14, "queued_at_ms")?,
+        enqueued_at_ms: take(&mut row, 15, "enqueued_at_ms")?,
+        started_at_ms: take(&mut row, 16, "started_at_ms")?,
+        finished_at_ms: take(&mut row, 17, "finished_at_ms")?,
+    })
+}
+
+#[async_trait]
+impl JobStore for MySqlJobStore {
+    async fn insert(&self, new: NewJob) -> Result<Job, PortError> {
+        let job = Job::from_new(new);
+        let mut conn = self.conn().await?;
+        let metadata = job.metadata.as_ref().map(|m| m.to_string());
+        let (idem_key, idem_hash) = match &job.idempotency {
+            Some(i) => (Some(i.key.clone()), Some(i.request_hash.clone())),
+            None => (None, None),
+        };
+        r"INSERT INTO jobs (id, owner, status, priority, content_type, content_length, callback_url, metadata,
+              idempotency_key, request_hash, attempts, created_at_ms, updated_at_ms)
+          VALUES (:id, :owner, :status, :priority, :content_type, :content_length, :callback_url, :metadata,
+              :idem_key, :idem_hash, 0, :created, :created)"
+            .with(params! {
+                "id" => job.id.to_string(),
+                "owner" => &job.owner,
+                "status" => job.status.as_str(),
+                "priority" => job.priority.as_str(),
+                "content_type" => job.content_type.as_str(),
+                "content_length" => job.content_length,
+                "callback_url" => &job.callback_url,
+                "metadata" => metadata,
+                "idem_key" => idem_key,
+                "idem_hash" => idem_hash,
+                "created" => job.created_at_ms,
+            })
+            .ignore(&mut conn)
+            .await
+            .map_err(db_error)?;
+        Ok(job)
+    }
+
+    async fn get(&self, id: &JobId) -> Result<Option<Job>, PortError> {
+        let mut conn = self.conn().await?;
+        let row: Option<Row> = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = :id")
+            .with(params! { "id" => id.to_string() })
+            .first(&mut conn)
+            .await
+            .map_err(db_error)?;
+        row.map(job_from_row).transpose()
+    }
+
+    async fn find_by_idempotency_key(&self, owner: &str, key: &str) -> Result<Option<Job>, PortError> {
+        let mut conn = self.conn().await?;
+        let row: Option<Row> =
+            format!("SELECT {JOB_COLUMNS} FROM jobs WHERE owner = :owner AND idempotency_key = :key")
+                .with(params! { "owner" => owner, "key" => key })
+                .first(&mut conn)
+                .await
+                .map_err(db_error)?;
+        row.map(job_from_row).transpose()
+    }
+
+    async fn remove(&self, id: &JobId) -> Result<(), PortError> {
+        let mut conn = self.conn().await?;
+        "DELETE FROM jobs WHERE id = :id"
+            .with(params! { "id" => id.to_string() })
+            .ignore(&mut conn)
+            .await
+            .map_err(db_error)
+    }
+
+    async fn set_status(
+        &self,
+        id: &JobId,
+        from: JobStatus,
+        to: JobStatus,
+        change: StatusChange,
+    ) -> Result<bool, PortError> {
+        let timestamp_column = match to {
+            JobStatus::Queued => ", queued_at_ms = :at",
+            JobStatus::Processing => ", started_at_ms = :at, attempts = attempts + 1",
+            JobStatus::Succeeded | JobStatus::Failed | JobStatus::Expired => ", finished_at_ms = :at",
+            JobStatus::AwaitingUpload | JobStatus::Deleted => "",
+        };
+        let sql = format!(
+            "UPDATE jobs SET status = :to, updated_at_ms = :at, error = COALESCE(:error, error){timestamp_column} \
+             WHERE id = :id AND status = :from"
+        );
+        let mut conn = self.conn().await?;
+        sql.with(params! {
+            "to" => to.as_str(),
+            "from" => from.as_str(),
+            "at" => change.at_ms,
+            "error" => change.error,
+            "id" => id.to_string(),
+        })
+        .ignore(&mut conn)
+        .await
+        .map_err(db_error)?;
+        Ok(conn.affected_rows() == 1)
+    }
+
+    async fn mark_enqueued(&self, id: &JobId, at_ms: i64) -> Result<(), PortError> {
+        let mut conn = self.conn().await?;
+        "UPDATE jobs SET enqueued_at_ms = :at WHERE id = :id"
+            .with(params! { "at" => at_ms, "id" => id.to_string() })
+            .ignore(&mut conn)
+            .await
+            .map_err(db_error)
+    }
+
+    async fn get_result(&self, id: &JobId) -> Result<Option<OcrResult>, PortError> {
+        let mut conn = self.conn().await?;
+        let json: Option<String> = "SELECT result FROM job_results WHERE job_id = :id"
+            .with(params! { "id" => id.to_string() })
+            .first(&mut conn)
+            .await
+            .map_err(db_error)?;
+        json.map(|j| serde_json::from_str(&j).map_err(|_| corrupt("result"))).transpose()
+    }
+
+    async fn mark_deleted(&self, id: &JobId, at_ms: i64) -> Result<(), PortError> {
+        let mut conn = self.conn().await?;
+        let mut tx = conn.start_transaction(Default::default()).await.map_err(db_error)?;
+        "DELETE FROM job_results WHERE job_id = :id"
+            .with(params! { "id" => id.to_string() })
+            .ignore(&mut tx)
+            .await
+            .map_err(db_error)?;
+        // The row stays (as `deleted`) so the id keeps answering "deleted", but what the
+        // caller sent with it goes.
+        "UPDATE jobs SET status = 'deleted', updated_at_ms = :at, metadata = NULL, callback_url = NULL WHERE id = :id"
+            .with(params! { "at" => at_ms, "id" => id.to_string() })
+            .ignore(&mut tx)
+            .await
+            .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)
+    }
+}

@@ -1,0 +1,267 @@
+//! In-memory implementations of every port, for unit tests.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::content::ContentType;
+use crate::error::PortError;
+use crate::id::JobId;
+use crate::job::{Job, JobStatus, NewJob, Priority};
+use crate::message::JobMessage;
+use crate::ports::{Clock, JobQueue, JobStore, ObjectInfo, ObjectStore, PresignedPut, StatusChange};
+use crate::result::OcrResult;
+
+/// A clock that moves only when told.
+#[derive(Debug)]
+pub struct ManualClock(AtomicI64);
+
+impl ManualClock {
+    pub fn new(now_ms: i64) -> Self {
+        Self(AtomicI64::new(now_ms))
+    }
+    pub fn advance(&self, by: Duration) {
+        self.0.fetch_add(by.as_millis() as i64, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Jobs and results in a map.
+#[derive(Debug, Default)]
+pub struct InMemoryJobStore {
+    jobs: Mutex<HashMap<JobId, Job>>,
+    results: Mutex<HashMap<JobId, OcrResult>>,
+}
+
+impl InMemoryJobStore {
+    pub fn len(&self) -> usize {
+        self.jobs.lock().unwrap().len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn all(&self) -> Vec<Job> {
+        self.jobs.lock().unwrap().values().cloned().collect()
+    }
+    pub fn put_result(&self, id: JobId, result: OcrResult) {
+        self.results.lock().unwrap().insert(id, result);
+    }
+}
+
+#[async_trait]
+impl JobStore for InMemoryJobStore {
+    async fn insert(&self, new: NewJob) -> Result<Job, PortError> {
+        let mut jobs = self.jobs.lock().unwrap();
+        if let Some(idem) = &new.idempotency {
+            let taken = jobs
+                .values()
+                .any(|j| j.owner == new.owner && j.idempotency.as_ref().is_some_and(|i| i.key == idem.key));
+            if taken {
+                return Err(PortError::Conflict("idempotency key already used".into()));
+            }
+        }
+        if jobs.contains_key(&new.id) {
+            return Err(PortError::Conflict("job id already used".into()));
+        }
+        let job = Job::from_new(new);
+        jobs.insert(job.id, job.clone());
+        Ok(job)
+    }
+
+    async fn get(&self, id: &JobId) -> Result<Option<Job>, PortError> {
+        Ok(self.jobs.lock().unwrap().get(id).cloned())
+    }
+
+    async fn find_by_idempotency_key(&self, owner: &str, key: &str) -> Result<Option<Job>, PortError> {
+        let jobs = self.jobs.lock().unwrap();
+        Ok(jobs.values().find(|j| j.owner == owner && j.idempotency.as_ref().is_some_and(|i| i.key == key)).cloned())
+    }
+
+    async fn remove(&self, id: &JobId) -> Result<(), PortError> {
+        self.jobs.lock().unwrap().remove(id);
+        Ok(())
+    }
+
+    async fn set_status(
+        &self,
+        id: &JobId,
+        from: JobStatus,
+        to: JobStatus,
+        change: StatusChange,
+    ) -> Result<bool, PortError> {
+        let mut jobs = self.jobs.lock().unwrap();
+        let Some(job) = jobs.get_mut(id) else { return Ok(false) };
+        if job.status != from {
+            return Ok(false);
+        }
+        job.status = to;
+        job.updated_at_ms = change.at_ms;
+        match to {
+            JobStatus::Queued => job.queued_at_ms = Some(change.at_ms),
+            JobStatus::Processing => {
+                job.started_at_ms = Some(change.at_ms);
+                job.attempts += 1;
+            }
+            JobStatus::Succeeded | JobStatus::Failed | JobStatus::Expired => job.finished_at_ms = Some(change.at_ms),
+            _ => {}
+        }
+        if change.error.is_some() {
+            job.error = change.error;
+        }
+        Ok(true)
+    }
+
+    async fn mark_enqueued(&self, id: &JobId, at_ms: i64) -> Result<(), PortError> {
+        if let Some(job) = self.jobs.lock().unwrap().get_mut(id) {
+            job.enqueued_at_ms = Some(at_ms);
+        }
+        Ok(())
+    }
+
+    async fn get_result(&self, id: &JobId) -> Result<Option<OcrResult>, PortError> {
+        Ok(self.results.lock().unwrap().get(id).cloned())
+    }
+
+    async fn mark_deleted(&self, id: &JobId, at_ms: i64) -> Result<(), PortError> {
+        if let Some(job) = self.jobs.lock().unwrap().get_mut(id) {
+            job.status = JobStatus::Deleted;
+            job.updated_at_ms = at_ms;
+        }
+        self.results.lock().unwrap().remove(id);
+        Ok(())
+    }
+}
+
+/// Objects in a map; can be told to fail like an unreachable S3.
+#[derive(Debug)]
+pub struct InMemoryObjectStore {
+    bucket: String,
+    objects: Mutex<HashMap<String, (ContentType, Bytes)>>,
+    failing: AtomicBool,
+}
+
+impl Default for InMemoryObjectStore {
+    fn default() -> Self {
+        Self { bucket: "test-bucket".into(), objects: Mutex::default(), failing: AtomicBool::new(false) }
+    }
+}
+
+impl InMemoryObjectStore {
+    /// While set, every call fails as [`PortError::Unavailable`].
+    pub fn set_failing(&self, failing: bool) {
+        self.failing.store(failing, Ordering::SeqCst);
+    }
+    pub fn contains(&self, key: &str) -> bool {
+        self.objects.lock().unwrap().contains_key(key)
+    }
+    /// Stores an object as if a client had uploaded it.
+    pub fn insert(&self, key: &str, content_type: ContentType, body: impl Into<Bytes>) {
+        self.objects.lock().unwrap().insert(key.to_owned(), (content_type, body.into()));
+    }
+    fn check(&self) -> Result<(), PortError> {
+        if self.failing.load(Ordering::SeqCst) {
+            Err(PortError::unavailable("object store", "injected failure"))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[async_trait]
+impl ObjectStore for InMemoryObjectStore {
+    fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    async fn presign_put(
+        &self,
+        key: &str,
+        content_type: ContentType,
+        content_length: u64,
+        expires_in: Duration,
+    ) -> Result<PresignedPut, PortError> {
+        self.check()?;
+        Ok(PresignedPut {
+            url: format!("memory://{}/{key}?expires={}", self.bucket, expires_in.as_secs()),
+            headers: vec![
+                ("content-type".into(), content_type.as_str().into()),
+                ("content-length".into(), content_length.to_string()),
+            ],
+            expires_at_ms: expires_in.as_millis() as i64,
+        })
+    }
+
+    async fn put(&self, key: &str, content_type: ContentType, body: Bytes) -> Result<(), PortError> {
+        self.check()?;
+        self.insert(key, content_type, body);
+        Ok(())
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, PortError> {
+        self.check()?;
+        Ok(self
+            .objects
+            .lock()
+            .unwrap()
+            .get(key)
+            .map(|(ct, body)| ObjectInfo { size: body.len() as u64, content_type: Some(ct.as_str().into()) }))
+    }
+
+    async fn read_range(&self, key: &str, offset: u64, len: usize) -> Result<Bytes, PortError> {
+        let body = self.get(key).await?;
+        let start = (offset as usize).min(body.len());
+        Ok(body.slice(start..(start + len).min(body.len())))
+    }
+
+    async fn get(&self, key: &str) -> Result<Bytes, PortError> {
+        self.check()?;
+        self.objects.lock().unwrap().get(key).map(|(_, b)| b.clone()).ok_or(PortError::NotFound)
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), PortError> {
+        self.check()?;
+        self.objects.lock().unwrap().remove(key);
+        Ok(())
+    }
+}
+
+/// Two queues as vectors; the reported depth can be forced for backpressure tests.
+#[derive(Debug, Default)]
+pub struct InMemoryJobQueue {
+    messages: Mutex<HashMap<Priority, Vec<JobMessage>>>,
+    forced_depth: Mutex<HashMap<Priority, u64>>,
+}
+
+impl InMemoryJobQueue {
+    pub fn messages(&self, priority: Priority) -> Vec<JobMessage> {
+        self.messages.lock().unwrap().get(&priority).cloned().unwrap_or_default()
+    }
+    /// Makes [`JobQueue::depth`] report `depth` for this priority.
+    pub fn force_depth(&self, priority: Priority, depth: u64) {
+        self.forced_depth.lock().unwrap().insert(priority, depth);
+    }
+}
+
+#[async_trait]
+impl JobQueue for InMemoryJobQueue {
+    async fn send(&self, message: &JobMessage) -> Result<(), PortError> {
+        self.messages.lock().unwrap().entry(message.priority).or_default().push(message.clone());
+        Ok(())
+    }
+
+    async fn depth(&self, priority: Priority) -> Result<u64, PortError> {
+        if let Some(d) = self.forced_depth.lock().unwrap().get(&priority) {
+            return Ok(*d);
+        }
+        Ok(self.messages(priority).len() as u64)
+    }
+}

@@ -1,0 +1,135 @@
+//! Ports: the small traits through which domain logic reaches the outside world.
+//!
+//! Adapters in `ocr-aws` implement them on S3, SQS and MySQL; [`crate::fakes`]
+//! implements them in memory for unit tests.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::content::ContentType;
+use crate::error::PortError;
+use crate::id::JobId;
+use crate::job::{Job, JobStatus, NewJob, Priority};
+use crate::message::JobMessage;
+use crate::result::OcrResult;
+
+/// Milliseconds since the Unix epoch, from a clock the tests can hold still.
+pub trait Clock: Send + Sync {
+    fn now_ms(&self) -> i64;
+}
+
+/// The wall clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        now.as_millis() as i64
+    }
+}
+
+/// Extra fields written with a status change.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StatusChange {
+    pub at_ms: i64,
+    /// Why the job failed (only with `Failed`).
+    pub error: Option<String>,
+}
+
+/// Where jobs are kept.
+#[async_trait]
+pub trait JobStore: Send + Sync {
+    /// Inserts a new job in `awaiting_upload`. A second job with the same owner and
+    /// idempotency key is refused with [`PortError::Conflict`].
+    async fn insert(&self, job: NewJob) -> Result<Job, PortError>;
+
+    /// The job with this id, whoever owns it (callers check ownership).
+    async fn get(&self, id: &JobId) -> Result<Option<Job>, PortError>;
+
+    /// The owner's job created with this idempotency key, if any.
+    async fn find_by_idempotency_key(&self, owner: &str, key: &str) -> Result<Option<Job>, PortError>;
+
+    /// Removes a job row that never became visible to its caller (e.g. the image
+    /// could not be stored). Not a user-visible delete.
+    async fn remove(&self, id: &JobId) -> Result<(), PortError>;
+
+    /// Moves the job from `from` to `to` only if it is still in `from`
+    /// (compare-and-set, so concurrent handlers cannot both win).
+    /// Returns whether this call made the change. The caller checks that the
+    /// transition is allowed.
+    async fn set_status(
+        &self,
+        id: &JobId,
+        from: JobStatus,
+        to: JobStatus,
+        change: StatusChange,
+    ) -> Result<bool, PortError>;
+
+    /// Records that the job's message reached its queue.
+    async fn mark_enqueued(&self, id: &JobId, at_ms: i64) -> Result<(), PortError>;
+
+    /// The OCR result of a succeeded job.
+    async fn get_result(&self, id: &JobId) -> Result<Option<OcrResult>, PortError>;
+
+    /// Marks the job deleted and drops its result.
+    async fn mark_deleted(&self, id: &JobId, at_ms: i64) -> Result<(), PortError>;
+}
+
+/// A presigned upload request the client performs itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PresignedPut {
+    pub url: String,
+    /// Headers the client must send exactly as given (they are signed).
+    pub headers: Vec<(String, String)>,
+    pub expires_at_ms: i64,
+}
+
+/// What the object store knows of an object without reading it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObjectInfo {
+    pub size: u64,
+    pub content_type: Option<String>,
+}
+
+/// Where images are kept.
+#[async_trait]
+pub trait ObjectStore: Send + Sync {
+    /// The bucket's name (goes into job messages).
+    fn bucket(&self) -> &str;
+
+    /// A PUT URL bound to this key, content type and exact length, valid for `expires_in`.
+    async fn presign_put(
+        &self,
+        key: &str,
+        content_type: ContentType,
+        content_length: u64,
+        expires_in: Duration,
+    ) -> Result<PresignedPut, PortError>;
+
+    async fn put(&self, key: &str, content_type: ContentType, body: Bytes) -> Result<(), PortError>;
+
+    /// Size and type of the object, or `None` when it does not exist.
+    async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, PortError>;
+
+    /// Up to `len` bytes of the object starting at byte `offset` (fewer at its end).
+    async fn read_range(&self, key: &str, offset: u64, len: usize) -> Result<Bytes, PortError>;
+
+    /// The whole object; [`PortError::NotFound`] when missing.
+    async fn get(&self, key: &str) -> Result<Bytes, PortError>;
+
+    /// Deletes the object; deleting a missing object succeeds.
+    async fn delete(&self, key: &str) -> Result<(), PortError>;
+}
+
+/// Where job messages wait for a worker.
+#[async_trait]
+pub trait JobQueue: Send + Sync {
+    /// Sends the message to the queue of its priority.
+    async fn send(&self, message: &JobMessage) -> Result<(), PortError>;
+
+    /// Approximate number of messages waiting (visible) on the queue of this priority.
+    async fn depth(&self, priority: Priority) -> Result<u64, PortError>;
+}
