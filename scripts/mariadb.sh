@@ -14,11 +14,11 @@ source "$ROOT/scripts/lib/mariadb.sh"
 
 case "${1:-}" in
 ensure)
-    mariadb_ensure
+    mariadb_ensure manual
     mariadb_create_db "${OCR_DB_NAME:-ocr_fleet}"
     log "database ${OCR_DB_NAME:-ocr_fleet} ready: mysql://root@$MARIADB_HOST:$MARIADB_PORT/${OCR_DB_NAME:-ocr_fleet}"
     ;;
-stop) mariadb_stop ;;
+stop) mariadb_stop "" ;;
 status)
     if mariadb_answers; then
         echo "MariaDB answers on $MARIADB_HOST:$MARIADB_PORT"

@@ -30,7 +30,7 @@ cleanup() {
     local rc=$?
     set +e
     if [[ $LOCALSTACK_STARTED == 1 ]]; then localstack_stop test; fi
-    if [[ $MARIADB_STARTED == 1 ]]; then mariadb_stop; fi
+    if [[ $MARIADB_STARTED == 1 ]]; then mariadb_stop test; fi
     print_timings
     printf '%-34s %8s\n' "total" "$(($(date +%s) - T0))" >&2
     if ((${#FAILED[@]})); then
@@ -53,7 +53,7 @@ ensure_run_dir
 rm -f "$TEST_SUMMARY"
 
 step "setup" "$ROOT/scripts/setup.sh"
-step "mariadb" mariadb_ensure
+step "mariadb" mariadb_ensure test
 step "localstack start" localstack_start test
 
 export AWS_ENDPOINT_URL="$LOCALSTACK_URL"

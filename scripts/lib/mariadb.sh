@@ -7,6 +7,7 @@ MARIADB_PORT="${OCR_MARIADB_PORT:-3306}"
 # (another port) needs its own, e.g. OCR_MARIADB_PORT=3307 OCR_MARIADB_DATADIR=/tmp/mdb.
 MARIADB_DATADIR="${OCR_MARIADB_DATADIR:-/var/lib/mysql}"
 MARIADB_PIDFILE="$RUN_DIR/mariadb.pid"
+MARIADB_OWNERFILE="$RUN_DIR/mariadb.owner"
 
 mariadb_client() {
     if command -v mariadb >/dev/null 2>&1; then echo mariadb; elif command -v mysql >/dev/null 2>&1; then echo mysql; else return 1; fi
@@ -44,11 +45,12 @@ mariadb_install() {
     apt_install mariadb-server mariadb-client
 }
 
-# mariadb_ensure: make a server answer on 127.0.0.1:3306. Starts one (and records it in
-# .run/mariadb.pid so it can be stopped by mariadb_stop) only when none answers.
-# Sets MARIADB_STARTED=1 when this call started it.
+# mariadb_ensure [OWNER]: make a server answer on 127.0.0.1:3306. Starts one (and records it
+# in .run/mariadb.pid and .run/mariadb.owner so it can be stopped by mariadb_stop) only when
+# none answers. Sets MARIADB_STARTED=1 when this call started it.
 MARIADB_STARTED=0
 mariadb_ensure() {
+    local owner=${1:-manual}
     if mariadb_answers; then
         log "MariaDB answers on $MARIADB_HOST:$MARIADB_PORT (reusing it)"
         return 0
@@ -88,6 +90,7 @@ mariadb_ensure() {
         if mariadb_answers || { [[ "$MARIADB_PORT" == 3306 ]] && _mariadb_fix_root_tcp; }; then
             # shellcheck disable=SC2034 # read by the sourcing script
             MARIADB_STARTED=1
+            echo "$owner" >"$MARIADB_OWNERFILE"
             log "MariaDB is up (pid $(<"$MARIADB_PIDFILE"))"
             return 0
         fi
@@ -97,9 +100,14 @@ mariadb_ensure() {
     die "MariaDB did not answer on $MARIADB_HOST:$MARIADB_PORT within 60 s"
 }
 
-# mariadb_stop: stop a server only if one of our scripts started it (.run/mariadb.pid).
+# mariadb_stop [OWNER]: stop a server only if one of our scripts started it (.run/mariadb.pid),
+# and, when OWNER is given, only if OWNER did.
 mariadb_stop() {
-    local pid i
+    local owner=${1:-} pid i
+    if [[ -n "$owner" && -f "$MARIADB_OWNERFILE" && "$(<"$MARIADB_OWNERFILE")" != "$owner" ]]; then
+        log "MariaDB was started by '$(<"$MARIADB_OWNERFILE")', leaving it running"
+        return 0
+    fi
     pid=$(read_pidfile "$MARIADB_PIDFILE") || {
         rm -f "$MARIADB_PIDFILE"
         return 0
@@ -111,7 +119,7 @@ mariadb_stop() {
         sleep 0.1
     done
     pid_alive "$pid" && kill -KILL "$pid" 2>/dev/null
-    rm -f "$MARIADB_PIDFILE"
+    rm -f "$MARIADB_PIDFILE" "$MARIADB_OWNERFILE"
 }
 
 # mariadb_create_db NAME
