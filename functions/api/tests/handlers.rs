@@ -1,0 +1,427 @@
+//! Handlers on the in-memory fakes: no AWS, no database.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use http_body_util::BodyExt;
+use ocr_api::AppState;
+use ocr_api::auth::Authenticator;
+use ocr_api::config::Limits;
+use ocr_api::upload::{UploadHandler, UploadOutcome};
+use ocr_core::fakes::{InMemoryJobQueue, InMemoryJobStore, InMemoryObjectStore, ManualClock};
+use ocr_core::ports::{JobStore, StatusChange};
+use ocr_core::{ContentType, JobId, JobStatus, OcrLine, OcrResult, Priority};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+const ALICE: &str = "alice-token-0123456789";
+const BOB: &str = "bob-token-0123456789ab";
+
+struct Harness {
+    store: Arc<InMemoryJobStore>,
+    objects: Arc<InMemoryObjectStore>,
+    queue: Arc<InMemoryJobQueue>,
+    state: AppState,
+}
+
+fn harness() -> Harness {
+    let store = Arc::new(InMemoryJobStore::default());
+    let objects = Arc::new(InMemoryObjectStore::default());
+    let queue = Arc::new(InMemoryJobQueue::default());
+    let auth = Authenticator::from_static_tokens(&format!("{ALICE}:alice,{BOB}:bob")).unwrap();
+    let limits = Limits { queue_depth_limit: 100, queue_depth_refresh: std::time::Duration::ZERO, ..Limits::default() };
+    let state = AppState::new(
+        store.clone(),
+        objects.clone(),
+        queue.clone(),
+        Arc::new(ManualClock::new(1_700_000_000_000)),
+        auth,
+        limits,
+    );
+    Harness { store, objects, queue, state }
+}
+
+impl Harness {
+    async fn call(&self, request: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Value) {
+        let response = ocr_api::routes::router(self.state.clone()).oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
+        (status, headers, body)
+    }
+
+    fn uploads(&self) -> UploadHandler {
+        UploadHandler {
+            store: self.store.clone(),
+            objects: self.objects.clone(),
+            queue: self.queue.clone(),
+            clock: Arc::new(ManualClock::new(1_700_000_001_000)),
+            max_upload_bytes: 20_000_000,
+        }
+    }
+}
+
+fn post_json(token: Option<&str>, body: &str) -> Request<Body> {
+    let mut b = Request::post("/v1/jobs").header(header::CONTENT_TYPE, "application/json");
+    if let Some(t) = token {
+        b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    b.body(Body::from(body.to_owned())).unwrap()
+}
+
+fn get(token: &str, path: &str) -> Request<Body> {
+    Request::get(path).header(header::AUTHORIZATION, format!("Bearer {token}")).body(Body::empty()).unwrap()
+}
+
+fn png_bytes() -> Vec<u8> {
+    let mut v = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR".to_vec();
+    v.extend_from_slice(&[7; 64]);
+    v.extend_from_slice(b"\0\0\0\0IEND\xAE\x42\x60\x82");
+    v
+}
+
+#[tokio::test]
+async fn create_returns_a_presigned_upload() {
+    let h = harness();
+    let (status, headers, body) = h
+        .call(post_json(Some(ALICE), r#"{"content_type":"image/png","content_length":1234,"priority":"express"}"#))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = body["job_id"].as_str().unwrap();
+    assert_eq!(headers[header::LOCATION], format!("/v1/jobs/{id}").as_str());
+    assert_eq!(body["status"], "awaiting_upload");
+    assert_eq!(body["priority"], "express");
+    assert_eq!(body["upload"]["method"], "PUT");
+    assert_eq!(body["upload"]["headers"]["content-type"], "image/png");
+    assert_eq!(body["upload"]["headers"]["content-length"], "1234");
+    assert!(body["upload"]["url"].as_str().unwrap().contains(&format!("uploads/express/{id}")));
+    let job = h.store.get(&id.parse().unwrap()).await.unwrap().unwrap();
+    assert_eq!(job.owner, "alice");
+    assert_eq!(job.status, JobStatus::AwaitingUpload);
+}
+
+#[tokio::test]
+async fn unauthenticated_callers_get_401() {
+    let h = harness();
+    let body = r#"{"content_type":"image/png","content_length":10}"#;
+    for token in [None, Some("not-a-known-token-at-all")] {
+        let (status, headers, json) = h.call(post_json(token, body)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(json["error"]["code"], "unauthenticated");
+        assert_eq!(headers[header::WWW_AUTHENTICATE], "Bearer");
+    }
+    assert!(h.store.is_empty());
+}
+
+#[tokio::test]
+async fn bad_requests_get_json_errors() {
+    let h = harness();
+    let cases: &[(&str, StatusCode, &str)] = &[
+        ("{not json", StatusCode::BAD_REQUEST, "malformed_json"),
+        ("", StatusCode::BAD_REQUEST, "malformed_json"),
+        (
+            r#"{"content_type":"image/png","content_length":10,"colour":"red"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        ),
+        (r#"{"content_type":"image/png","content_length":"10"}"#, StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
+        (r#"{"content_type":"image/png","content_length":-1}"#, StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
+        (r#"{"content_type":"image/png","content_length":0}"#, StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
+        (
+            r#"{"content_type":"image/png","content_length":99999999999999999999999}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        ),
+        (r#"{"content_type":"image/png","content_length":20000001}"#, StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+        (r#"{"content_type":"image/gif","content_length":10}"#, StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
+        (
+            r#"{"content_type":"image/png","content_length":10,"priority":"urgent"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        ),
+        (
+            r#"{"content_type":"image/png","content_length":10,"callback_url":"ftp://x"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        ),
+        (
+            r#"{"content_type":"image/png","content_length":10,"callback_url":"https://u:p@x.example"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        ),
+        (
+            r#"{"content_type":"image/png","content_length":10,"metadata":[1]}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        ),
+        (r#"{"content_length":10}"#, StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
+        ("[]", StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
+    ];
+    for (body, want_status, want_code) in cases {
+        let (status, _, json) = h.call(post_json(Some(ALICE), body)).await;
+        assert_eq!(status, *want_status, "{body} -> {json}");
+        assert_eq!(json["error"]["code"], *want_code, "{body}");
+        assert!(json["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    let wrong_type = Request::post("/v1/jobs")
+        .header(header::AUTHORIZATION, format!("Bearer {ALICE}"))
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(Body::from("hello"))
+        .unwrap();
+    let (status, _, json) = h.call(wrong_type).await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(json["error"]["code"], "unsupported_media_type");
+    let (status, _, json) = h.call(Request::put("/v1/jobs").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(json["error"]["code"], "method_not_allowed");
+    let (status, _, json) = h.call(get(ALICE, "/v2/nothing")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(json["error"]["code"], "not_found");
+    assert!(h.store.is_empty(), "no job may be left by a refused request");
+}
+
+#[tokio::test]
+async fn idempotency_key_replays_and_conflicts() {
+    let h = harness();
+    let with_key = |body: &str| {
+        let mut r = post_json(Some(ALICE), body);
+        r.headers_mut().insert("idempotency-key", "order-42".parse().unwrap());
+        r
+    };
+    let body = r#"{"content_type":"image/jpeg","content_length":500}"#;
+    let (s1, _, first) = h.call(with_key(body)).await;
+    let (s2, _, second) = h.call(with_key(body)).await;
+    assert_eq!((s1, s2), (StatusCode::CREATED, StatusCode::CREATED));
+    assert_eq!(first["job_id"], second["job_id"]);
+    assert!(second["upload"]["url"].is_string());
+    assert_eq!(h.store.len(), 1);
+    let (s3, _, conflict) = h.call(with_key(r#"{"content_type":"image/jpeg","content_length":501}"#)).await;
+    assert_eq!(s3, StatusCode::CONFLICT);
+    assert_eq!(conflict["error"]["code"], "idempotency_conflict");
+    // The same key from another caller is another caller's business.
+    let mut bobs = post_json(Some(BOB), body);
+    bobs.headers_mut().insert("idempotency-key", "order-42".parse().unwrap());
+    let (s4, _, other) = h.call(bobs).await;
+    assert_eq!(s4, StatusCode::CREATED);
+    assert_ne!(other["job_id"], first["job_id"]);
+    assert_eq!(h.store.len(), 2);
+}
+
+#[tokio::test]
+async fn other_callers_jobs_are_invisible() {
+    let h = harness();
+    let (_, _, created) = h.call(post_json(Some(ALICE), r#"{"content_type":"image/png","content_length":10}"#)).await;
+    let path = format!("/v1/jobs/{}", created["job_id"].as_str().unwrap());
+    let (status, _, _) = h.call(get(ALICE, &path)).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, json) = h.call(get(BOB, &path)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(json["error"]["code"], "not_found");
+    let delete =
+        Request::delete(&path).header(header::AUTHORIZATION, format!("Bearer {BOB}")).body(Body::empty()).unwrap();
+    assert_eq!(h.call(delete).await.0, StatusCode::NOT_FOUND);
+    let (status, _, _) = h.call(get(ALICE, &path)).await;
+    assert_eq!(status, StatusCode::OK, "still there for its owner");
+    let (status, _, _) = h.call(get(ALICE, &format!("/v1/jobs/{}", JobId::new()))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _, _) = h.call(get(ALICE, "/v1/jobs/..%2F..%2Fetc")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn deep_queue_gets_503_and_leaves_no_job() {
+    let h = harness();
+    h.queue.force_depth(Priority::Bulk, 101);
+    let (status, headers, json) =
+        h.call(post_json(Some(ALICE), r#"{"content_type":"image/png","content_length":10}"#)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(headers[header::RETRY_AFTER], "30");
+    assert_eq!(json["error"]["code"], "queue_full");
+    assert_eq!(json["error"]["retryable"], true);
+    assert!(h.store.is_empty());
+    // Express has its own queue and its own depth.
+    let (status, _, _) = h
+        .call(post_json(Some(ALICE), r#"{"content_type":"image/png","content_length":10,"priority":"express"}"#))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+}
+
+fn direct(token: &str, content_type: &str, query: &str, body: Vec<u8>) -> Request<Body> {
+    Request::post(format!("/v1/jobs{query}"))
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .header(header::CONTENT_TYPE, content_type)
+        .body(Body::from(body))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn direct_upload_stores_the_image() {
+    let h = harness();
+    let (status, _, json) = h.call(direct(ALICE, "image/png", "?priority=express", png_bytes())).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{json}");
+    let id = json["job_id"].as_str().unwrap();
+    assert!(h.objects.contains(&format!("uploads/express/{id}")));
+
+    let (status, _, json) = h.call(direct(ALICE, "image/jpeg", "", png_bytes())).await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{json}");
+    let (status, _, _) = h.call(direct(ALICE, "image/png", "?colour=red", png_bytes())).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let (status, _, _) = h.call(direct(ALICE, "image/png", "", Vec::new())).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let (status, _, json) = h.call(direct(ALICE, "image/png", "", vec![0; 7 * 1024 * 1024])).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{json}");
+    assert_eq!(json["error"]["code"], "too_large");
+    assert_eq!(h.store.len(), 1);
+}
+
+#[tokio::test]
+async fn storage_failure_is_a_retryable_500_without_a_job() {
+    let h = harness();
+    h.objects.set_failing(true);
+    let (status, _, json) = h.call(direct(ALICE, "image/png", "", png_bytes())).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(json["error"]["retryable"], true);
+    let (status, _, json) = h.call(post_json(Some(ALICE), r#"{"content_type":"image/png","content_length":10}"#)).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(json["error"]["retryable"], true);
+    assert!(h.store.is_empty());
+}
+
+#[tokio::test]
+async fn get_shows_the_result_and_delete_removes_it() {
+    let h = harness();
+    let (_, _, json) = h.call(direct(ALICE, "image/png", "", png_bytes())).await;
+    let id: JobId = json["job_id"].as_str().unwrap().parse().unwrap();
+    let change = |at| StatusChange { at_ms: at, error: None };
+    h.store.set_status(&id, JobStatus::AwaitingUpload, JobStatus::Queued, change(1)).await.unwrap();
+    h.store.set_status(&id, JobStatus::Queued, JobStatus::Processing, change(2)).await.unwrap();
+    h.store.set_status(&id, JobStatus::Processing, JobStatus::Succeeded, change(3)).await.unwrap();
+    let line =
+        OcrLine { text: "HELLO".into(), confidence: 0.9, bbox: [[0.0, 0.0], [9.0, 0.0], [9.0, 3.0], [0.0, 3.0]] };
+    h.store.put_result(id, OcrResult { text: "HELLO".into(), lines: vec![line], width: 10, height: 4, seconds: 0.1 });
+
+    let path = format!("/v1/jobs/{id}");
+    let (status, _, json) = h.call(get(ALICE, &path)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(json["status"], "succeeded");
+    assert_eq!(json["attempts"], 1);
+    assert_eq!(json["result"]["text"], "HELLO");
+    assert_eq!(json["result"]["lines"][0]["box"][2], json!([9.0, 3.0]));
+    assert!(json["finished_at"].is_string());
+
+    let delete =
+        Request::delete(&path).header(header::AUTHORIZATION, format!("Bearer {ALICE}")).body(Body::empty()).unwrap();
+    let (status, _, json) = h.call(delete).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(json["status"], "deleted");
+    assert!(!h.objects.contains(&format!("uploads/bulk/{id}")));
+    let (_, _, json) = h.call(get(ALICE, &path)).await;
+    assert_eq!(json["status"], "deleted");
+    assert!(json.get("result").is_none());
+}
+
+#[tokio::test]
+async fn openapi_and_health_need_no_token() {
+    let h = harness();
+    let (status, _, json) = h.call(Request::get("/v1/openapi.json").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(json["openapi"], "3.1.0");
+    let (status, _, _) = h.call(Request::get("/healthz").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+/// Creates a job through the API and "uploads" `bytes` for it.
+async fn uploaded(h: &Harness, content_type: ContentType, declared: usize, bytes: Vec<u8>) -> (JobId, String) {
+    let body = json!({"content_type": content_type.as_str(), "content_length": declared}).to_string();
+    let (_, _, json) = h.call(post_json(Some(ALICE), &body)).await;
+    let id: JobId = json["job_id"].as_str().unwrap().parse().unwrap();
+    let key = format!("uploads/bulk/{id}");
+    h.objects.insert(&key, content_type, bytes);
+    (id, key)
+}
+
+#[tokio::test]
+async fn a_good_upload_is_queued_once() {
+    let h = harness();
+    let bytes = png_bytes();
+    let (id, key) = uploaded(&h, ContentType::Png, bytes.len(), bytes.clone()).await;
+    let handler = h.uploads();
+    assert_eq!(handler.handle_object(&key).await.unwrap(), UploadOutcome::Enqueued(id));
+    assert!(matches!(handler.handle_object(&key).await.unwrap(), UploadOutcome::Ignored(_)));
+    let messages = h.queue.messages(Priority::Bulk);
+    assert_eq!(messages.len(), 1);
+    assert_eq!(messages[0].job_id, id);
+    assert_eq!(messages[0].size, bytes.len() as u64);
+    assert!(h.queue.messages(Priority::Express).is_empty());
+    let job = h.store.get(&id).await.unwrap().unwrap();
+    assert_eq!(job.status, JobStatus::Queued);
+    assert!(job.enqueued_at_ms.is_some());
+}
+
+#[tokio::test]
+async fn a_lost_send_is_repeated_on_the_next_event() {
+    let h = harness();
+    let bytes = png_bytes();
+    let (id, key) = uploaded(&h, ContentType::Png, bytes.len(), bytes).await;
+    // As if the handler died after changing the status but before sending.
+    h.store.set_status(&id, JobStatus::AwaitingUpload, JobStatus::Queued, StatusChange::default()).await.unwrap();
+    assert_eq!(h.uploads().handle_object(&key).await.unwrap(), UploadOutcome::Enqueued(id));
+    assert_eq!(h.queue.messages(Priority::Bulk).len(), 1);
+}
+
+#[tokio::test]
+async fn bad_uploads_fail_and_are_deleted() {
+    let h = harness();
+    let handler = h.uploads();
+    let text = b"this is a text file named photo.jpg".to_vec();
+    let mut truncated = png_bytes();
+    truncated.truncate(40);
+    let cases = [
+        (ContentType::Jpeg, text.len(), text.clone(), "not an image"),
+        (ContentType::Png, truncated.len(), truncated.clone(), "truncated"),
+        (ContentType::Png, 10, png_bytes(), "declared"),
+        (ContentType::Jpeg, png_bytes().len(), png_bytes(), "but image/jpeg was declared"),
+    ];
+    for (content_type, declared, bytes, reason_part) in cases {
+        let (id, key) = uploaded(&h, content_type, declared, bytes).await;
+        match handler.handle_object(&key).await.unwrap() {
+            UploadOutcome::Rejected { job_id, reason } => {
+                assert_eq!(job_id, id);
+                assert!(reason.contains(reason_part), "{reason}");
+            }
+            other => panic!("expected a rejection, got {other:?}"),
+        }
+        assert!(!h.objects.contains(&key));
+        let job = h.store.get(&id).await.unwrap().unwrap();
+        assert_eq!(job.status, JobStatus::Failed);
+        assert!(job.error.is_some());
+    }
+    assert!(h.queue.messages(Priority::Bulk).is_empty());
+}
+
+#[tokio::test]
+async fn oversized_uploads_fail() {
+    let h = harness();
+    let mut handler = h.uploads();
+    handler.max_upload_bytes = 50;
+    let bytes = png_bytes();
+    let (_, key) = uploaded(&h, ContentType::Png, bytes.len(), bytes).await;
+    let outcome = handler.handle_object(&key).await.unwrap();
+    assert!(
+        matches!(&outcome, UploadOutcome::Rejected { reason, .. } if reason.contains("over the limit")),
+        "{outcome:?}"
+    );
+}
+
+#[tokio::test]
+async fn unknown_keys_and_jobs_are_acknowledged() {
+    let h = harness();
+    let handler = h.uploads();
+    let unknown = format!("uploads/bulk/{}", JobId::new());
+    for key in ["elsewhere/x", "uploads/bulk/not-an-id", unknown.as_str()] {
+        assert!(matches!(handler.handle_object(key).await.unwrap(), UploadOutcome::Ignored(_)), "{key}");
+    }
+    assert!(h.queue.messages(Priority::Bulk).is_empty());
+}
