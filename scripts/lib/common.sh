@@ -47,24 +47,26 @@ read_pidfile() {
     printf '%s\n' "$pid"
 }
 
-# stop_group PIDFILE NAME: SIGTERM the whole process group recorded in PIDFILE
-# (processes are started with setsid, so pid == pgid), wait, then SIGKILL.
+# stop_group PIDFILE NAME [GRACE_SECS]: SIGTERM the whole process group recorded in PIDFILE
+# (processes are started with setsid, so pid == pgid), wait up to GRACE_SECS (10), then SIGKILL.
 stop_group() {
-    local f=$1 name=$2 pid i
+    local f=$1 name=$2 grace=${3:-10} pid i
     if ! pid=$(read_pidfile "$f"); then
         rm -f "$f"
         return 0
     fi
     log "stopping $name (process group $pid)"
     kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 100; i++)); do
+    for ((i = 0; i < grace * 10; i++)); do
         pid_alive "$pid" || break
         sleep 0.1
     done
     if pid_alive "$pid"; then
-        warn "$name did not stop in 10 s; killing"
+        warn "$name did not stop in $grace s; killing"
         kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
     fi
+    # Leftover children of the group (SIGKILL when the leader is gone).
+    kill -KILL -- "-$pid" 2>/dev/null || true
     rm -f "$f"
 }
 

@@ -83,7 +83,7 @@ localstack_stop() {
         log "LocalStack was started by '$(<"$LOCALSTACK_OWNERFILE")', leaving it running"
         return 0
     fi
-    stop_group "$LOCALSTACK_PIDFILE" LocalStack
+    stop_group "$LOCALSTACK_PIDFILE" LocalStack 20
     rm -f "$LOCALSTACK_OWNERFILE"
 }
 
