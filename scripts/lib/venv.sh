@@ -39,19 +39,42 @@ find_python() {
             return 0
         fi
     done
-    # Last resort: a uv-managed CPython (needs GitHub access for the download).
-    local boot="$OCR_FLEET_CACHE/uv-bootstrap"
-    if [[ ! -x "$boot/bin/uv" ]]; then
-        log "no Python 3.13 found; bootstrapping uv to install one"
-        if ! python3 -m venv "$boot" >/dev/null 2>&1; then
-            apt_install python3-venv
-            python3 -m venv "$boot"
-        fi
-        "$boot/bin/python" -m pip install -q uv
-    fi
-    "$boot/bin/uv" python install 3.13 >&2 ||
+    # Last resort: a uv-managed CPython (needs access to GitHub for the download).
+    local uv
+    log "no Python 3.13 found; asking uv to install one"
+    uv=$(uv_bin) || die "no Python 3.13 and no uv: install Python 3.13 (pyenv install 3.13) or set OCR_PYTHON"
+    "$uv" python install 3.13 >&2 ||
         die "could not get Python 3.13: install one (pyenv install 3.13) or set OCR_PYTHON"
-    "$boot/bin/uv" python find 3.13
+    "$uv" python find 3.13
+}
+
+# uv_bin: print the path of a uv binary: `uv` on PATH, else one installed from PyPI into
+# $OCR_FLEET_CACHE/uv (outside the clone, so every clone and CI reuse it).
+uv_bin() {
+    local boot="$OCR_FLEET_CACHE/uv" py
+    if command -v uv >/dev/null 2>&1; then
+        command -v uv
+        return 0
+    fi
+    if [[ ! -x "$boot/bin/uv" ]]; then
+        # Any Python 3 with venv and pip will do for this; prefer 3.13, then the system's.
+        py=""
+        for c in $(find "${PYENV_ROOT:-$HOME/.pyenv}/versions" -maxdepth 3 -path '*/3.13.*/bin/python3.13' 2>/dev/null | sort -rV) python3.13 python3; do
+            if command -v "$c" >/dev/null 2>&1 && "$c" -c 'import venv, ensurepip' >/dev/null 2>&1; then
+                py=$c
+                break
+            fi
+        done
+        if [[ -z "$py" ]]; then
+            apt_install python3-venv
+            py=python3
+        fi
+        log "installing uv from PyPI into ${boot/#"$HOME"/\~}"
+        rm -rf "$boot"
+        "$py" -m venv "$boot" >&2
+        "$boot/bin/python" -m pip install -q --disable-pip-version-check uv >&2
+    fi
+    printf '%s\n' "$boot/bin/uv"
 }
 
 _venv_key() {
@@ -72,24 +95,20 @@ venv_ensure() {
             return 0
         fi
     fi
-    if [[ -x "$LOCALSTACK_PY" ]] && _py_ok "$LOCALSTACK_PY"; then
-        py=$LOCALSTACK_PY
-    else
-        py=$(find_python)
-        log "creating .venv/localstack with $py"
-        rm -rf "$LOCALSTACK_VENV"
-        "$py" -m venv "$LOCALSTACK_VENV"
-    fi
-    if [[ ! -x "$LOCALSTACK_VENV/bin/uv" ]]; then
-        log "installing uv into .venv/localstack"
-        "$LOCALSTACK_PY" -m pip install -q --disable-pip-version-check uv
-    fi
+    local uv
+    uv=$(uv_bin)
     # uv bundles its own CA roots; use the system bundle when there is one (proxies, mirrors).
     if [[ -z "${SSL_CERT_FILE:-}" && -f /etc/ssl/certs/ca-certificates.crt ]]; then
         export SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
     fi
+    if ! { [[ -x "$LOCALSTACK_PY" ]] && _py_ok "$LOCALSTACK_PY"; }; then
+        py=$(find_python)
+        log "creating .venv/localstack with $py"
+        rm -rf "$LOCALSTACK_VENV"
+        "$uv" venv --quiet --python "$py" "$LOCALSTACK_VENV"
+    fi
     log "installing LocalStack, boto3, cfn-lint (uv pip install -c localstack/constraints.txt)"
-    "$LOCALSTACK_VENV/bin/uv" pip install --quiet --python "$LOCALSTACK_PY" \
+    "$uv" pip install --quiet --python "$LOCALSTACK_PY" \
         -r "$LOCALSTACK_REQUIREMENTS" -c "$LOCALSTACK_CONSTRAINTS"
     "$LOCALSTACK_PY" -c 'import localstack, boto3, cfnlint' ||
         die ".venv/localstack is incomplete after install"
