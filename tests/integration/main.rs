@@ -1,1 +1,5 @@
-//! Integration tests against LocalStack + MariaDB.
+//! Integration tests against LocalStack (S3, SQS) and MariaDB: one test binary.
+//! Start the services with `scripts/test.sh` (which runs these) or `scripts/dev.sh up`.
+
+mod producer;
+mod store;

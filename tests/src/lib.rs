@@ -1,1 +1,342 @@
-//! Test harness.
+//! Test harness: a private set of real resources per test.
+//!
+//! Each [`TestEnv`] makes its own MariaDB database, S3 bucket and SQS queues
+//! (random names, so tests run side by side), wires the bucket's ObjectCreated
+//! notification to its upload-events queue like template.yaml does, and serves
+//! the real API router on a random loopback port. Dropping it removes them.
+//!
+//! Endpoints: `AWS_ENDPOINT_URL` (default `http://127.0.0.1:4566`, LocalStack) and
+//! `TEST_DATABASE_URL` (default `mysql://root@127.0.0.1:3306`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use aws_sdk_s3::types::{
+    Event, FilterRule, FilterRuleName, NotificationConfiguration, NotificationConfigurationFilter, QueueConfiguration,
+    S3KeyFilter,
+};
+use aws_sdk_sqs::types::QueueAttributeName;
+use mysql_async::prelude::Queryable;
+use ocr_api::AppState;
+use ocr_api::auth::Authenticator;
+use ocr_api::config::Limits;
+use ocr_api::upload::UploadHandler;
+use ocr_aws::{MySqlJobStore, S3ObjectStore, SqsConsumer, SqsJobQueue};
+use ocr_core::ports::SystemClock;
+use rand::Rng;
+use tokio::sync::watch;
+
+pub const ALICE_TOKEN: &str = "alice-integration-token-0001";
+pub const BOB_TOKEN: &str = "bob-integration-token-000002";
+
+/// What a test may change about its environment.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub limits: Limits,
+    /// Size limit of the on-upload handler (may differ from the API's to test the check).
+    pub handler_max_upload_bytes: u64,
+    /// Run the upload-event poller in the background.
+    pub poller: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { limits: Limits::default(), handler_max_upload_bytes: 20_000_000, poller: true }
+    }
+}
+
+/// URLs of one queue set.
+#[derive(Debug, Clone)]
+pub struct Queues {
+    pub upload_events: String,
+    pub express: String,
+    pub bulk: String,
+    pub dlqs: Vec<String>,
+}
+
+pub struct TestEnv {
+    pub name: String,
+    pub aws: aws_config::SdkConfig,
+    pub s3: aws_sdk_s3::Client,
+    pub sqs: aws_sdk_sqs::Client,
+    pub bucket: String,
+    pub queues: Queues,
+    pub database_url: String,
+    pub store: Arc<MySqlJobStore>,
+    pub objects: Arc<S3ObjectStore>,
+    pub job_queue: Arc<SqsJobQueue>,
+    pub uploads: UploadHandler,
+    /// Base URL of the API, e.g. `http://127.0.0.1:41234`.
+    pub api: String,
+    pub http: reqwest::Client,
+    stop: watch::Sender<bool>,
+    server_db: String,
+}
+
+pub fn aws_endpoint() -> String {
+    std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| "http://127.0.0.1:4566".into())
+}
+
+fn server_database_url() -> String {
+    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into())
+}
+
+/// Shared AWS config pointing at LocalStack with its fixed credentials.
+pub async fn aws_config() -> aws_config::SdkConfig {
+    let creds = aws_sdk_s3::config::Credentials::new("test", "test", None, None, "integration-tests");
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(aws_endpoint())
+        .region(aws_config::Region::new(std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into())))
+        .credentials_provider(creds)
+        .load()
+        .await
+}
+
+fn random_suffix() -> String {
+    let n: u64 = rand::rng().random();
+    format!("{n:016x}")
+}
+
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_test_writer()
+        .try_init();
+}
+
+impl TestEnv {
+    pub async fn new() -> anyhow::Result<Self> {
+        Self::with(Options::default()).await
+    }
+
+    pub async fn with(options: Options) -> anyhow::Result<Self> {
+        init_logs();
+        let name = format!("it-{}", random_suffix());
+        let aws = aws_config().await;
+        let s3 = aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&aws).force_path_style(true).build());
+        let sqs = aws_sdk_sqs::Client::new(&aws);
+
+        let db_name = format!("ocr_test_{}", name.replace('-', "_"));
+        let server_db = server_database_url();
+        let mut admin = mysql_async::Conn::from_url(&server_db).await.context("connecting to MariaDB")?;
+        admin.query_drop(format!("CREATE DATABASE `{db_name}`")).await?;
+        admin.disconnect().await?;
+        let database_url = format!("{}/{db_name}", server_db.trim_end_matches('/'));
+        let store = Arc::new(MySqlJobStore::new(&database_url, 4)?);
+        store.migrate().await?;
+
+        let queues = create_queues(&sqs, &name).await?;
+        let bucket = format!("{name}-uploads");
+        create_bucket(&s3, &sqs, &bucket, &queues.upload_events).await?;
+
+        let objects = Arc::new(S3ObjectStore::new(&aws, &bucket));
+        let job_queue = Arc::new(SqsJobQueue::new(&aws, &queues.express, &queues.bulk));
+        let auth = Authenticator::from_static_tokens(&format!("{ALICE_TOKEN}:alice,{BOB_TOKEN}:bob"))
+            .map_err(anyhow::Error::msg)?;
+        let state = AppState::new(
+            store.clone(),
+            objects.clone(),
+            job_queue.clone(),
+            Arc::new(SystemClock),
+            auth,
+            options.limits.clone(),
+        );
+        let uploads = UploadHandler {
+            store: store.clone(),
+            objects: objects.clone(),
+            queue: job_queue.clone(),
+            clock: Arc::new(SystemClock),
+            max_upload_bytes: options.handler_max_upload_bytes,
+        };
+
+        let (stop, stop_rx) = watch::channel(false);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let api = format!("http://{}", listener.local_addr()?);
+        let mut server_stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, ocr_api::routes::router(state))
+                .with_graceful_shutdown(async move {
+                    let _ = server_stop.wait_for(|s| *s).await;
+                })
+                .await;
+        });
+        if options.poller {
+            let consumer = SqsConsumer::new(&aws, &queues.upload_events);
+            tokio::spawn(ocr_api::poller::run(uploads.clone(), consumer, stop_rx));
+        }
+        Ok(TestEnv {
+            name,
+            aws,
+            s3,
+            sqs,
+            bucket,
+            queues,
+            database_url,
+            store,
+            objects,
+            job_queue,
+            uploads,
+            api,
+            http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?,
+            stop,
+            server_db: db_name,
+        })
+    }
+
+    /// A request to the API as `token`.
+    pub fn request(&self, method: reqwest::Method, path: &str, token: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, format!("{}{path}", self.api)).bearer_auth(token)
+    }
+
+    /// Receives (and deletes) everything now visible on a queue, waiting up to `wait_secs` for the first.
+    pub async fn drain(&self, queue_url: &str, wait_secs: i32) -> anyhow::Result<Vec<String>> {
+        let consumer = SqsConsumer::new(&self.aws, queue_url);
+        let mut bodies = Vec::new();
+        let mut wait = wait_secs;
+        loop {
+            let batch = consumer.receive(10, wait).await?;
+            if batch.is_empty() {
+                return Ok(bodies);
+            }
+            for m in batch {
+                consumer.delete(&m.receipt_handle).await?;
+                bodies.push(m.body);
+            }
+            wait = 1;
+        }
+    }
+
+    /// Polls `GET /v1/jobs/{id}` until its status is `want` or `timeout` passes.
+    pub async fn wait_for_status(&self, id: &str, want: &str, timeout: Duration) -> anyhow::Result<serde_json::Value> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let job: serde_json::Value =
+                self.request(reqwest::Method::GET, &format!("/v1/jobs/{id}"), ALICE_TOKEN).send().await?.json().await?;
+            if job["status"] == want {
+                return Ok(job);
+            }
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!("job {id} is {} after {timeout:?}, wanted {want}", job["status"]);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Number of jobs rows in this test's database.
+    pub async fn job_rows(&self) -> anyhow::Result<u64> {
+        let mut conn = self.store.conn().await?;
+        Ok(conn.query_first("SELECT COUNT(*) FROM jobs").await?.unwrap_or(0))
+    }
+}
+
+async fn create_queues(sqs: &aws_sdk_sqs::Client, name: &str) -> anyhow::Result<Queues> {
+    let mut urls = Vec::new();
+    let mut dlqs = Vec::new();
+    for (kind, visibility) in [("upload-events", "60"), ("express", "30"), ("bulk", "30")] {
+        let dlq = sqs.create_queue().queue_name(format!("{name}-{kind}-dlq")).send().await?;
+        let dlq_url = dlq.queue_url().context("dlq url")?.to_owned();
+        let arn = sqs
+            .get_queue_attributes()
+            .queue_url(&dlq_url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await?
+            .attributes()
+            .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
+            .context("dlq arn")?;
+        let redrive = serde_json::json!({"deadLetterTargetArn": arn, "maxReceiveCount": 3}).to_string();
+        let queue = sqs
+            .create_queue()
+            .queue_name(format!("{name}-{kind}"))
+            .attributes(QueueAttributeName::VisibilityTimeout, visibility)
+            .attributes(QueueAttributeName::RedrivePolicy, redrive)
+            .send()
+            .await?;
+        urls.push(queue.queue_url().context("queue url")?.to_owned());
+        dlqs.push(dlq_url);
+    }
+    let bulk = urls.pop().expect("3 queues");
+    let express = urls.pop().expect("3 queues");
+    let upload_events = urls.pop().expect("3 queues");
+    Ok(Queues { upload_events, express, bulk, dlqs })
+}
+
+async fn create_bucket(
+    s3: &aws_sdk_s3::Client,
+    sqs: &aws_sdk_sqs::Client,
+    bucket: &str,
+    events_url: &str,
+) -> anyhow::Result<()> {
+    s3.create_bucket().bucket(bucket).send().await?;
+    let arn = sqs
+        .get_queue_attributes()
+        .queue_url(events_url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await?
+        .attributes()
+        .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
+        .context("queue arn")?;
+    let filter = NotificationConfigurationFilter::builder()
+        .key(
+            S3KeyFilter::builder()
+                .filter_rules(FilterRule::builder().name(FilterRuleName::Prefix).value("uploads/").build())
+                .build(),
+        )
+        .build();
+    let config = NotificationConfiguration::builder()
+        .queue_configurations(
+            QueueConfiguration::builder()
+                .queue_arn(arn)
+                .events(Event::from("s3:ObjectCreated:*"))
+                .filter(filter)
+                .build()?,
+        )
+        .build();
+    s3.put_bucket_notification_configuration().bucket(bucket).notification_configuration(config).send().await?;
+    Ok(())
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        // Async clean-up from a synchronous Drop: a short-lived runtime on its own thread.
+        let db = self.server_db.clone();
+        let server = server_database_url();
+        let s3 = self.s3.clone();
+        let sqs = self.sqs.clone();
+        let bucket = self.bucket.clone();
+        let mut queues = vec![self.queues.upload_events.clone(), self.queues.express.clone(), self.queues.bulk.clone()];
+        queues.extend(self.queues.dlqs.iter().cloned());
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            rt.block_on(async move {
+                if let Ok(mut conn) = mysql_async::Conn::from_url(&server).await {
+                    let _ = conn.query_drop(format!("DROP DATABASE IF EXISTS `{db}`")).await;
+                    let _ = conn.disconnect().await;
+                }
+                if let Ok(list) = s3.list_objects_v2().bucket(&bucket).send().await {
+                    for o in list.contents() {
+                        if let Some(k) = o.key() {
+                            let _ = s3.delete_object().bucket(&bucket).key(k).send().await;
+                        }
+                    }
+                }
+                let _ = s3.delete_bucket().bucket(&bucket).send().await;
+                for q in queues {
+                    let _ = sqs.delete_queue().queue_url(q).send().await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A small but complete PNG (grey 8×8), made here so no test image is needed.
+pub fn tiny_png() -> Vec<u8> {
+    let img = image::GrayImage::from_pixel(8, 8, image::Luma([200]));
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).expect("encoding a PNG in memory");
+    out.into_inner()
+}

@@ -1,0 +1,263 @@
+//! The producer end to end: API → presigned PUT → S3 event → on-upload → job queue.
+
+use std::time::Duration;
+
+use ocr_api::config::Limits;
+use ocr_api::upload::UploadOutcome;
+use ocr_core::{JobMessage, Priority};
+use ocr_integration_tests::{ALICE_TOKEN, BOB_TOKEN, Options, TestEnv, tiny_png};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+async fn create(env: &TestEnv, body: Value) -> anyhow::Result<(StatusCode, Value)> {
+    let response = env.request(Method::POST, "/v1/jobs", ALICE_TOKEN).json(&body).send().await?;
+    Ok((response.status(), response.json().await?))
+}
+
+/// PUTs `bytes` to the job's presigned URL with the signed headers, optionally overridden.
+async fn put(env: &TestEnv, job: &Value, bytes: Vec<u8>, content_type: Option<&str>) -> anyhow::Result<StatusCode> {
+    let upload = &job["upload"];
+    let mut request = env.http.put(upload["url"].as_str().expect("url"));
+    for (name, value) in upload["headers"].as_object().expect("headers") {
+        // reqwest sets Content-Length from the body itself.
+        if name != "content-length" {
+            let value = if name == "content-type" {
+                content_type.unwrap_or(value.as_str().unwrap())
+            } else {
+                value.as_str().unwrap()
+            };
+            request = request.header(name, value);
+        }
+    }
+    Ok(request.body(bytes).send().await?.status())
+}
+
+#[tokio::test]
+async fn a_phone_upload_reaches_exactly_one_queue() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let png = tiny_png();
+    let (status, job) =
+        create(&env, json!({"content_type": "image/png", "content_length": png.len(), "priority": "express"})).await?;
+    assert_eq!(status, StatusCode::CREATED, "{job}");
+    let id = job["job_id"].as_str().unwrap().to_owned();
+    let url = job["upload"]["url"].as_str().unwrap();
+    assert!(url.contains("X-Amz-Signature="));
+    assert!(url.contains("content-length"), "Content-Length must be a signed header: {url}");
+
+    assert_eq!(put(&env, &job, png.clone(), None).await?, StatusCode::OK);
+    let queued = env.wait_for_status(&id, "queued", WAIT).await?;
+    assert!(queued["queued_at"].is_string());
+
+    let express = env.drain(&env.queues.express, 5).await?;
+    assert_eq!(express.len(), 1, "{express:?}");
+    let message = JobMessage::parse(&express[0])?;
+    assert_eq!(message.job_id.to_string(), id);
+    assert_eq!(message.priority, Priority::Express);
+    assert_eq!(message.bucket, env.bucket);
+    assert_eq!(message.size, png.len() as u64);
+    assert!(env.drain(&env.queues.bulk, 1).await?.is_empty());
+    // The object is where the message says.
+    let stored = env.s3.get_object().bucket(&env.bucket).key(&message.key).send().await?;
+    assert_eq!(stored.body.collect().await?.into_bytes().as_ref(), png.as_slice());
+    Ok(())
+}
+
+#[tokio::test]
+async fn presigned_urls_refuse_other_requests() -> anyhow::Result<()> {
+    let mut limits = Limits::default();
+    limits.presign_expiry = Duration::from_secs(2);
+    let env = TestEnv::with(Options { limits, poller: false, ..Options::default() }).await?;
+    let png = tiny_png();
+    let (_, job) = create(&env, json!({"content_type": "image/png", "content_length": png.len()})).await?;
+
+    assert_eq!(put(&env, &job, png.clone(), Some("image/jpeg")).await?, StatusCode::FORBIDDEN, "other type");
+    let mut longer = png.clone();
+    longer.push(0);
+    assert_eq!(put(&env, &job, longer, None).await?, StatusCode::FORBIDDEN, "other length");
+    let mut tampered = job.clone();
+    let url = job["upload"]["url"].as_str().unwrap();
+    let sig_at = url.find("X-Amz-Signature=").unwrap() + "X-Amz-Signature=".len();
+    let flipped = if &url[sig_at..sig_at + 1] == "0" { "1" } else { "0" };
+    tampered["upload"]["url"] = json!(format!("{}{}{}", &url[..sig_at], flipped, &url[sig_at + 1..]));
+    assert_eq!(put(&env, &tampered, png.clone(), None).await?, StatusCode::FORBIDDEN, "tampered signature");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(put(&env, &job, png.clone(), None).await?, StatusCode::FORBIDDEN, "expired");
+    let listed = env.s3.list_objects_v2().bucket(&env.bucket).send().await?;
+    assert_eq!(listed.key_count(), Some(0), "nothing was stored");
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_uploads_fail_with_nothing_queued() -> anyhow::Result<()> {
+    // The handler's limit is below the API's so an "oversized" object can be made honestly.
+    let env = TestEnv::with(Options { handler_max_upload_bytes: 200, ..Options::default() }).await?;
+    let text = b"Dear diary, this is not a photo at all.".to_vec();
+    let mut truncated = tiny_png();
+    truncated.truncate(truncated.len() - 20);
+    let mut big = tiny_png();
+    // A valid PNG with a large ancillary chunk before IEND would be nicer; a long tEXt-like tail
+    // before IEND is enough for the size check, which runs first.
+    let iend = big.split_off(big.len() - 12);
+    big.extend(std::iter::repeat_n(0u8, 300));
+    big.extend(iend);
+    let cases = [
+        ("image/jpeg", text, "not an image"),
+        ("image/png", truncated, "truncated"),
+        ("image/png", big, "over the limit"),
+    ];
+    let mut ids = Vec::new();
+    for (content_type, bytes, _) in &cases {
+        let (status, job) = create(&env, json!({"content_type": content_type, "content_length": bytes.len()})).await?;
+        assert_eq!(status, StatusCode::CREATED);
+        assert_eq!(put(&env, &job, bytes.clone(), None).await?, StatusCode::OK);
+        ids.push(job["job_id"].as_str().unwrap().to_owned());
+    }
+    for (id, (_, _, reason)) in ids.iter().zip(&cases) {
+        let job = env.wait_for_status(id, "failed", WAIT).await?;
+        assert!(job["error"].as_str().is_some_and(|e| e.contains(reason)), "{job}");
+        let key = format!("uploads/bulk/{id}");
+        let head = env.s3.head_object().bucket(&env.bucket).key(&key).send().await;
+        assert!(head.is_err(), "object {key} must be deleted");
+    }
+    assert!(env.drain(&env.queues.bulk, 2).await?.is_empty());
+    assert!(env.drain(&env.queues.express, 0).await?.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn repeated_s3_events_enqueue_once() -> anyhow::Result<()> {
+    let env = TestEnv::with(Options { poller: false, ..Options::default() }).await?;
+    let png = tiny_png();
+    let (_, job) = create(&env, json!({"content_type": "image/png", "content_length": png.len()})).await?;
+    assert_eq!(put(&env, &job, png, None).await?, StatusCode::OK);
+    // Take the real event S3 sent, then deliver it three times (twice at once).
+    let events = env.drain(&env.queues.upload_events, 10).await?;
+    let event = events.iter().find(|e| e.contains("ObjectCreated")).expect("an ObjectCreated event");
+    let (a, b) = tokio::join!(env.uploads.handle_message(event), env.uploads.handle_message(event));
+    let c = env.uploads.handle_message(event).await?;
+    let outcomes: Vec<UploadOutcome> = a?.into_iter().chain(b?).chain(c).collect();
+    let enqueued = outcomes.iter().filter(|o| matches!(o, UploadOutcome::Enqueued(_))).count();
+    assert_eq!(enqueued, 1, "{outcomes:?}");
+    assert_eq!(env.drain(&env.queues.bulk, 2).await?.len(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn direct_upload_and_delete() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let response = env
+        .request(Method::POST, "/v1/jobs?priority=express", ALICE_TOKEN)
+        .header("content-type", "image/png")
+        .body(tiny_png())
+        .send()
+        .await?;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let job: Value = response.json().await?;
+    let id = job["job_id"].as_str().unwrap().to_owned();
+    env.wait_for_status(&id, "queued", WAIT).await?;
+    assert_eq!(env.drain(&env.queues.express, 5).await?.len(), 1);
+
+    let deleted = env.request(Method::DELETE, &format!("/v1/jobs/{id}"), ALICE_TOKEN).send().await?;
+    assert_eq!(deleted.status(), StatusCode::OK);
+    let head = env.s3.head_object().bucket(&env.bucket).key(format!("uploads/express/{id}")).send().await;
+    assert!(head.is_err(), "image removed");
+    env.wait_for_status(&id, "deleted", WAIT).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn idempotency_keys_hold_under_concurrency() -> anyhow::Result<()> {
+    let env = TestEnv::with(Options { poller: false, ..Options::default() }).await?;
+    let body = json!({"content_type": "image/webp", "content_length": 999});
+    let send = |body: Value| {
+        env.request(Method::POST, "/v1/jobs", ALICE_TOKEN).header("idempotency-key", "upload-7").json(&body).send()
+    };
+    let responses = futures::future::join_all((0..6).map(|_| send(body.clone()))).await;
+    let mut ids = std::collections::HashSet::new();
+    for r in responses {
+        let r = r?;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let v: Value = r.json().await?;
+        ids.insert(v["job_id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(ids.len(), 1, "one job for one key");
+    assert_eq!(env.job_rows().await?, 1);
+    let conflict = send(json!({"content_type": "image/webp", "content_length": 1000})).await?;
+    assert_eq!(conflict.status(), StatusCode::CONFLICT);
+    let v: Value = conflict.json().await?;
+    assert_eq!(v["error"]["code"], "idempotency_conflict");
+    Ok(())
+}
+
+#[tokio::test]
+async fn callers_see_only_their_own_jobs() -> anyhow::Result<()> {
+    let env = TestEnv::with(Options { poller: false, ..Options::default() }).await?;
+    let (_, job) = create(&env, json!({"content_type": "image/png", "content_length": 10})).await?;
+    let path = format!("/v1/jobs/{}", job["job_id"].as_str().unwrap());
+    for method in [Method::GET, Method::DELETE] {
+        let r = env.request(method.clone(), &path, BOB_TOKEN).send().await?;
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{method}");
+        let v: Value = r.json().await?;
+        assert_eq!(v["error"]["code"], "not_found");
+    }
+    let mine = env.request(Method::GET, &path, ALICE_TOKEN).send().await?;
+    assert_eq!(mine.status(), StatusCode::OK);
+    let anonymous = env.http.get(format!("{}{path}", env.api)).send().await?;
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_deep_queue_answers_503_and_keeps_no_job() -> anyhow::Result<()> {
+    let mut limits = Limits::default();
+    limits.queue_depth_limit = 3;
+    limits.queue_depth_refresh = Duration::ZERO;
+    let env = TestEnv::with(Options { limits, poller: false, ..Options::default() }).await?;
+    for i in 0..5 {
+        env.sqs.send_message().queue_url(&env.queues.bulk).message_body(format!("filler {i}")).send().await?;
+    }
+    let r = env
+        .request(Method::POST, "/v1/jobs", ALICE_TOKEN)
+        .json(&json!({"content_type": "image/png", "content_length": 10}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.headers()["retry-after"], "30");
+    let v: Value = r.json().await?;
+    assert_eq!(v["error"]["code"], "queue_full");
+    assert_eq!(env.job_rows().await?, 0);
+    // The express queue is empty, so express jobs still go through.
+    let (status, _) =
+        create(&env, json!({"content_type": "image/png", "content_length": 10, "priority": "express"})).await?;
+    assert_eq!(status, StatusCode::CREATED);
+    Ok(())
+}
+
+#[tokio::test]
+async fn malformed_requests_get_json_4xx() -> anyhow::Result<()> {
+    let env = TestEnv::with(Options { poller: false, ..Options::default() }).await?;
+    let cases = [
+        ("{\"content_type\":", 400),
+        (r#"{"content_type":"image/png","content_length":10,"extra":1}"#, 422),
+        (r#"{"content_type":"image/png","content_length":true}"#, 422),
+        (r#"{"content_type":"image/png","content_length":-5}"#, 422),
+        (r#"{"content_type":"image/png","content_length":1e30}"#, 422),
+        (r#"{"content_type":"image/png","content_length":25000000}"#, 413),
+        (r#"{"content_type":"image/png","content_length":10,"priority":"now"}"#, 422),
+    ];
+    for (body, want) in cases {
+        let r = env
+            .request(Method::POST, "/v1/jobs", ALICE_TOKEN)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await?;
+        assert_eq!(r.status().as_u16(), want, "{body}");
+        let v: Value = r.json().await?;
+        assert!(v["error"]["code"].is_string(), "{body}: {v}");
+    }
+    assert_eq!(env.job_rows().await?, 0);
+    Ok(())
+}
