@@ -66,8 +66,7 @@ async fn a_phone_upload_reaches_exactly_one_queue() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn presigned_urls_refuse_other_requests() -> anyhow::Result<()> {
-    let mut limits = Limits::default();
-    limits.presign_expiry = Duration::from_secs(2);
+    let limits = Limits { presign_expiry: Duration::from_secs(2), ..Limits::default() };
     let env = TestEnv::with(Options { limits, poller: false, ..Options::default() }).await?;
     let png = tiny_png();
     let (_, job) = create(&env, json!({"content_type": "image/png", "content_length": png.len()})).await?;
@@ -211,9 +210,7 @@ async fn callers_see_only_their_own_jobs() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn a_deep_queue_answers_503_and_keeps_no_job() -> anyhow::Result<()> {
-    let mut limits = Limits::default();
-    limits.queue_depth_limit = 3;
-    limits.queue_depth_refresh = Duration::ZERO;
+    let limits = Limits { queue_depth_limit: 3, queue_depth_refresh: Duration::ZERO, ..Limits::default() };
     let env = TestEnv::with(Options { limits, poller: false, ..Options::default() }).await?;
     for i in 0..5 {
         env.sqs.send_message().queue_url(&env.queues.bulk).message_body(format!("filler {i}")).send().await?;
