@@ -6,7 +6,9 @@
 #   3. fetches the OCR models when scripts/fetch-models.sh exists (exports ORT_DYLIB_PATH,
 #      OCR_MODEL_DIR and OCR_REQUIRE_MODELS=1)
 #   4. runs cargo fmt --check, cargo clippy -D warnings, cfn-lint template.yaml, a smoke run of
-#      localstack/init.py, then the workspace tests (cargo nextest, else cargo test)
+#      localstack/init.py, localstack/check_template.py (the template's bucket and queues deployed
+#      to LocalStack, names checked against init.py), then the workspace tests (cargo nextest,
+#      else cargo test)
 #   5. prints a timing summary; exits non-zero if any step failed.
 #
 # Usage: scripts/test.sh [ARGS...]   ARGS go to `cargo nextest run` / `cargo test` (e.g. a filter).
@@ -111,4 +113,5 @@ check "cargo fmt --check" cargo fmt --all -- --check
 check "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
 check "cfn-lint template.yaml" "$LOCALSTACK_VENV/bin/cfn-lint" template.yaml
 check "localstack init smoke" init_smoke
+check "template infra on LocalStack" "$LOCALSTACK_PYTHON" "$ROOT/localstack/check_template.py"
 check "cargo tests" run_tests "$@"
