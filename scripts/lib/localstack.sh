@@ -83,7 +83,9 @@ localstack_stop() {
         log "LocalStack was started by '$(<"$LOCALSTACK_OWNERFILE")', leaving it running"
         return 0
     fi
-    stop_group "$LOCALSTACK_PIDFILE" LocalStack 20
+    # Its shutdown sometimes hangs in "Stopping all services"; nothing is persisted
+    # (PERSISTENCE=0), so after 10 s the group is killed.
+    stop_group "$LOCALSTACK_PIDFILE" LocalStack 10
     rm -f "$LOCALSTACK_OWNERFILE"
 }
 
