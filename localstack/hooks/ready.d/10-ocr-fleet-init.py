@@ -4,9 +4,12 @@
 import runpy
 import sys
 
+_argv = sys.argv
 sys.argv = ["init.py", "--stage", "local"]
 try:
     runpy.run_path("/opt/ocr-fleet/init.py", run_name="__main__")
 except SystemExit as e:
     if e.code not in (0, None):
         raise
+finally:
+    sys.argv = _argv
