@@ -2,7 +2,7 @@
 
 use fast_image_resize as fr;
 use image::RgbImage;
-use ndarray::{Array4, Ix2, s};
+use ndarray::{Array4, Ix2};
 
 use crate::error::{EngineError, Result};
 use crate::model::Model;
@@ -22,9 +22,7 @@ pub fn orientation_input(img: &RgbImage, size: u32) -> Array4<f32> {
     let opts = fr::ResizeOptions::new()
         .resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Bilinear))
         .crop(left, top, side, side);
-    fr::Resizer::new()
-        .resize(img, &mut dst, &opts)
-        .expect("RGB8 to RGB8 resize cannot fail");
+    fr::Resizer::new().resize(img, &mut dst, &opts).expect("RGB8 to RGB8 resize cannot fail");
     let mut t = Array4::<f32>::zeros((1, 3, size as usize, size as usize));
     for (x, y, px) in dst.enumerate_pixels() {
         for c in 0..3 {
@@ -37,20 +35,14 @@ pub fn orientation_input(img: &RgbImage, size: u32) -> Array4<f32> {
 
 /// Runs a classifier and returns `(class, probability)` per batch item; softmax is applied when
 /// the model returns logits.
-pub fn classify(
-    model: &dyn Model,
-    input: ndarray::ArrayView4<'_, f32>,
-) -> Result<Vec<(usize, f32)>> {
+pub fn classify(model: &dyn Model, input: ndarray::ArrayView4<'_, f32>) -> Result<Vec<(usize, f32)>> {
     let n = input.shape()[0];
     let out = model
         .run(input)?
         .into_dimensionality::<Ix2>()
         .map_err(|e| EngineError::BadOutput(format!("classifier: {e}")))?;
     if out.shape()[0] != n || out.shape()[1] == 0 {
-        return Err(EngineError::BadOutput(format!(
-            "classifier returned {:?} for {n} inputs",
-            out.shape()
-        )));
+        return Err(EngineError::BadOutput(format!("classifier returned {:?} for {n} inputs", out.shape())));
     }
     Ok(out
         .rows()
@@ -65,10 +57,7 @@ pub fn classify(
                 let z: f32 = e.iter().sum();
                 e.iter().map(|v| v / z).collect()
             };
-            probs
-                .iter()
-                .enumerate()
-                .fold((0, f32::MIN), |b, (i, &p)| if p > b.1 { (i, p) } else { b })
+            probs.iter().enumerate().fold((0, f32::MIN), |b, (i, &p)| if p > b.1 { (i, p) } else { b })
         })
         .collect())
 }
@@ -87,6 +76,5 @@ pub fn line_cls_input(crops: &[&RgbImage], height: u32, width: u32) -> Array4<f3
             }
         }
     }
-    let _ = s![.., .., .., ..];
     t
 }

@@ -15,9 +15,8 @@ pub const DEFAULT_MAX_PIXELS: u64 = 50_000_000;
 /// any pixel buffer is allocated; `image`'s own [`Limits`] cap allocations as a second guard.
 /// EXIF orientation (JPEG, WebP, TIFF) is applied so the result is as a person sees it.
 pub fn decode_image(bytes: &[u8], max_pixels: u64) -> Result<RgbImage> {
-    let reader = ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| EngineError::Decode(e.to_string()))?;
+    let reader =
+        ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| EngineError::Decode(e.to_string()))?;
     match reader.format() {
         Some(ImageFormat::Jpeg | ImageFormat::Png | ImageFormat::WebP | ImageFormat::Tiff) => {}
         _ => return Err(EngineError::UnsupportedFormat),
@@ -30,9 +29,7 @@ pub fn decode_image(bytes: &[u8], max_pixels: u64) -> Result<RgbImage> {
     let mut decoder = reader.into_decoder().map_err(map_image_error)?;
     let (width, height) = decoder.dimensions();
     check_dimensions(width, height, max_pixels)?;
-    let orientation = decoder
-        .orientation()
-        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut img = DynamicImage::from_decoder(decoder).map_err(map_image_error)?;
     img.apply_orientation(orientation);
     Ok(match img {
@@ -47,11 +44,7 @@ pub fn check_dimensions(width: u32, height: u32, max_pixels: u64) -> Result<()> 
         return Err(EngineError::Empty { width, height });
     }
     if u64::from(width) * u64::from(height) > max_pixels {
-        return Err(EngineError::TooLarge {
-            width,
-            height,
-            limit: max_pixels,
-        });
+        return Err(EngineError::TooLarge { width, height, limit: max_pixels });
     }
     Ok(())
 }
@@ -71,8 +64,7 @@ mod tests {
     fn png_bytes(w: u32, h: u32) -> Vec<u8> {
         let img = RgbImage::from_pixel(w, h, image::Rgb([200, 10, 10]));
         let mut out = Vec::new();
-        img.write_to(&mut Cursor::new(&mut out), ImageFormat::Png)
-            .unwrap();
+        img.write_to(&mut Cursor::new(&mut out), ImageFormat::Png).unwrap();
         out
     }
 
@@ -86,14 +78,7 @@ mod tests {
     #[test]
     fn refuses_too_many_pixels_before_decoding() {
         let err = decode_image(&png_bytes(100, 100), 5_000).unwrap_err();
-        assert!(matches!(
-            err,
-            EngineError::TooLarge {
-                width: 100,
-                height: 100,
-                ..
-            }
-        ));
+        assert!(matches!(err, EngineError::TooLarge { width: 100, height: 100, .. }));
         assert!(!err.is_retryable());
     }
 
@@ -113,9 +98,6 @@ mod tests {
         bytes[16..20].copy_from_slice(&100_000u32.to_be_bytes());
         bytes[20..24].copy_from_slice(&100_000u32.to_be_bytes());
         let err = decode_image(&bytes, DEFAULT_MAX_PIXELS).unwrap_err();
-        assert!(
-            matches!(err, EngineError::TooLarge { .. } | EngineError::Decode(_)),
-            "{err:?}"
-        );
+        assert!(matches!(err, EngineError::TooLarge { .. } | EngineError::Decode(_)), "{err:?}");
     }
 }

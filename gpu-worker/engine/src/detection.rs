@@ -58,11 +58,8 @@ pub fn resize_rgb(img: &RgbImage, w: u32, h: u32) -> RgbImage {
     }
     let mut dst = RgbImage::new(w, h);
     let mut resizer = fr::Resizer::new();
-    let opts =
-        fr::ResizeOptions::new().resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Bilinear));
-    resizer
-        .resize(img, &mut dst, &opts)
-        .expect("RGB8 to RGB8 resize cannot fail");
+    let opts = fr::ResizeOptions::new().resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Bilinear));
+    resizer.resize(img, &mut dst, &opts).expect("RGB8 to RGB8 resize cannot fail");
     dst
 }
 
@@ -79,12 +76,7 @@ pub struct DetBox {
 ///
 /// Threshold → contours → minimum-area rectangle → box score → unclip (polygon offset) →
 /// minimum-area rectangle → scale to `img_w × img_h` and clip.
-pub fn db_postprocess(
-    prob: ArrayView2<'_, f32>,
-    spec: &DetSpec,
-    img_w: u32,
-    img_h: u32,
-) -> Vec<DetBox> {
+pub fn db_postprocess(prob: ArrayView2<'_, f32>, spec: &DetSpec, img_w: u32, img_h: u32) -> Vec<DetBox> {
     let (h, w) = prob.dim();
     if h == 0 || w == 0 {
         return Vec::new();
@@ -105,11 +97,7 @@ pub fn db_postprocess(
     let sy = img_h as f32 / h as f32;
     let mut out = Vec::new();
     let contours = find_contours::<i32>(&bitmap);
-    for c in contours
-        .iter()
-        .filter(|c| c.border_type == BorderType::Outer)
-        .take(spec.max_candidates)
-    {
+    for c in contours.iter().filter(|c| c.border_type == BorderType::Outer).take(spec.max_candidates) {
         if c.points.len() < 2 {
             continue;
         }
@@ -169,19 +157,9 @@ fn to_quad<T: Copy + Into<f64>>(r: &[Point<T>; 4], div: f64) -> Quad {
 
 /// Mean probability over the pixels inside `quad` (PaddleOCR's "fast" box score).
 fn box_score(probs: &[f32], w: usize, h: usize, quad: &Quad) -> f32 {
-    let xmin = quad
-        .iter()
-        .map(|p| p[0])
-        .fold(f32::MAX, f32::min)
-        .floor()
-        .max(0.0) as usize;
+    let xmin = quad.iter().map(|p| p[0]).fold(f32::MAX, f32::min).floor().max(0.0) as usize;
     let xmax = (quad.iter().map(|p| p[0]).fold(f32::MIN, f32::max).ceil() as usize).min(w - 1);
-    let ymin = quad
-        .iter()
-        .map(|p| p[1])
-        .fold(f32::MAX, f32::min)
-        .floor()
-        .max(0.0) as usize;
+    let ymin = quad.iter().map(|p| p[1]).fold(f32::MAX, f32::min).floor().max(0.0) as usize;
     let ymax = (quad.iter().map(|p| p[1]).fold(f32::MIN, f32::max).ceil() as usize).min(h - 1);
     let (mut sum, mut n) = (0.0f64, 0usize);
     for y in ymin..=ymax {
@@ -239,10 +217,8 @@ pub fn unclip(rect: &Quad, ratio: f32) -> Option<Quad> {
     let shapes = path.outline(&style);
     let outer = shapes.first()?.first()?;
     // Scale by 8 before the integer rectangle so rounding costs only 1/8 pixel.
-    let pts: Vec<Point<i32>> = outer
-        .iter()
-        .map(|p| Point::new((p[0] * 8.0).round() as i32, (p[1] * 8.0).round() as i32))
-        .collect();
+    let pts: Vec<Point<i32>> =
+        outer.iter().map(|p| Point::new((p[0] * 8.0).round() as i32, (p[1] * 8.0).round() as i32)).collect();
     if pts.len() < 3 {
         return None;
     }

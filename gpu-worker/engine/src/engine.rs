@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use image::RgbImage;
 use ndarray::Ix4;
@@ -103,6 +103,17 @@ pub struct EngineOptions {
     pub det_limit_side_len: Option<u32>,
     /// Override the set's detector limit type.
     pub det_limit_type: Option<LimitType>,
+    /// Override the set's DB unclip ratio.
+    pub det_unclip_ratio: Option<f32>,
+    /// Override the set's DB box threshold.
+    pub det_box_thresh: Option<f32>,
+    /// Override the set's DB pixel threshold.
+    pub det_thresh: Option<f32>,
+    /// Override the set's narrowest recogniser input width (pixels).
+    pub rec_min_width: Option<u32>,
+    /// Recogniser sessions run in parallel (0 = one single-threaded session per thread on CPU,
+    /// one session on GPU).
+    pub rec_sessions: usize,
 }
 
 impl Default for EngineOptions {
@@ -116,6 +127,11 @@ impl Default for EngineOptions {
             max_pixels: DEFAULT_MAX_PIXELS,
             det_limit_side_len: None,
             det_limit_type: None,
+            rec_sessions: 0,
+            rec_min_width: None,
+            det_unclip_ratio: None,
+            det_box_thresh: None,
+            det_thresh: None,
         }
     }
 }
@@ -170,6 +186,15 @@ impl Engine {
         if let Some(t) = opts.det_limit_type {
             det_spec.limit_type = t;
         }
+        if let Some(v) = opts.det_unclip_ratio {
+            det_spec.unclip_ratio = v;
+        }
+        if let Some(v) = opts.det_box_thresh {
+            det_spec.box_thresh = v;
+        }
+        if let Some(v) = opts.det_thresh {
+            det_spec.thresh = v;
+        }
         if opts.line_angle && models.cls.is_none() {
             return Err(EngineError::Config(
                 "line angle classifier requested but the model set has no cls model".into(),
@@ -179,33 +204,40 @@ impl Engine {
             return Err(EngineError::Config("empty dictionary".into()));
         }
         opts.rec_batch = opts.rec_batch.max(1);
+        let mut rec_spec = models.rec_spec;
+        if let Some(w) = opts.rec_min_width {
+            rec_spec.min_width = w;
+        }
         Ok(Self {
             det: models.det,
             det_spec,
             rec: models.rec,
-            rec_spec: models.rec_spec,
+            rec_spec,
             decoder: CtcDecoder::new(models.dict),
             cls: models.cls,
-            orientation: if opts.orientation {
-                models.orientation
-            } else {
-                None
-            },
+            orientation: if opts.orientation { models.orientation } else { None },
             opts,
         })
     }
 
     /// Loads a model set from `model_dir` through ONNX Runtime. Sessions are created once here
     /// and reused by every call.
-    pub fn load(
-        model_dir: &Path,
-        set: &str,
-        session: &SessionSettings,
-        opts: EngineOptions,
-    ) -> Result<Self> {
+    pub fn load(model_dir: &Path, set: &str, session: &SessionSettings, opts: EngineOptions) -> Result<Self> {
         let m = Manifest::load(model_dir, set)?;
-        let load = |p: &PathBuf| -> Result<Arc<dyn Model>> {
-            Ok(Arc::new(OrtModel::load(&m.path(p), session)?))
+        let load = |p: &PathBuf| -> Result<Arc<dyn Model>> { Ok(Arc::new(OrtModel::load(&m.path(p), session)?)) };
+        // Recognition runs many independent batches: on CPU, one single-threaded session per
+        // thread scales better than one session with several intra-op threads.
+        let threads = if session.intra_threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            session.intra_threads
+        };
+        let rec_model: Arc<dyn Model> = match (session.provider, opts.rec_sessions) {
+            (crate::ort_backend::Provider::Cpu, 0) => {
+                Arc::new(OrtModel::load_pool(&m.path(&m.rec.model), session, threads, 1)?)
+            }
+            (_, 0) => load(&m.rec.model)?,
+            (_, n) => Arc::new(OrtModel::load_pool(&m.path(&m.rec.model), session, n, (threads / n).max(1))?),
         };
         let dict = load_dict(&m.path(&m.rec.dict))?;
         let cls = match (&m.cls, opts.line_angle) {
@@ -217,15 +249,12 @@ impl Engine {
             _ => None,
         };
         if opts.line_angle && m.cls.is_none() {
-            return Err(EngineError::Config(format!(
-                "model set {} has no line-angle classifier",
-                m.name
-            )));
+            return Err(EngineError::Config(format!("model set {} has no line-angle classifier", m.name)));
         }
         let models = Models {
             det: load(&m.det.model)?,
             det_spec: m.det.clone(),
-            rec: load(&m.rec.model)?,
+            rec: rec_model,
             rec_spec: m.rec.clone(),
             dict,
             cls,
@@ -248,10 +277,7 @@ impl Engine {
     /// [`Engine::recognize_bytes`] plus per-stage times for the whole call.
     pub fn recognize_bytes_timed(&self, inputs: &[&[u8]]) -> (Vec<Result<Page>>, StageTimes) {
         let t = Instant::now();
-        let decoded: Vec<Result<RgbImage>> = inputs
-            .iter()
-            .map(|b| decode_image(b, self.opts.max_pixels))
-            .collect();
+        let decoded: Vec<Result<RgbImage>> = inputs.iter().map(|b| decode_image(b, self.opts.max_pixels)).collect();
         let decode = t.elapsed().as_secs_f64();
         let (ok_images, slots): (Vec<RgbImage>, Vec<Result<usize>>) = {
             let mut imgs = Vec::new();
@@ -269,26 +295,17 @@ impl Engine {
         let (mut pages, mut times) = self.recognize_timed(&ok_images);
         times.decode += decode;
         let mut pages: Vec<Option<Result<Page>>> = pages.drain(..).map(Some).collect();
-        let out = slots
-            .into_iter()
-            .map(|s| s.and_then(|i| pages[i].take().expect("each page taken once")))
-            .collect();
+        let out = slots.into_iter().map(|s| s.and_then(|i| pages[i].take().expect("each page taken once"))).collect();
         (out, times)
     }
 
     /// [`Engine::recognize`] plus per-stage times for the whole call.
     pub fn recognize_timed(&self, images: &[RgbImage]) -> (Vec<Result<Page>>, StageTimes) {
         let mut times = StageTimes::default();
-        let prepared: Vec<Result<Prepared>> = images
-            .iter()
-            .map(|img| self.prepare(img, &mut times))
-            .collect();
+        let prepared: Vec<Result<Prepared>> = images.iter().map(|img| self.prepare(img, &mut times)).collect();
         // Recognition runs once over the crops of every image, so batches fill up across pages.
-        let crops: Vec<&RgbImage> = prepared
-            .iter()
-            .filter_map(|p| p.as_ref().ok())
-            .flat_map(|p| p.crops.iter())
-            .collect();
+        let crops: Vec<&RgbImage> =
+            prepared.iter().filter_map(|p| p.as_ref().ok()).flat_map(|p| p.crops.iter()).collect();
         let t = Instant::now();
         let texts = recognize_crops(
             self.rec.as_ref(),
@@ -297,6 +314,7 @@ impl Engine {
             self.rec_spec.height,
             self.opts.rec_batch,
             self.opts.rec_width_step,
+            self.rec_spec.min_width,
         );
         times.rec += t.elapsed().as_secs_f64();
         let texts = match texts {
@@ -340,12 +358,7 @@ impl Engine {
                         quad: p.rotation.unmap_quad(q, p.width, p.height),
                     });
                 }
-                Ok(Page {
-                    lines,
-                    width: p.width,
-                    height: p.height,
-                    rotation: p.rotation.degrees(),
-                })
+                Ok(Page { lines, width: p.width, height: p.height, rotation: p.rotation.degrees() })
             })
             .collect();
         (pages, times)
@@ -366,9 +379,7 @@ impl Engine {
         times.det += t.elapsed().as_secs_f64();
 
         let t = Instant::now();
-        let prob = prob
-            .into_dimensionality::<Ix4>()
-            .map_err(|e| EngineError::BadOutput(format!("detector: {e}")))?;
+        let prob = prob.into_dimensionality::<Ix4>().map_err(|e| EngineError::BadOutput(format!("detector: {e}")))?;
         if prob.shape()[0] != 1 || prob.shape()[1] != 1 || prob.shape()[2..] != input.shape()[2..] {
             return Err(EngineError::BadOutput(format!(
                 "detector returned {:?} for input {:?}",
@@ -377,8 +388,7 @@ impl Engine {
             )));
         }
         let boxes = db_postprocess(
-            prob.index_axis(ndarray::Axis(0), 0)
-                .index_axis(ndarray::Axis(0), 0),
+            prob.index_axis(ndarray::Axis(0), 0).index_axis(ndarray::Axis(0), 0),
             &self.det_spec,
             upright.width(),
             upright.height(),
@@ -390,22 +400,13 @@ impl Engine {
 
         let t = Instant::now();
         let r = &self.rec_spec;
-        let mut crops: Vec<RgbImage> = quads
-            .iter()
-            .map(|q| crop_line(upright, q, r.height, 8, r.max_width).image)
-            .collect();
+        let mut crops: Vec<RgbImage> =
+            quads.iter().map(|q| crop_line(upright, q, r.height, 8, r.max_width).image).collect();
         if let Some((cls, spec)) = &self.cls {
             self.fix_upside_down(cls.as_ref(), spec, &mut crops)?;
         }
         times.crop += t.elapsed().as_secs_f64();
-        let _ = Duration::ZERO;
-        Ok(Prepared {
-            width,
-            height,
-            rotation,
-            quads,
-            crops,
-        })
+        Ok(Prepared { width, height, rotation, quads, crops })
     }
 
     fn page_rotation(&self, img: &RgbImage) -> Result<Rotation> {
@@ -426,12 +427,7 @@ impl Engine {
         Ok(if p >= spec.thresh { rot } else { Rotation::R0 })
     }
 
-    fn fix_upside_down(
-        &self,
-        model: &dyn Model,
-        spec: &ClsSpec,
-        crops: &mut [RgbImage],
-    ) -> Result<()> {
+    fn fix_upside_down(&self, model: &dyn Model, spec: &ClsSpec, crops: &mut [RgbImage]) -> Result<()> {
         for chunk in crops.chunks_mut(self.opts.rec_batch) {
             let refs: Vec<&RgbImage> = chunk.iter().collect();
             let input = line_cls_input(&refs, spec.height, spec.width);

@@ -13,10 +13,7 @@ fn dist(a: [f32; 2], b: [f32; 2]) -> f32 {
 
 /// `(width, height)` of a quad: the longer of each pair of opposite sides.
 pub fn quad_side_lengths(q: &Quad) -> (f32, f32) {
-    (
-        dist(q[0], q[1]).max(dist(q[3], q[2])),
-        dist(q[0], q[3]).max(dist(q[1], q[2])),
-    )
+    (dist(q[0], q[1]).max(dist(q[3], q[2])), dist(q[0], q[3]).max(dist(q[1], q[2])))
 }
 
 /// Axis-aligned bounds `(xmin, ymin, xmax, ymax)`.
@@ -43,24 +40,14 @@ pub struct LineCrop {
 /// as PaddleOCR does, since they are usually vertical lines read top to bottom.
 pub fn crop_line(img: &RgbImage, quad: &Quad, height: u32, min_w: u32, max_w: u32) -> LineCrop {
     let (w, h) = quad_side_lengths(quad);
-    let (src, w, h) = if h >= 1.5 * w {
-        ([quad[1], quad[2], quad[3], quad[0]], h, w)
-    } else {
-        (*quad, w, h)
-    };
+    let (src, w, h) = if h >= 1.5 * w { ([quad[1], quad[2], quad[3], quad[0]], h, w) } else { (*quad, w, h) };
     let out_w = ((height as f32 * w / h.max(1.0)).ceil() as u32).clamp(min_w.max(1), max_w.max(1));
     let mut out = RgbImage::new(out_w, height);
     let (ow, oh) = (out_w as f32, height as f32);
     let dst = [(0.0, 0.0), (ow, 0.0), (ow, oh), (0.0, oh)];
     let from = src.map(|p| (p[0], p[1]));
     match Projection::from_control_points(from, dst) {
-        Some(proj) => warp_into(
-            img,
-            proj,
-            Interpolation::Bilinear,
-            Border::Replicate,
-            &mut out,
-        ),
+        Some(proj) => warp_into(img, proj, Interpolation::Bilinear, Border::Replicate, &mut out),
         None => {
             // Degenerate quad: hand the recogniser a blank line rather than failing the page.
             for p in out.pixels_mut() {
@@ -135,11 +122,7 @@ mod tests {
         img.put_pixel(30, 5, Rgb([255, 0, 0]));
         for r in [Rotation::R90, Rotation::R180, Rotation::R270] {
             let rot = r.apply(&img).unwrap();
-            let (x, y) = rot
-                .enumerate_pixels()
-                .find(|(_, _, p)| p.0 == [255, 0, 0])
-                .map(|(x, y, _)| (x, y))
-                .unwrap();
+            let (x, y) = rot.enumerate_pixels().find(|(_, _, p)| p.0 == [255, 0, 0]).map(|(x, y, _)| (x, y)).unwrap();
             // Pixel centres map to pixel centres.
             let back = r.unmap([x as f32 + 0.5, y as f32 + 0.5], 40, 20);
             assert_eq!(back, [30.5, 5.5], "{r:?}");

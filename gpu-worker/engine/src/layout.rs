@@ -88,15 +88,8 @@ fn is_column_split(left: &[Item], right: &[Item]) -> bool {
     let prose = median(left.iter().map(|i| i.aspect).collect()) >= 6.0
         && median(right.iter().map(|i| i.aspect).collect()) >= 6.0;
     // Rows of a table pair up across the cut; independent columns mostly do not.
-    let (small, big) = if left.len() <= right.len() {
-        (left, right)
-    } else {
-        (right, left)
-    };
-    let paired = small
-        .iter()
-        .filter(|a| big.iter().any(|b| y_overlap(a, b) > 0.5 * a.h.min(b.h)))
-        .count();
+    let (small, big) = if left.len() <= right.len() { (left, right) } else { (right, left) };
+    let paired = small.iter().filter(|a| big.iter().any(|b| y_overlap(a, b) > 0.5 * a.h.min(b.h))).count();
     prose || (paired as f32) < 0.3 * small.len() as f32
 }
 
@@ -107,14 +100,9 @@ fn xy_cut(items: Vec<Item>, out: &mut Vec<usize>, depth: usize) {
     }
     let med_h = median(items.iter().map(|i| i.h).collect());
     let h_gap = widest_gap(items.iter().map(|i| (i.y0, i.y1)).collect());
-    let v_gap =
-        widest_gap(items.iter().map(|i| (i.x0, i.x1)).collect()).filter(|&(w, _)| w >= 0.5 * med_h);
-    let split_v = |cut: f32| -> (Vec<Item>, Vec<Item>) {
-        items.iter().partition(|i| (i.x0 + i.x1) / 2.0 < cut)
-    };
-    let split_h = |cut: f32| -> (Vec<Item>, Vec<Item>) {
-        items.iter().partition(|i| (i.y0 + i.y1) / 2.0 < cut)
-    };
+    let v_gap = widest_gap(items.iter().map(|i| (i.x0, i.x1)).collect()).filter(|&(w, _)| w >= 0.5 * med_h);
+    let split_v = |cut: f32| -> (Vec<Item>, Vec<Item>) { items.iter().partition(|i| (i.x0 + i.x1) / 2.0 < cut) };
+    let split_h = |cut: f32| -> (Vec<Item>, Vec<Item>) { items.iter().partition(|i| (i.y0 + i.y1) / 2.0 < cut) };
     if let Some((vw, vcut)) = v_gap {
         let (l, r) = split_v(vcut);
         let columns = is_column_split(&l, &r);
@@ -140,13 +128,7 @@ fn leaf_order(mut items: Vec<Item>, out: &mut Vec<usize>) {
     for it in items {
         let cy = (it.y0 + it.y1) / 2.0;
         match rows.last_mut() {
-            Some(row)
-                if row
-                    .iter()
-                    .any(|r| (cy - (r.y0 + r.y1) / 2.0).abs() < 0.5 * r.h.max(it.h)) =>
-            {
-                row.push(it)
-            }
+            Some(row) if row.iter().any(|r| (cy - (r.y0 + r.y1) / 2.0).abs() < 0.5 * r.h.max(it.h)) => row.push(it),
             _ => rows.push(vec![it]),
         }
     }

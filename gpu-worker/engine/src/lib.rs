@@ -11,6 +11,7 @@
 //!     conv_algo_search: ConvAlgoSearch::Heuristic,
 //!     intra_threads: 2,
 //!     spinning: false,
+//!     cpu_arena: false,
 //! };
 //! let engine = Engine::load("models".as_ref(), "ppocrv6-small", &session, EngineOptions::default())?;
 //! let bytes = std::fs::read("receipt.jpg").unwrap();

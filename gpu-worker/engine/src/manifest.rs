@@ -150,8 +150,8 @@ impl Manifest {
                 path.display()
             ))
         })?;
-        let mut m: Manifest = serde_json::from_str(&text)
-            .map_err(|e| EngineError::Config(format!("{}: {e}", path.display())))?;
+        let mut m: Manifest =
+            serde_json::from_str(&text).map_err(|e| EngineError::Config(format!("{}: {e}", path.display())))?;
         m.dir = dir;
         Ok(m)
     }
@@ -166,9 +166,5 @@ impl Manifest {
 pub fn load_dict(path: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| EngineError::Config(format!("dictionary {}: {e}", path.display())))?;
-    Ok(text
-        .split('\n')
-        .map(|l| l.strip_suffix('\r').unwrap_or(l).to_string())
-        .filter(|l| !l.is_empty())
-        .collect())
+    Ok(text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l).to_string()).filter(|l| !l.is_empty()).collect())
 }

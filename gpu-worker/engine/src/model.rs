@@ -16,4 +16,10 @@ use crate::error::Result;
 pub trait Model: Send + Sync {
     /// Runs the model on one batch.
     fn run(&self, input: ArrayView4<'_, f32>) -> Result<ArrayD<f32>>;
+
+    /// How many runs can usefully proceed at once (independent sessions); callers use up to
+    /// this many threads.
+    fn parallelism(&self) -> usize {
+        1
+    }
 }

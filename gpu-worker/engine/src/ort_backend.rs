@@ -52,6 +52,9 @@ pub struct SessionSettings {
     pub intra_threads: usize,
     /// Busy-wait in the intra-op pool between ops; off by default since it burns shared cores.
     pub spinning: bool,
+    /// ONNX Runtime's CPU memory arena. Off returns memory between runs of differently shaped
+    /// inputs (recognition widths vary), keeping RSS low.
+    pub cpu_arena: bool,
 }
 
 static ENVIRONMENT: OnceLock<std::result::Result<Environment, String>> = OnceLock::new();
@@ -92,16 +95,15 @@ pub fn check_dylib(path: Option<&Path>) -> Result<PathBuf> {
 /// One ONNX model in one session. Runs are serialised by a mutex (ONNX Runtime sessions need
 /// `&mut` in `ort`); parallelism comes from the intra-op thread pool.
 pub struct OrtModel {
-    session: Mutex<Session>,
+    /// Independent sessions of the same model; each run takes a free one.
+    sessions: Vec<Mutex<Session>>,
     input: String,
     name: String,
 }
 
 impl std::fmt::Debug for OrtModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OrtModel")
-            .field("name", &self.name)
-            .finish()
+        f.debug_struct("OrtModel").field("name", &self.name).finish()
     }
 }
 
@@ -110,21 +112,37 @@ fn rt<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> EngineError + '_ {
 }
 
 impl OrtModel {
-    /// Loads `path` with `settings`. A requested GPU provider that cannot be registered is an
-    /// error, never a silent fall-back to CPU.
+    /// Loads `path` with `settings` into one session. A requested GPU provider that cannot be
+    /// registered is an error, never a silent fall-back to CPU.
     pub fn load(path: &Path, settings: &SessionSettings) -> Result<Self> {
+        Self::load_pool(path, settings, 1, settings.intra_threads)
+    }
+
+    /// Loads `copies` sessions of one model, each with `intra_threads` intra-op threads, so that
+    /// `copies` batches can run at once (better CPU scaling than intra-op threads on small inputs).
+    pub fn load_pool(path: &Path, settings: &SessionSettings, copies: usize, intra_threads: usize) -> Result<Self> {
+        let copies = copies.max(1);
+        let mut sessions = Vec::with_capacity(copies);
+        let mut input = String::new();
+        for _ in 0..copies {
+            let (s, i) = Self::session(path, settings, intra_threads)?;
+            sessions.push(Mutex::new(s));
+            input = i;
+        }
+        Ok(Self { sessions, input, name: path.display().to_string() })
+    }
+
+    fn session(path: &Path, settings: &SessionSettings, intra_threads: usize) -> Result<(Session, String)> {
         let env = environment(&settings.dylib_path)?;
         let name = path.display().to_string();
         if !path.is_file() {
-            return Err(EngineError::Config(format!(
-                "model file {name} is missing (run scripts/fetch-models.sh)"
-            )));
+            return Err(EngineError::Config(format!("model file {name} is missing (run scripts/fetch-models.sh)")));
         }
         let mut b = Session::builder(env)
             .map_err(rt("session builder"))?
             .with_optimization_level(GraphOptimizationLevel::All)
             .map_err(rt("optimisation level"))?
-            .with_intra_threads(settings.intra_threads)
+            .with_intra_threads(intra_threads)
             .map_err(rt("intra-op threads"))?
             .with_inter_threads(1)
             .map_err(rt("inter-op threads"))?
@@ -133,20 +151,15 @@ impl OrtModel {
             .with_inter_op_spinning(false)
             .map_err(rt("spinning"))?;
         b = register_provider(b, settings)?;
-        let session = b
-            .commit_from_file(path)
-            .map_err(|e| EngineError::Config(format!("loading model {name}: {e}")))?;
+        let session =
+            b.commit_from_file(path).map_err(|e| EngineError::Config(format!("loading model {name}: {e}")))?;
         let input = session
             .inputs()
             .first()
             .map(|i| i.name().to_string())
             .ok_or_else(|| EngineError::Config(format!("model {name} has no input")))?;
         tracing::debug!(model = %name, input = %input, "model loaded");
-        Ok(Self {
-            session: Mutex::new(session),
-            input,
-            name,
-        })
+        Ok((session, input))
     }
 }
 
@@ -158,9 +171,7 @@ fn cuda_ep(settings: &SessionSettings) -> ort::ep::CUDA {
         ConvAlgoSearch::Heuristic => C::Heuristic,
         ConvAlgoSearch::Default => C::Default,
     };
-    ort::ep::CUDA::default()
-        .with_device_id(settings.device_id)
-        .with_conv_algorithm_search(search)
+    ort::ep::CUDA::default().with_device_id(settings.device_id).with_conv_algorithm_search(search)
 }
 
 fn register_provider(
@@ -168,7 +179,12 @@ fn register_provider(
     settings: &SessionSettings,
 ) -> Result<ort::session::builder::SessionBuilder> {
     match settings.provider {
-        Provider::Cpu => Ok(b),
+        Provider::Cpu => b
+            .with_execution_providers([ort::ep::CPU::default()
+                .with_arena_allocator(settings.cpu_arena)
+                .build()
+                .error_on_failure()])
+            .map_err(|e| EngineError::Config(format!("CPU execution provider: {e}"))),
         #[cfg(feature = "cuda")]
         Provider::Cuda => b
             .with_execution_providers([cuda_ep(settings).build().error_on_failure()])
@@ -176,15 +192,10 @@ fn register_provider(
         #[cfg(feature = "tensorrt")]
         Provider::Tensorrt => b
             .with_execution_providers([
-                ort::ep::TensorRT::default()
-                    .with_device_id(settings.device_id)
-                    .build()
-                    .error_on_failure(),
+                ort::ep::TensorRT::default().with_device_id(settings.device_id).build().error_on_failure(),
                 cuda_ep(settings).build().error_on_failure(),
             ])
-            .map_err(|e| {
-                EngineError::Config(format!("TensorRT execution provider unavailable: {e}"))
-            }),
+            .map_err(|e| EngineError::Config(format!("TensorRT execution provider unavailable: {e}"))),
         #[allow(unreachable_patterns)]
         other => Err(EngineError::Config(format!(
             "provider {other:?} requested but this build lacks its cargo feature (build with --features {})",
@@ -200,16 +211,22 @@ impl Model for OrtModel {
     fn run(&self, input: ArrayView4<'_, f32>) -> Result<ArrayD<f32>> {
         let tensor = TensorRef::from_array_view(input)
             .map_err(|e| EngineError::Inference(format!("{}: input: {e}", self.name)))?;
-        let mut session = self
-            .session
-            .lock()
-            .map_err(|_| EngineError::Inference(format!("{}: session poisoned", self.name)))?;
+        // Take the first idle session; if all are busy, wait for the first one.
+        let mut session = match self.sessions.iter().find_map(|m| m.try_lock().ok()) {
+            Some(s) => s,
+            None => self.sessions[0]
+                .lock()
+                .map_err(|_| EngineError::Inference(format!("{}: session poisoned", self.name)))?,
+        };
         let outputs = session
             .run(ort::inputs![self.input.as_str() => tensor])
             .map_err(|e| EngineError::Inference(format!("{}: {e}", self.name)))?;
-        let arr = outputs[0]
-            .try_extract_array::<f32>()
-            .map_err(|e| EngineError::BadOutput(format!("{}: {e}", self.name)))?;
+        let arr =
+            outputs[0].try_extract_array::<f32>().map_err(|e| EngineError::BadOutput(format!("{}: {e}", self.name)))?;
         Ok(arr.to_owned())
+    }
+
+    fn parallelism(&self) -> usize {
+        self.sessions.len()
     }
 }

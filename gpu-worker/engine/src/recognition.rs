@@ -54,25 +54,24 @@ impl CtcDecoder {
                     best = i;
                 }
             }
-            if best != 0 && best != prev {
-                if let Some(sym) = self.symbols.get(best) {
-                    text.push_str(sym);
-                    sum += best_p;
-                    n += 1;
-                }
+            if best != 0
+                && best != prev
+                && let Some(sym) = self.symbols.get(best)
+            {
+                text.push_str(sym);
+                sum += best_p;
+                n += 1;
             }
             prev = best;
         }
-        RecText {
-            text,
-            confidence: if n == 0 { 0.0 } else { sum / n as f32 },
-        }
+        RecText { text, confidence: if n == 0 { 0.0 } else { sum / n as f32 } }
     }
 }
 
 /// Splits crop indices into batches: sorted by width, at most `max_batch` crops each, padded to
-/// the batch's widest crop rounded up to `width_step`. Returns `(padded width, indices)` pairs.
-pub fn plan_batches(widths: &[u32], max_batch: usize, width_step: u32) -> Vec<(u32, Vec<usize>)> {
+/// the batch's widest crop rounded up to `width_step` and at least `min_width`.
+/// Returns `(padded width, indices)` pairs.
+pub fn plan_batches(widths: &[u32], max_batch: usize, width_step: u32, min_width: u32) -> Vec<(u32, Vec<usize>)> {
     let mut order: Vec<usize> = (0..widths.len()).collect();
     order.sort_by_key(|&i| widths[i]);
     let step = width_step.max(1);
@@ -80,7 +79,7 @@ pub fn plan_batches(widths: &[u32], max_batch: usize, width_step: u32) -> Vec<(u
         .chunks(max_batch.max(1))
         .map(|chunk| {
             let w = chunk.iter().map(|&i| widths[i]).max().unwrap_or(step);
-            (w.div_ceil(step) * step, chunk.to_vec())
+            (w.max(min_width).div_ceil(step) * step, chunk.to_vec())
         })
         .collect()
 }
@@ -116,18 +115,16 @@ pub fn recognize_crops(
     height: u32,
     max_batch: usize,
     width_step: u32,
+    min_width: u32,
 ) -> Result<Vec<RecText>> {
     let widths: Vec<u32> = crops.iter().map(|c| c.width()).collect();
-    let mut out = vec![
-        RecText {
-            text: String::new(),
-            confidence: 0.0
-        };
-        crops.len()
-    ];
-    for (width, idx) in plan_batches(&widths, max_batch, width_step) {
+    let mut out = vec![RecText { text: String::new(), confidence: 0.0 }; crops.len()];
+    // Widest batches first so the parallel workers finish close together.
+    let mut plan = plan_batches(&widths, max_batch, width_step, min_width);
+    plan.reverse();
+    let run_batch = |(width, idx): &(u32, Vec<usize>)| -> Result<Vec<(usize, RecText)>> {
         let batch: Vec<&RgbImage> = idx.iter().map(|&i| crops[i]).collect();
-        let input = pack_batch(&batch, height, width);
+        let input = pack_batch(&batch, height, *width);
         let output = model.run(input.view())?;
         let probs = output
             .into_dimensionality::<ndarray::Ix3>()
@@ -141,8 +138,33 @@ pub fn recognize_crops(
             )));
         }
         let probs = probs.as_standard_layout();
-        for (k, &i) in idx.iter().enumerate() {
-            out[i] = decoder.decode(probs.view(), k);
+        Ok(idx.iter().enumerate().map(|(k, &i)| (i, decoder.decode(probs.view(), k))).collect())
+    };
+    let workers = model.parallelism().min(plan.len()).max(1);
+    let results: Vec<Result<Vec<(usize, RecText)>>> = if workers == 1 {
+        plan.iter().map(run_batch).collect()
+    } else {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..workers)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut mine = Vec::new();
+                        loop {
+                            let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some(b) = plan.get(k) else { break };
+                            mine.push(run_batch(b));
+                        }
+                        mine
+                    })
+                })
+                .collect();
+            handles.into_iter().flat_map(|h| h.join().expect("recognition worker panicked")).collect()
+        })
+    };
+    for r in results {
+        for (i, t) in r? {
+            out[i] = t;
         }
     }
     Ok(out)
@@ -170,11 +192,10 @@ mod tests {
 
     #[test]
     fn batches_sorted_by_width_and_padded() {
-        let plan = plan_batches(&[100, 30, 250, 40, 90], 2, 32);
-        assert_eq!(
-            plan,
-            vec![(64, vec![1, 3]), (128, vec![4, 0]), (256, vec![2])]
-        );
+        let plan = plan_batches(&[100, 30, 250, 40, 90], 2, 32, 0);
+        assert_eq!(plan, vec![(64, vec![1, 3]), (128, vec![4, 0]), (256, vec![2])]);
+        let plan = plan_batches(&[100, 30, 250, 40, 90], 2, 32, 96);
+        assert_eq!(plan[0], (96, vec![1, 3]));
     }
 
     #[test]

@@ -10,9 +10,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
-use ocr_engine::{
-    ConvAlgoSearch, Engine, EngineOptions, LimitType, Page, Provider, SessionSettings, StageTimes,
-};
+use ocr_engine::{ConvAlgoSearch, Engine, EngineOptions, LimitType, Page, Provider, SessionSettings, StageTimes};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Format {
@@ -61,16 +59,29 @@ struct Args {
     #[arg(long, env = "OCR_DEVICE_ID", default_value_t = 0)]
     device_id: i32,
     /// cuDNN convolution algorithm search (CUDA).
-    #[arg(
-        long,
-        env = "OCR_CUDNN_CONV_ALGO",
-        value_enum,
-        default_value = "heuristic"
-    )]
+    #[arg(long, env = "OCR_CUDNN_CONV_ALGO", value_enum, default_value = "heuristic")]
     cudnn_conv_algo: ConvAlgoSearch,
     /// Let ONNX Runtime threads spin while waiting (faster on an idle machine, worse when shared).
     #[arg(long, env = "OCR_SPIN", default_value_t = false)]
     spin: bool,
+    /// ONNX Runtime CPU memory arena (faster allocation, higher peak memory).
+    #[arg(long, env = "OCR_CPU_ARENA", default_value_t = false, action = clap::ArgAction::Set)]
+    cpu_arena: bool,
+    /// Override the detector's unclip ratio (box growth).
+    #[arg(long, env = "OCR_DET_UNCLIP_RATIO")]
+    det_unclip_ratio: Option<f32>,
+    /// Override the detector's box score threshold.
+    #[arg(long, env = "OCR_DET_BOX_THRESH")]
+    det_box_thresh: Option<f32>,
+    /// Override the detector's pixel threshold.
+    #[arg(long, env = "OCR_DET_THRESH")]
+    det_thresh: Option<f32>,
+    /// Override the narrowest recogniser input width (pixels).
+    #[arg(long, env = "OCR_REC_MIN_WIDTH")]
+    rec_min_width: Option<u32>,
+    /// Recogniser sessions run in parallel (0 = one per thread on CPU).
+    #[arg(long, env = "OCR_REC_SESSIONS", default_value_t = 0)]
+    rec_sessions: usize,
     /// Detect whole-page rotation (0/90/180/270).
     #[arg(long, env = "OCR_ORIENTATION", default_value_t = true, action = clap::ArgAction::Set)]
     orientation: bool,
@@ -99,9 +110,7 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
@@ -113,6 +122,7 @@ fn main() -> anyhow::Result<()> {
         conv_algo_search: args.cudnn_conv_algo,
         intra_threads: args.threads,
         spinning: args.spin,
+        cpu_arena: args.cpu_arena,
     };
     let opts = EngineOptions {
         orientation: args.orientation,
@@ -121,6 +131,11 @@ fn main() -> anyhow::Result<()> {
         rec_width_step: args.rec_width_step,
         min_confidence: args.min_confidence,
         max_pixels: args.max_pixels,
+        rec_sessions: args.rec_sessions,
+        rec_min_width: args.rec_min_width,
+        det_unclip_ratio: args.det_unclip_ratio,
+        det_box_thresh: args.det_box_thresh,
+        det_thresh: args.det_thresh,
         det_limit_side_len: args.det_limit,
         det_limit_type: args.det_limit_type.map(|l| match l {
             Limit::Max => LimitType::Max,
@@ -128,14 +143,8 @@ fn main() -> anyhow::Result<()> {
         }),
     };
     let t_load = Instant::now();
-    let engine =
-        Engine::load(&args.model_dir, &args.model_set, &session, opts).with_context(|| {
-            format!(
-                "loading model set {:?} from {}",
-                args.model_set,
-                args.model_dir.display()
-            )
-        })?;
+    let engine = Engine::load(&args.model_dir, &args.model_set, &session, opts)
+        .with_context(|| format!("loading model set {:?} from {}", args.model_set, args.model_dir.display()))?;
     let load_s = t_load.elapsed().as_secs_f64();
 
     let stdout = std::io::stdout();
@@ -147,6 +156,7 @@ fn main() -> anyhow::Result<()> {
     let show_progress = total > 5;
     for (chunk_no, chunk) in args.files.chunks(args.batch.max(1)).enumerate() {
         let t = Instant::now();
+        let cpu0 = process_cpu_seconds();
         let mut read: Vec<Result<Vec<u8>, String>> = Vec::with_capacity(chunk.len());
         for f in chunk {
             read.push(std::fs::read(f).map_err(|e| format!("cannot read {}: {e}", f.display())));
@@ -156,14 +166,12 @@ fn main() -> anyhow::Result<()> {
         times.add(&t_call);
         // Wall time of the call, shared equally by its images (recognition is batched across them).
         let per_image = t.elapsed().as_secs_f64() / chunk.len() as f64;
+        let cpu_per_image = (process_cpu_seconds() - cpu0) / chunk.len() as f64;
         let mut pages = pages.into_iter();
         for (f, r) in chunk.iter().zip(read) {
             let res: Result<Page, String> = match r {
                 Err(e) => Err(e),
-                Ok(_) => pages
-                    .next()
-                    .expect("one page per input")
-                    .map_err(|e| e.to_string()),
+                Ok(_) => pages.next().expect("one page per input").map_err(|e| e.to_string()),
             };
             let file = f.display().to_string();
             match (&res, args.format) {
@@ -177,6 +185,7 @@ fn main() -> anyhow::Result<()> {
                         "lines": page.lines,
                         "rotation": page.rotation,
                         "seconds": per_image,
+                        "cpu_seconds": cpu_per_image,
                     });
                     writeln!(out, "{v}")?;
                 }
@@ -193,10 +202,7 @@ fn main() -> anyhow::Result<()> {
         out.flush()?;
         if show_progress {
             let done = ((chunk_no + 1) * args.batch.max(1)).min(total);
-            eprintln!(
-                "ocr: {done}/{total} files, {:.1}s",
-                t_all.elapsed().as_secs_f64()
-            );
+            eprintln!("ocr: {done}/{total} files, {:.1}s", t_all.elapsed().as_secs_f64());
         }
     }
     if args.stats {
@@ -216,4 +222,19 @@ fn main() -> anyhow::Result<()> {
         anyhow::bail!("{failures} of {total} inputs could not be recognised");
     }
     Ok(())
+}
+
+/// User + system CPU time of this process, all threads (Linux `/proc/self/stat`, 10 ms ticks);
+/// 0 where unavailable. Lets benchmarks report throughput per CPU-second on a shared machine.
+fn process_cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (tick(11) + tick(12)) / 100.0
 }

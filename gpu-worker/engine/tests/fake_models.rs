@@ -1,0 +1,219 @@
+//! Engine logic with fake models: no ONNX Runtime, no model files.
+
+use std::io::Cursor;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use image::{ImageFormat, Rgb, RgbImage};
+use ndarray::{Array2, Array3, Array4, ArrayD, ArrayView4};
+use ocr_engine::manifest::{ClsSpec, DetSpec, RecSpec};
+use ocr_engine::{Engine, EngineError, EngineOptions, LimitType, Model, Models};
+
+/// Detector: text wherever the (normalised) input is dark, i.e. probability 1 where blue < 0.2.
+struct FakeDet;
+impl Model for FakeDet {
+    fn run(&self, input: ArrayView4<'_, f32>) -> Result<ArrayD<f32>, EngineError> {
+        let (n, _, h, w) = input.dim();
+        // Detector input is ImageNet-normalised blue: (v - 0.485) / 0.229; dark means v < 0.2.
+        let dark = (0.2 - 0.485) / 0.229;
+        let out =
+            Array4::from_shape_fn((n, 1, h, w), |(b, _, y, x)| if input[[b, 0, y, x]] < dark { 1.0 } else { 0.0 });
+        Ok(out.into_dyn())
+    }
+}
+
+/// Recogniser: per crop, "a" if it contains black pixels, "b" if only grey ones; records the
+/// batch shapes it saw.
+#[derive(Default)]
+struct FakeRec {
+    calls: Mutex<Vec<Vec<usize>>>,
+    classes: usize,
+}
+impl Model for FakeRec {
+    fn run(&self, input: ArrayView4<'_, f32>) -> Result<ArrayD<f32>, EngineError> {
+        self.calls.lock().unwrap().push(input.shape().to_vec());
+        let (n, _, _, w) = input.dim();
+        let t = (w / 8).max(4);
+        let mut out = Array3::<f32>::zeros((n, t, self.classes));
+        for b in 0..n {
+            let min = input.slice(ndarray::s![b, .., .., ..]).iter().copied().fold(f32::MAX, f32::min);
+            let class = if min < -0.9 { 1 } else { 2 };
+            for step in 0..t {
+                // class, blank, class, blank ... decodes to a repeated letter
+                let c = if step % 2 == 0 && step < 4 { class } else { 0 };
+                out[[b, step, c]] = 0.9;
+            }
+        }
+        Ok(out.into_dyn())
+    }
+}
+
+/// A classifier that always answers `class` with probability `p`.
+struct FakeCls {
+    classes: usize,
+    class: usize,
+    p: f32,
+}
+impl Model for FakeCls {
+    fn run(&self, input: ArrayView4<'_, f32>) -> Result<ArrayD<f32>, EngineError> {
+        let n = input.shape()[0];
+        let rest = (1.0 - self.p) / (self.classes - 1) as f32;
+        let out = Array2::from_shape_fn((n, self.classes), |(_, c)| if c == self.class { self.p } else { rest });
+        Ok(out.into_dyn())
+    }
+}
+
+fn det_spec() -> DetSpec {
+    DetSpec {
+        model: PathBuf::new(),
+        limit_side_len: 960,
+        limit_type: LimitType::Max,
+        max_side_len: 4000,
+        mean: [0.485, 0.456, 0.406],
+        std: [0.229, 0.224, 0.225],
+        thresh: 0.3,
+        box_thresh: 0.5,
+        unclip_ratio: 1.5,
+        use_dilation: false,
+        min_size: 3.0,
+        max_candidates: 1000,
+    }
+}
+
+fn rec_spec() -> RecSpec {
+    RecSpec { model: PathBuf::new(), dict: PathBuf::new(), height: 48, min_width: 32, max_width: 3200 }
+}
+
+fn engine_with(rec: Arc<FakeRec>, orientation: Option<usize>) -> Engine {
+    let models = Models {
+        det: Arc::new(FakeDet),
+        det_spec: det_spec(),
+        rec,
+        rec_spec: rec_spec(),
+        dict: vec!["a".into(), "b".into()],
+        cls: None,
+        orientation: orientation.map(|class| {
+            let m: Arc<dyn Model> = Arc::new(FakeCls { classes: 4, class, p: 0.99 });
+            (m, ClsSpec { model: PathBuf::new(), height: 224, width: 224, thresh: 0.9 })
+        }),
+    };
+    Engine::new(models, EngineOptions { orientation: orientation.is_some(), ..Default::default() }).unwrap()
+}
+
+fn fake_rec() -> Arc<FakeRec> {
+    Arc::new(FakeRec { calls: Mutex::new(Vec::new()), classes: 4 })
+}
+
+/// White page with a black bar (top left), a grey bar (top right) and a black bar below.
+fn page() -> RgbImage {
+    let mut img = RgbImage::from_pixel(400, 200, Rgb([255, 255, 255]));
+    let mut fill = |x0: u32, y0: u32, x1: u32, y1: u32, v: u8| {
+        for y in y0..y1 {
+            for x in x0..x1 {
+                img.put_pixel(x, y, Rgb([v, v, v]));
+            }
+        }
+    };
+    fill(20, 20, 150, 40, 0);
+    fill(250, 20, 380, 40, 30);
+    fill(20, 120, 300, 140, 0);
+    img
+}
+
+fn png(img: &RgbImage) -> Vec<u8> {
+    let mut out = Vec::new();
+    img.write_to(&mut Cursor::new(&mut out), ImageFormat::Png).unwrap();
+    out
+}
+
+#[test]
+fn engine_is_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Engine>();
+}
+
+#[test]
+fn lines_come_in_reading_order_with_boxes_in_image_pixels() {
+    let engine = engine_with(fake_rec(), None);
+    let pages = engine.recognize(&[page()]);
+    let page = pages[0].as_ref().unwrap();
+    assert_eq!(page.lines.len(), 3, "{page:?}");
+    // Top row left then right, then the lower bar.
+    let xs: Vec<f32> = page.lines.iter().map(|l| l.quad[0][0]).collect();
+    let ys: Vec<f32> = page.lines.iter().map(|l| l.quad[0][1]).collect();
+    assert!(xs[0] < 100.0 && xs[1] > 200.0 && ys[2] > 100.0, "{page:?}");
+    // Each box covers its bar, grown by the unclip margin but not wildly.
+    let b = page.lines[2].quad;
+    assert!(b[0][0] <= 21.0 && b[0][0] > 0.0 && b[2][0] >= 299.0 && b[2][0] < 330.0, "{b:?}");
+    assert!(b[0][1] <= 121.0 && b[2][1] >= 139.0, "{b:?}");
+    assert_eq!(page.text(), "aa\nbb\naa");
+    assert!(page.lines.iter().all(|l| (l.confidence - 0.9).abs() < 1e-5));
+}
+
+#[test]
+fn recognition_batches_span_images() {
+    let rec = fake_rec();
+    let engine = engine_with(rec.clone(), None);
+    let pages = engine.recognize(&[page(), page(), page()]);
+    assert!(pages.iter().all(|p| p.as_ref().unwrap().lines.len() == 3));
+    let calls = rec.calls.lock().unwrap();
+    // 9 crops, batch limit 16: one recogniser call for all three images.
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0][0], 9);
+}
+
+#[test]
+fn a_bad_image_fails_alone() {
+    let engine = engine_with(fake_rec(), None);
+    let good = png(&page());
+    let res = engine.recognize_bytes(&[&good, b"garbage", &good]);
+    assert_eq!(res.len(), 3);
+    assert!(res[0].is_ok() && res[2].is_ok());
+    let err = res[1].as_ref().unwrap_err();
+    assert!(matches!(err, EngineError::UnsupportedFormat), "{err:?}");
+    assert!(!err.is_retryable());
+    assert_eq!(res[0].as_ref().unwrap().text(), res[2].as_ref().unwrap().text());
+}
+
+#[test]
+fn a_turned_page_is_read_and_boxes_map_back() {
+    // The page as photographed upside down; the fake orientation model says "180".
+    let turned = image::imageops::rotate180(&page());
+    let engine = engine_with(fake_rec(), Some(2));
+    let p = engine.recognize(&[turned]).pop().unwrap().unwrap();
+    assert_eq!(p.rotation, 180);
+    assert_eq!(p.lines.len(), 3);
+    // First line read is the upright page's top-left bar, which sits bottom-right in the input.
+    let q = p.lines[0].quad;
+    assert!(q[0][0] > 250.0 && q[0][1] > 150.0, "{q:?}");
+    // Corner order follows the text: the first corner is the text's top-left.
+    assert!(q[0][0] > q[1][0], "{q:?}");
+}
+
+#[test]
+fn wrong_recogniser_shape_is_a_typed_error() {
+    let rec = Arc::new(FakeRec { calls: Mutex::new(Vec::new()), classes: 7 });
+    let engine = engine_with(rec, None);
+    let res = engine.recognize(&[page()]);
+    assert!(matches!(res[0], Err(EngineError::BadOutput(_))), "{res:?}");
+}
+
+#[test]
+fn blank_page_has_no_lines_and_oversized_is_refused() {
+    let engine = engine_with(fake_rec(), None);
+    let blank = RgbImage::from_pixel(64, 64, Rgb([255, 255, 255]));
+    let p = engine.recognize(&[blank]).pop().unwrap().unwrap();
+    assert!(p.lines.is_empty());
+    let models = Models {
+        det: Arc::new(FakeDet),
+        det_spec: det_spec(),
+        rec: fake_rec(),
+        rec_spec: rec_spec(),
+        dict: vec!["a".into()],
+        cls: None,
+        orientation: None,
+    };
+    let small = Engine::new(models, EngineOptions { max_pixels: 1000, ..Default::default() }).unwrap();
+    let res = small.recognize(&[page()]);
+    assert!(matches!(res[0], Err(EngineError::TooLarge { .. })));
+}

@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# Benchmarks. Usage: scripts/bench.sh MODE [options]
+#
+#   engine   our OCR engine vs RapidOCR (rapidocr==3.10.0 + onnxruntime) and faster-paddle==1.0.4
+#            on eval sets A and B, same images, same thread counts, one system after the other.
+#            Prints images/s (wall and per CPU-second), ratios, CER / word F1 (eval/score.py),
+#            our per-stage time split and each system's peak RSS.
+#     --limit N          first N images of each set (default: all)
+#     --sets "A B"       eval sets (default "A B"); OCR_EVAL_DIR overrides ../shared/eval
+#     --threads "1 2"    thread counts (default "1 2")
+#     --systems "ours rapidocr faster-paddle"
+#     --model-set NAME   our set (default ppocrv6-small); RapidOCR is given the same files
+#     --fp-size SIZE     faster-paddle model size (default: small, or tiny for ppocrv6-tiny)
+#     --batch N          images per engine call for ours (default 8)
+#     -- ARGS            extra arguments for our `ocr` CLI
+#   (pipeline mode: reserved for the end-to-end worker benchmark.)
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=lib/python-env.sh
+source "$ROOT/scripts/lib/python-env.sh"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${OCR_FLEET_CACHE:-$HOME/.cache/ocr-fleet}/target}"
+
+mode="${1:-}"; shift || true
+case "$mode" in
+  engine) ;;
+  pipeline) echo "bench.sh: pipeline mode is not implemented yet" >&2; exit 2 ;;
+  *) sed -n '2,20p' "$0" >&2; exit 2 ;;
+esac
+
+limit=0 sets="A B" threads="1 2" systems="ours rapidocr faster-paddle" model_set=ppocrv6-small fp_size="" batch=8
+extra=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --limit) limit=$2; shift 2 ;;
+    --sets) sets=$2; shift 2 ;;
+    --threads) threads=$2; shift 2 ;;
+    --systems) systems=$2; shift 2 ;;
+    --model-set) model_set=$2; shift 2 ;;
+    --fp-size) fp_size=$2; shift 2 ;;
+    --batch) batch=$2; shift 2 ;;
+    --) shift; extra=("$@"); break ;;
+    *) echo "bench.sh: unknown option $1" >&2; exit 2 ;;
+  esac
+done
+if [ -z "$fp_size" ]; then
+  case "$model_set" in *tiny*|fast) fp_size=tiny ;; *) fp_size=small ;; esac
+fi
+EVAL="${OCR_EVAL_DIR:-$ROOT/../shared/eval}"
+[ -f "$EVAL/score.py" ] || { echo "bench.sh: no eval sets at $EVAL (set OCR_EVAL_DIR)" >&2; exit 1; }
+
+echo "bench: preparing models, build and Python peers" >&2
+eval "$("$ROOT/scripts/fetch-models.sh" --print-env --quiet)"
+cargo build -q --release -p ocr-engine --manifest-path "$ROOT/Cargo.toml"
+OCR="$CARGO_TARGET_DIR/release/ocr"
+PY=$(python_env bench rapidocr==3.10.0 onnxruntime==1.32.0 faster-paddle==1.0.4 rapidfuzz==3.14.6)
+
+out="$ROOT/.run/bench/engine-$(date -u +%Y%m%dT%H%M%S)"
+mkdir -p "$out"
+echo "bench: results in $out" >&2
+
+for s in $sets; do
+  "$PY" - "$EVAL" "$s" "$limit" >"$out/$s.tsv" <<'PYEOF'
+import json, os, sys
+ev, s, limit = sys.argv[1], sys.argv[2], int(sys.argv[3])
+recs = [json.loads(l) for l in open(os.path.join(ev, s, "manifest.jsonl")) if l.strip()]
+if limit: recs = recs[:limit]
+for r in recs: print(f"{r['image']}\t{os.path.abspath(os.path.join(ev, r['image']))}")
+PYEOF
+  "$PY" - "$EVAL/$s/manifest.jsonl" "$out/$s.tsv" >"$out/$s.gt.jsonl" <<'PYEOF'
+import json, sys
+keep = {l.split("\t")[0] for l in open(sys.argv[2]) if l.strip()}
+for l in open(sys.argv[1]):
+    if l.strip() and json.loads(l)["image"] in keep: print(l.rstrip("\n"))
+PYEOF
+done
+
+peak_rss() { awk -F': ' '/Maximum resident set size/ {printf "%.0f", $2/1024}' "$1"; }
+
+for t in $threads; do
+  for s in $sets; do
+    for sys in $systems; do
+      tag="$sys-$s-t$t"
+      echo "bench: $tag" >&2
+      case "$sys" in
+        ours)
+          cut -f2 "$out/$s.tsv" | tr '\n' '\0' | xargs -0 /usr/bin/time -v -o "$out/$tag.time" \
+            "$OCR" --format json --stats --threads "$t" --batch "$batch" --model-set "$model_set" "${extra[@]}" \
+            >"$out/$tag.raw.jsonl" 2>"$out/$tag.log" || true
+          "$PY" - "$out/$s.tsv" "$out/$tag.raw.jsonl" >"$out/$tag.jsonl" <<'PYEOF'
+import json, sys
+back = {l.rstrip("\n").split("\t")[1]: l.split("\t")[0] for l in open(sys.argv[1]) if l.strip()}
+for l in open(sys.argv[2]):
+    r = json.loads(l); r["image"] = back.get(r.pop("file"), "?"); r.pop("lines", None); print(json.dumps(r))
+PYEOF
+          grep '^{' "$out/$tag.log" | tail -n1 >"$out/$tag.stats.json" || true ;;
+        rapidocr)
+          /usr/bin/time -v -o "$out/$tag.time" "$PY" "$ROOT/gpu-worker/engine/bench/peers.py" rapidocr \
+            --threads "$t" --model-dir "$OCR_MODEL_DIR" --set "$model_set" --list "$out/$s.tsv" --out "$out/$tag.jsonl" 2>"$out/$tag.log" ;;
+        faster-paddle)
+          /usr/bin/time -v -o "$out/$tag.time" "$PY" "$ROOT/gpu-worker/engine/bench/peers.py" faster-paddle \
+            --threads "$t" --size "$fp_size" --list "$out/$s.tsv" --out "$out/$tag.jsonl" 2>"$out/$tag.log" ;;
+      esac
+      "$PY" "$EVAL/score.py" --gt "$out/$s.gt.jsonl" --pred "$out/$tag.jsonl" --json >"$out/$tag.score.json"
+      echo "{\"tag\":\"$tag\",\"system\":\"$sys\",\"set\":\"$s\",\"threads\":$t,\"peak_rss_mb\":$(peak_rss "$out/$tag.time"),\"score\":$(cat "$out/$tag.score.json")}" >>"$out/summary.jsonl"
+    done
+  done
+done
+
+"$PY" - "$out" <<'PYEOF'
+import json, os, sys
+out = sys.argv[1]
+rows = [json.loads(l) for l in open(os.path.join(out, "summary.jsonl"))]
+print(f"\n{'system':14} {'set':3} {'thr':>3} {'n':>3} {'img/s':>6} {'img/cpu-s':>9} {'CER':>6} {'F1':>6} {'RSS MB':>7}")
+by = {}
+for r in rows:
+    sc = r["score"]; by[(r["system"], r["set"], r["threads"])] = sc
+    print(f"{r['system']:14} {r['set']:3} {r['threads']:>3} {sc['n']:>3} {sc.get('img_per_s') or 0:6.2f} {sc.get('img_per_cpu_s') or 0:9.3f} {sc['CER']:6.3f} {sc['BoW_F1']:6.3f} {r['peak_rss_mb']:>7}")
+print("\nratios (ours / peer, images per second; accuracy deltas ours - peer)")
+for (sysn, s, t), sc in sorted(by.items()):
+    if sysn == "ours": continue
+    o = by.get(("ours", s, t))
+    if not o or not sc.get("img_per_s"): continue
+    print(f"  vs {sysn:14} set {s} t{t}: speed x{o['img_per_s'] / sc['img_per_s']:.2f}  F1 {o['BoW_F1'] - sc['BoW_F1']:+.3f}  CER {o['CER'] - sc['CER']:+.3f}")
+print("\nour stage split (seconds, summed over images):")
+for f in sorted(os.listdir(out)):
+    if f.startswith("ours-") and f.endswith(".stats.json"):
+        try:
+            st = json.load(open(os.path.join(out, f)))
+            print(f"  {f[5:-11]:8} " + " ".join(f"{k}={v:.2f}" for k, v in st["stages"].items()) + f"  load={st['load_seconds']:.2f}")
+        except Exception as e:
+            print(f"  {f}: {e}")
+PYEOF
