@@ -42,6 +42,20 @@ const MIGRATIONS: &[(u32, &str)] = &[
             created_at_ms BIGINT NOT NULL
         ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
     ),
+    (
+        3,
+        r"CREATE TABLE IF NOT EXISTS webhook_deliveries (
+            id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+            job_id CHAR(32) CHARACTER SET ascii NOT NULL,
+            url TEXT NOT NULL,
+            outcome VARCHAR(16) CHARACTER SET ascii NOT NULL,
+            attempts INT UNSIGNED NOT NULL,
+            status_code SMALLINT UNSIGNED NULL,
+            error TEXT NULL,
+            at_ms BIGINT NOT NULL,
+            KEY ix_webhook_job (job_id)
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+    ),
 ];
 
 const JOB_COLUMNS: &str = "id, owner, status, priority, content_type, content_length, callback_url, metadata, \

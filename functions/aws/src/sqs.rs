@@ -1,8 +1,14 @@
 //! Job queues on SQS.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
-use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use aws_sdk_sqs::types::{
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, MessageSystemAttributeName,
+    QueueAttributeName,
+};
 use ocr_core::ports::JobQueue;
+use ocr_core::worker::{Delivery, JobSource};
 use ocr_core::{JobMessage, PortError, Priority};
 
 use crate::errors::sdk_error;
@@ -138,6 +144,96 @@ impl SqsConsumer {
             .send()
             .await
             .map_err(|e| sdk_error("sqs", e))?;
+        Ok(())
+    }
+}
+
+/// The express and bulk queues as a [`JobSource`] for workers.
+#[derive(Debug, Clone)]
+pub struct SqsJobSource {
+    queues: SqsJobQueue,
+}
+
+impl SqsJobSource {
+    pub fn new(config: &aws_config::SdkConfig, express_url: impl Into<String>, bulk_url: impl Into<String>) -> Self {
+        Self { queues: SqsJobQueue::new(config, express_url, bulk_url) }
+    }
+}
+
+#[async_trait]
+impl JobSource for SqsJobSource {
+    async fn receive(&self, priority: Priority, max: usize, wait: Duration) -> Result<Vec<Delivery>, PortError> {
+        let consumer = SqsConsumer { client: self.queues.client.clone(), queue_url: self.queues.url(priority).to_owned() };
+        let received = consumer.receive(max.clamp(1, 10) as i32, wait.as_secs().min(20) as i32).await?;
+        Ok(received
+            .into_iter()
+            .map(|m| Delivery {
+                priority,
+                message_id: m.message_id,
+                receipt_handle: m.receipt_handle,
+                body: m.body,
+                receive_count: m.receive_count,
+            })
+            .collect())
+    }
+
+    async fn delete(&self, priority: Priority, receipt_handles: &[String]) -> Result<Vec<String>, PortError> {
+        if receipt_handles.is_empty() {
+            return Ok(Vec::new());
+        }
+        let entries = receipt_handles
+            .iter()
+            .enumerate()
+            .map(|(i, h)| DeleteMessageBatchRequestEntry::builder().id(i.to_string()).receipt_handle(h).build())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| PortError::permanent("sqs", e))?;
+        let out = self
+            .queues
+            .client
+            .delete_message_batch()
+            .queue_url(self.queues.url(priority))
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .map_err(|e| sdk_error("sqs", e))?;
+        Ok(out
+            .failed()
+            .iter()
+            .filter_map(|f| f.id().parse::<usize>().ok())
+            .filter_map(|i| receipt_handles.get(i).cloned())
+            .collect())
+    }
+
+    async fn set_visibility(&self, priority: Priority, receipt_handles: &[String], visibility: Duration) -> Result<(), PortError> {
+        if receipt_handles.is_empty() {
+            return Ok(());
+        }
+        let entries = receipt_handles
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                ChangeMessageVisibilityBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(h)
+                    .visibility_timeout(visibility.as_secs().min(43_200) as i32)
+                    .build()
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| PortError::permanent("sqs", e))?;
+        let out = self
+            .queues
+            .client
+            .change_message_visibility_batch()
+            .queue_url(self.queues.url(priority))
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .map_err(|e| sdk_error("sqs", e))?;
+        if let Some(f) = out.failed().first() {
+            // Usually a receipt handle whose visibility already ran out: the message is back
+            // on the queue and another delivery will handle it.
+            tracing::debug!(failed = out.failed().len(), code = f.code(), "some visibility changes failed");
+        }
         Ok(())
     }
 }

@@ -15,6 +15,7 @@ use crate::job::{Job, JobStatus, NewJob, Priority};
 use crate::message::JobMessage;
 use crate::ports::{Clock, JobQueue, JobStore, ObjectInfo, ObjectStore, PresignedPut, StatusChange};
 use crate::result::OcrResult;
+use crate::worker::{Delivery, JobSource, ResultStore, TakenJob, WebhookRecord};
 
 /// A clock that moves only when told.
 #[derive(Debug)]
@@ -40,6 +41,7 @@ impl Clock for ManualClock {
 pub struct InMemoryJobStore {
     jobs: Mutex<HashMap<JobId, Job>>,
     results: Mutex<HashMap<JobId, OcrResult>>,
+    webhooks: Mutex<Vec<WebhookRecord>>,
 }
 
 impl InMemoryJobStore {
@@ -263,5 +265,215 @@ impl JobQueue for InMemoryJobQueue {
             return Ok(*d);
         }
         Ok(self.messages(priority).len() as u64)
+    }
+}
+
+#[async_trait]
+impl ResultStore for InMemoryJobStore {
+    async fn take(&self, ids: &[JobId], at_ms: i64) -> Result<Vec<TakenJob>, PortError> {
+        let mut jobs = self.jobs.lock().unwrap();
+        let mut taken = Vec::new();
+        for id in ids {
+            let Some(job) = jobs.get_mut(id) else { continue };
+            taken.push(TakenJob {
+                id: job.id,
+                owner: job.owner.clone(),
+                status: job.status,
+                callback_url: job.callback_url.clone(),
+                queued_at_ms: job.queued_at_ms,
+            });
+            if matches!(job.status, JobStatus::Queued | JobStatus::Processing) {
+                job.status = JobStatus::Processing;
+                job.attempts += 1;
+                job.started_at_ms = Some(at_ms);
+                job.updated_at_ms = at_ms;
+            }
+        }
+        Ok(taken)
+    }
+
+    async fn complete(&self, results: &[(JobId, OcrResult)], at_ms: i64) -> Result<Vec<JobId>, PortError> {
+        let mut jobs = self.jobs.lock().unwrap();
+        let mut stored = self.results.lock().unwrap();
+        let mut written = Vec::new();
+        for (id, result) in results {
+            let Some(job) = jobs.get_mut(id) else { continue };
+            if job.status != JobStatus::Processing {
+                continue;
+            }
+            stored.entry(*id).or_insert_with(|| result.clone());
+            job.status = JobStatus::Succeeded;
+            job.finished_at_ms = Some(at_ms);
+            job.error = None;
+            written.push(*id);
+        }
+        Ok(written)
+    }
+
+    async fn fail(&self, id: &JobId, reason: &str, at_ms: i64) -> Result<bool, PortError> {
+        let mut jobs = self.jobs.lock().unwrap();
+        let Some(job) = jobs.get_mut(id) else { return Ok(false) };
+        if job.status.is_terminal() {
+            return Ok(false);
+        }
+        job.status = JobStatus::Failed;
+        job.error = Some(reason.to_owned());
+        job.finished_at_ms = Some(at_ms);
+        Ok(true)
+    }
+
+    async fn note_attempt_error(&self, id: &JobId, reason: &str, _at_ms: i64) -> Result<(), PortError> {
+        if let Some(job) = self.jobs.lock().unwrap().get_mut(id) {
+            job.error = Some(reason.to_owned());
+        }
+        Ok(())
+    }
+
+    async fn record_webhook(&self, record: &WebhookRecord) -> Result<(), PortError> {
+        self.webhooks.lock().unwrap().push(record.clone());
+        Ok(())
+    }
+}
+
+impl InMemoryJobStore {
+    pub fn webhooks(&self) -> Vec<WebhookRecord> {
+        self.webhooks.lock().unwrap().clone()
+    }
+    pub fn result(&self, id: &JobId) -> Option<OcrResult> {
+        self.results.lock().unwrap().get(id).cloned()
+    }
+    /// Inserts a job already in `queued`, as the on-upload handler leaves it.
+    pub fn insert_queued(&self, job: Job) {
+        let mut job = job;
+        job.status = JobStatus::Queued;
+        self.jobs.lock().unwrap().insert(job.id, job);
+    }
+}
+
+/// A message in [`InMemoryJobSource`].
+#[derive(Debug, Clone)]
+struct FakeMessage {
+    id: String,
+    body: String,
+    receive_count: u32,
+    receipt: Option<String>,
+    invisible_until: Option<std::time::Instant>,
+}
+
+/// Two SQS-like queues with visibility timeouts, receive counts and a dead-letter list
+/// (a message received more than `max_receive` times moves there, as with a redrive policy).
+#[derive(Debug)]
+pub struct InMemoryJobSource {
+    queues: Mutex<HashMap<Priority, Vec<FakeMessage>>>,
+    dlq: Mutex<Vec<(Priority, String)>>,
+    visibility: Duration,
+    max_receive: u32,
+    next: AtomicI64,
+}
+
+impl InMemoryJobSource {
+    pub fn new(visibility: Duration, max_receive: u32) -> Self {
+        Self {
+            queues: Mutex::default(),
+            dlq: Mutex::default(),
+            visibility,
+            max_receive,
+            next: AtomicI64::new(0),
+        }
+    }
+
+    pub fn push(&self, priority: Priority, body: impl Into<String>) {
+        let id = self.next.fetch_add(1, Ordering::SeqCst);
+        self.queues.lock().unwrap().entry(priority).or_default().push(FakeMessage {
+            id: format!("m{id}"),
+            body: body.into(),
+            receive_count: 0,
+            receipt: None,
+            invisible_until: None,
+        });
+    }
+
+    /// Messages still on the queue (visible or not).
+    pub fn len(&self, priority: Priority) -> usize {
+        self.queues.lock().unwrap().get(&priority).map_or(0, Vec::len)
+    }
+
+    pub fn dead_letters(&self) -> Vec<(Priority, String)> {
+        self.dlq.lock().unwrap().clone()
+    }
+}
+
+#[async_trait]
+impl JobSource for InMemoryJobSource {
+    async fn receive(&self, priority: Priority, max: usize, wait: Duration) -> Result<Vec<Delivery>, PortError> {
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            let now = std::time::Instant::now();
+            let mut out = Vec::new();
+            {
+                let mut queues = self.queues.lock().unwrap();
+                let queue = queues.entry(priority).or_default();
+                let mut dead = Vec::new();
+                for m in queue.iter_mut() {
+                    if out.len() >= max.min(10) {
+                        break;
+                    }
+                    if m.invisible_until.is_some_and(|t| t > now) {
+                        continue;
+                    }
+                    if m.receive_count >= self.max_receive {
+                        dead.push(m.id.clone());
+                        continue;
+                    }
+                    m.receive_count += 1;
+                    let receipt = format!("{}-r{}", m.id, m.receive_count);
+                    m.receipt = Some(receipt.clone());
+                    m.invisible_until = Some(now + self.visibility);
+                    out.push(Delivery {
+                        priority,
+                        message_id: m.id.clone(),
+                        receipt_handle: receipt,
+                        body: m.body.clone(),
+                        receive_count: m.receive_count,
+                    });
+                }
+                for id in dead {
+                    if let Some(pos) = queue.iter().position(|m| m.id == id) {
+                        let m = queue.remove(pos);
+                        self.dlq.lock().unwrap().push((priority, m.body));
+                    }
+                }
+            }
+            if !out.is_empty() || std::time::Instant::now() >= deadline {
+                return Ok(out);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn delete(&self, priority: Priority, receipt_handles: &[String]) -> Result<Vec<String>, PortError> {
+        let mut queues = self.queues.lock().unwrap();
+        let queue = queues.entry(priority).or_default();
+        let mut failed = Vec::new();
+        for h in receipt_handles {
+            match queue.iter().position(|m| m.receipt.as_deref() == Some(h.as_str())) {
+                Some(pos) => {
+                    queue.remove(pos);
+                }
+                None => failed.push(h.clone()),
+            }
+        }
+        Ok(failed)
+    }
+
+    async fn set_visibility(&self, priority: Priority, receipt_handles: &[String], visibility: Duration) -> Result<(), PortError> {
+        let mut queues = self.queues.lock().unwrap();
+        let now = std::time::Instant::now();
+        for m in queues.entry(priority).or_default().iter_mut() {
+            if m.receipt.as_ref().is_some_and(|r| receipt_handles.contains(r)) {
+                m.invisible_until = Some(now + visibility);
+            }
+        }
+        Ok(())
     }
 }

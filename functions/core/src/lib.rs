@@ -14,6 +14,7 @@ pub mod job;
 pub mod message;
 pub mod ports;
 pub mod result;
+pub mod worker;
 
 #[cfg(any(test, feature = "test-util"))]
 pub mod fakes;

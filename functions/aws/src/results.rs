@@ -1,0 +1,152 @@
+//! [`ResultStore`] on MySQL: the worker's batch writes.
+
+use async_trait::async_trait;
+use mysql_async::prelude::{Query, WithParams};
+use mysql_async::{Params, Row, TxOpts, Value, params};
+use ocr_core::worker::{ResultStore, TakenJob, WebhookRecord};
+use ocr_core::{JobId, OcrResult, PortError};
+
+use crate::mysql::{MySqlJobStore, db_error};
+
+/// `?, ?, ?` for `n` values.
+fn placeholders(n: usize) -> String {
+    vec!["?"; n].join(", ")
+}
+
+fn id_values(ids: &[JobId]) -> Vec<Value> {
+    ids.iter().map(|id| Value::from(id.to_string())).collect()
+}
+
+fn unreadable(what: &str) -> PortError {
+    PortError::permanent("mysql", format!("unreadable {what}"))
+}
+
+#[async_trait]
+impl ResultStore for MySqlJobStore {
+    async fn take(&self, ids: &[JobId], at_ms: i64) -> Result<Vec<TakenJob>, PortError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn().await?;
+        let mut tx = conn.start_transaction(TxOpts::default()).await.map_err(db_error)?;
+        let list = placeholders(ids.len());
+        // Row locks keep a concurrent `complete` or delete from slipping between read and write.
+        let rows: Vec<Row> = format!(
+            "SELECT id, owner, status, callback_url, queued_at_ms FROM jobs WHERE id IN ({list}) FOR UPDATE"
+        )
+        .with(Params::Positional(id_values(ids)))
+        .fetch(&mut tx)
+        .await
+        .map_err(db_error)?;
+        let mut taken = Vec::with_capacity(rows.len());
+        for mut row in rows {
+            let id: String = row.take(0).ok_or_else(|| unreadable("id"))?;
+            let status: String = row.take(2).ok_or_else(|| unreadable("status"))?;
+            taken.push(TakenJob {
+                id: id.parse().map_err(|_| unreadable("id"))?,
+                owner: row.take(1).ok_or_else(|| unreadable("owner"))?,
+                status: status.parse().map_err(|_| unreadable("status"))?,
+                callback_url: row.take(3).ok_or_else(|| unreadable("callback_url"))?,
+                queued_at_ms: row.take(4).ok_or_else(|| unreadable("queued_at_ms"))?,
+            });
+        }
+        let mut params = vec![Value::from(at_ms), Value::from(at_ms)];
+        params.extend(id_values(ids));
+        format!(
+            "UPDATE jobs SET status = 'processing', attempts = attempts + 1, started_at_ms = ?, updated_at_ms = ? \
+             WHERE id IN ({list}) AND status IN ('queued', 'processing')"
+        )
+        .with(Params::Positional(params))
+        .ignore(&mut tx)
+        .await
+        .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(taken)
+    }
+
+    async fn complete(&self, results: &[(JobId, OcrResult)], at_ms: i64) -> Result<Vec<JobId>, PortError> {
+        if results.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<JobId> = results.iter().map(|(id, _)| *id).collect();
+        let mut conn = self.conn().await?;
+        let mut tx = conn.start_transaction(TxOpts::default()).await.map_err(db_error)?;
+        let eligible: Vec<String> = format!(
+            "SELECT id FROM jobs WHERE id IN ({}) AND status = 'processing' FOR UPDATE",
+            placeholders(ids.len())
+        )
+        .with(Params::Positional(id_values(&ids)))
+        .fetch(&mut tx)
+        .await
+        .map_err(db_error)?;
+        let written: Vec<JobId> = ids.iter().copied().filter(|id| eligible.contains(&id.to_string())).collect();
+        if !written.is_empty() {
+            let mut values = Vec::with_capacity(written.len() * 3);
+            for (id, result) in results.iter().filter(|(id, _)| written.contains(id)) {
+                let json = serde_json::to_string(result).map_err(|e| PortError::permanent("mysql", e))?;
+                values.extend([Value::from(id.to_string()), Value::from(json), Value::from(at_ms)]);
+            }
+            // One multi-row insert per batch; a result already there is kept (first wins).
+            format!(
+                "INSERT INTO job_results (job_id, result, created_at_ms) VALUES {} \
+                 ON DUPLICATE KEY UPDATE job_id = job_id",
+                vec!["(?, ?, ?)"; written.len()].join(", ")
+            )
+            .with(Params::Positional(values))
+            .ignore(&mut tx)
+            .await
+            .map_err(db_error)?;
+            let mut params = vec![Value::from(at_ms), Value::from(at_ms)];
+            params.extend(id_values(&written));
+            format!(
+                "UPDATE jobs SET status = 'succeeded', finished_at_ms = ?, updated_at_ms = ?, error = NULL \
+                 WHERE id IN ({}) AND status = 'processing'",
+                placeholders(written.len())
+            )
+            .with(Params::Positional(params))
+            .ignore(&mut tx)
+            .await
+            .map_err(db_error)?;
+        }
+        tx.commit().await.map_err(db_error)?;
+        Ok(written)
+    }
+
+    async fn fail(&self, id: &JobId, reason: &str, at_ms: i64) -> Result<bool, PortError> {
+        let mut conn = self.conn().await?;
+        "UPDATE jobs SET status = 'failed', error = :reason, finished_at_ms = :at, updated_at_ms = :at \
+         WHERE id = :id AND status IN ('awaiting_upload', 'queued', 'processing')"
+            .with(params! { "reason" => reason, "at" => at_ms, "id" => id.to_string() })
+            .ignore(&mut conn)
+            .await
+            .map_err(db_error)?;
+        Ok(conn.affected_rows() == 1)
+    }
+
+    async fn note_attempt_error(&self, id: &JobId, reason: &str, at_ms: i64) -> Result<(), PortError> {
+        let mut conn = self.conn().await?;
+        "UPDATE jobs SET error = :reason, updated_at_ms = :at WHERE id = :id AND status IN ('queued', 'processing')"
+            .with(params! { "reason" => reason, "at" => at_ms, "id" => id.to_string() })
+            .ignore(&mut conn)
+            .await
+            .map_err(db_error)
+    }
+
+    async fn record_webhook(&self, r: &WebhookRecord) -> Result<(), PortError> {
+        let mut conn = self.conn().await?;
+        "INSERT INTO webhook_deliveries (job_id, url, outcome, attempts, status_code, error, at_ms) \
+         VALUES (:job_id, :url, :outcome, :attempts, :status_code, :error, :at)"
+            .with(params! {
+                "job_id" => r.job_id.to_string(),
+                "url" => &r.url,
+                "outcome" => &r.outcome,
+                "attempts" => r.attempts,
+                "status_code" => r.status_code,
+                "error" => &r.error,
+                "at" => r.at_ms,
+            })
+            .ignore(&mut conn)
+            .await
+            .map_err(db_error)
+    }
+}

@@ -1,0 +1,85 @@
+//! Ports the GPU worker uses: where job messages come from and where results go.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::error::PortError;
+use crate::id::JobId;
+use crate::job::{JobStatus, Priority};
+use crate::result::OcrResult;
+
+/// One delivery of a job message by the queue.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub priority: Priority,
+    pub message_id: String,
+    /// Needed to delete the message or change its visibility; dies when visibility expires.
+    pub receipt_handle: String,
+    pub body: String,
+    /// Deliveries of this message so far, this one included (SQS `ApproximateReceiveCount`).
+    pub receive_count: u32,
+}
+
+/// The job queues, seen from a consumer.
+#[async_trait]
+pub trait JobSource: Send + Sync {
+    /// Up to `max` (≤ 10) messages of one priority, waiting at most `wait` for the first.
+    async fn receive(&self, priority: Priority, max: usize, wait: Duration) -> Result<Vec<Delivery>, PortError>;
+
+    /// Deletes delivered messages (up to 10 per call). Returns the receipt handles that
+    /// could not be deleted.
+    async fn delete(&self, priority: Priority, receipt_handles: &[String]) -> Result<Vec<String>, PortError>;
+
+    /// Sets the visibility of delivered messages (up to 10 per call): extend to keep
+    /// them while working, or 0 to hand them back at once.
+    async fn set_visibility(&self, priority: Priority, receipt_handles: &[String], visibility: Duration) -> Result<(), PortError>;
+}
+
+/// What the worker needs to know of a job it took.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TakenJob {
+    pub id: JobId,
+    pub owner: String,
+    /// The status before this delivery took it.
+    pub status: JobStatus,
+    pub callback_url: Option<String>,
+    /// Time the job was queued (for queue-to-result latency), epoch milliseconds.
+    pub queued_at_ms: Option<i64>,
+}
+
+/// A webhook call's outcome, as recorded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookRecord {
+    pub job_id: JobId,
+    pub url: String,
+    /// `delivered`, `failed` (gave up after retries) or `refused` (target not allowed).
+    pub outcome: String,
+    pub attempts: u32,
+    pub status_code: Option<u16>,
+    pub error: Option<String>,
+    pub at_ms: i64,
+}
+
+/// Where the worker records progress and results. Every call is idempotent.
+#[async_trait]
+pub trait ResultStore: Send + Sync {
+    /// Marks the jobs `processing` (from `queued` or `processing`, counting an attempt)
+    /// and returns what is known of every id found, whatever its status: a job that
+    /// already ended or was deleted comes back with that status and is left as it is.
+    async fn take(&self, ids: &[JobId], at_ms: i64) -> Result<Vec<TakenJob>, PortError>;
+
+    /// Stores results and marks their jobs `succeeded`, all in one transaction. A job that
+    /// already has a result keeps its first one; a job no longer `processing` (deleted,
+    /// failed) gets none. Returns the ids whose result this call wrote.
+    async fn complete(&self, results: &[(JobId, OcrResult)], at_ms: i64) -> Result<Vec<JobId>, PortError>;
+
+    /// Marks the job `failed` with `reason` unless it already ended. Returns whether it changed.
+    async fn fail(&self, id: &JobId, reason: &str, at_ms: i64) -> Result<bool, PortError>;
+
+    /// Records why an attempt failed, leaving the job to be tried again.
+    async fn note_attempt_error(&self, id: &JobId, reason: &str, at_ms: i64) -> Result<(), PortError>;
+
+    /// Records a webhook call's outcome.
+    async fn record_webhook(&self, record: &WebhookRecord) -> Result<(), PortError>;
+}

@@ -1,0 +1,29 @@
+//! The GPU worker.
+//!
+//! ```text
+//! receive ──(1)──▶ prefetch ──(1)──▶ infer (own thread) ──(1)──▶ persist ──▶ webhooks
+//!  SQS ≤BATCH_MAX    S3 get + decode     engine batch call      MySQL, then
+//!  express first,    (bounded)                                  DeleteMessageBatch
+//!  bulk's share
+//! ```
+//!
+//! Stages are joined by channels of capacity 1 and each stage reserves its slot
+//! before starting on the next batch, so batch N+1 is received and decoded while
+//! batch N is in the engine, and a slow stage holds back the ones before it
+//! instead of piling up images in memory. A heartbeat extends the visibility of
+//! every message in flight. Nothing is deleted from SQS before its result is
+//! committed.
+
+pub mod cloudwatch;
+pub mod config;
+pub mod heartbeat;
+pub mod lifecycle;
+pub mod metrics;
+pub mod pipeline;
+pub mod recognizer;
+pub mod ssrf;
+pub mod webhook;
+
+pub use config::WorkerConfig;
+pub use pipeline::{Pipeline, PipelineDeps};
+pub use recognizer::{EngineRecognizer, ImageFailure, Recognizer};

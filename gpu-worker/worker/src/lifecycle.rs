@@ -1,0 +1,155 @@
+//! On EC2: notice that this instance is going away (Auto Scaling's terminating
+//! lifecycle hook, or a spot interruption notice), trigger the same drain as SIGTERM,
+//! then tell Auto Scaling it may proceed.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+
+/// Why the instance is going away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Departure {
+    /// `autoscaling/target-lifecycle-state` says `Terminated`.
+    Terminating,
+    /// `spot/instance-action` exists (two minutes' notice).
+    SpotInterruption,
+}
+
+/// Reads instance metadata (IMDS in production; a table in tests).
+#[async_trait]
+pub trait InstanceMetadata: Send + Sync {
+    /// The value at `path` (e.g. `meta-data/instance-id`), or `None` when it does not exist.
+    async fn get(&self, path: &str) -> Result<Option<String>, String>;
+}
+
+/// Instance Metadata Service v2 (session token). Only reachable on EC2.
+pub struct Imds {
+    client: reqwest::Client,
+    base: String,
+}
+
+impl Imds {
+    pub fn new() -> Self {
+        let client =
+            reqwest::Client::builder().timeout(Duration::from_secs(2)).no_proxy().build().expect("http client");
+        Imds { client, base: "http://169.254.169.254/latest".into() }
+    }
+}
+
+impl Default for Imds {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[async_trait]
+impl InstanceMetadata for Imds {
+    async fn get(&self, path: &str) -> Result<Option<String>, String> {
+        let token = self
+            .client
+            .put(format!("{}/api/token", self.base))
+            .header("x-aws-ec2-metadata-token-ttl-seconds", "60")
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .text()
+            .await
+            .map_err(|e| e.to_string())?;
+        let response = self
+            .client
+            .get(format!("{}/{path}", self.base))
+            .header("x-aws-ec2-metadata-token", token)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !response.status().is_success() {
+            return Err(format!("IMDS answered {}", response.status()));
+        }
+        response.text().await.map(Some).map_err(|e| e.to_string())
+    }
+}
+
+/// Whether the instance is leaving now.
+pub async fn departure(md: &dyn InstanceMetadata) -> Option<Departure> {
+    if let Ok(Some(state)) = md.get("meta-data/autoscaling/target-lifecycle-state").await
+        && state.trim() == "Terminated"
+    {
+        return Some(Departure::Terminating);
+    }
+    if let Ok(Some(_)) = md.get("meta-data/spot/instance-action").await {
+        return Some(Departure::SpotInterruption);
+    }
+    None
+}
+
+/// Polls every `interval` until the instance is leaving, then sets `drain`.
+pub async fn watch(md: &dyn InstanceMetadata, interval: Duration, drain: watch::Sender<bool>) -> Option<Departure> {
+    let mut stopped = drain.subscribe();
+    loop {
+        if let Some(d) = departure(md).await {
+            tracing::warn!(departure = ?d, "instance is leaving: draining");
+            let _ = drain.send(true);
+            return Some(d);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stopped.wait_for(|s| *s) => return None,
+        }
+    }
+}
+
+/// Lets Auto Scaling terminate the instance now that the worker has drained.
+pub async fn complete_lifecycle_action(
+    client: &aws_sdk_autoscaling::Client,
+    md: &dyn InstanceMetadata,
+    hook: &str,
+    group: &str,
+) -> Result<(), String> {
+    let instance_id = md.get("meta-data/instance-id").await?.ok_or("no instance id in metadata")?;
+    client
+        .complete_lifecycle_action()
+        .lifecycle_hook_name(hook)
+        .auto_scaling_group_name(group)
+        .instance_id(instance_id)
+        .lifecycle_action_result("CONTINUE")
+        .send()
+        .await
+        .map_err(|e| aws_sdk_autoscaling::error::DisplayErrorContext(&e).to_string())?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use super::*;
+
+    struct Table(Mutex<HashMap<String, String>>);
+
+    #[async_trait]
+    impl InstanceMetadata for Table {
+        async fn get(&self, path: &str) -> Result<Option<String>, String> {
+            Ok(self.0.lock().unwrap().get(path).cloned())
+        }
+    }
+
+    #[tokio::test]
+    async fn notices_each_way_of_leaving() {
+        let md = Table(Mutex::new(HashMap::new()));
+        md.0.lock().unwrap().insert("meta-data/autoscaling/target-lifecycle-state".into(), "InService".into());
+        assert_eq!(departure(&md).await, None);
+        md.0.lock().unwrap().insert("meta-data/spot/instance-action".into(), r#"{"action":"terminate"}"#.into());
+        assert_eq!(departure(&md).await, Some(Departure::SpotInterruption));
+        md.0.lock().unwrap().insert("meta-data/autoscaling/target-lifecycle-state".into(), "Terminated".into());
+        assert_eq!(departure(&md).await, Some(Departure::Terminating));
+
+        let (tx, rx) = watch::channel(false);
+        assert_eq!(watch(&md, Duration::from_millis(5), tx).await, Some(Departure::Terminating));
+        assert!(*rx.borrow(), "drain was triggered");
+    }
+}

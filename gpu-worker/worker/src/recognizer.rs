@@ -1,0 +1,89 @@
+//! The engine behind a small trait, so the pipeline is tested with a fake one.
+
+use image::RgbImage;
+use ocr_core::{OcrLine, OcrResult};
+use ocr_engine::{Engine, EngineError, EngineOptions, SessionSettings};
+
+use crate::config::EngineArgs;
+
+/// Why one image produced no result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageFailure {
+    pub reason: String,
+    /// Whether the same image may succeed on another try (a runtime hiccup),
+    /// as opposed to bad input.
+    pub retryable: bool,
+}
+
+impl From<&EngineError> for ImageFailure {
+    fn from(e: &EngineError) -> Self {
+        ImageFailure { reason: e.to_string(), retryable: e.is_retryable() }
+    }
+}
+
+/// Reads text from a batch of decoded images. Blocking: runs on the infer thread.
+pub trait Recognizer: Send + 'static {
+    /// One result per image, in order; one bad image fails only itself.
+    fn recognize(&mut self, images: &[RgbImage]) -> Vec<Result<OcrResult, ImageFailure>>;
+}
+
+/// The real engine (ONNX Runtime), loaded once.
+pub struct EngineRecognizer {
+    engine: Engine,
+}
+
+impl EngineRecognizer {
+    /// Loads the model set and runs one warm-up call so the first batch does not pay
+    /// for ONNX Runtime's lazy initialisation (and, on GPU, the first shapes' searches).
+    pub fn load(args: &EngineArgs) -> Result<Self, EngineError> {
+        let dylib = args.ort_dylib_path.clone().ok_or_else(|| {
+            EngineError::Config("ORT_DYLIB_PATH is not set (scripts/fetch-models.sh --print-env gives it)".into())
+        })?;
+        let session = SessionSettings {
+            dylib_path: dylib,
+            provider: args.provider,
+            device_id: args.device_id,
+            conv_algo_search: args.cudnn_conv_algo,
+            intra_threads: args.threads,
+            spinning: false,
+            cpu_arena: false,
+        };
+        let options = EngineOptions {
+            orientation: args.orientation,
+            line_angle: args.line_angle,
+            max_pixels: args.max_pixels,
+            ..EngineOptions::default()
+        };
+        let engine = Engine::load(&args.model_dir, &args.model_set, &session, options)?;
+        let mut recognizer = EngineRecognizer { engine };
+        let warm = RgbImage::from_pixel(320, 96, image::Rgb([255, 255, 255]));
+        let _ = recognizer.recognize(&[warm]);
+        Ok(recognizer)
+    }
+}
+
+impl Recognizer for EngineRecognizer {
+    fn recognize(&mut self, images: &[RgbImage]) -> Vec<Result<OcrResult, ImageFailure>> {
+        let started = std::time::Instant::now();
+        let pages = self.engine.recognize(images);
+        // Each image's share of the batch call, for the result's `seconds`.
+        let share = started.elapsed().as_secs_f64() / images.len().max(1) as f64;
+        pages
+            .into_iter()
+            .map(|page| match page {
+                Ok(page) => Ok(OcrResult {
+                    text: page.text(),
+                    lines: page
+                        .lines
+                        .into_iter()
+                        .map(|l| OcrLine { text: l.text, confidence: l.confidence, bbox: l.quad })
+                        .collect(),
+                    width: page.width,
+                    height: page.height,
+                    seconds: share,
+                }),
+                Err(e) => Err(ImageFailure::from(&e)),
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,364 @@
+//! Telling callers a job ended: a signed POST to the job's callback URL, retried with
+//! backoff, recorded in the database, run off the engine's path.
+//!
+//! Body: `{"job_id", "status", "result_url"}`. Header
+//! `Ocr-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">` with the
+//! shared `WEBHOOK_SECRET`; receivers recompute it and reject old timestamps.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use hmac::{Hmac, Mac};
+use ocr_core::worker::{ResultStore, WebhookRecord};
+use ocr_core::{JobId, JobStatus};
+use sha2::Sha256;
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::metrics::Metrics;
+use crate::ssrf::{Policy, Resolver};
+
+/// A job that ended and has a callback URL.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Notification {
+    pub job_id: JobId,
+    pub status: JobStatus,
+    pub callback_url: String,
+}
+
+/// Sends one POST to a vetted address. Injected so tests can prove a refused target is
+/// never connected to.
+#[async_trait]
+pub trait Connector: Send + Sync {
+    /// Returns the HTTP status, or why no response came.
+    async fn post(
+        &self,
+        url: &url::Url,
+        addr: SocketAddr,
+        headers: &[(&str, String)],
+        body: Bytes,
+    ) -> Result<u16, String>;
+}
+
+/// reqwest, pinned to the vetted address, without redirects (a redirect could point
+/// anywhere, past the check).
+pub struct HttpConnector {
+    pub timeout: Duration,
+}
+
+#[async_trait]
+impl Connector for HttpConnector {
+    async fn post(
+        &self,
+        url: &url::Url,
+        addr: SocketAddr,
+        headers: &[(&str, String)],
+        body: Bytes,
+    ) -> Result<u16, String> {
+        let host = url.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_owned();
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(self.timeout)
+            .resolve(&host, addr)
+            .no_proxy()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let mut request = client.post(url.clone()).body(body);
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        // The error's text would include the URL (and its query): keep only its kind.
+        let response = request.send().await.map_err(|e| {
+            if e.is_timeout() {
+                "timed out".to_owned()
+            } else if e.is_connect() {
+                "connection failed".to_owned()
+            } else {
+                "request failed".to_owned()
+            }
+        })?;
+        Ok(response.status().as_u16())
+    }
+}
+
+/// `t=<t>,v1=<hex>`: HMAC-SHA256 over `"<t>.<body>"`.
+pub fn signature(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!("t={timestamp},v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Delivers notifications.
+pub struct Webhooks {
+    pub policy: Policy,
+    pub resolver: Arc<dyn Resolver>,
+    pub connector: Arc<dyn Connector>,
+    pub store: Arc<dyn ResultStore>,
+    pub metrics: Metrics,
+    pub secret: Vec<u8>,
+    pub max_attempts: u32,
+    /// First retry delay; doubles each time.
+    pub backoff: Duration,
+    pub result_url_base: String,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as i64
+}
+
+impl Webhooks {
+    /// Tries to deliver `n`, then records the outcome.
+    pub async fn deliver(&self, n: &Notification) -> WebhookRecord {
+        let record = self.attempt_all(n).await;
+        self.metrics.webhook(match record.outcome.as_str() {
+            "delivered" => "delivered",
+            "refused" => "refused",
+            _ => "failed",
+        });
+        if let Err(e) = self.store.record_webhook(&record).await {
+            tracing::warn!(job_id = %n.job_id, error = %e, "recording a webhook outcome failed");
+        }
+        record
+    }
+
+    async fn attempt_all(&self, n: &Notification) -> WebhookRecord {
+        let mut record = WebhookRecord {
+            job_id: n.job_id,
+            url: n.callback_url.clone(),
+            outcome: "failed".into(),
+            attempts: 0,
+            status_code: None,
+            error: None,
+            at_ms: now_ms(),
+        };
+        if self.secret.is_empty() {
+            record.outcome = "refused".into();
+            record.error = Some("WEBHOOK_SECRET is not set, so webhooks cannot be signed".into());
+            return record;
+        }
+        let url = match url::Url::parse(&n.callback_url) {
+            Ok(u) => u,
+            Err(e) => {
+                record.outcome = "refused".into();
+                record.error = Some(format!("invalid URL: {e}"));
+                return record;
+            }
+        };
+        let addr = match self.policy.vet(&url, self.resolver.as_ref()).await {
+            Ok(addr) => addr,
+            Err(refusal) => {
+                tracing::warn!(job_id = %n.job_id, reason = %refusal, "webhook target refused");
+                record.outcome = "refused".into();
+                record.error = Some(refusal.to_string());
+                return record;
+            }
+        };
+        let body = serde_json::json!({
+            "job_id": n.job_id.to_string(),
+            "status": n.status.as_str(),
+            "result_url": format!("{}/v1/jobs/{}", self.result_url_base.trim_end_matches('/'), n.job_id),
+        })
+        .to_string();
+        let mut delay = self.backoff;
+        for attempt in 1..=self.max_attempts.max(1) {
+            record.attempts = attempt;
+            let timestamp = now_ms() / 1000;
+            let headers = [
+                ("content-type", "application/json".to_owned()),
+                ("ocr-signature", signature(&self.secret, timestamp, body.as_bytes())),
+                ("user-agent", "ocr-fleet-webhook/1".to_owned()),
+            ];
+            match self.connector.post(&url, addr, &headers, Bytes::from(body.clone())).await {
+                Ok(status) if (200..300).contains(&status) => {
+                    record.outcome = "delivered".into();
+                    record.status_code = Some(status);
+                    record.error = None;
+                    break;
+                }
+                Ok(status) => {
+                    record.status_code = Some(status);
+                    record.error = Some(format!("HTTP {status}"));
+                    // The receiver refuses it for good (except "try later" answers).
+                    if (400..500).contains(&status) && status != 408 && status != 429 {
+                        break;
+                    }
+                }
+                Err(e) => record.error = Some(e),
+            }
+            if attempt < self.max_attempts {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(300));
+            }
+        }
+        record.at_ms = now_ms();
+        if record.outcome != "delivered" {
+            tracing::warn!(job_id = %n.job_id, attempts = record.attempts, error = ?record.error, "webhook not delivered");
+        }
+        record
+    }
+}
+
+/// Runs deliveries from `rx` with at most `concurrency` at once, until the channel closes
+/// and every started delivery has finished.
+pub async fn run(webhooks: Arc<Webhooks>, mut rx: mpsc::Receiver<Notification>, concurrency: usize) {
+    let permits = Arc::new(Semaphore::new(concurrency.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    while let Some(n) = rx.recv().await {
+        let permit = permits.clone().acquire_owned().await.expect("semaphore never closed");
+        let webhooks = webhooks.clone();
+        tasks.spawn(async move {
+            let _permit = permit;
+            webhooks.deliver(&n).await;
+        });
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use ocr_core::fakes::InMemoryJobStore;
+
+    use super::*;
+    use crate::ssrf::Policy;
+
+    #[test]
+    fn signature_is_stable() {
+        // Same inputs, same output; any change in body or time changes it.
+        let a = signature(b"k", 1_700_000_000, b"{}");
+        assert_eq!(a, signature(b"k", 1_700_000_000, b"{}"));
+        assert!(a.starts_with("t=1700000000,v1="));
+        assert_ne!(a, signature(b"k", 1_700_000_001, b"{}"));
+        assert_ne!(a, signature(b"k", 1_700_000_000, b"{ }"));
+        assert_ne!(a, signature(b"other", 1_700_000_000, b"{}"));
+    }
+
+    /// Names to addresses from a table; nothing touches the network.
+    struct TableResolver(HashMap<String, Vec<SocketAddr>>);
+
+    #[async_trait]
+    impl Resolver for TableResolver {
+        async fn resolve(&self, host: &str, _port: u16) -> std::io::Result<Vec<SocketAddr>> {
+            self.0.get(host).cloned().ok_or_else(|| std::io::Error::other("no such host"))
+        }
+    }
+
+    /// Records calls instead of making them; answers with a scripted status.
+    #[derive(Default)]
+    struct RecordingConnector {
+        calls: Mutex<Vec<(String, SocketAddr, Vec<(String, String)>)>>,
+        statuses: Mutex<Vec<u16>>,
+    }
+
+    #[async_trait]
+    impl Connector for RecordingConnector {
+        async fn post(
+            &self,
+            url: &url::Url,
+            addr: SocketAddr,
+            headers: &[(&str, String)],
+            _: Bytes,
+        ) -> Result<u16, String> {
+            let headers = headers.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+            self.calls.lock().unwrap().push((url.to_string(), addr, headers));
+            Ok(self.statuses.lock().unwrap().pop().unwrap_or(200))
+        }
+    }
+
+    fn webhooks(connector: Arc<RecordingConnector>, allow: &str) -> Webhooks {
+        let mut table = HashMap::new();
+        let public: SocketAddr = "93.184.216.34:443".parse().unwrap();
+        table.insert("public.example".to_owned(), vec![public]);
+        table.insert("sneaky.example".to_owned(), vec![public, "10.0.0.5:443".parse().unwrap()]);
+        table.insert("metadata.example".to_owned(), vec!["169.254.169.254:80".parse().unwrap()]);
+        table.insert("v6local.example".to_owned(), vec!["[fd00:ec2::254]:443".parse().unwrap()]);
+        table.insert("localhost".to_owned(), vec!["127.0.0.1:80".parse().unwrap()]);
+        Webhooks {
+            policy: Policy::new(allow),
+            resolver: Arc::new(TableResolver(table)),
+            connector,
+            store: Arc::new(InMemoryJobStore::default()),
+            metrics: Metrics::new(),
+            secret: b"s3cret".to_vec(),
+            max_attempts: 3,
+            backoff: Duration::from_millis(1),
+            result_url_base: "https://api.example".into(),
+        }
+    }
+
+    fn note(url: &str) -> Notification {
+        Notification { job_id: JobId::new(), status: JobStatus::Succeeded, callback_url: url.into() }
+    }
+
+    #[tokio::test]
+    async fn refused_targets_are_never_connected() {
+        let connector = Arc::new(RecordingConnector::default());
+        let w = webhooks(connector.clone(), "");
+        for url in [
+            "http://127.0.0.1/hook",
+            "http://localhost/hook",
+            "http://10.1.2.3/hook",
+            "http://172.16.5.4/hook",
+            "http://192.168.0.10/hook",
+            "http://169.254.169.254/latest/meta-data/",
+            "http://metadata.example/",
+            "https://sneaky.example/hook",
+            "https://v6local.example/hook",
+            "http://[::1]/hook",
+            "http://[fe80::1]/hook",
+            "http://[::ffff:10.0.0.1]/hook",
+            "http://0.0.0.0/hook",
+            "ftp://public.example/hook",
+            "https://unknown.example/hook",
+        ] {
+            let record = w.deliver(&note(url)).await;
+            assert_eq!(record.outcome, "refused", "{url}: {record:?}");
+            assert_eq!(record.attempts, 0);
+        }
+        assert!(connector.calls.lock().unwrap().is_empty(), "the connector must never be called");
+    }
+
+    #[tokio::test]
+    async fn public_targets_get_a_signed_post_at_the_vetted_address() {
+        let connector = Arc::new(RecordingConnector::default());
+        let w = webhooks(connector.clone(), "");
+        let record = w.deliver(&note("https://public.example/hook?x=1")).await;
+        assert_eq!(record.outcome, "delivered");
+        let calls = connector.calls.lock().unwrap();
+        assert_eq!(calls.len(), 1);
+        assert_eq!(calls[0].1, "93.184.216.34:443".parse().unwrap());
+        let sig = calls[0].2.iter().find(|(k, _)| k == "ocr-signature").unwrap();
+        assert!(sig.1.starts_with("t=") && sig.1.contains(",v1="));
+    }
+
+    #[tokio::test]
+    async fn retries_server_errors_but_not_client_errors() {
+        let connector = Arc::new(RecordingConnector::default());
+        *connector.statuses.lock().unwrap() = vec![200, 503, 500]; // popped from the end
+        let w = webhooks(connector.clone(), "");
+        let record = w.deliver(&note("https://public.example/hook")).await;
+        assert_eq!((record.outcome.as_str(), record.attempts), ("delivered", 3));
+
+        let connector = Arc::new(RecordingConnector::default());
+        *connector.statuses.lock().unwrap() = vec![200, 410];
+        let w = webhooks(connector.clone(), "");
+        let record = w.deliver(&note("https://public.example/hook")).await;
+        assert_eq!((record.outcome.as_str(), record.attempts, record.status_code), ("failed", 1, Some(410)));
+    }
+
+    #[tokio::test]
+    async fn allow_list_admits_a_listed_loopback_receiver_only() {
+        let connector = Arc::new(RecordingConnector::default());
+        let w = webhooks(connector.clone(), "127.0.0.1:18080");
+        assert_eq!(w.deliver(&note("http://127.0.0.1:18080/hook")).await.outcome, "delivered");
+        assert_eq!(w.deliver(&note("http://127.0.0.1:18081/hook")).await.outcome, "refused");
+        assert_eq!(connector.calls.lock().unwrap().len(), 1);
+    }
+}
