@@ -49,6 +49,9 @@ pub struct WorkerConfig {
     /// Deliveries after which a failing job is marked failed (the queues' maxReceiveCount).
     #[arg(long, env = "MAX_ATTEMPTS", default_value_t = 3)]
     pub max_attempts: u32,
+    /// Delay before a failed job is tried again, in milliseconds; doubles per attempt.
+    #[arg(long, env = "RETRY_BACKOFF_MS", default_value_t = 2000)]
+    pub retry_backoff_ms: u64,
     /// Concurrent S3 downloads.
     #[arg(long, env = "PREFETCH_CONCURRENCY", default_value_t = 16)]
     pub prefetch_concurrency: usize,

@@ -40,6 +40,8 @@ pub struct Settings {
     pub max_pixels: u64,
     pub bucket: String,
     pub shutdown_grace: Duration,
+    /// Delay before a failed delivery returns; doubles with each attempt (at most a minute).
+    pub retry_backoff: Duration,
 }
 
 impl Default for Settings {
@@ -56,6 +58,7 @@ impl Default for Settings {
             max_pixels: ocr_engine::DEFAULT_MAX_PIXELS,
             bucket: String::new(),
             shutdown_grace: Duration::from_secs(60),
+            retry_backoff: Duration::from_secs(2),
         }
     }
 }
@@ -507,7 +510,7 @@ async fn persist(deps: &PipelineDeps, settings: &Settings, in_flight: &InFlight,
                 }
                 Err(reason) => {
                     tracing::warn!(%reason, "result not stored; the job will be retried");
-                    retry.push((item, backoff(item.delivery.receive_count)));
+                    retry.push((item, backoff(settings.retry_backoff, item.delivery.receive_count)));
                 }
             },
             State::Ack(reason) => {
@@ -541,7 +544,7 @@ async fn persist(deps: &PipelineDeps, settings: &Settings, in_flight: &InFlight,
                     if let Some(job) = job {
                         let _ = deps.store.note_attempt_error(&job.id, &failure.reason, now).await;
                     }
-                    retry.push((item, backoff(item.delivery.receive_count)));
+                    retry.push((item, backoff(settings.retry_backoff, item.delivery.receive_count)));
                 }
             }
             State::Unreadable(reason) => {
@@ -551,7 +554,7 @@ async fn persist(deps: &PipelineDeps, settings: &Settings, in_flight: &InFlight,
                     if item.delivery.receive_count >= settings.max_attempts {
                         Duration::ZERO
                     } else {
-                        backoff(item.delivery.receive_count)
+                        backoff(settings.retry_backoff, item.delivery.receive_count)
                     },
                 ));
             }
@@ -601,9 +604,9 @@ fn group_by_visibility(retry: &[(&Item, Duration)], priority: Priority) -> Vec<(
     groups
 }
 
-/// Delay before a failed delivery is tried again: 2 s, 4 s, 8 s … (at most a minute).
-fn backoff(receive_count: u32) -> Duration {
-    Duration::from_secs(2u64.saturating_pow(receive_count.clamp(1, 6)).min(60))
+/// Delay before a failed delivery is tried again: base, 2×base, 4×base … (at most a minute).
+fn backoff(base: Duration, receive_count: u32) -> Duration {
+    (base * 2u32.saturating_pow(receive_count.clamp(1, 6) - 1)).min(Duration::from_secs(60))
 }
 
 fn notify(deps: &PipelineDeps, job: &TakenJob, status: JobStatus) {

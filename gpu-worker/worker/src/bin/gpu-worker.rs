@@ -116,6 +116,7 @@ async fn main() -> anyhow::Result<()> {
         max_pixels: config.engine.max_pixels,
         bucket: config.upload_bucket.clone(),
         shutdown_grace: Duration::from_secs(config.shutdown_grace_secs),
+        retry_backoff: Duration::from_millis(config.retry_backoff_ms),
     };
     let started = std::time::Instant::now();
     Pipeline::new(deps, settings).run(recognizer, stop_rx.clone()).await;

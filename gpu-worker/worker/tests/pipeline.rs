@@ -1,0 +1,223 @@
+//! The pipeline on in-memory fakes and a fake recognizer: batching, priorities,
+//! retries, the dead-letter path and idempotent redelivery, without AWS or models.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use gpu_worker::metrics::Metrics;
+use gpu_worker::pipeline::{Pipeline, PipelineDeps, Settings};
+use gpu_worker::{ImageFailure, Recognizer};
+use image::RgbImage;
+use ocr_core::fakes::{InMemoryJobSource, InMemoryJobStore, InMemoryObjectStore};
+use ocr_core::ports::ObjectStore;
+use ocr_core::{ContentType, Job, JobId, JobMessage, JobStatus, NewJob, OcrResult, Priority};
+use tokio::sync::{mpsc, watch};
+
+/// "Reads" an image as its width; widths of 13 pixels fail like an engine error.
+#[derive(Clone, Default)]
+struct FakeRecognizer {
+    calls: Arc<Mutex<Vec<Vec<u32>>>>,
+}
+
+impl Recognizer for FakeRecognizer {
+    fn recognize(&mut self, images: &[RgbImage]) -> Vec<Result<OcrResult, ImageFailure>> {
+        self.calls.lock().unwrap().push(images.iter().map(|i| i.width()).collect());
+        images
+            .iter()
+            .map(|i| {
+                if i.width() == 13 {
+                    return Err(ImageFailure { reason: "cannot read width 13".into(), retryable: false });
+                }
+                Ok(OcrResult {
+                    text: format!("width {}", i.width()),
+                    lines: Vec::new(),
+                    width: i.width(),
+                    height: i.height(),
+                    seconds: 0.0,
+                })
+            })
+            .collect()
+    }
+}
+
+fn png(width: u32) -> Vec<u8> {
+    let img = image::GrayImage::from_pixel(width, 8, image::Luma([255]));
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+struct World {
+    store: Arc<InMemoryJobStore>,
+    objects: Arc<InMemoryObjectStore>,
+    source: Arc<InMemoryJobSource>,
+    recognizer: FakeRecognizer,
+    settings: Settings,
+}
+
+impl World {
+    fn new() -> Self {
+        let settings = Settings {
+            batch_max: 8,
+            batch_wait: Duration::from_millis(20),
+            receive_wait: Duration::from_millis(50),
+            visibility: Duration::from_millis(400),
+            retry_backoff: Duration::from_millis(30),
+            bucket: "test-bucket".into(),
+            shutdown_grace: Duration::from_secs(5),
+            ..Settings::default()
+        };
+        World {
+            store: Arc::new(InMemoryJobStore::default()),
+            objects: Arc::new(InMemoryObjectStore::default()),
+            source: Arc::new(InMemoryJobSource::new(settings.visibility, 3)),
+            recognizer: FakeRecognizer::default(),
+            settings,
+        }
+    }
+
+    /// A queued job whose image is `bytes`, with its message on the queue.
+    async fn job(&self, priority: Priority, bytes: Vec<u8>) -> JobId {
+        let id = JobId::new();
+        let job = Job::from_new(NewJob {
+            id,
+            owner: "alice".into(),
+            priority,
+            content_type: ContentType::Png,
+            content_length: bytes.len() as u64,
+            callback_url: None,
+            metadata: None,
+            idempotency: None,
+            created_at_ms: 1,
+        });
+        let key = job.object_key();
+        self.objects.put(&key, ContentType::Png, bytes.clone().into()).await.unwrap();
+        let message = JobMessage::for_job(&job, "test-bucket", bytes.len() as u64, 2);
+        self.store.insert_queued(job);
+        self.source.push(priority, message.to_json());
+        id
+    }
+
+    /// Runs the pipeline until both queues are empty (or `limit` passes), then stops it.
+    async fn run_until_empty(&self, limit: Duration) {
+        let (notify, _rx) = mpsc::channel(100);
+        let deps = PipelineDeps {
+            source: self.source.clone(),
+            store: self.store.clone(),
+            objects: self.objects.clone(),
+            metrics: Metrics::new(),
+            notify,
+        };
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let pipeline = Pipeline::new(deps, self.settings.clone());
+        let running = tokio::spawn(pipeline.run(self.recognizer.clone(), stop_rx));
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.source.len(Priority::Express) + self.source.len(Priority::Bulk) > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stop_tx.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), running).await.expect("stops in time").unwrap();
+    }
+
+    async fn status(&self, id: JobId) -> Job {
+        use ocr_core::ports::JobStore;
+        self.store.get(&id).await.unwrap().unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_job_gets_one_result_in_bounded_batches() {
+    let w = World::new();
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        let priority = if i % 3 == 0 { Priority::Bulk } else { Priority::Express };
+        ids.push((w.job(priority, png(20 + i)).await, 20 + i));
+    }
+    w.run_until_empty(Duration::from_secs(20)).await;
+    for (id, width) in ids {
+        let job = w.status(id).await;
+        assert_eq!(job.status, JobStatus::Succeeded, "{id}");
+        assert_eq!(job.attempts, 1);
+        assert_eq!(w.store.result(&id).unwrap().text, format!("width {width}"));
+    }
+    let calls = w.recognizer.calls.lock().unwrap();
+    assert!(calls.iter().all(|c| c.len() <= 8), "batches hold at most BATCH_MAX: {calls:?}");
+    assert_eq!(calls.iter().map(Vec::len).sum::<usize>(), 30, "each image read once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_keeps_its_share_while_express_is_busy() {
+    let w = World::new();
+    for i in 0..24 {
+        w.job(Priority::Express, png(100 + i)).await;
+    }
+    for i in 0..4 {
+        w.job(Priority::Bulk, png(300 + i)).await;
+    }
+    w.run_until_empty(Duration::from_secs(20)).await;
+    let calls = w.recognizer.calls.lock().unwrap();
+    let first = &calls[0];
+    let bulk = first.iter().filter(|w| **w >= 300).count();
+    // BATCH_MAX 8 and a 25% share: 2 of the first 8 are bulk although express has 24 waiting.
+    assert_eq!(bulk, 2, "first batch {first:?}");
+    assert_eq!(first.len(), 8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_job_is_tried_three_times_then_failed_and_dead_lettered() {
+    let w = World::new();
+    let good: Vec<JobId> = express_jobs(&w, 5).await;
+    let corrupt = w.job(Priority::Express, b"\x89PNG\r\n\x1a\n this is not a png".to_vec()).await;
+    let unreadable = w.job(Priority::Bulk, png(13)).await;
+    w.run_until_empty(Duration::from_secs(20)).await;
+    for id in good {
+        assert_eq!(w.status(id).await.status, JobStatus::Succeeded);
+    }
+    for id in [corrupt, unreadable] {
+        let job = w.status(id).await;
+        assert_eq!(job.status, JobStatus::Failed, "{id}");
+        assert_eq!(job.attempts, 3, "tried three times");
+        assert!(job.error.as_deref().is_some_and(|e| !e.is_empty()));
+    }
+    let dead = w.source.dead_letters();
+    assert_eq!(dead.len(), 2, "{dead:?}");
+}
+
+async fn express_jobs(w: &World, n: u32) -> Vec<JobId> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        ids.push(w.job(Priority::Express, png(40 + i)).await);
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_finished_job_keeps_its_result() {
+    let w = World::new();
+    let id = w.job(Priority::Bulk, png(50)).await;
+    w.run_until_empty(Duration::from_secs(10)).await;
+    let first = w.store.result(&id).unwrap();
+    // The same message again (as after a lost delete).
+    let job = w.status(id).await;
+    w.source.push(Priority::Bulk, JobMessage::for_job(&job, "test-bucket", 10, 3).to_json());
+    w.run_until_empty(Duration::from_secs(10)).await;
+    assert_eq!(w.store.result(&id).unwrap(), first);
+    let job = w.status(id).await;
+    assert_eq!(job.status, JobStatus::Succeeded);
+    assert_eq!(job.attempts, 1, "a finished job is not taken again");
+    assert_eq!(w.recognizer.calls.lock().unwrap().len(), 1, "and not read again");
+    assert!(w.source.dead_letters().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_messages_go_to_the_dead_letter_queue_untouched() {
+    let w = World::new();
+    w.source.push(Priority::Express, "{\"v\":99}");
+    w.source.push(Priority::Express, "not json");
+    let ok = w.job(Priority::Express, png(33)).await;
+    w.run_until_empty(Duration::from_secs(20)).await;
+    assert_eq!(w.status(ok).await.status, JobStatus::Succeeded);
+    assert_eq!(w.source.dead_letters().len(), 2);
+}
