@@ -3,3 +3,4 @@
 
 mod producer;
 mod store;
+mod worker;

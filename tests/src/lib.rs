@@ -27,6 +27,8 @@ use ocr_core::ports::SystemClock;
 use rand::Rng;
 use tokio::sync::watch;
 
+pub mod worker;
+
 pub const ALICE_TOKEN: &str = "alice-integration-token-0001";
 pub const BOB_TOKEN: &str = "bob-integration-token-000002";
 
@@ -38,11 +40,18 @@ pub struct Options {
     pub handler_max_upload_bytes: u64,
     /// Run the upload-event poller in the background.
     pub poller: bool,
+    /// Visibility timeout of the express and bulk queues, in seconds.
+    pub job_visibility_secs: u32,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { limits: Limits::default(), handler_max_upload_bytes: 20_000_000, poller: true }
+        Options {
+            limits: Limits::default(),
+            handler_max_upload_bytes: 20_000_000,
+            poller: true,
+            job_visibility_secs: 30,
+        }
     }
 }
 
@@ -70,6 +79,7 @@ pub struct TestEnv {
     /// Base URL of the API, e.g. `http://127.0.0.1:41234`.
     pub api: String,
     pub http: reqwest::Client,
+    pub job_visibility_secs: u32,
     stop: watch::Sender<bool>,
     server_db: String,
 }
@@ -126,7 +136,7 @@ impl TestEnv {
         let store = Arc::new(MySqlJobStore::new(&database_url, 4)?);
         store.migrate().await?;
 
-        let queues = create_queues(&sqs, &name).await?;
+        let queues = create_queues(&sqs, &name, options.job_visibility_secs).await?;
         let bucket = format!("{name}-uploads");
         create_bucket(&s3, &sqs, &bucket, &queues.upload_events).await?;
 
@@ -179,6 +189,7 @@ impl TestEnv {
             uploads,
             api,
             http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?,
+            job_visibility_secs: options.job_visibility_secs,
             stop,
             server_db: db_name,
         })
@@ -230,10 +241,13 @@ impl TestEnv {
     }
 }
 
-async fn create_queues(sqs: &aws_sdk_sqs::Client, name: &str) -> anyhow::Result<Queues> {
+async fn create_queues(sqs: &aws_sdk_sqs::Client, name: &str, job_visibility: u32) -> anyhow::Result<Queues> {
     let mut urls = Vec::new();
     let mut dlqs = Vec::new();
-    for (kind, visibility) in [("upload-events", "60"), ("express", "30"), ("bulk", "30")] {
+    let job_visibility = job_visibility.to_string();
+    for (kind, visibility) in
+        [("upload-events", "60"), ("express", job_visibility.as_str()), ("bulk", job_visibility.as_str())]
+    {
         let dlq = sqs.create_queue().queue_name(format!("{name}-{kind}-dlq")).send().await?;
         let dlq_url = dlq.queue_url().context("dlq url")?.to_owned();
         let arn = sqs

@@ -1,0 +1,268 @@
+//! The worker end to end: the real API, the on-upload poller, the `gpu-worker` binary
+//! with the real models, LocalStack and MariaDB — and what happens when things break.
+
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use mysql_async::prelude::Queryable;
+use ocr_integration_tests::worker::{DbProxy, WebhookReceiver, line_images, models_available};
+use ocr_integration_tests::{ALICE_TOKEN, Options, TestEnv};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+const SECRET: &str = "integration-webhook-secret";
+
+/// Creates a job and uploads `bytes` with its presigned URL, as a phone does.
+async fn upload(env: &TestEnv, bytes: &[u8], priority: &str, callback: Option<&str>) -> anyhow::Result<String> {
+    let mut body = json!({"content_type": "image/png", "content_length": bytes.len(), "priority": priority});
+    if let Some(c) = callback {
+        body["callback_url"] = json!(c);
+    }
+    let response = env.request(Method::POST, "/v1/jobs", ALICE_TOKEN).json(&body).send().await?;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let job: Value = response.json().await?;
+    let upload = &job["upload"];
+    let mut put = env.http.put(upload["url"].as_str().unwrap()).body(bytes.to_vec());
+    for (k, v) in upload["headers"].as_object().unwrap() {
+        if k != "content-length" {
+            put = put.header(k, v.as_str().unwrap());
+        }
+    }
+    assert_eq!(put.send().await?.status(), StatusCode::OK);
+    Ok(job["job_id"].as_str().unwrap().to_owned())
+}
+
+/// Count of jobs per status, read straight from the database.
+async fn count(env: &TestEnv, status: &str) -> anyhow::Result<u64> {
+    let mut conn = mysql_async::Conn::from_url(&env.database_url).await?;
+    let n: Option<u64> = conn.exec_first("SELECT COUNT(*) FROM jobs WHERE status = ?", (status,)).await?;
+    conn.disconnect().await?;
+    Ok(n.unwrap_or(0))
+}
+
+async fn results(env: &TestEnv) -> anyhow::Result<u64> {
+    let mut conn = mysql_async::Conn::from_url(&env.database_url).await?;
+    let n: Option<u64> = conn.query_first("SELECT COUNT(*) FROM job_results").await?;
+    conn.disconnect().await?;
+    Ok(n.unwrap_or(0))
+}
+
+async fn wait_until<F, Fut>(what: &str, limit: Duration, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !check().await? {
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
+/// Messages on a queue, visible or in flight (LocalStack's counts are exact).
+async fn queue_total(env: &TestEnv, url: &str) -> anyhow::Result<u64> {
+    use aws_sdk_sqs::types::QueueAttributeName as A;
+    let out = env
+        .sqs
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(A::ApproximateNumberOfMessages)
+        .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
+        .send()
+        .await?;
+    let attrs = out.attributes().cloned().unwrap_or_default();
+    let get = |a: A| attrs.get(&a).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    Ok(get(A::ApproximateNumberOfMessages) + get(A::ApproximateNumberOfMessagesNotVisible))
+}
+
+fn normalise(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_become_text_and_signed_webhooks() -> anyhow::Result<()> {
+    if !models_available() {
+        return Ok(());
+    }
+    let env = TestEnv::new().await?;
+    let hooks = WebhookReceiver::start().await?;
+    let images = line_images(6)?;
+    let mut jobs = Vec::new();
+    for (i, (bytes, text)) in images.iter().enumerate() {
+        let priority = if i % 2 == 0 { "express" } else { "bulk" };
+        jobs.push((upload(&env, bytes, priority, Some(&hooks.url())).await?, text.clone()));
+    }
+    let mut worker =
+        env.spawn_worker(&[("WEBHOOK_SECRET", SECRET.into()), ("WEBHOOK_ALLOW_HOSTS", hooks.addr.to_string())])?;
+    for (id, _) in &jobs {
+        env.wait_for_status(id, "succeeded", Duration::from_secs(120))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}\nworker log:\n{}", worker.logs()))?;
+    }
+    let mut exact = 0;
+    for (id, truth) in &jobs {
+        let job: Value = env.request(Method::GET, &format!("/v1/jobs/{id}"), ALICE_TOKEN).send().await?.json().await?;
+        let text = job["result"]["text"].as_str().unwrap_or_default();
+        exact += usize::from(normalise(text) == normalise(truth));
+        let line = &job["result"]["lines"][0];
+        assert!(line["confidence"].as_f64().is_some_and(|c| c > 0.0 && c <= 1.0), "{job}");
+        assert_eq!(line["box"].as_array().map(Vec::len), Some(4));
+        assert_eq!(job["attempts"], 1);
+    }
+    assert!(exact >= 5, "{exact} of {} lines read exactly", jobs.len());
+
+    wait_until("webhooks", Duration::from_secs(30), || async {
+        Ok(hooks.received.lock().unwrap().len() >= jobs.len())
+    })
+    .await?;
+    for hook in hooks.received.lock().unwrap().iter() {
+        let (t, v1) = hook.signature.split_once(",v1=").expect("t=…,v1=…");
+        let t = t.strip_prefix("t=").expect("t=");
+        let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes())?;
+        mac.update(format!("{t}.{}", hook.body).as_bytes());
+        assert_eq!(hex::encode(mac.finalize().into_bytes()), v1, "signature of {}", hook.body);
+        let body: Value = serde_json::from_str(&hook.body)?;
+        assert_eq!(body["status"], "succeeded");
+        assert!(body["result_url"].as_str().unwrap().ends_with(body["job_id"].as_str().unwrap()));
+    }
+    let status = worker.terminate(Duration::from_secs(30))?;
+    assert!(status.success(), "worker exit: {status}");
+    let logs = worker.logs();
+    assert!(!logs.contains(SECRET), "the webhook secret must never be logged");
+    assert!(!logs.contains("X-Amz-Signature"), "presigned signatures must never be logged");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_loses_and_duplicates_nothing() -> anyhow::Result<()> {
+    if !models_available() {
+        return Ok(());
+    }
+    let env = TestEnv::with(Options { job_visibility_secs: 4, ..Options::default() }).await?;
+    let images = line_images(16)?;
+    let mut ids = Vec::new();
+    for (bytes, _) in &images {
+        ids.push(upload(&env, bytes, "bulk", None).await?);
+    }
+    wait_until("jobs queued", Duration::from_secs(30), || async { Ok(count(&env, "queued").await? == 16) }).await?;
+    let mut first = env.spawn_worker(&[("BATCH_MAX", "8".into())])?;
+    wait_until("a batch in progress", Duration::from_secs(60), || async { Ok(count(&env, "processing").await? > 0) })
+        .await?;
+    first.kill9();
+    let done_by_first = count(&env, "succeeded").await?;
+    let _second = env.spawn_worker(&[])?;
+    wait_until("all jobs succeeded", Duration::from_secs(120), || async { Ok(count(&env, "succeeded").await? == 16) })
+        .await?;
+    assert_eq!(results(&env).await?, 16, "one result per job");
+    assert!(done_by_first < 16, "the kill happened mid-run");
+    wait_until("queue drained", Duration::from_secs(20), || async {
+        Ok(queue_total(&env, &env.queues.bulk).await? == 0)
+    })
+    .await?;
+    Ok(())
+}
+
+/// A PNG whose header and end are intact (so the upload check passes) but whose pixels
+/// are garbage: only the decoder can tell.
+fn corrupt_png(good: &[u8]) -> Vec<u8> {
+    let mut bytes = good.to_vec();
+    let end = bytes.len() - 12;
+    for b in &mut bytes[40..end] {
+        *b ^= 0x5A;
+    }
+    bytes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_image_fails_alone_and_lands_in_the_dlq() -> anyhow::Result<()> {
+    if !models_available() {
+        return Ok(());
+    }
+    let env = TestEnv::with(Options { job_visibility_secs: 5, ..Options::default() }).await?;
+    let images = line_images(3)?;
+    let poison = upload(&env, &corrupt_png(&images[0].0), "express", None).await?;
+    let mut good = Vec::new();
+    for (bytes, _) in &images {
+        good.push(upload(&env, bytes, "express", None).await?);
+    }
+    let worker = env.spawn_worker(&[])?;
+    let failed = env.wait_for_status(&poison, "failed", Duration::from_secs(120)).await;
+    let failed = failed.map_err(|e| anyhow::anyhow!("{e}\nworker log:\n{}", worker.logs()))?;
+    assert_eq!(failed["attempts"], 3, "{failed}");
+    assert!(failed["error"].as_str().is_some_and(|e| e.contains("decode")), "{failed}");
+    for id in &good {
+        let job = env.wait_for_status(id, "succeeded", Duration::from_secs(60)).await?;
+        assert_eq!(job["attempts"], 1, "batch-mates succeed on their first try");
+    }
+    let express_dlq = env.queues.dlqs[1].clone();
+    wait_until("the poison message in the DLQ", Duration::from_secs(30), || async {
+        Ok(queue_total(&env, &express_dlq).await? == 1)
+    })
+    .await?;
+    let dead = env.drain(&express_dlq, 1).await?;
+    assert!(dead[0].contains(&poison));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_holds_work_until_it_returns() -> anyhow::Result<()> {
+    if !models_available() {
+        return Ok(());
+    }
+    let env = TestEnv::with(Options { job_visibility_secs: 6, ..Options::default() }).await?;
+    let server = std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into());
+    let target = server.trim_start_matches("mysql://").rsplit('@').next().unwrap_or("127.0.0.1:3306").to_owned();
+    let proxy = DbProxy::start(&target).await?;
+    let db_name = env.database_url.rsplit('/').next().unwrap().to_owned();
+    let through_proxy = format!("mysql://root@127.0.0.1:{}/{db_name}", proxy.port);
+    let images = line_images(12)?;
+    for (bytes, _) in &images {
+        upload(&env, bytes, "bulk", None).await?;
+    }
+    wait_until("jobs queued", Duration::from_secs(30), || async { Ok(count(&env, "queued").await? == 12) }).await?;
+    let worker = env.spawn_worker(&[("DATABASE_URL", through_proxy), ("BATCH_MAX", "4".into())])?;
+    wait_until("work started", Duration::from_secs(60), || async { Ok(count(&env, "processing").await? > 0) }).await?;
+    proxy.cut();
+    // While the database is away: every job is either committed or still has its message.
+    for _ in 0..16 {
+        let held = queue_total(&env, &env.queues.bulk).await?;
+        let committed = results(&env).await?;
+        assert!(held + committed >= 12, "a message was deleted without its result: {held} held, {committed} committed");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    proxy.restore();
+    wait_until("all jobs succeeded", Duration::from_secs(120), || async { Ok(count(&env, "succeeded").await? == 12) })
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\nworker log:\n{}", worker.logs()))?;
+    assert_eq!(results(&env).await?, 12);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_batch_exits_zero_and_loses_nothing() -> anyhow::Result<()> {
+    if !models_available() {
+        return Ok(());
+    }
+    let env = TestEnv::with(Options { job_visibility_secs: 30, ..Options::default() }).await?;
+    let images = line_images(12)?;
+    for (bytes, _) in &images {
+        upload(&env, bytes, "express", None).await?;
+    }
+    wait_until("jobs queued", Duration::from_secs(30), || async { Ok(count(&env, "queued").await? == 12) }).await?;
+    let mut worker = env.spawn_worker(&[("SHUTDOWN_GRACE_SECS", "20".into()), ("BATCH_MAX", "4".into())])?;
+    wait_until("work started", Duration::from_secs(60), || async { Ok(count(&env, "processing").await? > 0) }).await?;
+    let started = std::time::Instant::now();
+    let status = worker.terminate(Duration::from_secs(25))?;
+    assert!(status.success(), "exit status {status}\n{}", worker.logs());
+    assert!(started.elapsed() < Duration::from_secs(21), "within the grace period");
+    // Whatever it did not finish was handed back at once (visibility 0), not after 30 s.
+    let _next = env.spawn_worker(&[])?;
+    wait_until("all jobs succeeded", Duration::from_secs(25), || async { Ok(count(&env, "succeeded").await? == 12) })
+        .await?;
+    assert_eq!(results(&env).await?, 12);
+    Ok(())
+}

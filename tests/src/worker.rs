@@ -1,0 +1,227 @@
+//! Running the real `gpu-worker` binary against a [`TestEnv`], and the things worker
+//! tests need around it: a webhook receiver, a database proxy that can be cut, and
+//! images with known text.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::TestEnv;
+
+/// Where the OCR evaluation sets are (`OCR_EVAL_DIR`, default `../shared/eval` beside the repo).
+pub fn eval_dir() -> PathBuf {
+    std::env::var_os("OCR_EVAL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("..").join("shared").join("eval"))
+}
+
+/// An image of set C (synthetic single lines, freely usable) and its text.
+pub fn line_images(n: usize) -> anyhow::Result<Vec<(Vec<u8>, String)>> {
+    let dir = eval_dir();
+    let manifest = std::fs::read_to_string(dir.join("C").join("manifest.jsonl"))
+        .with_context(|| format!("reading {}/C/manifest.jsonl (set OCR_EVAL_DIR)", dir.display()))?;
+    let mut out = Vec::new();
+    for line in manifest.lines().take(n) {
+        let record: serde_json::Value = serde_json::from_str(line)?;
+        let bytes = std::fs::read(dir.join(record["image"].as_str().context("image")?))?;
+        out.push((bytes, record["text"].as_str().context("text")?.to_owned()));
+    }
+    Ok(out)
+}
+
+/// Whether the model files are present; with `OCR_REQUIRE_MODELS=1` (as scripts/test.sh sets)
+/// their absence is an error, else tests that need them say why they skip.
+pub fn models_available() -> bool {
+    let present = std::env::var_os("ORT_DYLIB_PATH").is_some_and(|p| PathBuf::from(p).is_file())
+        && std::env::var_os("OCR_MODEL_DIR").is_some_and(|p| PathBuf::from(p).is_dir());
+    if !present {
+        assert!(
+            std::env::var("OCR_REQUIRE_MODELS").as_deref() != Ok("1"),
+            "OCR_REQUIRE_MODELS=1 but ORT_DYLIB_PATH / OCR_MODEL_DIR are missing (run scripts/fetch-models.sh)"
+        );
+        eprintln!("skipping: models not fetched (run scripts/fetch-models.sh, or scripts/test.sh)");
+    }
+    present
+}
+
+/// The `gpu-worker` binary built beside this test (`cargo build --bins` first), or `GPU_WORKER_BIN`.
+pub fn worker_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("GPU_WORKER_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/integration-<hash> → target/<profile>/gpu-worker
+    let bin = exe.parent().and_then(|d| d.parent()).expect("target dir").join("gpu-worker");
+    assert!(bin.is_file(), "{} is missing: run `cargo build --workspace --bins` first", bin.display());
+    bin
+}
+
+/// A running worker process. Killed (SIGKILL) when dropped if still running.
+pub struct WorkerProcess {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl WorkerProcess {
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and waits up to `limit` for the exit status.
+    pub fn terminate(&mut self, limit: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status()?;
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if std::time::Instant::now() > deadline {
+                anyhow::bail!("worker did not exit within {limit:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.kill9();
+        }
+    }
+}
+
+impl TestEnv {
+    /// Starts the worker binary on this environment's queues, bucket and database.
+    /// `extra` overrides or adds environment variables.
+    pub fn spawn_worker(&self, extra: &[(&str, String)]) -> anyhow::Result<WorkerProcess> {
+        let log = std::env::temp_dir().join(format!("{}-worker-{}.log", self.name, rand::random::<u32>()));
+        let file = std::fs::File::create(&log)?;
+        let visibility = self.job_visibility_secs.to_string();
+        let mut cmd = Command::new(worker_binary());
+        cmd.env("EXPRESS_QUEUE_URL", &self.queues.express)
+            .env("BULK_QUEUE_URL", &self.queues.bulk)
+            .env("UPLOAD_BUCKET", &self.bucket)
+            .env("DATABASE_URL", &self.database_url)
+            .env("AWS_ENDPOINT_URL", crate::aws_endpoint())
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into()))
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("METRICS_ADDR", "127.0.0.1:0")
+            .env("CLOUDWATCH_INTERVAL_SECS", "0")
+            .env("VISIBILITY_TIMEOUT_SECS", &visibility)
+            .env("RETRY_BACKOFF_MS", "300")
+            .env("RECEIVE_WAIT_SECS", "1")
+            .env("BATCH_WAIT_MS", "100")
+            .env("OCR_MODEL_SET", std::env::var("TEST_MODEL_SET").unwrap_or_else(|_| "ppocrv6-tiny".into()))
+            .env("OCR_THREADS", "1")
+            .env("RESULT_URL_BASE", &self.api)
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", "info,ort=warn")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file);
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        Ok(WorkerProcess { child: cmd.spawn().context("starting gpu-worker")?, log })
+    }
+}
+
+/// One request a [`WebhookReceiver`] got.
+#[derive(Debug, Clone)]
+pub struct ReceivedHook {
+    pub signature: String,
+    pub body: String,
+}
+
+/// A loopback HTTP server that records webhook POSTs and answers 200.
+pub struct WebhookReceiver {
+    pub addr: std::net::SocketAddr,
+    pub received: Arc<Mutex<Vec<ReceivedHook>>>,
+}
+
+impl WebhookReceiver {
+    pub async fn start() -> anyhow::Result<Self> {
+        let received: Arc<Mutex<Vec<ReceivedHook>>> = Arc::default();
+        let sink = received.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+                let sink = sink.clone();
+                async move {
+                    let signature =
+                        headers.get("ocr-signature").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+                    sink.lock().unwrap().push(ReceivedHook { signature, body });
+                    "ok"
+                }
+            }),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(WebhookReceiver { addr, received })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+}
+
+/// A TCP proxy in front of the database that a test can cut (closing every connection
+/// and refusing new ones) and restore: an outage without touching the shared server.
+pub struct DbProxy {
+    pub port: u16,
+    cut: watch::Sender<bool>,
+}
+
+impl DbProxy {
+    pub async fn start(target: &str) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let (cut, cut_rx) = watch::channel(false);
+        let target = target.to_owned();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else { return };
+                if *cut_rx.borrow() {
+                    let _ = client.shutdown().await;
+                    continue;
+                }
+                let target = target.clone();
+                let mut cut_rx = cut_rx.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = TcpStream::connect(&target).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut_rx.wait_for(|c| *c) => {}
+                    }
+                });
+            }
+        });
+        Ok(DbProxy { port, cut })
+    }
+
+    pub fn cut(&self) {
+        let _ = self.cut.send(true);
+    }
+
+    pub fn restore(&self) {
+        let _ = self.cut.send(false);
+    }
+}
