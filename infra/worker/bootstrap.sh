@@ -1,0 +1,168 @@
+#!/bin/bash
+# ocr-fleet worker bootstrap: first boot of a GPU worker (run as root by the launch template's
+# user data, which first writes /etc/ocr-fleet/stack.env and downloads this file from the
+# artifact version it names). It:
+#   1. downloads the artifact version (scripts/deploy.sh uploads it): bin/gpu-worker,
+#      lib/libonnxruntime*.so* (onnxruntime-gpu), models.tar.gz, the systemd unit, the
+#      CloudWatch agent config, logrotate config; checks them against SHA256SUMS
+#   2. reads the generated secrets (MySQL credentials, webhook key) from Secrets Manager and
+#      builds DATABASE_URL (through RDS Proxy, TLS)
+#   3. writes /etc/ocr-fleet/worker.env (mode 600): every setting of
+#      gpu-worker/worker/src/config.rs, by its env name
+#   4. starts the CloudWatch agent (worker and bootstrap logs) and the worker service
+#   5. waits for the worker's /healthz (models loaded, migrations applied: DB_MIGRATE=true) and
+#      signals the Auto Scaling group's creation/update policy; FAILURE on any error.
+#
+# Test hooks (infra/tests/test_worker.py runs this in a sandbox): OCR_BOOTSTRAP_ROOT prefixes
+# every path; aws, curl, systemctl, useradd, dnf... are found on PATH, so stubs can stand in.
+set -euo pipefail
+
+R="${OCR_BOOTSTRAP_ROOT:-}"
+ETC="$R/etc/ocr-fleet"
+OPT="$R/opt/ocr-fleet"
+LOGS="$R/var/log/ocr-fleet"
+UNITS="$R/etc/systemd/system"
+HEALTH_TIMEOUT_SECS="${OCR_HEALTH_TIMEOUT_SECS:-1200}"
+# The worker's settings that the fleet fixes (the others come from stack.env).
+SHUTDOWN_GRACE_SECS=60
+METRICS_PORT=9100
+
+mkdir -p "$LOGS"
+exec > >(tee -a "$LOGS/bootstrap.log") 2>&1
+log() { printf '%s bootstrap: %s\n' "$(date -u +%FT%TZ)" "$*"; }
+
+# shellcheck disable=SC1091 # written by the user data
+set -a && . "$ETC/stack.env" && set +a
+for v in AWS_REGION STACK_NAME CFN_LOGICAL_ID STAGE ARTIFACT_URI EXPRESS_QUEUE_URL BULK_QUEUE_URL \
+    UPLOAD_BUCKET VISIBILITY_TIMEOUT_SECS MAX_ATTEMPTS DB_HOST DB_PORT DB_NAME DB_SECRET_ARN \
+    WEBHOOK_SECRET_ARN RESULT_URL_BASE AUTOSCALING_GROUP_NAME LIFECYCLE_HOOK_NAME OCR_MODEL_SET LOG_GROUP; do
+    [[ -n "${!v:-}" ]] || { log "stack.env lacks $v"; exit 1; }
+done
+export AWS_DEFAULT_REGION="$AWS_REGION"
+
+imds() {
+    local token
+    token=$(curl -sf -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 300' http://169.254.169.254/latest/api/token)
+    curl -sf -H "X-aws-ec2-metadata-token: $token" "http://169.254.169.254/latest/meta-data/$1"
+}
+INSTANCE_ID=$(imds instance-id)
+
+signal() {
+    log "signalling $1 to $STACK_NAME/$CFN_LOGICAL_ID"
+    aws cloudformation signal-resource --stack-name "$STACK_NAME" --logical-resource-id "$CFN_LOGICAL_ID" \
+        --unique-id "$INSTANCE_ID" --status "$1" || log "signal failed (a stack that is not updating ignores it)"
+}
+on_exit() {
+    local rc=$?
+    if ((rc != 0)); then
+        log "failed (exit $rc)"
+        signal FAILURE
+    fi
+}
+trap on_exit EXIT
+
+# ------------------------------------------------------------------ 1. artifacts
+log "instance $INSTANCE_ID, stage $STAGE, artifacts $ARTIFACT_URI"
+id ocr-fleet >/dev/null 2>&1 || useradd --system --no-create-home --shell /sbin/nologin ocr-fleet
+mkdir -p "$OPT" "$ETC"
+aws s3 cp --only-show-errors --recursive "$ARTIFACT_URI/" "$OPT/"
+(cd "$OPT" && sha256sum --quiet -c SHA256SUMS)
+chmod 0755 "$OPT/bin/gpu-worker"
+mkdir -p "$OPT/models"
+tar -xzf "$OPT/models.tar.gz" -C "$OPT/models"
+[[ -f "$OPT/models/$OCR_MODEL_SET/manifest.json" ]] || { log "model set $OCR_MODEL_SET not in models.tar.gz"; exit 1; }
+ORT_LIB=$(find "$OPT/lib" -maxdepth 1 -name 'libonnxruntime.so*' -type f | sort | head -n 1)
+[[ -n "$ORT_LIB" ]] || { log "no libonnxruntime.so in $OPT/lib"; exit 1; }
+# ONNX Runtime finds its CUDA provider next to itself; CUDA 12 and cuDNN come with the DLAMI.
+CUDA_LIBS=/usr/local/cuda/lib64
+
+# ------------------------------------------------------------------ 2. secrets
+secret() { aws secretsmanager get-secret-value --secret-id "$1" --query SecretString --output text; }
+# (Amazon Linux 2023's python3 is 3.9: no newer syntax here.)
+DATABASE_URL=$(DB_SECRET_JSON=$(secret "$DB_SECRET_ARN") python3 - <<'PY'
+import json, os
+from urllib.parse import quote
+s = json.loads(os.environ["DB_SECRET_JSON"])
+e = os.environ
+print("mysql://%s:%s@%s:%s/%s?require_ssl=true" % (
+    quote(s["username"], safe=""), quote(s["password"], safe=""), e["DB_HOST"], e["DB_PORT"], e["DB_NAME"]))
+PY
+)
+WEBHOOK_SECRET=$(secret "$WEBHOOK_SECRET_ARN")
+
+# ------------------------------------------------------------------ 3. worker.env
+# One name per setting, as gpu-worker/worker/src/config.rs reads them. WEBHOOK_ALLOW_HOSTS is
+# for tests only and never set here.
+umask 077
+cat >"$ETC/worker.env.tmp" <<EOF
+AWS_REGION=$AWS_REGION
+EXPRESS_QUEUE_URL=$EXPRESS_QUEUE_URL
+BULK_QUEUE_URL=$BULK_QUEUE_URL
+UPLOAD_BUCKET=$UPLOAD_BUCKET
+DATABASE_URL=$DATABASE_URL
+DB_POOL_MAX=4
+DB_MIGRATE=true
+BATCH_MAX=32
+BATCH_WAIT_MS=250
+BULK_SHARE=0.25
+RECEIVE_WAIT_SECS=2
+VISIBILITY_TIMEOUT_SECS=$VISIBILITY_TIMEOUT_SECS
+MAX_ATTEMPTS=$MAX_ATTEMPTS
+PREFETCH_CONCURRENCY=16
+DECODE_CONCURRENCY=3
+SHUTDOWN_GRACE_SECS=$SHUTDOWN_GRACE_SECS
+METRICS_ADDR=0.0.0.0:$METRICS_PORT
+CLOUDWATCH_NAMESPACE=OcrFleet
+CLOUDWATCH_INTERVAL_SECS=60
+FLEET_NAME=$STAGE
+WEBHOOK_SECRET=$WEBHOOK_SECRET
+WEBHOOK_MAX_ATTEMPTS=5
+RESULT_URL_BASE=$RESULT_URL_BASE
+EC2_LIFECYCLE=true
+LIFECYCLE_HOOK_NAME=$LIFECYCLE_HOOK_NAME
+AUTOSCALING_GROUP_NAME=$AUTOSCALING_GROUP_NAME
+OCR_MODEL_DIR=/opt/ocr-fleet/models
+OCR_MODEL_SET=$OCR_MODEL_SET
+OCR_THREADS=0
+ORT_DYLIB_PATH=/opt/ocr-fleet/lib/${ORT_LIB##*/}
+OCR_PROVIDER=cuda
+OCR_DEVICE_ID=0
+OCR_CUDNN_CONV_ALGO=heuristic
+OCR_ORIENTATION=true
+OCR_LINE_ANGLE=false
+OCR_MAX_PIXELS=50000000
+LOG_FORMAT=json
+LD_LIBRARY_PATH=/opt/ocr-fleet/lib:$CUDA_LIBS
+RUST_LOG=info
+EOF
+mv "$ETC/worker.env.tmp" "$ETC/worker.env"
+umask 022
+
+# ------------------------------------------------------------------ 4. services
+chown ocr-fleet:ocr-fleet "$LOGS"
+install -m 0644 "$OPT/systemd/ocr-fleet-worker.service" "$UNITS/ocr-fleet-worker.service"
+install -D -m 0644 "$OPT/logrotate.conf" "$R/etc/logrotate.d/ocr-fleet"
+if ! command -v amazon-cloudwatch-agent-ctl >/dev/null 2>&1; then
+    dnf install -y -q amazon-cloudwatch-agent || log "could not install the CloudWatch agent; logs stay local"
+fi
+if command -v amazon-cloudwatch-agent-ctl >/dev/null 2>&1; then
+    sed "s|@LOG_GROUP@|$LOG_GROUP|g" "$OPT/amazon-cloudwatch-agent.json" >"$ETC/amazon-cloudwatch-agent.json"
+    amazon-cloudwatch-agent-ctl -a fetch-config -m ec2 -s -c "file:$ETC/amazon-cloudwatch-agent.json" ||
+        log "CloudWatch agent did not start; logs stay local"
+fi
+systemctl daemon-reload
+systemctl enable --now ocr-fleet-worker.service
+
+# ------------------------------------------------------------------ 5. ready?
+log "waiting up to ${HEALTH_TIMEOUT_SECS}s for the worker's /healthz"
+deadline=$((SECONDS + HEALTH_TIMEOUT_SECS))
+until curl -sf -o /dev/null "http://127.0.0.1:$METRICS_PORT/healthz"; do
+    if ((SECONDS >= deadline)); then
+        log "worker not healthy in time; last log lines:"
+        tail -n 30 "$LOGS/worker.log" || true
+        exit 1
+    fi
+    sleep 5
+done
+log "worker healthy"
+signal SUCCESS
