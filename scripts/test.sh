@@ -6,14 +6,16 @@
 #   3. fetches the OCR models when scripts/fetch-models.sh exists (exports ORT_DYLIB_PATH,
 #      OCR_MODEL_DIR and OCR_REQUIRE_MODELS=1)
 #   4. runs cargo fmt --check, cargo clippy -D warnings, cfn-lint template.yaml, a smoke run of
-#      localstack/init.py, localstack/check_template.py (the template's bucket and queues deployed
-#      to LocalStack, names checked against init.py), then the workspace tests (cargo nextest,
-#      else cargo test)
+#      localstack/init.py, localstack/check_template.py (the template's non-compute core deployed
+#      to LocalStack: names vs init.py, redrive, visibility, alarm thresholds), infra/check.sh
+#      (sam validate --lint, shellcheck, deploy.sh --dry-run, pytest infra/tests), the workspace
+#      tests (cargo nextest, else cargo test), then `sam build` (infra/sam-build.sh; skipped
+#      only with OCR_SKIP_SAM_BUILD=1)
 #   5. prints a timing summary; exits non-zero if any step failed.
 #
 # Usage: scripts/test.sh [ARGS...]   ARGS go to `cargo nextest run` / `cargo test` (e.g. a filter).
 # Env:   CARGO_TARGET_DIR (default ${OCR_FLEET_CACHE:-~/.cache/ocr-fleet}/target, shared by all
-#        scripts and clones), CI=true (no stdin needed; it never is).
+#        scripts and clones), CI=true (no stdin needed; it never is), OCR_SKIP_SAM_BUILD=1.
 set -euo pipefail
 # shellcheck source=scripts/lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
@@ -114,4 +116,12 @@ check "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
 check "cfn-lint template.yaml" "$LOCALSTACK_VENV/bin/cfn-lint" template.yaml
 check "localstack init smoke" init_smoke
 check "template infra on LocalStack" "$LOCALSTACK_PYTHON" "$ROOT/localstack/check_template.py"
+check "infra checks" "$ROOT/infra/check.sh"
 check "cargo tests" run_tests "$@"
+# sam build of the functions (cargo-lambda, arm64; its own target dir under $OCR_FLEET_CACHE):
+# skipped only with OCR_SKIP_SAM_BUILD=1.
+if [[ "${OCR_SKIP_SAM_BUILD:-0}" == 1 ]]; then
+    log "sam build skipped (OCR_SKIP_SAM_BUILD=1)"
+else
+    check "sam build" env OCR_SAM_NICE=1 "$ROOT/infra/sam-build.sh"
+fi

@@ -64,7 +64,7 @@ trap on_exit EXIT
 # ------------------------------------------------------------------ 1. artifacts
 log "instance $INSTANCE_ID, stage $STAGE, artifacts $ARTIFACT_URI"
 id ocr-fleet >/dev/null 2>&1 || useradd --system --no-create-home --shell /sbin/nologin ocr-fleet
-mkdir -p "$OPT" "$ETC"
+mkdir -p "$OPT" "$ETC" "$UNITS"
 aws s3 cp --only-show-errors --recursive "$ARTIFACT_URI/" "$OPT/"
 (cd "$OPT" && sha256sum --quiet -c SHA256SUMS)
 chmod 0755 "$OPT/bin/gpu-worker"
@@ -108,6 +108,7 @@ BULK_SHARE=0.25
 RECEIVE_WAIT_SECS=2
 VISIBILITY_TIMEOUT_SECS=$VISIBILITY_TIMEOUT_SECS
 MAX_ATTEMPTS=$MAX_ATTEMPTS
+RETRY_BACKOFF_MS=2000
 PREFETCH_CONCURRENCY=16
 DECODE_CONCURRENCY=3
 SHUTDOWN_GRACE_SECS=$SHUTDOWN_GRACE_SECS

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The infrastructure checks that need no AWS account (scripts/test.sh runs them):
+#   cfn-lint template.yaml (.venv/infra's, newer than .venv/localstack's), sam validate --lint,
+#   ShellCheck of the deploy and worker scripts, scripts/deploy.sh --dry-run, and the pytest
+#   suite infra/tests/ (scaling arithmetic, capacity vs template defaults, IAM and encryption,
+#   worker bootstrap in a sandbox against config.rs, dashboards vs the worker's metrics).
+# LocalStack's part is localstack/check_template.py; `sam build` is infra/sam-build.sh.
+# Usage: infra/check.sh [pytest args...]
+set -euo pipefail
+# shellcheck source=scripts/lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib/common.sh"
+cd "$ROOT"
+
+"$ROOT/infra/setup.sh"
+VENV="$ROOT/.venv/infra"
+export SAM_CLI_TELEMETRY=0 SAM_CLI_CONTEXT_BROWSER=false
+# sam validate needs a region and some credentials to start; it calls no AWS API with --lint.
+export AWS_REGION="${AWS_REGION:-us-east-1}"
+export AWS_DEFAULT_REGION="${AWS_DEFAULT_REGION:-$AWS_REGION}"
+export AWS_ACCESS_KEY_ID="${AWS_ACCESS_KEY_ID:-test}" AWS_SECRET_ACCESS_KEY="${AWS_SECRET_ACCESS_KEY:-test}"
+failed=()
+
+log "cfn-lint template.yaml ($("$VENV/bin/cfn-lint" --version))"
+"$VENV/bin/cfn-lint" template.yaml || failed+=("cfn-lint")
+log "sam validate --lint"
+"$VENV/bin/sam" validate --lint --template template.yaml || failed+=("sam validate --lint")
+if command -v shellcheck >/dev/null 2>&1; then
+    log "shellcheck"
+    shellcheck -x scripts/deploy.sh infra/*.sh infra/worker/*.sh || failed+=("shellcheck")
+else
+    apt_install shellcheck && shellcheck -x scripts/deploy.sh infra/*.sh infra/worker/*.sh || failed+=("shellcheck")
+fi
+log "scripts/deploy.sh --dry-run"
+"$ROOT/scripts/deploy.sh" --dry-run --param JwtIssuer=https://issuer.example.com --param JwtAudience=ocr \
+    --capacity "--images-per-sec 6" >"$RUN_DIR/deploy-dry-run.txt" || failed+=("deploy.sh --dry-run")
+grep -q -- "sam deploy --config-env default --stack-name ocr-fleet-prod" "$RUN_DIR/deploy-dry-run.txt" ||
+    failed+=("deploy.sh --dry-run output")
+log "pytest infra/tests"
+"$VENV/bin/python" -m pytest -q -p no:cacheprovider infra/tests "$@" || failed+=("pytest infra/tests")
+
+if ((${#failed[@]})); then
+    printf 'infra checks FAILED: %s\n' "${failed[*]}" >&2
+    exit 1
+fi
+log "infra checks passed"

@@ -1,0 +1,97 @@
+"""Shared fixtures: the template as CloudFormation reads it, and helpers to resolve it."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from cfnlint.decode import decode
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE = ROOT / "template.yaml"
+CONFIG_RS = ROOT / "gpu-worker" / "worker" / "src" / "config.rs"
+METRICS_RS = ROOT / "gpu-worker" / "worker" / "src" / "metrics.rs"
+CLOUDWATCH_RS = ROOT / "gpu-worker" / "worker" / "src" / "cloudwatch.rs"
+BOOTSTRAP = ROOT / "infra" / "worker" / "bootstrap.sh"
+UNIT = ROOT / "infra" / "worker" / "ocr-fleet-worker.service"
+
+
+def load_template(path: Path = TEMPLATE) -> dict:
+    tpl, problems = decode(str(path))
+    assert not problems, problems
+    return json.loads(json.dumps(tpl, default=str))
+
+
+@pytest.fixture(scope="session")
+def tpl() -> dict:
+    return load_template()
+
+
+@pytest.fixture(scope="session")
+def defaults(tpl) -> dict:
+    return {k: p.get("Default") for k, p in tpl["Parameters"].items()}
+
+
+def resolve(value, defaults: dict):
+    """A scalar property with Refs to parameters replaced by their defaults."""
+    if isinstance(value, dict) and set(value) == {"Ref"}:
+        return defaults[value["Ref"]]
+    return value
+
+
+def num(value, defaults: dict) -> float:
+    return float(resolve(value, defaults))
+
+
+def user_data(tpl: dict) -> str:
+    data = tpl["Resources"]["WorkerLaunchTemplate"]["Properties"]["LaunchTemplateData"]["UserData"]
+    return data["Fn::Base64"]["Fn::Sub"]
+
+
+def stack_env(tpl: dict) -> dict[str, str]:
+    """KEY=value lines the user data writes to /etc/ocr-fleet/stack.env (unsubstituted)."""
+    text = user_data(tpl)
+    body = text.split("<<'EOF'\n", 1)[1].split("\nEOF\n", 1)[0]
+    return dict(line.split("=", 1) for line in body.splitlines())
+
+
+def substitute(text: str, values: dict[str, str] | None = None) -> str:
+    """Fill ${X} / ${X.Attr} of an Fn::Sub string with plausible values; ${!x} becomes ${x}."""
+    values = values or {}
+
+    def one(m: re.Match) -> str:
+        name = m.group(1)
+        if name.startswith("!"):
+            return "${" + name[1:] + "}"
+        if name in values:
+            return values[name]
+        return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+    return re.sub(r"\$\{([^}]+)\}", one, text)
+
+
+def config_env_names() -> set[str]:
+    """Every env name the worker reads: clap `env = "..."` in config.rs, plus the few its binary
+    reads directly (`env::var("LOG_FORMAT")` for the log format)."""
+    names = set(re.findall(r'env\s*=\s*"([A-Z0-9_]+)"', CONFIG_RS.read_text()))
+    assert len(names) > 30, names
+    for f in (CONFIG_RS.parent / "bin").glob("*.rs"):
+        names |= set(re.findall(r'env::var\("([A-Z0-9_]+)"\)', f.read_text()))
+    return names
+
+
+def iam_statements(tpl: dict):
+    """(resource, statement) for every inline IAM statement of roles and SAM functions."""
+    for rid, r in tpl["Resources"].items():
+        props = r.get("Properties", {})
+        if r["Type"] == "AWS::IAM::Role":
+            for pol in props.get("Policies", []):
+                for st in pol["PolicyDocument"]["Statement"]:
+                    yield rid, st
+        elif r["Type"] == "AWS::Serverless::Function":
+            for pol in props.get("Policies", []):
+                if isinstance(pol, dict) and "Statement" in pol:
+                    for st in pol["Statement"]:
+                        yield rid, st

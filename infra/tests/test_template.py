@@ -1,0 +1,236 @@
+"""template.yaml: parameters, security posture, network, data, workers, outputs."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from conftest import iam_statements, resolve, stack_env, substitute, user_data
+
+SENSITIVE_SERVICES = ("s3", "sqs", "secretsmanager", "rds", "kms", "dynamodb", "logs")
+
+
+def resources_of(tpl, type_):
+    return {k: r for k, r in tpl["Resources"].items() if r["Type"] == type_}
+
+
+# ------------------------------------------------------------------ parameters
+def test_parameter_defaults(tpl, defaults):
+    p = tpl["Parameters"]
+    assert defaults["StageName"] == "prod"
+    assert defaults["GpuInstanceType"] == "g4dn.xlarge"
+    assert p["WorkerAmiId"]["Type"] == "AWS::SSM::Parameter::Value<AWS::EC2::Image::Id>"
+    assert defaults["WorkerAmiId"].startswith("/aws/service/deeplearning/ami/x86_64/")
+    assert "base-oss-nvidia-driver-gpu-amazon-linux-2023" in defaults["WorkerAmiId"]
+    assert int(defaults["MinWorkers"]) == 2 and int(defaults["MaxWorkers"]) == 4
+    assert defaults["DatabaseEngineVersion"].startswith("8.")
+    assert defaults["VpcId"] == "" and defaults["DatabaseInstanceClass"].startswith("db.")
+    for name in ("JwtIssuer", "JwtAudience", "SpotSharePercent", "ScaleOutQueueDepth",
+                 "ScaleInQueueDepth", "BacklogPerWorkerTarget", "PrivateSubnetIds"):
+        assert name in p
+
+
+def test_spot_share_mapping_covers_every_choice(tpl):
+    m = tpl["Mappings"]["SpotShare"]
+    for v in tpl["Parameters"]["SpotSharePercent"]["AllowedValues"]:
+        assert int(v) + int(m[v]["OnDemandPercent"]) == 100
+
+
+# ------------------------------------------------------------------ security
+def test_no_wildcard_actions_and_scoped_resources(tpl):
+    for rid, st in iam_statements(tpl):
+        if st.get("Effect") != "Allow":
+            continue
+        actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
+        for a in actions:
+            assert "*" not in a, f"{rid}: wildcard action {a}"
+        res = st.get("Resource")
+        res = res if isinstance(res, list) else [res]
+        if "*" in res:
+            # Only actions without resource types, and then with a condition.
+            assert actions == ["cloudwatch:PutMetricData"] and st.get("Condition"), f"{rid}: {st}"
+
+
+def test_worker_role_is_least_privilege(tpl):
+    stmts = {st["Sid"]: st for rid, st in iam_statements(tpl) if rid == "WorkerRole"}
+    acts = {sid: sorted(st["Action"] if isinstance(st["Action"], list) else [st["Action"]]) for sid, st in stmts.items()}
+    assert acts["JobQueues"] == sorted(["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility",
+                                        "sqs:GetQueueAttributes"])
+    assert stmts["JobQueues"]["Resource"] == [{"Fn::GetAtt": ["ExpressQueue", "Arn"]}, {"Fn::GetAtt": ["BulkQueue", "Arn"]}]
+    assert acts["ReadUploads"] == ["s3:GetObject"]
+    assert stmts["ReadUploads"]["Resource"] == {"Fn::Sub": "${UploadBucket.Arn}/uploads/*"}
+    assert acts["ReadArtifacts"] == ["s3:GetObject"]
+    assert acts["Secrets"] == ["secretsmanager:GetSecretValue"]
+    assert stmts["Secrets"]["Resource"] == [{"Ref": "DatabaseSecret"}, {"Ref": "WebhookSecret"}]
+    assert stmts["OwnMetrics"]["Condition"] == {"StringEquals": {"cloudwatch:namespace": "OcrFleet"}}
+    assert acts["CompleteOwnLifecycleActions"] == ["autoscaling:CompleteLifecycleAction"]
+    assert stmts["CompleteOwnLifecycleActions"]["Resource"]["Fn::Sub"].endswith(
+        "autoScalingGroupName/ocr-${StageName}-workers")
+    assert set(acts["WorkerLogs"]) <= {"logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"}
+    assert acts["SignalStack"] == ["cloudformation:SignalResource"]
+    assert set(stmts) == {"JobQueues", "ReadUploads", "ReadArtifacts", "Secrets", "OwnMetrics",
+                          "CompleteOwnLifecycleActions", "WorkerLogs", "SignalStack"}
+
+
+def test_encryption_and_no_public_data(tpl):
+    for rid, q in resources_of(tpl, "AWS::SQS::Queue").items():
+        assert q["Properties"].get("SqsManagedSseEnabled") is True or "KmsMasterKeyId" in q["Properties"], rid
+    (bucket,) = resources_of(tpl, "AWS::S3::Bucket").values()
+    pab = bucket["Properties"]["PublicAccessBlockConfiguration"]
+    assert all(pab[k] is True for k in ("BlockPublicAcls", "BlockPublicPolicy", "IgnorePublicAcls", "RestrictPublicBuckets"))
+    assert bucket["Properties"]["BucketEncryption"]
+    db = tpl["Resources"]["Database"]["Properties"]
+    assert db["StorageEncrypted"] is True and db["PubliclyAccessible"] is False
+    assert tpl["Resources"]["DatabaseProxy"]["Properties"]["RequireTLS"] is True
+    lt = tpl["Resources"]["WorkerLaunchTemplate"]["Properties"]["LaunchTemplateData"]
+    assert lt["MetadataOptions"]["HttpTokens"] == "required"
+    assert all(b["Ebs"]["Encrypted"] is True for b in lt["BlockDeviceMappings"])
+    assert tpl["Resources"]["AlarmTopic"]["Properties"]["KmsMasterKeyId"]
+    assert "NetworkInterfaces" not in lt  # no public IPs
+
+
+def test_secrets_are_generated_and_url_safe(tpl):
+    db = tpl["Resources"]["DatabaseSecret"]["Properties"]["GenerateSecretString"]
+    assert db["GenerateStringKey"] == "password" and db["ExcludePunctuation"] is True
+    assert json.loads(db["SecretStringTemplate"])["username"]
+    assert tpl["Resources"]["WebhookSecret"]["Properties"]["GenerateSecretString"]["ExcludePunctuation"] is True
+
+
+def test_database_url_is_built_from_the_secret_and_the_proxy(tpl):
+    url = tpl["Globals"]["Function"]["Environment"]["Variables"]["DATABASE_URL"]["Fn::Sub"]
+    assert re.fullmatch(
+        r"mysql://\{\{resolve:secretsmanager:\$\{DatabaseSecret\}:SecretString:username\}\}:"
+        r"\{\{resolve:secretsmanager:\$\{DatabaseSecret\}:SecretString:password\}\}"
+        r"@\$\{DatabaseProxy\.Endpoint\}:3306/ocr_fleet\?require_ssl=true", url), url
+    assert "DatabaseSecretArn" not in tpl["Parameters"]
+
+
+def test_mysql_reachable_only_from_functions_and_workers(tpl):
+    ingress = resources_of(tpl, "AWS::EC2::SecurityGroupIngress")
+    by_group: dict[str, set] = {}
+    for r in ingress.values():
+        p = r["Properties"]
+        by_group.setdefault(p["GroupId"]["Ref"], set()).add((p["SourceSecurityGroupId"]["Ref"], p["FromPort"], p["ToPort"]))
+    assert by_group["DatabaseSecurityGroup"] == {("ProxySecurityGroup", 3306, 3306)}
+    assert by_group["ProxySecurityGroup"] == {("FunctionSecurityGroup", 3306, 3306), ("WorkerSecurityGroup", 3306, 3306)}
+    assert by_group["WorkerSecurityGroup"] == {("MonitoringSecurityGroup", 9100, 9100)}
+    for sg in ("DatabaseSecurityGroup", "ProxySecurityGroup", "WorkerSecurityGroup", "FunctionSecurityGroup"):
+        assert "SecurityGroupIngress" not in tpl["Resources"][sg]["Properties"], sg
+    # The database and the proxy live in the private subnets, not public.
+    assert tpl["Resources"]["Database"]["Properties"]["DBSubnetGroupName"] == {"Ref": "DatabaseSubnetGroup"}
+
+
+def test_network_endpoints(tpl):
+    res = tpl["Resources"]
+    s3 = res["S3GatewayEndpoint"]["Properties"]
+    assert s3["VpcEndpointType"] == "Gateway" and s3["ServiceName"]["Fn::Sub"].endswith(".s3")
+    services = {r["Properties"]["ServiceName"]["Fn::Sub"].rsplit(".", 1)[1]
+                for r in resources_of(tpl, "AWS::EC2::VPCEndpoint").values()
+                if r["Properties"]["VpcEndpointType"] == "Interface"}
+    assert {"sqs", "monitoring", "logs", "secretsmanager", "autoscaling"} <= services
+    assert res["NatGateway"]["Condition"] == "CreateNat"
+    for fn in resources_of(tpl, "AWS::Serverless::Function"):
+        assert "VpcConfig" in tpl["Globals"]["Function"], fn
+
+
+# ------------------------------------------------------------------ workers
+def test_worker_group(tpl, defaults):
+    g = tpl["Resources"]["WorkerGroup"]
+    p = g["Properties"]
+    assert p["MinSize"] == {"Ref": "MinWorkers"} and p["MaxSize"] == {"Ref": "MaxWorkers"}
+    assert "DesiredCapacity" not in p
+    assert p["VPCZoneIdentifier"]["Fn::If"][1] == [{"Ref": "PrivateSubnetA"}, {"Ref": "PrivateSubnetB"}]
+    subnets = [tpl["Resources"][s]["Properties"]["AvailabilityZone"] for s in ("PrivateSubnetA", "PrivateSubnetB")]
+    assert subnets[0] != subnets[1]
+    mip = p["MixedInstancesPolicy"]
+    dist = mip["InstancesDistribution"]
+    assert dist["OnDemandBaseCapacity"] == {"Ref": "OnDemandBaseWorkers"}
+    assert "FindInMap" in json.dumps(dist["OnDemandPercentageAboveBaseCapacity"])
+    assert p["MetricsCollection"] == [{"Granularity": "1Minute"}]
+    (hook,) = p["LifecycleHookSpecificationList"]
+    assert hook["LifecycleTransition"] == "autoscaling:EC2_INSTANCE_TERMINATING"
+    assert g["CreationPolicy"]["ResourceSignal"]["Count"] == {"Ref": "MinWorkers"}
+    assert g["UpdatePolicy"]["AutoScalingRollingUpdate"]["WaitOnResourceSignals"] is True
+    tags = {t["Key"]: t["Value"] for t in p["Tags"]}
+    assert tags["ocr-fleet:role"] == "worker"
+
+
+def test_user_data_matches_group_hook_and_queues(tpl):
+    env = stack_env(tpl)
+    p = tpl["Resources"]["WorkerGroup"]["Properties"]
+    assert env["AUTOSCALING_GROUP_NAME"] == p["AutoScalingGroupName"]["Fn::Sub"]
+    assert env["LIFECYCLE_HOOK_NAME"] == p["LifecycleHookSpecificationList"][0]["LifecycleHookName"]["Fn::Sub"]
+    assert env["CFN_LOGICAL_ID"] == "WorkerGroup"
+    for q in ("ExpressQueue", "BulkQueue"):
+        qp = tpl["Resources"][q]["Properties"]
+        assert int(env["VISIBILITY_TIMEOUT_SECS"]) == qp["VisibilityTimeout"]
+        assert int(env["MAX_ATTEMPTS"]) == qp["RedrivePolicy"]["maxReceiveCount"] == 3
+    assert env["EXPRESS_QUEUE_URL"] == "${ExpressQueue}" and env["BULK_QUEUE_URL"] == "${BulkQueue}"
+    assert env["DB_HOST"] == "${DatabaseProxy.Endpoint}"
+
+
+def test_lifecycle_hook_outlasts_the_drain(tpl):
+    from test_worker import bootstrap_constant
+    grace = int(bootstrap_constant("SHUTDOWN_GRACE_SECS"))
+    hook = tpl["Resources"]["WorkerGroup"]["Properties"]["LifecycleHookSpecificationList"][0]
+    assert int(hook["HeartbeatTimeout"]) >= grace + 60
+
+
+def test_user_data_is_valid_bash(tpl, tmp_path):
+    import shutil
+    import subprocess
+    script = tmp_path / "user-data.sh"
+    script.write_text(substitute(user_data(tpl)))
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    if shutil.which("shellcheck"):
+        subprocess.run(["shellcheck", "-s", "bash", str(script)], check=True)
+
+
+# ------------------------------------------------------------------ observability
+def test_log_groups_have_retention(tpl):
+    for rid, r in resources_of(tpl, "AWS::Logs::LogGroup").items():
+        assert r["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}, rid
+
+
+def test_dlq_alarms(tpl):
+    alarms = resources_of(tpl, "AWS::CloudWatch::Alarm")
+    dlqs = {k for k, r in resources_of(tpl, "AWS::SQS::Queue").items() if k.endswith("DeadLetterQueue")}
+    watched = set()
+    for a in alarms.values():
+        p = a["Properties"]
+        if p.get("MetricName") == "ApproximateNumberOfMessagesVisible":
+            (dim,) = p["Dimensions"]
+            watched.add(dim["Value"]["Fn::GetAtt"][0])
+            assert p["Threshold"] == 0 and p["ComparisonOperator"] == "GreaterThanThreshold"
+            assert p["AlarmActions"] == [{"Ref": "AlarmTopic"}]
+    assert watched == dlqs
+
+
+def test_dashboard(tpl):
+    body = tpl["Resources"]["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+    dash = json.loads(substitute(body, {"ScaleOutQueueDepth": "720", "ExpressMaxAgeSecs": "300",
+                                        "MaxWorkers": "4", "BacklogPerWorkerTarget": "360"}))
+    text = json.dumps(dash)
+    for metric in ("ApproximateNumberOfMessagesVisible", "ApproximateAgeOfOldestMessage", "JobsPerSecond",
+                   "JobsFailed", "QueueToResultLatency", "GroupInServiceInstances", "GroupDesiredCapacity"):
+        assert metric in text, metric
+    from conftest import CLOUDWATCH_RS
+    published = set(re.findall(r'metric_name\("([A-Za-z]+)"\)', CLOUDWATCH_RS.read_text()))
+    used = {m[1] for w in dash["widgets"] for m in w["properties"]["metrics"] if m and m[0] == "OcrFleet"}
+    assert used and used <= published, (used, published)
+    assert '"Fleet", "${StageName}"' in body  # the worker's FLEET_NAME is the stage
+
+
+def test_outputs(tpl):
+    for key in ("ApiUrl", "BucketName", "ExpressQueueUrl", "BulkQueueUrl", "DashboardUrl",
+                "ExpressDeadLetterQueueUrl", "BulkDeadLetterQueueUrl", "WorkerGroupName"):
+        assert key in tpl["Outputs"], key
+
+
+@pytest.mark.parametrize("rid", ["ApiFunction", "OnUploadFunction"])
+def test_functions_keep_their_build(tpl, rid):
+    r = tpl["Resources"][rid]
+    assert r["Metadata"]["BuildMethod"] == "rust-cargolambda"
+    assert resolve(r["Properties"]["CodeUri"], {}) == "./functions/api"

