@@ -21,6 +21,7 @@ python_env() {
     [[ -n "$py" ]] || { echo "python_env: no python3 found" >&2; return 1; }
     [[ -x "$venv/bin/python" ]] || "$py" -m venv "$venv" >&2
     if [[ ! -x "$venv/bin/uv" ]]; then
+        "$venv/bin/python" -m pip --version >/dev/null 2>&1 || "$venv/bin/python" -m ensurepip -q >&2 || true
         "$venv/bin/python" -m pip install -q --disable-pip-version-check uv >&2 || true
     fi
     if [[ -x "$venv/bin/uv" ]]; then

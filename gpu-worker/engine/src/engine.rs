@@ -92,6 +92,8 @@ pub struct EngineOptions {
     pub line_angle: bool,
     /// Crops per recogniser batch (batches span all images of a call).
     pub rec_batch: usize,
+    /// Most padded width (pixels, summed over the crops) per recogniser batch; bounds memory.
+    pub rec_batch_width: u32,
     /// Recogniser input widths are rounded up to a multiple of this (pixels). Small steps waste
     /// less compute on CPU; on GPU a coarse step keeps the number of distinct shapes low.
     pub rec_width_step: u32,
@@ -121,7 +123,8 @@ impl Default for EngineOptions {
         Self {
             orientation: true,
             line_angle: false,
-            rec_batch: 16,
+            rec_batch: 8,
+            rec_batch_width: 1024,
             rec_width_step: 32,
             min_confidence: 0.5,
             max_pixels: DEFAULT_MAX_PIXELS,
@@ -313,6 +316,7 @@ impl Engine {
             &crops,
             self.rec_spec.height,
             self.opts.rec_batch,
+            self.opts.rec_batch_width,
             self.opts.rec_width_step,
             self.rec_spec.min_width,
         );

@@ -140,6 +140,9 @@ impl OrtModel {
         }
         let mut b = Session::builder(env)
             .map_err(rt("session builder"))?
+            // ort's environment logs at VERBOSE; formatting those messages costs time in every run.
+            .with_log_level(ort::logging::LogLevel::Warning)
+            .map_err(rt("log level"))?
             .with_optimization_level(GraphOptimizationLevel::All)
             .map_err(rt("optimisation level"))?
             .with_intra_threads(intra_threads)

@@ -68,20 +68,34 @@ impl CtcDecoder {
     }
 }
 
-/// Splits crop indices into batches: sorted by width, at most `max_batch` crops each, padded to
-/// the batch's widest crop rounded up to `width_step` and at least `min_width`.
-/// Returns `(padded width, indices)` pairs.
-pub fn plan_batches(widths: &[u32], max_batch: usize, width_step: u32, min_width: u32) -> Vec<(u32, Vec<usize>)> {
+/// Splits crop indices into batches: sorted by width, at most `max_batch` crops and at most
+/// `max_total_width` padded pixels of width per batch (bounds the `[N, W/8, classes]` output,
+/// ~75 MB per 8192 px with 18,710 classes), each padded to its widest crop rounded up to
+/// `width_step` and at least `min_width`. Returns `(padded width, indices)` pairs.
+pub fn plan_batches(
+    widths: &[u32],
+    max_batch: usize,
+    max_total_width: u32,
+    width_step: u32,
+    min_width: u32,
+) -> Vec<(u32, Vec<usize>)> {
     let mut order: Vec<usize> = (0..widths.len()).collect();
     order.sort_by_key(|&i| widths[i]);
     let step = width_step.max(1);
-    order
-        .chunks(max_batch.max(1))
-        .map(|chunk| {
-            let w = chunk.iter().map(|&i| widths[i]).max().unwrap_or(step);
-            (w.max(min_width).div_ceil(step) * step, chunk.to_vec())
-        })
-        .collect()
+    let padded = |w: u32| w.max(min_width).div_ceil(step) * step;
+    let mut plan: Vec<(u32, Vec<usize>)> = Vec::new();
+    for i in order {
+        let w = padded(widths[i]);
+        match plan.last_mut() {
+            // Sorted ascending, so a new crop is the widest of its batch.
+            Some((bw, idx)) if idx.len() < max_batch.max(1) && (idx.len() as u32 + 1) * w <= max_total_width => {
+                *bw = w;
+                idx.push(i);
+            }
+            _ => plan.push((w, vec![i])),
+        }
+    }
+    plan
 }
 
 /// Packs crops (all `height` high) into a `[N, 3, height, width]` tensor, BGR, scaled to
@@ -114,18 +128,21 @@ pub fn recognize_crops(
     crops: &[&RgbImage],
     height: u32,
     max_batch: usize,
+    max_total_width: u32,
     width_step: u32,
     min_width: u32,
 ) -> Result<Vec<RecText>> {
     let widths: Vec<u32> = crops.iter().map(|c| c.width()).collect();
     let mut out = vec![RecText { text: String::new(), confidence: 0.0 }; crops.len()];
     // Widest batches first so the parallel workers finish close together.
-    let mut plan = plan_batches(&widths, max_batch, width_step, min_width);
+    let mut plan = plan_batches(&widths, max_batch, max_total_width, width_step, min_width);
     plan.reverse();
     let run_batch = |(width, idx): &(u32, Vec<usize>)| -> Result<Vec<(usize, RecText)>> {
         let batch: Vec<&RgbImage> = idx.iter().map(|&i| crops[i]).collect();
         let input = pack_batch(&batch, height, *width);
+        let t = std::time::Instant::now();
         let output = model.run(input.view())?;
+        tracing::debug!(n = batch.len(), width, secs = t.elapsed().as_secs_f64(), "rec batch");
         let probs = output
             .into_dimensionality::<ndarray::Ix3>()
             .map_err(|e| EngineError::BadOutput(format!("recogniser: {e}")))?;
@@ -192,10 +209,13 @@ mod tests {
 
     #[test]
     fn batches_sorted_by_width_and_padded() {
-        let plan = plan_batches(&[100, 30, 250, 40, 90], 2, 32, 0);
+        let plan = plan_batches(&[100, 30, 250, 40, 90], 2, 10_000, 32, 0);
         assert_eq!(plan, vec![(64, vec![1, 3]), (128, vec![4, 0]), (256, vec![2])]);
-        let plan = plan_batches(&[100, 30, 250, 40, 90], 2, 32, 96);
+        let plan = plan_batches(&[100, 30, 250, 40, 90], 2, 10_000, 32, 96);
         assert_eq!(plan[0], (96, vec![1, 3]));
+        // Width budget: 3 x 96 fits in 300, 4 x 128 does not.
+        let plan = plan_batches(&[100, 30, 120, 40, 90], 8, 300, 32, 0);
+        assert_eq!(plan, vec![(96, vec![1, 3, 4]), (128, vec![0, 2])]);
     }
 
     #[test]

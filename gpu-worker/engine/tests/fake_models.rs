@@ -97,7 +97,13 @@ fn engine_with(rec: Arc<FakeRec>, orientation: Option<usize>) -> Engine {
             (m, ClsSpec { model: PathBuf::new(), height: 224, width: 224, thresh: 0.9 })
         }),
     };
-    Engine::new(models, EngineOptions { orientation: orientation.is_some(), ..Default::default() }).unwrap()
+    let opts = EngineOptions {
+        orientation: orientation.is_some(),
+        rec_batch: 16,
+        rec_batch_width: 1 << 20,
+        ..Default::default()
+    };
+    Engine::new(models, opts).unwrap()
 }
 
 fn fake_rec() -> Arc<FakeRec> {

@@ -44,8 +44,11 @@ struct Args {
     #[arg(long, env = "OCR_BATCH", default_value_t = 8)]
     batch: usize,
     /// Crops per recogniser batch.
-    #[arg(long, env = "OCR_REC_BATCH", default_value_t = 16)]
+    #[arg(long, env = "OCR_REC_BATCH", default_value_t = 8)]
     rec_batch: usize,
+    /// Most padded width per recogniser batch (pixels summed over crops; bounds memory).
+    #[arg(long, env = "OCR_REC_BATCH_WIDTH", default_value_t = 1024)]
+    rec_batch_width: u32,
     /// Recogniser width rounding step in pixels.
     #[arg(long, env = "OCR_REC_WIDTH_STEP", default_value_t = 32)]
     rec_width_step: u32,
@@ -129,6 +132,7 @@ fn main() -> anyhow::Result<()> {
         line_angle: args.line_angle,
         rec_batch: args.rec_batch,
         rec_width_step: args.rec_width_step,
+        rec_batch_width: args.rec_batch_width,
         min_confidence: args.min_confidence,
         max_pixels: args.max_pixels,
         rec_sessions: args.rec_sessions,
