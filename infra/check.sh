@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The infrastructure checks that need no AWS account (scripts/test.sh runs them):
 #   cfn-lint template.yaml (.venv/infra's, newer than .venv/localstack's), sam validate --lint,
+#   checkov (security findings; deliberate ones are skipped in the template with a reason),
 #   ShellCheck of the deploy and worker scripts, scripts/deploy.sh --dry-run, and the pytest
 #   suite infra/tests/ (scaling arithmetic, capacity vs template defaults, IAM and encryption,
 #   worker bootstrap in a sandbox against config.rs, dashboards vs the worker's metrics).
@@ -35,6 +36,9 @@ log "scripts/deploy.sh --dry-run"
     --capacity "--images-per-sec 6" >"$RUN_DIR/deploy-dry-run.txt" || failed+=("deploy.sh --dry-run")
 grep -q -- "sam deploy --config-env default --stack-name ocr-fleet-prod" "$RUN_DIR/deploy-dry-run.txt" ||
     failed+=("deploy.sh --dry-run output")
+log "checkov (template.yaml; deliberate findings carry Metadata checkov skip comments)"
+"$ROOT/.venv/checkov/bin/checkov" -f template.yaml --framework cloudformation --compact --quiet --skip-download ||
+    failed+=("checkov")
 log "pytest infra/tests"
 "$VENV/bin/python" -m pytest -q -p no:cacheprovider infra/tests "$@" || failed+=("pytest infra/tests")
 

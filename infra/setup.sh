@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # .venv/infra: the deploy and infra-check tools (AWS SAM CLI, cargo-lambda with zig,
-# cargo-zigbuild, cfn-lint, pytest, boto3), pinned by infra/requirements.txt, installed with uv
-# like .venv/localstack (scripts/lib/venv.sh). A stamp keyed on the pins makes re-runs instant.
+# cargo-zigbuild, cfn-lint, pytest, boto3), pinned by infra/requirements.txt, and .venv/checkov
+# (infra/requirements-checkov.txt), installed with uv like .venv/localstack (scripts/lib/venv.sh).
+# A stamp keyed on the pins makes re-runs instant.
 # Usage: infra/setup.sh   (prints nothing on stdout)
 set -euo pipefail
 # shellcheck source=scripts/lib/common.sh
@@ -11,24 +12,29 @@ source "$ROOT/scripts/lib/venv.sh"
 
 VENV="$ROOT/.venv/infra"
 REQS="$ROOT/infra/requirements.txt"
-STAMP="$VENV/.ocr-fleet-stamp"
 
-key() { { "$1" -c 'import sys; print(sys.version)'; cat "$REQS"; } | sha256sum | cut -d' ' -f1; }
+key() { { "$1" -c 'import sys; print(sys.version)'; cat "$2"; } | sha256sum | cut -d' ' -f1; }
 
-if [[ -x "$VENV/bin/python" && -f "$STAMP" && "$(<"$STAMP")" == "$(key "$VENV/bin/python")" ]]; then
-    log "python venv .venv/infra is up to date"
-    exit 0
-fi
-uv=$(uv_bin)
-if [[ -z "${SSL_CERT_FILE:-}" && -f /etc/ssl/certs/ca-certificates.crt ]]; then
-    export SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
-fi
-if [[ ! -x "$VENV/bin/python" ]]; then
-    py=$(find_python)
-    log "creating .venv/infra with $py"
-    "$uv" venv --quiet --python "$py" "$VENV" >&2
-fi
-log "installing SAM CLI, cargo-lambda, cargo-zigbuild, pytest (infra/requirements.txt)"
-"$uv" pip install --quiet --python "$VENV/bin/python" -r "$REQS" >&2
-"$VENV/bin/sam" --version >&2
-key "$VENV/bin/python" >"$STAMP"
+# ensure VENV REQUIREMENTS WHAT
+ensure() {
+    local venv=$1 reqs=$2 what=$3 stamp="$1/.ocr-fleet-stamp" uv py
+    if [[ -x "$venv/bin/python" && -f "$stamp" && "$(<"$stamp")" == "$(key "$venv/bin/python" "$reqs")" ]]; then
+        log "python venv ${venv#"$ROOT"/} is up to date"
+        return 0
+    fi
+    uv=$(uv_bin)
+    if [[ -z "${SSL_CERT_FILE:-}" && -f /etc/ssl/certs/ca-certificates.crt ]]; then
+        export SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
+    fi
+    if [[ ! -x "$venv/bin/python" ]]; then
+        py=$(find_python)
+        log "creating ${venv#"$ROOT"/} with $py"
+        "$uv" venv --quiet --python "$py" "$venv" >&2
+    fi
+    log "installing $what (${reqs#"$ROOT"/})"
+    "$uv" pip install --quiet --python "$venv/bin/python" -r "$reqs" >&2
+    key "$venv/bin/python" "$reqs" >"$stamp"
+}
+
+ensure "$VENV" "$REQS" "SAM CLI, cargo-lambda, cargo-zigbuild, cfn-lint, pytest"
+ensure "$ROOT/.venv/checkov" "$ROOT/infra/requirements-checkov.txt" "checkov"
