@@ -18,7 +18,7 @@ use crate::layout::reading_order;
 use crate::manifest::{ClsSpec, DetSpec, LimitType, Manifest, RecSpec, load_dict};
 use crate::model::Model;
 use crate::ort_backend::{OrtModel, SessionSettings};
-use crate::recognition::{CtcDecoder, recognize_crops};
+use crate::recognition::{CtcDecoder, RecBatching, recognize_crops};
 
 /// One recognised line.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -310,16 +310,14 @@ impl Engine {
         let crops: Vec<&RgbImage> =
             prepared.iter().filter_map(|p| p.as_ref().ok()).flat_map(|p| p.crops.iter()).collect();
         let t = Instant::now();
-        let texts = recognize_crops(
-            self.rec.as_ref(),
-            &self.decoder,
-            &crops,
-            self.rec_spec.height,
-            self.opts.rec_batch,
-            self.opts.rec_batch_width,
-            self.opts.rec_width_step,
-            self.rec_spec.min_width,
-        );
+        let batching = RecBatching {
+            height: self.rec_spec.height,
+            max_batch: self.opts.rec_batch,
+            max_total_width: self.opts.rec_batch_width,
+            width_step: self.opts.rec_width_step,
+            min_width: self.rec_spec.min_width,
+        };
+        let texts = recognize_crops(self.rec.as_ref(), &self.decoder, &crops, &batching);
         times.rec += t.elapsed().as_secs_f64();
         let texts = match texts {
             Ok(t) => t,

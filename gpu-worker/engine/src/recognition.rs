@@ -121,25 +121,36 @@ pub fn pack_batch(crops: &[&RgbImage], height: u32, width: u32) -> Array4<f32> {
     t
 }
 
+/// How recogniser batches are formed (see [`plan_batches`]).
+#[derive(Debug, Clone, Copy)]
+pub struct RecBatching {
+    /// Input height in pixels.
+    pub height: u32,
+    /// Most crops per batch.
+    pub max_batch: usize,
+    /// Most padded width per batch, summed over its crops (pixels).
+    pub max_total_width: u32,
+    /// Batch widths are rounded up to a multiple of this (pixels).
+    pub width_step: u32,
+    /// Narrowest batch width (pixels).
+    pub min_width: u32,
+}
+
 /// Recognises all crops with `model`, batching by width; output in input order.
 pub fn recognize_crops(
     model: &dyn Model,
     decoder: &CtcDecoder,
     crops: &[&RgbImage],
-    height: u32,
-    max_batch: usize,
-    max_total_width: u32,
-    width_step: u32,
-    min_width: u32,
+    b: &RecBatching,
 ) -> Result<Vec<RecText>> {
     let widths: Vec<u32> = crops.iter().map(|c| c.width()).collect();
     let mut out = vec![RecText { text: String::new(), confidence: 0.0 }; crops.len()];
     // Widest batches first so the parallel workers finish close together.
-    let mut plan = plan_batches(&widths, max_batch, max_total_width, width_step, min_width);
+    let mut plan = plan_batches(&widths, b.max_batch, b.max_total_width, b.width_step, b.min_width);
     plan.reverse();
     let run_batch = |(width, idx): &(u32, Vec<usize>)| -> Result<Vec<(usize, RecText)>> {
         let batch: Vec<&RgbImage> = idx.iter().map(|&i| crops[i]).collect();
-        let input = pack_batch(&batch, height, *width);
+        let input = pack_batch(&batch, b.height, *width);
         let t = std::time::Instant::now();
         let output = model.run(input.view())?;
         tracing::debug!(n = batch.len(), width, secs = t.elapsed().as_secs_f64(), "rec batch");
