@@ -3,8 +3,9 @@
 #   1. sam build: the api and on-upload functions (cargo-lambda, arm64; infra/sam-build.sh)
 #   2. the worker artifacts: gpu-worker (release, x86_64 for g4dn, against glibc 2.34 with
 #      cargo-zigbuild, CUDA provider on), libonnxruntime + CUDA provider from the onnxruntime-gpu
-#      wheel, the model set (scripts/fetch-models.sh), the systemd unit, bootstrap and agent
-#      configs from infra/worker/, and SHA256SUMS; the version is the hash of SHA256SUMS
+#      wheel ($ORT_GPU_VERSION, default 1.31.1), the model set (scripts/fetch-models.sh), the
+#      systemd unit, bootstrap and agent configs from infra/worker/, and SHA256SUMS; the
+#      version is the hash of SHA256SUMS
 #   3. uploads them to s3://<artifact bucket>/<prefix>/worker/<version>/ (creating the private,
 #      encrypted artifact bucket ocr-fleet-artifacts-<account>-<region> when none is given)
 #   4. sam deploy --stack-name ocr-fleet-<stage> with StageName, ArtifactBucket, ArtifactPrefix,
@@ -26,7 +27,9 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 cd "$ROOT"
 
-ORT_VERSION=$(sed -n 's/^ORT_VERSION=\([0-9.]*\)$/\1/p' "$ROOT/scripts/fetch-models.sh")
+# onnxruntime-gpu trails the CPU wheel scripts/fetch-models.sh uses (1.32.0 has no GPU build on
+# PyPI yet); the engine's ort crate (feature api-31) needs ONNX Runtime 1.31 or newer.
+ORT_GPU_VERSION="${ORT_GPU_VERSION:-1.31.1}"
 WORKER_TARGET=x86_64-unknown-linux-gnu
 # Amazon Linux 2023 (the DLAMI's base) has glibc 2.34.
 WORKER_GLIBC=2.34
@@ -150,11 +153,11 @@ ORT_DIR="$WORK/onnxruntime-gpu"
 ort_gpu() {
     local wheels="$OCR_FLEET_CACHE/wheels" whl
     mkdir -p "$wheels" "$ORT_DIR"
-    whl=$(compgen -G "$wheels/onnxruntime_gpu-$ORT_VERSION-*.whl" | head -n 1 || true)
+    whl=$(compgen -G "$wheels/onnxruntime_gpu-$ORT_GPU_VERSION-*.whl" | head -n 1 || true)
     if [[ -z "$whl" ]]; then
         python3 -m pip download -q --no-deps --only-binary=:all: --platform manylinux_2_28_x86_64 \
-            --python-version 3.12 -d "$wheels" "onnxruntime-gpu==$ORT_VERSION"
-        whl=$(compgen -G "$wheels/onnxruntime_gpu-$ORT_VERSION-*.whl" | head -n 1)
+            --python-version 3.12 -d "$wheels" "onnxruntime-gpu==$ORT_GPU_VERSION"
+        whl=$(compgen -G "$wheels/onnxruntime_gpu-$ORT_GPU_VERSION-*.whl" | head -n 1)
     fi
     # libonnxruntime.so.<v> plus the CUDA/shared providers it loads from its own folder.
     python3 - "$whl" "$ORT_DIR" <<'PY'
@@ -171,7 +174,7 @@ with zipfile.ZipFile(whl) as z:
         print("ort-gpu:", os.path.basename(n), file=sys.stderr)
 PY
 }
-DOING="pip download onnxruntime-gpu==$ORT_VERSION (manylinux_2_28_x86_64); extract libonnxruntime.so*, libonnxruntime_providers_{cuda,shared}.so into $ORT_DIR"
+DOING="pip download onnxruntime-gpu==$ORT_GPU_VERSION (manylinux_2_28_x86_64); extract libonnxruntime.so*, libonnxruntime_providers_{cuda,shared}.so into $ORT_DIR"
 run ort_gpu
 
 ARTIFACT_DIR="$WORK/artifact"
