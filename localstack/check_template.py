@@ -156,6 +156,7 @@ def user_data_settings(template_path: Path) -> dict[str, str]:
     tpl, _ = decode(str(template_path))
     data = tpl["Resources"]["WorkerLaunchTemplate"]["Properties"]["LaunchTemplateData"]["UserData"]
     text = data["Fn::Base64"]["Fn::Sub"]
+    text = text[0] if isinstance(text, list) else text
     return dict(re.findall(r"^([A-Z][A-Z0-9_]*)=(\S*)$", text, re.M))
 
 

@@ -5,19 +5,22 @@
 #      cargo-zigbuild, CUDA provider on), libonnxruntime + CUDA provider from the onnxruntime-gpu
 #      wheel ($ORT_GPU_VERSION, default 1.31.1), the model set (scripts/fetch-models.sh), the
 #      systemd unit, bootstrap and agent configs from infra/worker/, and SHA256SUMS; the
-#      version is the hash of SHA256SUMS
+#      version is the hash of SHA256SUMS. Unless --no-bundle-cuda: the CUDA 13 runtime, cuBLAS,
+#      cuFFT, cuRAND, NVRTC and cuDNN 9 from NVIDIA's wheels, a bundle of its own
+#      (content-addressed, uploaded once) that the workers use instead of the AMI's CUDA
 #   3. uploads them to s3://<artifact bucket>/<prefix>/worker/<version>/ (creating the private,
 #      encrypted artifact bucket ocr-fleet-artifacts-<account>-<region> when none is given)
 #   4. sam deploy --stack-name ocr-fleet-<stage> with StageName, ArtifactBucket, ArtifactPrefix,
-#      WorkerVersion, WorkerModelSet (+ --param ones); a new version rolls the workers one by one.
+#      WorkerVersion, WorkerModelSet, CudaLibsVersion (+ --param ones); a new version rolls the workers one by one.
 #
 # Usage:
 #   scripts/deploy.sh [--stage prod] [--config-env default] [--region R] [--artifact-bucket B]
 #                     [--artifact-prefix ocr-fleet] [--model-set ppocrv6-small]
 #                     [--param Key=Value]... [--capacity "--images-per-sec 6 ..."]
-#                     [--skip-build] [--dry-run] [-- extra sam deploy args]
+#                     [--no-bundle-cuda] [--skip-build] [--dry-run] [-- extra sam deploy args]
 #   scripts/deploy.sh stage-artifacts --worker-binary F --onnxruntime-dir D --models-dir D
 #                     --model-set M --out DIR        (step 2's layout only; tests use it)
+#   scripts/deploy.sh stage-cuda WHEELS_DIR OUT     (the CUDA bundle from downloaded wheels)
 # First deploy of a stage: --param JwtIssuer=https://... --param JwtAudience=... (or `-- --guided`).
 # --capacity passes scripts/capacity's thresholds (MinWorkers, MaxWorkers, ScaleOut...) as params.
 # --dry-run prints every command instead of running it (no AWS, no build).
@@ -33,6 +36,9 @@ ORT_GPU_VERSION="${ORT_GPU_VERSION:-1.31.1}"
 WORKER_TARGET=x86_64-unknown-linux-gnu
 # Amazon Linux 2023 (the DLAMI's base) has glibc 2.34.
 WORKER_GLIBC=2.34
+# pip download --platform takes exact tags: name every manylinux tag an x86_64 wheel may carry.
+PIP_PLATFORMS=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64
+    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64)
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 
@@ -59,6 +65,44 @@ stage_artifacts() {
     (cd "$out" && xargs sha256sum <<<"$files" >SHA256SUMS)
 }
 
+# The CUDA libraries onnxruntime-gpu's CUDA provider loads (its `cuda` and `cudnn` extras, plus
+# cuBLAS), from NVIDIA's PyPI wheels, so a worker does not depend on the AMI's CUDA version.
+CUDA_WHEELS=("nvidia-cuda-runtime~=13.0" "nvidia-cuda-nvrtc~=13.0" "nvidia-cublas~=13.0"
+    "nvidia-cufft~=12.0" "nvidia-curand~=10.0" "nvidia-cudnn-cu13~=9.0")
+
+# stage_cuda WHEELS_DIR OUT: every shared library under nvidia/**/lib/ of the nvidia_*.whl in
+# WHEELS_DIR, flat in OUT, with SHA256SUMS.
+stage_cuda() {
+    local wheels=$1 out=$2 files
+    rm -rf "$out"
+    mkdir -p "$out"
+    python3 - "$wheels" "$out" <<'PY'
+import glob, os, shutil, sys, zipfile
+wheels, out = sys.argv[1], sys.argv[2]
+n = 0
+for whl in sorted(glob.glob(os.path.join(wheels, "nvidia_*.whl"))):
+    with zipfile.ZipFile(whl) as z:
+        for name in z.namelist():
+            parts = name.split("/")
+            if parts[0] == "nvidia" and len(parts) >= 3 and parts[-2] == "lib" and ".so" in parts[-1]:
+                with z.open(name) as src, open(os.path.join(out, parts[-1]), "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+                n += 1
+if not n:
+    sys.exit(f"no NVIDIA libraries in {wheels}")
+print(f"cuda: {n} libraries", file=sys.stderr)
+PY
+    files=$(cd "$out" && find . -type f -printf '%P\n' | LC_ALL=C sort)
+    (cd "$out" && xargs sha256sum <<<"$files" >SHA256SUMS)
+}
+
+if [[ "${1:-}" == stage-cuda ]]; then
+    [[ $# == 3 ]] || die "usage: scripts/deploy.sh stage-cuda WHEELS_DIR OUT"
+    stage_cuda "$2" "$3"
+    sha256sum "$3/SHA256SUMS" | cut -c1-16
+    exit 0
+fi
+
 if [[ "${1:-}" == stage-artifacts ]]; then
     shift
     bin="" ort="" models="" set="" out=""
@@ -79,7 +123,7 @@ if [[ "${1:-}" == stage-artifacts ]]; then
 fi
 
 STAGE=prod CONFIG_ENV="" REGION="${AWS_REGION:-${AWS_DEFAULT_REGION:-}}" ARTIFACT_BUCKET="" ARTIFACT_PREFIX=ocr-fleet
-MODEL_SET=ppocrv6-small DRY_RUN=0 SKIP_BUILD=0 CAPACITY=""
+MODEL_SET=ppocrv6-small DRY_RUN=0 SKIP_BUILD=0 CAPACITY="" BUNDLE_CUDA=1
 PARAMS=() SAM_ARGS=()
 while (($#)); do
     case $1 in
@@ -92,6 +136,7 @@ while (($#)); do
         --param) PARAMS+=("$2"); shift 2 ;;
         --capacity) CAPACITY=$2; shift 2 ;;
         --skip-build) SKIP_BUILD=1; shift ;;
+        --no-bundle-cuda) BUNDLE_CUDA=0; shift ;;
         --dry-run) DRY_RUN=1; shift ;;
         -h | --help) usage; exit 0 ;;
         --) shift; SAM_ARGS=("$@"); break ;;
@@ -155,7 +200,7 @@ ort_gpu() {
     mkdir -p "$wheels" "$ORT_DIR"
     whl=$(compgen -G "$wheels/onnxruntime_gpu-$ORT_GPU_VERSION-*.whl" | head -n 1 || true)
     if [[ -z "$whl" ]]; then
-        python3 -m pip download -q --no-deps --only-binary=:all: --platform manylinux_2_28_x86_64 \
+        python3 -m pip download -q --no-deps --only-binary=:all: "${PIP_PLATFORMS[@]}" \
             --python-version 3.12 -d "$wheels" "onnxruntime-gpu==$ORT_GPU_VERSION"
         whl=$(compgen -G "$wheels/onnxruntime_gpu-$ORT_GPU_VERSION-*.whl" | head -n 1)
     fi
@@ -187,6 +232,22 @@ else
 fi
 log "worker artifact version $VERSION"
 
+CUDA_VERSION=""
+if ((BUNDLE_CUDA)); then
+    CUDA_WHEEL_DIR="$OCR_FLEET_CACHE/wheels/cuda13"
+    run mkdir -p "$CUDA_WHEEL_DIR"
+    run python3 -m pip download -q --no-deps --only-binary=:all: "${PIP_PLATFORMS[@]}" \
+        --python-version 3.12 -d "$CUDA_WHEEL_DIR" "${CUDA_WHEELS[@]}"
+    DOING="extract the NVIDIA libraries (nvidia/**/lib/*.so*) into $WORK/cuda, write SHA256SUMS"
+    run stage_cuda "$CUDA_WHEEL_DIR" "$WORK/cuda"
+    if ((DRY_RUN)); then
+        CUDA_VERSION="<sha256(cuda/SHA256SUMS):16>"
+    else
+        CUDA_VERSION=$(sha256sum "$WORK/cuda/SHA256SUMS" | cut -c1-16)
+    fi
+    log "CUDA bundle version $CUDA_VERSION"
+fi
+
 # ------------------------------------------------------------------ 3. upload
 ensure_artifact_bucket() {
     local b=$1
@@ -215,10 +276,22 @@ DOING="create the artifact bucket if missing: private (public access block), SSE
 run ensure_artifact_bucket "$ARTIFACT_BUCKET"
 run aws "${REGION_ARGS[@]}" s3 sync --only-show-errors --delete "$ARTIFACT_DIR/" \
     "s3://$ARTIFACT_BUCKET/$ARTIFACT_PREFIX/worker/$VERSION/"
+upload_cuda() { # content-addressed: uploaded once per CUDA bundle, not per worker version
+    local dest="s3://$ARTIFACT_BUCKET/$ARTIFACT_PREFIX/worker/cuda/$CUDA_VERSION"
+    if aws "${REGION_ARGS[@]}" s3 ls "$dest/SHA256SUMS" >/dev/null 2>&1; then
+        log "CUDA bundle $CUDA_VERSION already uploaded"
+    else
+        aws "${REGION_ARGS[@]}" s3 sync --only-show-errors "$WORK/cuda/" "$dest/"
+    fi
+}
+if [[ -n "$CUDA_VERSION" ]]; then
+    DOING="upload $WORK/cuda to worker/cuda/$CUDA_VERSION/ unless already there"
+    run upload_cuda
+fi
 
 # ------------------------------------------------------------------ 4. deploy
 OVERRIDES=("StageName=$STAGE" "ArtifactBucket=$ARTIFACT_BUCKET" "ArtifactPrefix=$ARTIFACT_PREFIX"
-    "WorkerVersion=$VERSION" "WorkerModelSet=$MODEL_SET")
+    "WorkerVersion=$VERSION" "WorkerModelSet=$MODEL_SET" "CudaLibsVersion=$CUDA_VERSION")
 if [[ -n "$CAPACITY" ]]; then
     # shellcheck disable=SC2206 # word splitting of the capacity arguments is intended
     cap_args=($CAPACITY)

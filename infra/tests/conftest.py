@@ -47,7 +47,8 @@ def num(value, defaults: dict) -> float:
 
 def user_data(tpl: dict) -> str:
     data = tpl["Resources"]["WorkerLaunchTemplate"]["Properties"]["LaunchTemplateData"]["UserData"]
-    return data["Fn::Base64"]["Fn::Sub"]
+    sub = data["Fn::Base64"]["Fn::Sub"]
+    return sub[0] if isinstance(sub, list) else sub
 
 
 def stack_env(tpl: dict) -> dict[str, str]:

@@ -9,6 +9,7 @@ import re
 import shutil
 import stat
 import subprocess
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -99,6 +100,15 @@ def sandbox(tpl, tmp_path):
     binary.chmod(0o755)
     s3 = tmp_path / "s3"
     art = s3 / "artifacts" / "ocr-fleet" / "worker" / "v1"
+    # The CUDA bundle, as deploy.sh stage-cuda makes it from NVIDIA's wheels (CUDA 13 layout).
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    with zipfile.ZipFile(wheels / "nvidia_cublas-13.0-py3-none-manylinux_2_17_x86_64.whl", "w") as z:
+        z.writestr("nvidia/cu13/lib/libcublasLt.so.13", b"elf")
+        z.writestr("nvidia/cu13/include/cublas.h", b"")
+    subprocess.run([str(ROOT / "scripts" / "deploy.sh"), "stage-cuda", str(wheels),
+                    str(s3 / "artifacts" / "ocr-fleet" / "worker" / "cuda" / "0123456789abcdef")],
+                   check=True, capture_output=True, text=True)
     subprocess.run([str(ROOT / "scripts" / "deploy.sh"), "stage-artifacts", "--worker-binary", str(binary),
                     "--onnxruntime-dir", str(ort), "--models-dir", str(models), "--model-set", "ppocrv6-small",
                     "--out", str(art)], check=True, capture_output=True, text=True)
@@ -111,7 +121,8 @@ def sandbox(tpl, tmp_path):
               "DatabaseProxy.Endpoint": "ocr-prod-db-proxy.proxy-abc.us-east-1.rds.amazonaws.com",
               "DatabaseSecret": "arn:aws:secretsmanager:us-east-1:1:secret:database-secret-AbC",
               "WebhookSecret": "arn:aws:secretsmanager:us-east-1:1:secret:webhook-secret-XyZ",
-              "HttpApi": "abc123", "WorkerModelSet": "ppocrv6-small", "WorkerLogGroup": "/ocr-fleet/prod/worker"}
+              "HttpApi": "abc123", "WorkerModelSet": "ppocrv6-small", "WorkerLogGroup": "/ocr-fleet/prod/worker",
+              "CudaLibsUri": "s3://artifacts/ocr-fleet/worker/cuda/0123456789abcdef"}
     etc = root / "etc" / "ocr-fleet"
     etc.mkdir(parents=True)
     (etc / "stack.env").write_text("".join(f"{k}={substitute(v, values)}\n" for k, v in stack_env(tpl).items()))
@@ -156,6 +167,44 @@ def test_bootstrap_writes_every_worker_setting(sandbox):
     calls = (tmp / "calls").read_text()
     assert "systemctl enable --now ocr-fleet-worker.service" in calls
     assert (tmp / "signals").read_text().split() == ["SUCCESS"]
+
+
+def without_cuda_bundle(root: Path) -> None:
+    f = root / "etc" / "ocr-fleet" / "stack.env"
+    f.write_text(re.sub(r"^CUDA_LIBS_URI=.*$", "CUDA_LIBS_URI=", f.read_text(), flags=re.M))
+
+
+def test_bootstrap_uses_the_cuda_bundle(sandbox):
+    root, env, tmp = sandbox
+    r = run_bootstrap(env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (root / "opt/ocr-fleet/cuda/libcublasLt.so.13").exists()
+    w = read_env(root / "etc" / "ocr-fleet" / "worker.env")
+    assert w["LD_LIBRARY_PATH"] == "/opt/ocr-fleet/lib:/opt/ocr-fleet/cuda"
+
+
+def test_bootstrap_falls_back_to_the_amis_cuda_13(sandbox):
+    root, env, tmp = sandbox
+    without_cuda_bundle(root)
+    for d, has in (("cuda-12.8", False), ("cuda-13.0", True), ("cuda-13.1", False)):
+        lib = root / "usr" / "local" / d / "lib64"
+        lib.mkdir(parents=True)
+        if has:
+            (lib / "libcublasLt.so.13").write_bytes(b"elf")
+    r = run_bootstrap(env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    w = read_env(root / "etc" / "ocr-fleet" / "worker.env")
+    assert w["LD_LIBRARY_PATH"] == "/opt/ocr-fleet/lib:/usr/local/cuda-13.0/lib64"
+
+
+def test_bootstrap_fails_without_cuda_13(sandbox):
+    root, env, tmp = sandbox
+    without_cuda_bundle(root)
+    (root / "usr" / "local" / "cuda-12.8" / "lib64").mkdir(parents=True)
+    r = run_bootstrap(env)
+    assert r.returncode != 0
+    assert "no CUDA toolkit with libcublasLt.so.13" in r.stdout
+    assert (tmp / "signals").read_text().split() == ["FAILURE"]
 
 
 def test_bootstrap_signals_failure_when_the_worker_never_gets_healthy(sandbox):

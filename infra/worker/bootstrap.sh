@@ -4,7 +4,8 @@
 # artifact version it names). It:
 #   1. downloads the artifact version (scripts/deploy.sh uploads it): bin/gpu-worker,
 #      lib/libonnxruntime*.so* (onnxruntime-gpu), models.tar.gz, the systemd unit, the
-#      CloudWatch agent config, logrotate config; checks them against SHA256SUMS
+#      CloudWatch agent config, logrotate config, and the CUDA 13 + cuDNN 9 bundle when the stack
+#      names one (CUDA_LIBS_URI); checks them against SHA256SUMS
 #   2. reads the generated secrets (MySQL credentials, webhook key) from Secrets Manager and
 #      builds DATABASE_URL (through RDS Proxy, TLS)
 #   3. writes /etc/ocr-fleet/worker.env (mode 600): every setting of
@@ -73,8 +74,26 @@ tar -xzf "$OPT/models.tar.gz" -C "$OPT/models"
 [[ -f "$OPT/models/$OCR_MODEL_SET/manifest.json" ]] || { log "model set $OCR_MODEL_SET not in models.tar.gz"; exit 1; }
 ORT_LIB=$(find "$OPT/lib" -maxdepth 1 -name 'libonnxruntime.so*' -type f | sort | head -n 1)
 [[ -n "$ORT_LIB" ]] || { log "no libonnxruntime.so in $OPT/lib"; exit 1; }
-# ONNX Runtime finds its CUDA provider next to itself; CUDA 12 and cuDNN come with the DLAMI.
-CUDA_LIBS=/usr/local/cuda/lib64
+# ONNX Runtime finds its CUDA provider next to itself. The provider of onnxruntime-gpu 1.31 needs
+# the CUDA 13 runtime (libcublasLt.so.13, ...) and cuDNN 9: from the bundle deploy.sh uploads
+# (CUDA_LIBS_URI, the default), else from the newest CUDA toolkit of the AMI that has them.
+CUDA_NEEDS=libcublasLt.so.13
+if [[ -n "${CUDA_LIBS_URI:-}" ]]; then
+    mkdir -p "$OPT/cuda"
+    aws s3 cp --only-show-errors --recursive "$CUDA_LIBS_URI/" "$OPT/cuda/"
+    (cd "$OPT/cuda" && sha256sum --quiet -c SHA256SUMS)
+    CUDA_LIBS=/opt/ocr-fleet/cuda
+else
+    CUDA_LIBS=""
+    while IFS= read -r d; do
+        if [[ -e "$d/lib64/$CUDA_NEEDS" ]]; then
+            CUDA_LIBS="${d#"$R"}/lib64"
+            break
+        fi
+    done < <(find "$R/usr/local" -maxdepth 1 -name 'cuda*' -type d 2>/dev/null | sort -rV)
+    [[ -n "$CUDA_LIBS" ]] || { log "no CUDA toolkit with $CUDA_NEEDS on this AMI; deploy with the CUDA bundle"; exit 1; }
+fi
+log "CUDA libraries from $CUDA_LIBS"
 
 # ------------------------------------------------------------------ 2. secrets
 secret() { aws secretsmanager get-secret-value --secret-id "$1" --query SecretString --output text; }
