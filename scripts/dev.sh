@@ -31,9 +31,11 @@ API_BIN="$CARGO_TARGET_DIR/debug/api-local"
 random_token() { od -An -tx1 -N24 /dev/urandom | tr -d ' \n'; }
 
 build_api() {
-    log "building api-local (cargo build -p ocr-api --bin api-local; target $CARGO_TARGET_DIR)"
-    if ! cargo build -p ocr-api --bin api-local; then
-        die "could not build the API binary api-local (package ocr-api, functions/api/src/bin/api-local.rs): see the cargo errors above"
+    # The whole workspace's binaries in one build: building single packages re-resolves
+    # features and rebuilds shared dependencies.
+    log "building api-local and gpu-worker (cargo build --workspace --bins; target $CARGO_TARGET_DIR)"
+    if ! cargo build --workspace --bins; then
+        die "could not build the binaries: see the cargo errors above"
     fi
     [[ -x "$API_BIN" ]] || die "cargo reported success but $API_BIN is missing"
 }
@@ -61,6 +63,7 @@ write_env() {
             echo "API_URL=$API_URL"
             echo "API_TOKEN=$tok1"
             echo "API_TOKEN_2=$tok2"
+            echo "WEBHOOK_SECRET=$(random_token)"
         } >"$DEV_ENV.tmp"
         mv "$DEV_ENV.tmp" "$DEV_ENV"
     )
@@ -101,11 +104,48 @@ start_api() {
 }
 
 # --- GPU worker --------------------------------------------------------------------------
-# Placeholder: the GPU worker (gpu-worker/) is not part of the local system yet. When it has a
-# binary, build and start it here (pid in .run/worker.pid, log .run/worker.log, env from
-# .run/dev.env: EXPRESS_QUEUE_URL, BULK_QUEUE_URL, DATABASE_URL, ...) and stop it in `down`.
-start_worker() { :; }
-stop_worker() { :; }
+# One gpu-worker on the local queues (CPU engine, models from scripts/fetch-models.sh).
+WORKER_PIDFILE="$RUN_DIR/worker.pid"
+WORKER_LOG="$RUN_DIR/worker.log"
+WORKER_BIN="$CARGO_TARGET_DIR/debug/gpu-worker"
+WORKER_METRICS="${DEV_METRICS_ADDR:-127.0.0.1:9100}"
+
+start_worker() {
+    local i models
+    stop_group "$WORKER_PIDFILE" gpu-worker
+    models=$("$ROOT/scripts/fetch-models.sh" --print-env) || die "fetching the OCR models failed"
+    log "starting gpu-worker (metrics http://$WORKER_METRICS/metrics); log: ${WORKER_LOG#"$ROOT"/}"
+    (
+        set -a
+        # shellcheck source=/dev/null
+        source "$DEV_ENV"
+        set +a
+        eval "$models"
+        export METRICS_ADDR="$WORKER_METRICS" RESULT_URL_BASE="$API_URL" FLEET_NAME=local
+        export RUST_LOG="${RUST_LOG:-info,ort=warn}"
+        exec setsid "$WORKER_BIN"
+    ) </dev/null >>"$WORKER_LOG" 2>&1 &
+    echo "$!" >"$WORKER_PIDFILE"
+    # Ready when the metrics port answers: the models are loaded before it opens.
+    for ((i = 0; i < 480; i++)); do
+        if ! pid_alive "$(<"$WORKER_PIDFILE")"; then
+            tail -n 30 "$WORKER_LOG" >&2
+            rm -f "$WORKER_PIDFILE"
+            die "gpu-worker exited during start (log above: $WORKER_LOG)"
+        fi
+        if http_ok "http://$WORKER_METRICS/healthz"; then
+            log "gpu-worker ready (pid $(<"$WORKER_PIDFILE"))"
+            return 0
+        fi
+        sleep 0.25
+    done
+    tail -n 30 "$WORKER_LOG" >&2
+    die "gpu-worker did not become ready within 120 s (log: $WORKER_LOG)"
+}
+
+stop_worker() {
+    stop_group "$WORKER_PIDFILE" gpu-worker
+}
 # -----------------------------------------------------------------------------------------
 
 up() {
@@ -141,6 +181,11 @@ status() {
         echo "api-local running on $API_URL (pid $pid)"
     else
         echo "api-local not running"
+    fi
+    if pid=$(read_pidfile "$WORKER_PIDFILE"); then
+        echo "gpu-worker running, metrics on http://$WORKER_METRICS/metrics (pid $pid)"
+    else
+        echo "gpu-worker not running"
     fi
     localstack_status || true
     if mariadb_answers; then echo "MariaDB answers on $MARIADB_HOST:$MARIADB_PORT"; else echo "MariaDB not answering"; fi

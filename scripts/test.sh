@@ -97,6 +97,9 @@ init_smoke() {
 
 run_tests() {
     local out="$RUN_DIR/test-output.log" rc=0
+    # Worker tests start the real gpu-worker binary: build every binary first (one build set,
+    # so the test build below reuses its dependencies).
+    cargo build --workspace --bins || return
     if command -v cargo-nextest >/dev/null 2>&1; then
         cargo nextest run --workspace --no-fail-fast --no-tests=warn "$@" 2>&1 | tee "$out" || rc=$?
         grep -E '^ *Summary \[' "$out" | tail -n 1 | sed 's/^ *//' >"$TEST_SUMMARY" || true
