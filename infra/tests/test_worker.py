@@ -41,6 +41,16 @@ def test_unit_restarts_and_stops_gracefully():
     assert "PrivateDevices" not in u  # the GPU device nodes must stay visible
 
 
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze not installed")
+def test_unit_file_is_valid(tmp_path):
+    unit = tmp_path / UNIT.name
+    unit.write_text(UNIT.read_text())
+    r = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+    problems = [line for line in (r.stdout + r.stderr).splitlines()
+                if "gpu-worker is not executable" not in line and line.strip()]  # not installed here
+    assert not problems, problems
+
+
 STUBS = {
     "aws": r"""#!/bin/bash
 set -euo pipefail
