@@ -2,6 +2,7 @@
 # The infrastructure checks that need no AWS account (scripts/test.sh runs them):
 #   cfn-lint template.yaml (.venv/infra's, newer than .venv/localstack's), sam validate --lint,
 #   checkov (security findings; deliberate ones are skipped in the template with a reason),
+#   promtool check config infra/prometheus/prometheus.yml,
 #   ShellCheck of the deploy and worker scripts, scripts/deploy.sh --dry-run, and the pytest
 #   suite infra/tests/ (scaling arithmetic, capacity vs template defaults, IAM and encryption,
 #   worker bootstrap in a sandbox against config.rs, dashboards vs the worker's metrics).
@@ -39,6 +40,23 @@ grep -q -- "sam deploy --config-env default --stack-name ocr-fleet-prod" "$RUN_D
 log "checkov (template.yaml; deliberate findings carry Metadata checkov skip comments)"
 "$ROOT/.venv/checkov/bin/checkov" -f template.yaml --framework cloudformation --compact --quiet --skip-download ||
     failed+=("checkov")
+# promtool from Debian's prometheus package, unpacked (not installed) into the cache.
+promtool_bin() {
+    local dir="$OCR_FLEET_CACHE/promtool" tmp
+    if command -v promtool >/dev/null 2>&1; then command -v promtool; return 0; fi
+    if [[ ! -x "$dir/usr/bin/promtool" ]]; then
+        tmp=$(mktemp -d)
+        (cd "$tmp" && apt-get download prometheus >/dev/null 2>&1) || { rm -rf "$tmp"; return 1; }
+        dpkg-deb -x "$tmp"/prometheus_*.deb "$dir" && rm -rf "$tmp"
+    fi
+    printf '%s\n' "$dir/usr/bin/promtool"
+}
+if promtool=$(promtool_bin); then
+    log "promtool check config infra/prometheus/prometheus.yml"
+    "$promtool" check config infra/prometheus/prometheus.yml >&2 || failed+=("promtool")
+else
+    warn "promtool unavailable (apt-get download prometheus failed): prometheus.yml only parsed by pytest"
+fi
 log "pytest infra/tests"
 "$VENV/bin/python" -m pytest -q -p no:cacheprovider infra/tests "$@" || failed+=("pytest infra/tests")
 
