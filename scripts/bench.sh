@@ -13,7 +13,10 @@
 #     --fp-size SIZE     faster-paddle model size (default: small, or tiny for ppocrv6-tiny)
 #     --batch N          images per engine call for ours (default 8)
 #     -- ARGS            extra arguments for our `ocr` CLI
-#   (pipeline mode: reserved for the end-to-end worker benchmark.)
+#   api        the producer: wrk on /healthz vs POST /v1/jobs, Lambda binary sizes and init time
+#              (scripts/bench-api.sh)
+#   pipeline   a few hundred images through LocalStack, the API and the worker vs the same
+#              engine alone, in one run (scripts/bench-pipeline.sh)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=lib/python-env.sh
@@ -23,7 +26,8 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${OCR_FLEET_CACHE:-$HOME/.cache/ocr
 mode="${1:-}"; shift || true
 case "$mode" in
   engine) ;;
-  pipeline) echo "bench.sh: pipeline mode is not implemented yet" >&2; exit 2 ;;
+  api) exec "$ROOT/scripts/bench-api.sh" "$@" ;;
+  pipeline) exec "$ROOT/scripts/bench-pipeline.sh" "$@" ;;
   *) sed -n '2,20p' "$0" >&2; exit 2 ;;
 esac
 
