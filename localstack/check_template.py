@@ -4,7 +4,8 @@
 LocalStack here has no Docker and stubs RDS, HTTP APIs, launch templates and Auto Scaling, so
 this keeps, from template.yaml itself (never from a hand-kept copy), only the resource types in
 CORE_TYPES: the bucket with its notification and policy, the queues and DLQs with their
-policies, the CloudWatch alarms and the dashboard. Everything else (functions,
+policies, the CloudWatch alarms and the dashboard (which LocalStack accepts but does not store:
+its body is checked by infra/tests/test_template.py). Everything else (functions,
 HTTP API, VPC, database, proxy, workers, scaling policies, log groups) is dropped, and so is
 every reference to a dropped resource (an alarm keeps its other actions; an output that needs a
 dropped resource goes). Parameters and conditions nothing kept uses are dropped too. Checks that:
