@@ -1,0 +1,147 @@
+"""Drives the pipeline benchmark (called by scripts/bench-pipeline.sh).
+
+Phase 1 (engine alone): the `ocr` CLI on the images, same model set, threads and batch size
+as the worker; images/s = N / (wall time - the CLI's own start-up time, measured on 1 image).
+Phase 2 (pipeline): all N jobs created and uploaded like phones (presigned PUT) and queued;
+then one worker starts; jobs/s = N / (last result committed - worker ready). Latency is
+queue-to-result per job from the database (with everything queued at once, it is mostly
+waiting in the queue). Engine busy ratio = engine seconds / the same window.
+Prints `name: value` lines.
+"""
+
+import argparse
+import concurrent.futures
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+TYPES = {".jpg": "image/jpeg", ".png": "image/png", ".webp": "image/webp"}
+
+
+def http(method, url, token=None, body=None, headers=None):
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return r.status, r.read()
+
+
+def sql(db, query):
+    out = subprocess.run(["mariadb", "-h127.0.0.1", "-uroot", "-N", "-B", "-e", query, db],
+                         check=True, capture_output=True, text=True).stdout
+    return [line.split("\t") for line in out.strip().splitlines() if line]
+
+
+def upload(api, token, path, i):
+    data = path.read_bytes()
+    body = json.dumps({"content_type": TYPES[path.suffix], "content_length": len(data),
+                       "priority": "express" if i % 4 == 0 else "bulk"}).encode()
+    _, raw = http("POST", f"{api}/v1/jobs", token, body, {"Content-Type": "application/json"})
+    job = json.loads(raw)
+    up = job["upload"]
+    headers = {k: v for k, v in up["headers"].items() if k != "content-length"}
+    status, _ = http("PUT", up["url"], None, data, headers)
+    assert status == 200, status
+    return job["job_id"]
+
+
+def engine_alone(ocr, images, threads, batch, model_set):
+    env = dict(os.environ, OCR_MODEL_SET=model_set)
+    args = [ocr, "--format", "json", "--threads", str(threads), "--batch", str(batch)]
+    t = time.perf_counter()
+    subprocess.run(args + [str(images[0])], env=env, check=True, capture_output=True)
+    startup = time.perf_counter() - t
+    t = time.perf_counter()
+    subprocess.run(args + [str(p) for p in images], env=env, check=True, capture_output=True)
+    wall = time.perf_counter() - t
+    return len(images) / max(wall - startup, 1e-9), wall, startup
+
+
+def metric(url, name):
+    _, raw = http("GET", url)
+    for line in raw.decode().splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--api", required=True)
+    ap.add_argument("--token", required=True)
+    ap.add_argument("--db", required=True)
+    ap.add_argument("--ocr", required=True)
+    ap.add_argument("--worker-cmd", required=True, help="shell command that starts the worker")
+    ap.add_argument("--metrics", required=True)
+    ap.add_argument("--images", required=True)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--model-set", default="ppocrv6-tiny")
+    args = ap.parse_args()
+    images = sorted(p for p in Path(args.images).iterdir() if p.suffix in TYPES)
+    n = len(images)
+
+    rate_alone, wall_alone, startup = engine_alone(args.ocr, images, args.threads, args.batch, args.model_set)
+    print(f"engine_alone_images_per_s: {rate_alone:.2f}", flush=True)
+    print(f"engine_alone_wall_s: {wall_alone:.1f} (CLI start-up {startup:.1f} s subtracted)", flush=True)
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        ids = list(pool.map(lambda a: upload(args.api, args.token, a[1], a[0]), enumerate(images)))
+    deadline = time.time() + 120
+    while int(sql(args.db, "SELECT COUNT(*) FROM jobs WHERE status='queued'")[0][0]) < n:
+        if time.time() > deadline:
+            sys.exit("jobs did not all reach 'queued'")
+        time.sleep(0.5)
+    print(f"submitted: {n}", flush=True)
+
+    worker = subprocess.Popen(args.worker_cmd, shell=True, start_new_session=True)
+    try:
+        while True:
+            try:
+                http("GET", args.metrics.replace("/metrics", "/healthz"))
+                break
+            except Exception:
+                if worker.poll() is not None:
+                    sys.exit("worker exited during start")
+                time.sleep(0.1)
+        ready_ms = int(time.time() * 1000)
+        deadline = time.time() + 3600
+        while True:
+            done = int(sql(args.db, "SELECT COUNT(*) FROM jobs WHERE status IN ('succeeded','failed')")[0][0])
+            if done >= n or time.time() > deadline:
+                break
+            time.sleep(0.5)
+        busy = metric(args.metrics, "ocr_engine_busy_seconds_total")
+        batches = metric(args.metrics, "ocr_batch_size_count")
+        jobs_sum = metric(args.metrics, "ocr_batch_size_sum")
+    finally:
+        os.killpg(worker.pid, 15)
+        worker.wait(60)
+    rows = sql(args.db, "SELECT status, finished_at_ms, queued_at_ms FROM jobs")
+    succeeded = [r for r in rows if r[0] == "succeeded"]
+    results = int(sql(args.db, "SELECT COUNT(*) FROM job_results")[0][0])
+    last = max(int(r[1]) for r in succeeded) if succeeded else ready_ms
+    window = max(last - ready_ms, 1) / 1000
+    lat = sorted((int(r[1]) - int(r[2])) / 1000 for r in succeeded)
+    p = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] if lat else float("nan")
+    rate = len(succeeded) / window
+    print(f"succeeded: {len(succeeded)}")
+    print(f"lost: {n - len(succeeded)}")
+    print(f"results_rows: {results}")
+    print(f"pipeline_jobs_per_s: {rate:.2f}")
+    print(f"pipeline_vs_engine_alone: {rate / rate_alone:.3f}")
+    print(f"engine_busy_ratio: {busy / window:.3f}")
+    print(f"mean_batch_size: {jobs_sum / max(batches, 1):.1f}")
+    print(f"latency_p50_s: {p(0.5):.1f}")
+    print(f"latency_p99_s: {p(0.99):.1f}")
+    print(f"window_s: {window:.1f}")
+    return 0 if len(succeeded) == n and results == n else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
