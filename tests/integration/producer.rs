@@ -258,3 +258,29 @@ async fn malformed_requests_get_json_4xx() -> anyhow::Result<()> {
     assert_eq!(env.job_rows().await?, 0);
     Ok(())
 }
+
+#[tokio::test]
+async fn batch_send_routes_each_message_to_its_queue() -> anyhow::Result<()> {
+    use ocr_core::ports::JobQueue;
+    let env = TestEnv::with(Options { poller: false, ..Options::default() }).await?;
+    let messages: Vec<JobMessage> = (0..23)
+        .map(|i| JobMessage {
+            v: 1,
+            job_id: ocr_core::JobId::new(),
+            priority: if i % 3 == 0 { Priority::Express } else { Priority::Bulk },
+            bucket: env.bucket.clone(),
+            key: format!("uploads/x/{i}"),
+            content_type: ocr_core::ContentType::Png,
+            size: 1,
+            enqueued_at_ms: 0,
+        })
+        .collect();
+    env.job_queue.send_batch(&messages).await?;
+    let express = env.drain(&env.queues.express, 2).await?;
+    let bulk = env.drain(&env.queues.bulk, 2).await?;
+    assert_eq!((express.len(), bulk.len()), (8, 15));
+    for body in express {
+        assert_eq!(JobMessage::parse(&body)?.priority, Priority::Express);
+    }
+    Ok(())
+}

@@ -31,13 +31,12 @@ impl ResultStore for MySqlJobStore {
         let mut tx = conn.start_transaction(TxOpts::default()).await.map_err(db_error)?;
         let list = placeholders(ids.len());
         // Row locks keep a concurrent `complete` or delete from slipping between read and write.
-        let rows: Vec<Row> = format!(
-            "SELECT id, owner, status, callback_url, queued_at_ms FROM jobs WHERE id IN ({list}) FOR UPDATE"
-        )
-        .with(Params::Positional(id_values(ids)))
-        .fetch(&mut tx)
-        .await
-        .map_err(db_error)?;
+        let rows: Vec<Row> =
+            format!("SELECT id, owner, status, callback_url, queued_at_ms FROM jobs WHERE id IN ({list}) FOR UPDATE")
+                .with(Params::Positional(id_values(ids)))
+                .fetch(&mut tx)
+                .await
+                .map_err(db_error)?;
         let mut taken = Vec::with_capacity(rows.len());
         for mut row in rows {
             let id: String = row.take(0).ok_or_else(|| unreadable("id"))?;

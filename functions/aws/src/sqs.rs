@@ -5,7 +5,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, MessageSystemAttributeName,
-    QueueAttributeName,
+    QueueAttributeName, SendMessageBatchRequestEntry,
 };
 use ocr_core::ports::JobQueue;
 use ocr_core::worker::{Delivery, JobSource};
@@ -44,6 +44,42 @@ impl JobQueue for SqsJobQueue {
             .send()
             .await
             .map_err(|e| sdk_error("sqs", e))?;
+        Ok(())
+    }
+
+    /// `SendMessageBatch` per priority, 10 at a time; entries SQS refuses are an error.
+    async fn send_batch(&self, messages: &[JobMessage]) -> Result<(), PortError> {
+        for priority in Priority::ALL {
+            let bodies: Vec<String> =
+                messages.iter().filter(|m| m.priority == priority).map(JobMessage::to_json).collect();
+            for chunk in bodies.chunks(10) {
+                let entries = chunk
+                    .iter()
+                    .enumerate()
+                    .map(|(i, body)| {
+                        SendMessageBatchRequestEntry::builder().id(i.to_string()).message_body(body).build()
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| PortError::permanent("sqs", e))?;
+                let out = self
+                    .client
+                    .send_message_batch()
+                    .queue_url(self.url(priority))
+                    .set_entries(Some(entries))
+                    .send()
+                    .await
+                    .map_err(|e| sdk_error("sqs", e))?;
+                if let Some(failed) = out.failed().first() {
+                    let message =
+                        format!("{} of {} messages refused: {}", out.failed().len(), chunk.len(), failed.code());
+                    return Err(if failed.sender_fault() {
+                        PortError::permanent("sqs", message)
+                    } else {
+                        PortError::unavailable("sqs", message)
+                    });
+                }
+            }
+        }
         Ok(())
     }
 
@@ -163,7 +199,8 @@ impl SqsJobSource {
 #[async_trait]
 impl JobSource for SqsJobSource {
     async fn receive(&self, priority: Priority, max: usize, wait: Duration) -> Result<Vec<Delivery>, PortError> {
-        let consumer = SqsConsumer { client: self.queues.client.clone(), queue_url: self.queues.url(priority).to_owned() };
+        let consumer =
+            SqsConsumer { client: self.queues.client.clone(), queue_url: self.queues.url(priority).to_owned() };
         let received = consumer.receive(max.clamp(1, 10) as i32, wait.as_secs().min(20) as i32).await?;
         Ok(received
             .into_iter()
@@ -204,7 +241,12 @@ impl JobSource for SqsJobSource {
             .collect())
     }
 
-    async fn set_visibility(&self, priority: Priority, receipt_handles: &[String], visibility: Duration) -> Result<(), PortError> {
+    async fn set_visibility(
+        &self,
+        priority: Priority,
+        receipt_handles: &[String],
+        visibility: Duration,
+    ) -> Result<(), PortError> {
         if receipt_handles.is_empty() {
             return Ok(());
         }

@@ -373,13 +373,7 @@ pub struct InMemoryJobSource {
 
 impl InMemoryJobSource {
     pub fn new(visibility: Duration, max_receive: u32) -> Self {
-        Self {
-            queues: Mutex::default(),
-            dlq: Mutex::default(),
-            visibility,
-            max_receive,
-            next: AtomicI64::new(0),
-        }
+        Self { queues: Mutex::default(), dlq: Mutex::default(), visibility, max_receive, next: AtomicI64::new(0) }
     }
 
     pub fn push(&self, priority: Priority, body: impl Into<String>) {
@@ -466,7 +460,12 @@ impl JobSource for InMemoryJobSource {
         Ok(failed)
     }
 
-    async fn set_visibility(&self, priority: Priority, receipt_handles: &[String], visibility: Duration) -> Result<(), PortError> {
+    async fn set_visibility(
+        &self,
+        priority: Priority,
+        receipt_handles: &[String],
+        visibility: Duration,
+    ) -> Result<(), PortError> {
         let mut queues = self.queues.lock().unwrap();
         let now = std::time::Instant::now();
         for m in queues.entry(priority).or_default().iter_mut() {

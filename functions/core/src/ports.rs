@@ -130,6 +130,16 @@ pub trait JobQueue: Send + Sync {
     /// Sends the message to the queue of its priority.
     async fn send(&self, message: &JobMessage) -> Result<(), PortError>;
 
+    /// Sends several messages, each to the queue of its priority (batched where the queue
+    /// allows). All or nothing from the caller's view: an error means some may be sent,
+    /// and sending again is safe because consumers are idempotent.
+    async fn send_batch(&self, messages: &[JobMessage]) -> Result<(), PortError> {
+        for m in messages {
+            self.send(m).await?;
+        }
+        Ok(())
+    }
+
     /// Approximate number of messages waiting (visible) on the queue of this priority.
     async fn depth(&self, priority: Priority) -> Result<u64, PortError>;
 }

@@ -33,7 +33,12 @@ pub trait JobSource: Send + Sync {
 
     /// Sets the visibility of delivered messages (up to 10 per call): extend to keep
     /// them while working, or 0 to hand them back at once.
-    async fn set_visibility(&self, priority: Priority, receipt_handles: &[String], visibility: Duration) -> Result<(), PortError>;
+    async fn set_visibility(
+        &self,
+        priority: Priority,
+        receipt_handles: &[String],
+        visibility: Duration,
+    ) -> Result<(), PortError>;
 }
 
 /// What the worker needs to know of a job it took.

@@ -78,3 +78,30 @@ pub async fn run(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use ocr_core::fakes::InMemoryJobSource;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn held_messages_stay_invisible_past_their_timeout() {
+        let visibility = Duration::from_millis(200);
+        let source = Arc::new(InMemoryJobSource::new(visibility, 3));
+        source.push(Priority::Bulk, "held");
+        source.push(Priority::Bulk, "released");
+        let got = source.receive(Priority::Bulk, 10, Duration::ZERO).await.unwrap();
+        assert_eq!(got.len(), 2);
+        let in_flight = InFlight::default();
+        in_flight.add(Priority::Bulk, &got[0].receipt_handle);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let beat = tokio::spawn(run(source.clone(), in_flight.clone(), visibility, stop_rx));
+        // Three timeouts later only the message nobody holds has come back.
+        tokio::time::sleep(visibility * 3).await;
+        let again = source.receive(Priority::Bulk, 10, Duration::ZERO).await.unwrap();
+        assert_eq!(again.iter().map(|d| d.body.as_str()).collect::<Vec<_>>(), ["released"]);
+        stop_tx.send(true).unwrap();
+        beat.await.unwrap();
+    }
+}

@@ -273,6 +273,10 @@ mod tests {
     }
 
     fn webhooks(connector: Arc<RecordingConnector>, allow: &str) -> Webhooks {
+        webhooks_with(connector, allow, Arc::new(InMemoryJobStore::default()))
+    }
+
+    fn webhooks_with(connector: Arc<RecordingConnector>, allow: &str, store: Arc<InMemoryJobStore>) -> Webhooks {
         let mut table = HashMap::new();
         let public: SocketAddr = "93.184.216.34:443".parse().unwrap();
         table.insert("public.example".to_owned(), vec![public]);
@@ -284,7 +288,7 @@ mod tests {
             policy: Policy::new(allow),
             resolver: Arc::new(TableResolver(table)),
             connector,
-            store: Arc::new(InMemoryJobStore::default()),
+            store,
             metrics: Metrics::new(),
             secret: b"s3cret".to_vec(),
             max_attempts: 3,
@@ -300,8 +304,9 @@ mod tests {
     #[tokio::test]
     async fn refused_targets_are_never_connected() {
         let connector = Arc::new(RecordingConnector::default());
-        let w = webhooks(connector.clone(), "");
-        for url in [
+        let store = Arc::new(InMemoryJobStore::default());
+        let w = webhooks_with(connector.clone(), "", store.clone());
+        let urls = [
             "http://127.0.0.1/hook",
             "http://localhost/hook",
             "http://10.1.2.3/hook",
@@ -317,12 +322,16 @@ mod tests {
             "http://0.0.0.0/hook",
             "ftp://public.example/hook",
             "https://unknown.example/hook",
-        ] {
+        ];
+        for url in urls {
             let record = w.deliver(&note(url)).await;
             assert_eq!(record.outcome, "refused", "{url}: {record:?}");
             assert_eq!(record.attempts, 0);
         }
         assert!(connector.calls.lock().unwrap().is_empty(), "the connector must never be called");
+        let recorded = store.webhooks();
+        assert_eq!(recorded.len(), urls.len(), "every refusal is recorded");
+        assert!(recorded.iter().all(|r| r.outcome == "refused" && r.error.is_some()));
     }
 
     #[tokio::test]
