@@ -1,5 +1,7 @@
 //! The HTTP API: one axum Router for Lambda and for a local TCP port.
 
+use std::time::Duration;
+
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
@@ -8,6 +10,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use ocr_core::job::Idempotency;
+use ocr_core::ports::StatusChange;
 use ocr_core::{ContentType, Job, JobId, JobStatus, NewJob, PortError, Priority};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -328,11 +331,21 @@ async fn create(
     }
 }
 
-/// The job with a fresh presigned URL for its upload.
+/// When a job's upload window closes: one URL lifetime after its creation. A replayed
+/// request gets a URL for what is left of that window, never a new one.
+fn upload_deadline_ms(state: &AppState, job: &Job) -> i64 {
+    job.created_at_ms + state.limits.presign_expiry.as_millis() as i64
+}
+
+/// The job with a presigned URL for its upload, valid until the upload window closes.
 async fn upload_view(state: &AppState, job: &Job) -> Result<JobView, ApiError> {
+    let left_ms = upload_deadline_ms(state, job) - state.clock.now_ms();
+    if left_ms <= 0 {
+        return Ok(JobView::new(&expire_if_due(state, job.clone()).await?));
+    }
     let presigned = state
         .objects
-        .presign_put(&job.object_key(), job.content_type, job.content_length, state.limits.presign_expiry)
+        .presign_put(&job.object_key(), job.content_type, job.content_length, Duration::from_millis(left_ms as u64))
         .await
         .map_err(|e| ApiError::Unavailable(format!("presigning failed: {e}")))?;
     let mut view = JobView::new(job);
@@ -373,9 +386,22 @@ async fn owned_job(state: &AppState, caller: &Caller, id: &str) -> Result<Job, A
     }
 }
 
+/// A job still awaiting its upload after the window (plus a margin for the S3 event to
+/// arrive) is marked expired. The upload's own event may still queue it (see `upload`).
+async fn expire_if_due(state: &AppState, job: Job) -> Result<Job, ApiError> {
+    const EVENT_MARGIN_MS: i64 = 60_000;
+    let now = state.clock.now_ms();
+    if job.status != JobStatus::AwaitingUpload || now < upload_deadline_ms(state, &job) + EVENT_MARGIN_MS {
+        return Ok(job);
+    }
+    let change = StatusChange { at_ms: now, error: Some("no upload arrived before the upload URL expired".into()) };
+    state.store.set_status(&job.id, JobStatus::AwaitingUpload, JobStatus::Expired, change).await?;
+    Ok(state.store.get(&job.id).await?.unwrap_or(job))
+}
+
 /// `GET /v1/jobs/{id}`: status, times, attempts, error, and the result when there is one.
 async fn get_job(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let job = owned_job(&state, &caller, &id).await?;
+    let job = expire_if_due(&state, owned_job(&state, &caller, &id).await?).await?;
     let mut view = JobView::new(&job);
     if job.status == JobStatus::Succeeded {
         view.result = state.store.get_result(&job.id).await?;

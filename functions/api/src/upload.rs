@@ -72,7 +72,7 @@ impl UploadHandler {
             return Ok(UploadOutcome::Ignored("key does not match the job's priority".into()));
         }
         match job.status {
-            JobStatus::AwaitingUpload => {}
+            JobStatus::AwaitingUpload | JobStatus::Expired => {}
             // The message may not have reached the queue (a crash or a failed send
             // after the status changed): send it again; workers are idempotent.
             JobStatus::Queued if job.enqueued_at_ms.is_none() => {
@@ -80,7 +80,7 @@ impl UploadHandler {
                 let size = info.map_or(job.content_length, |i| i.size);
                 return self.enqueue(&job, size).await;
             }
-            JobStatus::Failed | JobStatus::Deleted | JobStatus::Expired => {
+            JobStatus::Failed | JobStatus::Deleted => {
                 // A failed or deleted job's image must not linger (deleting twice is harmless).
                 self.objects.delete(key).await?;
                 return Ok(UploadOutcome::Ignored(format!("job is {}", job.status)));
@@ -92,13 +92,11 @@ impl UploadHandler {
             return Ok(UploadOutcome::Ignored("object is gone".into()));
         };
         if let Some(reason) = self.refusal(&job.content_type, job.content_length, key, info.size).await? {
-            return self.reject(&job.id, key, reason).await;
+            return self.reject(&job.id, job.status, key, reason).await;
         }
         let now = self.clock.now_ms();
-        let won = self
-            .store
-            .set_status(&id, JobStatus::AwaitingUpload, JobStatus::Queued, StatusChange { at_ms: now, error: None })
-            .await?;
+        let won =
+            self.store.set_status(&id, job.status, JobStatus::Queued, StatusChange { at_ms: now, error: None }).await?;
         if !won {
             return Ok(UploadOutcome::Ignored("another handler took this upload".into()));
         }
@@ -125,11 +123,11 @@ impl UploadHandler {
         Ok(check_shape(*declared, size, &head, &tail).err().map(|e| e.to_string()))
     }
 
-    async fn reject(&self, id: &JobId, key: &str, reason: String) -> Result<UploadOutcome, PortError> {
+    async fn reject(&self, id: &JobId, from: JobStatus, key: &str, reason: String) -> Result<UploadOutcome, PortError> {
         let change = StatusChange { at_ms: self.clock.now_ms(), error: Some(reason.clone()) };
         // Failed first, then the object: a crash in between leaves a failed job whose
         // repeated event deletes the object (see the Failed arm above).
-        self.store.set_status(id, JobStatus::AwaitingUpload, JobStatus::Failed, change).await?;
+        self.store.set_status(id, from, JobStatus::Failed, change).await?;
         self.objects.delete(key).await?;
         tracing::warn!(%reason, "upload rejected");
         Ok(UploadOutcome::Rejected { job_id: *id, reason })

@@ -19,6 +19,7 @@ const ALICE: &str = "alice-token-0123456789";
 const BOB: &str = "bob-token-0123456789ab";
 
 struct Harness {
+    clock: Arc<ManualClock>,
     store: Arc<InMemoryJobStore>,
     objects: Arc<InMemoryObjectStore>,
     queue: Arc<InMemoryJobQueue>,
@@ -31,15 +32,9 @@ fn harness() -> Harness {
     let queue = Arc::new(InMemoryJobQueue::default());
     let auth = Authenticator::from_static_tokens(&format!("{ALICE}:alice,{BOB}:bob")).unwrap();
     let limits = Limits { queue_depth_limit: 100, queue_depth_refresh: std::time::Duration::ZERO, ..Limits::default() };
-    let state = AppState::new(
-        store.clone(),
-        objects.clone(),
-        queue.clone(),
-        Arc::new(ManualClock::new(1_700_000_000_000)),
-        auth,
-        limits,
-    );
-    Harness { store, objects, queue, state }
+    let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+    let state = AppState::new(store.clone(), objects.clone(), queue.clone(), clock.clone(), auth, limits);
+    Harness { clock, store, objects, queue, state }
 }
 
 impl Harness {
@@ -424,4 +419,45 @@ async fn unknown_keys_and_jobs_are_acknowledged() {
         assert!(matches!(handler.handle_object(key).await.unwrap(), UploadOutcome::Ignored(_)), "{key}");
     }
     assert!(h.queue.messages(Priority::Bulk).is_empty());
+}
+
+#[tokio::test]
+async fn an_upload_never_made_expires_but_a_late_event_still_counts() {
+    let h = harness();
+    let bytes = png_bytes();
+    let body = json!({"content_type": "image/png", "content_length": bytes.len()}).to_string();
+    let mut request = post_json(Some(ALICE), &body);
+    request.headers_mut().insert("idempotency-key", "late-1".parse().unwrap());
+    let (_, _, created) = h.call(request).await;
+    let id = created["job_id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/jobs/{id}");
+
+    // Within the window the job waits; a replay's URL ends when the first one does.
+    h.clock.advance(std::time::Duration::from_secs(600));
+    let (_, _, json) = h.call(get(ALICE, &path)).await;
+    assert_eq!(json["status"], "awaiting_upload");
+    let mut replay = post_json(Some(ALICE), &body);
+    replay.headers_mut().insert("idempotency-key", "late-1".parse().unwrap());
+    let (_, _, replayed) = h.call(replay).await;
+    assert!(replayed["upload"]["url"].as_str().unwrap().contains("expires=300"), "{replayed}");
+
+    // After the window and the margin for the S3 event: expired, no upload URL any more.
+    h.clock.advance(std::time::Duration::from_secs(400));
+    let (_, _, json) = h.call(get(ALICE, &path)).await;
+    assert_eq!(json["status"], "expired");
+    assert!(json["error"].as_str().unwrap().contains("no upload"));
+    let mut replay = post_json(Some(ALICE), &body);
+    replay.headers_mut().insert("idempotency-key", "late-1".parse().unwrap());
+    let (status, _, replayed) = h.call(replay).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(replayed["status"], "expired");
+    assert!(replayed.get("upload").is_none());
+
+    // S3 only accepts a PUT while the URL is valid, so an object that exists was uploaded in
+    // time: its late event queues the job.
+    let key = format!("uploads/bulk/{id}");
+    h.objects.insert(&key, ContentType::Png, bytes);
+    let job_id: JobId = id.parse().unwrap();
+    assert_eq!(h.uploads().handle_object(&key).await.unwrap(), UploadOutcome::Enqueued(job_id));
+    assert_eq!(h.store.get(&job_id).await.unwrap().unwrap().status, JobStatus::Queued);
 }

@@ -52,8 +52,9 @@ impl FromStr for Priority {
 /// awaiting_upload ─▶ queued ─▶ processing ─▶ succeeded
 ///        │             │           │  ▲
 ///        │             │           └──┘ (redelivered after a crash)
-///        ├─▶ expired   └───────────┴──▶ failed
-///        └─▶ failed (bad upload)
+///        ├─▶ expired ─┐└───────────┴──▶ failed
+///        └─▶ failed (bad upload)   expired ─▶ queued | failed: an upload made in time whose
+///                                  event arrived after the job was shown as expired
 /// any ─▶ deleted (by its owner)
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -64,7 +65,7 @@ pub enum JobStatus {
     Processing,
     Succeeded,
     Failed,
-    /// The upload was never made before the URL and the object's lifetime ran out.
+    /// No upload arrived within the upload URL's lifetime.
     Expired,
     /// The owner deleted the job; its image and result are gone.
     Deleted,
@@ -96,6 +97,9 @@ impl JobStatus {
             (Deleted, _) => false,
             (_, Deleted) => true,
             (AwaitingUpload, Queued | Failed | Expired) => true,
+            // S3 refuses a PUT after the URL expired, so an object that exists was uploaded
+            // in time: its late event still queues it.
+            (Expired, Queued | Failed) => true,
             (Queued, Processing | Succeeded | Failed) => true,
             // A worker that died leaves the job processing; the next one takes it again.
             (Processing, Processing | Succeeded | Failed) => true,
@@ -256,7 +260,7 @@ mod tests {
             (Succeeded, Failed),
             (Failed, Queued),
             (Queued, AwaitingUpload),
-            (Expired, Queued),
+            (Expired, Processing),
             (Deleted, Deleted),
             (Deleted, Queued),
             (AwaitingUpload, Succeeded),
