@@ -250,10 +250,13 @@ mod tests {
         }
     }
 
+    /// One call a [`RecordingConnector`] saw: URL, address, headers.
+    type Call = (String, SocketAddr, Vec<(String, String)>);
+
     /// Records calls instead of making them; answers with a scripted status.
     #[derive(Default)]
     struct RecordingConnector {
-        calls: Mutex<Vec<(String, SocketAddr, Vec<(String, String)>)>>,
+        calls: Mutex<Vec<Call>>,
         statuses: Mutex<Vec<u16>>,
     }
 
