@@ -89,9 +89,12 @@ fi
 
 init_smoke() {
     # Create a throw-away resource set twice (idempotence), then delete it.
-    local prefix="ci-smoke-$$"
+    local prefix="ci-smoke-$$" out
+    # The output is captured first: `grep -q` on a pipe would exit at the first match and the
+    # writer's broken pipe would fail the step under pipefail.
     "$LOCALSTACK_PYTHON" "$LOCALSTACK_INIT" --prefix "$prefix" >/dev/null &&
-        "$LOCALSTACK_PYTHON" "$LOCALSTACK_INIT" --prefix "$prefix" | grep -q "^UPLOAD_BUCKET=$prefix-uploads$" &&
+        out=$("$LOCALSTACK_PYTHON" "$LOCALSTACK_INIT" --prefix "$prefix") &&
+        grep -q "^UPLOAD_BUCKET=$prefix-uploads$" <<<"$out" &&
         "$LOCALSTACK_PYTHON" "$LOCALSTACK_INIT" --prefix "$prefix" --delete
 }
 
