@@ -411,6 +411,28 @@ impl Engine {
         Ok(Prepared { width, height, rotation, quads, crops })
     }
 
+    /// Runs every model once per input shape it will commonly see: the detector on a page and
+    /// the recogniser on each padded width up to `max_width`, in batches as large as the
+    /// settings allow. On GPU this moves cuDNN's per-shape algorithm search (up to ~1 s per
+    /// shape with `exhaustive`) to start-up; pair it with a coarse `rec_width_step`.
+    pub fn warm_up(&self, max_width: u32) -> Result<()> {
+        let page = RgbImage::from_pixel(640, 480, image::Rgb([255, 255, 255]));
+        let mut times = StageTimes::default();
+        self.prepare(&page, &mut times)?;
+        let step = self.opts.rec_width_step.max(1);
+        let h = self.rec_spec.height;
+        let mut w = self.rec_spec.min_width.div_ceil(step) * step;
+        while w <= max_width.min(self.rec_spec.max_width) {
+            let n = (self.opts.rec_batch_width / w).clamp(1, self.opts.rec_batch as u32) as usize;
+            let crop = RgbImage::from_pixel(w, h, image::Rgb([255, 255, 255]));
+            let crops: Vec<&RgbImage> = vec![&crop; n];
+            let input = crate::recognition::pack_batch(&crops, h, w);
+            self.rec.run(input.view())?;
+            w += step;
+        }
+        Ok(())
+    }
+
     fn page_rotation(&self, img: &RgbImage) -> Result<Rotation> {
         let Some((model, spec)) = &self.orientation else {
             return Ok(Rotation::R0);

@@ -101,6 +101,7 @@ fn xy_cut(items: Vec<Item>, out: &mut Vec<usize>, depth: usize) {
     let med_h = median(items.iter().map(|i| i.h).collect());
     let h_gap = widest_gap(items.iter().map(|i| (i.y0, i.y1)).collect());
     let v_gap = widest_gap(items.iter().map(|i| (i.x0, i.x1)).collect()).filter(|&(w, _)| w >= 0.5 * med_h);
+    tracing::trace!(n = items.len(), depth, ?h_gap, ?v_gap, blocked = ?blocked_column_cut(&items, med_h).map(|b| (b.0, b.1.len(), b.2.len(), b.3.len())), "xy-cut");
     let split_v = |cut: f32| -> (Vec<Item>, Vec<Item>) { items.iter().partition(|i| (i.x0 + i.x1) / 2.0 < cut) };
     let split_h = |cut: f32| -> (Vec<Item>, Vec<Item>) { items.iter().partition(|i| (i.y0 + i.y1) / 2.0 < cut) };
     if let Some((vw, vcut)) = v_gap {
@@ -112,6 +113,17 @@ fn xy_cut(items: Vec<Item>, out: &mut Vec<usize>, depth: usize) {
             return;
         }
     }
+    if v_gap.is_none()
+        && let Some((vw, l, r, straddling)) = blocked_column_cut(&items, med_h)
+        && h_gap.is_none_or(|(hw, _)| vw > hw)
+    {
+        // Two prose columns whose gutter is crossed by a few boxes (a caption or a figure label
+        // set across it): read the columns, then the crossing boxes.
+        xy_cut(l, out, depth + 1);
+        xy_cut(r, out, depth + 1);
+        leaf_order(straddling, out);
+        return;
+    }
     if let Some((_, hcut)) = h_gap {
         let (t, b) = split_h(hcut);
         xy_cut(t, out, depth + 1);
@@ -119,6 +131,50 @@ fn xy_cut(items: Vec<Item>, out: &mut Vec<usize>, depth: usize) {
         return;
     }
     leaf_order(items, out);
+}
+
+/// A vertical cut through the middle 60% of the region crossed by at most 10% of the boxes (at
+/// least one), with prose columns on both sides, each at least half the region's height.
+/// Returns `(gutter width, left, right, crossing boxes)`.
+#[allow(clippy::type_complexity)]
+fn blocked_column_cut(items: &[Item], med_h: f32) -> Option<(f32, Vec<Item>, Vec<Item>, Vec<Item>)> {
+    if items.len() < 8 {
+        return None;
+    }
+    let x_min = items.iter().map(|i| i.x0).fold(f32::MAX, f32::min);
+    let x_max = items.iter().map(|i| i.x1).fold(f32::MIN, f32::max);
+    let y_min = items.iter().map(|i| i.y0).fold(f32::MAX, f32::min);
+    let y_max = items.iter().map(|i| i.y1).fold(f32::MIN, f32::max);
+    let width = x_max - x_min;
+    let allowed = ((items.len() as f32 * 0.1) as usize).max(1);
+    let mut best: Option<(usize, f32)> = None;
+    for k in 20..=80 {
+        let x = x_min + width * k as f32 / 100.0;
+        let cover = items.iter().filter(|i| i.x0 < x && i.x1 > x).count();
+        if cover <= allowed && best.is_none_or(|(c, _)| cover < c) {
+            best = Some((cover, x));
+        }
+    }
+    let (_, x) = best?;
+    let (mut l, mut r, mut s) = (Vec::new(), Vec::new(), Vec::new());
+    for i in items {
+        if i.x1 <= x {
+            l.push(*i);
+        } else if i.x0 >= x {
+            r.push(*i);
+        } else {
+            s.push(*i);
+        }
+    }
+    let gutter = r.iter().map(|i| i.x0).fold(f32::MAX, f32::min) - l.iter().map(|i| i.x1).fold(f32::MIN, f32::max);
+    let tall = |v: &[Item]| {
+        let top = v.iter().map(|i| i.y0).fold(f32::MAX, f32::min);
+        let bottom = v.iter().map(|i| i.y1).fold(f32::MIN, f32::max);
+        bottom - top >= 0.5 * (y_max - y_min)
+    };
+    let prose = |v: &[Item]| median(v.iter().map(|i| i.aspect).collect()) >= 6.0;
+    (l.len() >= 3 && r.len() >= 3 && gutter >= 0.5 * med_h && tall(&l) && tall(&r) && prose(&l) && prose(&r))
+        .then_some((gutter, l, r, s))
 }
 
 /// Overlapping boxes with no clean cut: cluster into rows by vertical centre, then left to right.
@@ -171,6 +227,21 @@ mod tests {
             q.push(rect(520.0, y, 1000.0, y + 40.0));
         }
         assert_eq!(reading_order(&q), vec![0, 1, 2, 3, 4, 5, 6, 7, 8]);
+    }
+
+    #[test]
+    fn a_caption_across_the_gutter_does_not_merge_columns() {
+        let mut q = Vec::new();
+        for r in 0..6 {
+            let y = r as f32 * 40.0;
+            q.push(rect(0.0, y, 480.0, y + 40.0));
+        }
+        for r in 0..6 {
+            let y = r as f32 * 40.0;
+            q.push(rect(520.0, y, 1000.0, y + 40.0));
+        }
+        q.push(rect(400.0, 100.0, 600.0, 130.0)); // caption over the gutter
+        assert_eq!(reading_order(&q), vec![0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
     }
 
     #[test]
