@@ -101,7 +101,6 @@ fn xy_cut(items: Vec<Item>, out: &mut Vec<usize>, depth: usize) {
     let med_h = median(items.iter().map(|i| i.h).collect());
     let h_gap = widest_gap(items.iter().map(|i| (i.y0, i.y1)).collect());
     let v_gap = widest_gap(items.iter().map(|i| (i.x0, i.x1)).collect()).filter(|&(w, _)| w >= 0.5 * med_h);
-    tracing::trace!(n = items.len(), depth, ?h_gap, ?v_gap, blocked = ?blocked_column_cut(&items, med_h).map(|b| (b.0, b.1.len(), b.2.len(), b.3.len())), "xy-cut");
     let split_v = |cut: f32| -> (Vec<Item>, Vec<Item>) { items.iter().partition(|i| (i.x0 + i.x1) / 2.0 < cut) };
     let split_h = |cut: f32| -> (Vec<Item>, Vec<Item>) { items.iter().partition(|i| (i.y0 + i.y1) / 2.0 < cut) };
     if let Some((vw, vcut)) = v_gap {

@@ -186,7 +186,7 @@ fn eval_f1(dir: &Path, images: &[&str]) -> f64 {
     word_f1(&pred, &gt)
 }
 
-/// Word F1 on a few receipts and printed pages (set A); measured 0.96 when written.
+/// Word F1 on a few receipts and printed pages (set A); measured 0.935 when written.
 #[test]
 fn eval_set_a_does_not_regress() {
     let Some(engine) = engine() else { return };
@@ -197,10 +197,10 @@ fn eval_set_a_does_not_regress() {
         &["A/images/sroie_000.jpg", "A/images/sroie_100.jpg", "A/images/sroie_300.jpg", "A/images/tess_phototest.png"],
     );
     eprintln!("set A sample word F1 {f1:.3}");
-    assert!(f1 >= 0.92, "set A word F1 regressed: {f1:.3}");
+    assert!(f1 >= 0.91, "set A word F1 regressed: {f1:.3}");
 }
 
-/// Word F1 on a few scene-text photos (set B); measured 0.66 when written.
+/// Word F1 on a few scene-text photos (set B); measured 0.82 when written.
 #[test]
 fn eval_set_b_does_not_regress() {
     let Some(engine) = engine() else { return };
@@ -216,7 +216,7 @@ fn eval_set_b_does_not_regress() {
         ],
     );
     eprintln!("set B sample word F1 {f1:.3}");
-    assert!(f1 >= 0.5, "set B word F1 regressed: {f1:.3}");
+    assert!(f1 >= 0.75, "set B word F1 regressed: {f1:.3}");
 }
 
 /// A receipt photographed sideways or upside down reads about as well as upright.

@@ -111,7 +111,15 @@ struct Args {
     files: Vec<PathBuf>,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() {
+    // Print the error chain plainly (no backtrace) and exit 1: this is a user-facing tool.
+    if let Err(e) = run() {
+        eprintln!("ocr: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
