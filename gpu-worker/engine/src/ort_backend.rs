@@ -189,16 +189,33 @@ fn register_provider(
                 .error_on_failure()])
             .map_err(|e| EngineError::Config(format!("CPU execution provider: {e}"))),
         #[cfg(feature = "cuda")]
-        Provider::Cuda => b
-            .with_execution_providers([cuda_ep(settings).build().error_on_failure()])
-            .map_err(|e| EngineError::Config(format!("CUDA execution provider unavailable: {e}"))),
+        Provider::Cuda => {
+            use ort::ep::ExecutionProvider;
+            // A CPU-only libonnxruntime would otherwise log and silently run on CPU.
+            if !ort::ep::CUDA::is_available().unwrap_or(false) {
+                return Err(EngineError::Config(format!(
+                    "OCR_PROVIDER=cuda but {} has no CUDA execution provider (use onnxruntime-gpu's library)",
+                    settings.dylib_path.display()
+                )));
+            }
+            b.with_execution_providers([cuda_ep(settings).build().error_on_failure()])
+                .map_err(|e| EngineError::Config(format!("CUDA execution provider unavailable: {e}")))
+        }
         #[cfg(feature = "tensorrt")]
-        Provider::Tensorrt => b
-            .with_execution_providers([
+        Provider::Tensorrt => {
+            use ort::ep::ExecutionProvider;
+            if !ort::ep::TensorRT::is_available().unwrap_or(false) || !ort::ep::CUDA::is_available().unwrap_or(false) {
+                return Err(EngineError::Config(format!(
+                    "OCR_PROVIDER=tensorrt but {} lacks the TensorRT/CUDA execution providers",
+                    settings.dylib_path.display()
+                )));
+            }
+            b.with_execution_providers([
                 ort::ep::TensorRT::default().with_device_id(settings.device_id).build().error_on_failure(),
                 cuda_ep(settings).build().error_on_failure(),
             ])
-            .map_err(|e| EngineError::Config(format!("TensorRT execution provider unavailable: {e}"))),
+            .map_err(|e| EngineError::Config(format!("TensorRT execution provider unavailable: {e}")))
+        }
         #[allow(unreachable_patterns)]
         other => Err(EngineError::Config(format!(
             "provider {other:?} requested but this build lacks its cargo feature (build with --features {})",
