@@ -91,6 +91,35 @@ mod tests {
         assert!(decode_image(&truncated, DEFAULT_MAX_PIXELS).is_err());
     }
 
+    /// A JPEG whose EXIF says "rotate 90° clockwise to display" (orientation 6) decodes upright.
+    #[test]
+    fn exif_orientation_is_applied() {
+        let mut img = RgbImage::from_pixel(40, 20, image::Rgb([255, 255, 255]));
+        for y in 0..8 {
+            for x in 0..8 {
+                img.put_pixel(x, y, image::Rgb([0, 0, 0])); // dark block top-left
+            }
+        }
+        let mut jpeg = Vec::new();
+        img.write_to(&mut Cursor::new(&mut jpeg), ImageFormat::Jpeg).unwrap();
+        // APP1 "Exif\0\0" + big-endian TIFF header + one IFD entry: 0x0112 SHORT 1 = 6.
+        let mut tiff = b"MM\0\x2a\0\0\0\x08".to_vec();
+        tiff.extend_from_slice(&[0, 1, 0x01, 0x12, 0, 3, 0, 0, 0, 1, 0, 6, 0, 0, 0, 0, 0, 0]);
+        let mut app1 = b"Exif\0\0".to_vec();
+        app1.extend_from_slice(&tiff);
+        let len = (app1.len() + 2) as u16;
+        let mut out = jpeg[..2].to_vec(); // SOI
+        out.extend_from_slice(&[0xFF, 0xE1]);
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(&app1);
+        out.extend_from_slice(&jpeg[2..]);
+        let up = decode_image(&out, DEFAULT_MAX_PIXELS).unwrap();
+        assert_eq!(up.dimensions(), (20, 40));
+        // Turned clockwise, the top-left block lands top-right.
+        assert!(up.get_pixel(16, 3).0[0] < 60, "{:?}", up.get_pixel(16, 3));
+        assert!(up.get_pixel(3, 3).0[0] > 200);
+    }
+
     #[test]
     fn png_bomb_header_is_refused() {
         // A PNG header that declares 100000 x 100000 pixels; only the IHDR is present.
