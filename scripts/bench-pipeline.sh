@@ -75,7 +75,7 @@ echo "$!" >"$PIDFILE"
 for ((i = 0; i < 120; i++)); do http_ok "http://$ADDR/healthz" && break; sleep 0.25; done
 http_ok "http://$ADDR/healthz" || die "api-local did not start"
 
-worker_cmd="set -a; source '$RUN_DIR/bench-pipe.env'; set +a; \
+worker_cmd="set -a; . '$RUN_DIR/bench-pipe.env'; set +a; \
 OCR_MODEL_SET=$model_set OCR_THREADS=$threads BATCH_MAX=$batch METRICS_ADDR=127.0.0.1:19100 \
 CLOUDWATCH_INTERVAL_SECS=60 RUST_LOG=warn exec '$BIN/gpu-worker' >>'$RUN_DIR/bench-pipeline-worker.log' 2>&1"
 log "engine alone, then the pipeline: $count images, model set $model_set, $threads threads, batch $batch"

@@ -62,6 +62,24 @@ def engine_alone(ocr, images, threads, batch, model_set):
     return len(images) / max(wall - startup, 1e-9), wall, startup
 
 
+def cpu_seconds(pids):
+    """user+system CPU seconds used so far by each pid and its threads (from /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for name, pid in pids.items():
+        try:
+            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            out[name] = (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, ValueError, IndexError):
+            out[name] = 0.0
+    return out
+
+
+def pids_of(*pgrep_args):
+    res = subprocess.run(["pgrep", *pgrep_args], capture_output=True, text=True).stdout.split()
+    return res[0] if res else None
+
+
 def metric(url, name):
     _, raw = http("GET", url)
     for line in raw.decode().splitlines():
@@ -110,18 +128,29 @@ def main():
                     sys.exit("worker exited during start")
                 time.sleep(0.1)
         ready_ms = int(time.time() * 1000)
+        # CPU used by the emulated cloud (LocalStack, MariaDB, the API + poller) in the window:
+        # on AWS none of it runs on the worker's machine.
+        watched = {k: v for k, v in {
+            "localstack": pids_of("-f", "localstack.runtime.main"),
+            "mariadb": pids_of("-x", "mariadbd"),
+            "api-local": pids_of("-x", "api-local"),
+            "worker": pids_of("-x", "gpu-worker"),
+        }.items() if v}
+        cpu_before = cpu_seconds(watched)
         deadline = time.time() + 3600
         while True:
             done = int(sql(args.db, "SELECT COUNT(*) FROM jobs WHERE status IN ('succeeded','failed')")[0][0])
             if done >= n or time.time() > deadline:
                 break
             time.sleep(0.5)
+        cpu_after = cpu_seconds(watched)
         busy = metric(args.metrics, "ocr_engine_busy_seconds_total")
         batches = metric(args.metrics, "ocr_batch_size_count")
         jobs_sum = metric(args.metrics, "ocr_batch_size_sum")
     finally:
-        os.killpg(worker.pid, 15)
-        worker.wait(60)
+        if worker.poll() is None:
+            os.killpg(worker.pid, 15)
+            worker.wait(60)
     rows = sql(args.db, "SELECT status, finished_at_ms, queued_at_ms FROM jobs")
     succeeded = [r for r in rows if r[0] == "succeeded"]
     results = int(sql(args.db, "SELECT COUNT(*) FROM job_results")[0][0])
@@ -140,6 +169,9 @@ def main():
     print(f"latency_p50_s: {p(0.5):.1f}")
     print(f"latency_p99_s: {p(0.99):.1f}")
     print(f"window_s: {window:.1f}")
+    for name in watched:
+        used = cpu_after[name] - cpu_before[name]
+        print(f"cpu_{name.replace('-', '_')}_cores: {used / window:.2f}")
     return 0 if len(succeeded) == n and results == n else 1
 
 
