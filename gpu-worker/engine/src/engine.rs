@@ -113,6 +113,10 @@ pub struct EngineOptions {
     pub det_thresh: Option<f32>,
     /// Override the set's narrowest recogniser input width (pixels).
     pub rec_min_width: Option<u32>,
+    /// Detector sessions for multi-image calls (CPU): 0 or 1 = one session with every thread;
+    /// N > 1 = N single-threaded sessions detecting N images at once, plus one wide session for
+    /// a lone image. Not the default: its gain could not be measured on the shared machine.
+    pub det_sessions: usize,
     /// Recogniser sessions run in parallel (0 = one single-threaded session per thread on CPU,
     /// one session on GPU).
     pub rec_sessions: usize,
@@ -131,6 +135,7 @@ impl Default for EngineOptions {
             det_limit_side_len: None,
             det_limit_type: None,
             rec_sessions: 0,
+            det_sessions: 0,
             rec_min_width: None,
             det_unclip_ratio: None,
             det_box_thresh: None,
@@ -168,6 +173,9 @@ pub struct Engine {
     orientation: Option<(Arc<dyn Model>, ClsSpec)>,
     opts: EngineOptions,
 }
+
+/// What one detection worker returns: `(image index, result)` pairs and its stage times.
+type WorkerOutput = (Vec<(usize, Result<Prepared>)>, StageTimes);
 
 /// An image that went through detection, waiting for recognition.
 struct Prepared {
@@ -254,8 +262,16 @@ impl Engine {
         if opts.line_angle && m.cls.is_none() {
             return Err(EngineError::Config(format!("model set {} has no line-angle classifier", m.name)));
         }
+        // Detection: a pool of single-threaded sessions for calls with several images, plus one
+        // session with every thread for a lone image.
+        let det_model: Arc<dyn Model> = match session.provider {
+            crate::ort_backend::Provider::Cpu if opts.det_sessions > 1 => {
+                Arc::new(OrtModel::load_pool_and_wide(&m.path(&m.det.model), session, opts.det_sessions, threads)?)
+            }
+            _ => load(&m.det.model)?,
+        };
         let models = Models {
-            det: load(&m.det.model)?,
+            det: det_model,
             det_spec: m.det.clone(),
             rec: rec_model,
             rec_spec: m.rec.clone(),
@@ -305,7 +321,39 @@ impl Engine {
     /// [`Engine::recognize`] plus per-stage times for the whole call.
     pub fn recognize_timed(&self, images: &[RgbImage]) -> (Vec<Result<Page>>, StageTimes) {
         let mut times = StageTimes::default();
-        let prepared: Vec<Result<Prepared>> = images.iter().map(|img| self.prepare(img, &mut times)).collect();
+        let workers = self.det.parallelism().min(images.len());
+        let prepared: Vec<Result<Prepared>> = if workers <= 1 {
+            images.iter().map(|img| self.prepare(img, true, &mut times)).collect()
+        } else {
+            // Images are independent: detect them in parallel on single-threaded sessions, which
+            // scales better than one session's intra-op threads.
+            let next = std::sync::atomic::AtomicUsize::new(0);
+            let mut slots: Vec<Option<Result<Prepared>>> = (0..images.len()).map(|_| None).collect();
+            let parts: Vec<WorkerOutput> = std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..workers)
+                    .map(|_| {
+                        scope.spawn(|| {
+                            let mut t = StageTimes::default();
+                            let mut mine = Vec::new();
+                            loop {
+                                let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                let Some(img) = images.get(k) else { break };
+                                mine.push((k, self.prepare(img, false, &mut t)));
+                            }
+                            (mine, t)
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().expect("detection worker panicked")).collect()
+            });
+            for (mine, t) in parts {
+                times.add(&t);
+                for (k, p) in mine {
+                    slots[k] = Some(p);
+                }
+            }
+            slots.into_iter().map(|p| p.expect("every image prepared")).collect()
+        };
         // Recognition runs once over the crops of every image, so batches fill up across pages.
         let crops: Vec<&RgbImage> =
             prepared.iter().filter_map(|p| p.as_ref().ok()).flat_map(|p| p.crops.iter()).collect();
@@ -366,7 +414,7 @@ impl Engine {
         (pages, times)
     }
 
-    fn prepare(&self, img: &RgbImage, times: &mut StageTimes) -> Result<Prepared> {
+    fn prepare(&self, img: &RgbImage, alone: bool, times: &mut StageTimes) -> Result<Prepared> {
         let (width, height) = img.dimensions();
         crate::decode::check_dimensions(width, height, self.opts.max_pixels)?;
         let t = Instant::now();
@@ -377,7 +425,7 @@ impl Engine {
 
         let t = Instant::now();
         let input = det_preprocess(upright, &self.det_spec);
-        let prob = self.det.run(input.view())?;
+        let prob = if alone { self.det.run_alone(input.view())? } else { self.det.run(input.view())? };
         times.det += t.elapsed().as_secs_f64();
 
         let t = Instant::now();
@@ -418,7 +466,7 @@ impl Engine {
     pub fn warm_up(&self, max_width: u32) -> Result<()> {
         let page = RgbImage::from_pixel(640, 480, image::Rgb([255, 255, 255]));
         let mut times = StageTimes::default();
-        self.prepare(&page, &mut times)?;
+        self.prepare(&page, true, &mut times)?;
         let step = self.opts.rec_width_step.max(1);
         let h = self.rec_spec.height;
         let mut w = self.rec_spec.min_width.div_ceil(step) * step;

@@ -17,6 +17,12 @@ pub trait Model: Send + Sync {
     /// Runs the model on one batch.
     fn run(&self, input: ArrayView4<'_, f32>) -> Result<ArrayD<f32>>;
 
+    /// Runs one input when the caller has nothing else to run in parallel; implementations may
+    /// use every thread for it.
+    fn run_alone(&self, input: ArrayView4<'_, f32>) -> Result<ArrayD<f32>> {
+        self.run(input)
+    }
+
     /// How many runs can usefully proceed at once (independent sessions); callers use up to
     /// this many threads.
     fn parallelism(&self) -> usize {

@@ -92,11 +92,13 @@ pub fn check_dylib(path: Option<&Path>) -> Result<PathBuf> {
     }
 }
 
-/// One ONNX model in one session. Runs are serialised by a mutex (ONNX Runtime sessions need
-/// `&mut` in `ort`); parallelism comes from the intra-op thread pool.
+/// One ONNX model in one or more sessions. Each session serialises its runs with a mutex (ONNX
+/// Runtime sessions need `&mut` in `ort`); several sessions let independent inputs run at once.
 pub struct OrtModel {
     /// Independent sessions of the same model; each run takes a free one.
     sessions: Vec<Mutex<Session>>,
+    /// Optional extra session with many intra-op threads, for runs made while nothing else runs.
+    wide: Option<Mutex<Session>>,
     input: String,
     name: String,
 }
@@ -129,7 +131,32 @@ impl OrtModel {
             sessions.push(Mutex::new(s));
             input = i;
         }
-        Ok(Self { sessions, input, name: path.display().to_string() })
+        Ok(Self { sessions, wide: None, input, name: path.display().to_string() })
+    }
+
+    /// [`OrtModel::load_pool`] with single-threaded pool sessions plus one session with
+    /// `wide_threads` intra-op threads that [`Model::run_alone`] uses: independent images run in
+    /// parallel on the pool, a lone image still gets every thread.
+    pub fn load_pool_and_wide(
+        path: &Path,
+        settings: &SessionSettings,
+        copies: usize,
+        wide_threads: usize,
+    ) -> Result<Self> {
+        let mut m = Self::load_pool(path, settings, copies, 1)?;
+        m.wide = Some(Mutex::new(Self::session(path, settings, wide_threads)?.0));
+        Ok(m)
+    }
+
+    fn run_on(&self, session: &mut Session, input: ArrayView4<'_, f32>) -> Result<ArrayD<f32>> {
+        let tensor = TensorRef::from_array_view(input)
+            .map_err(|e| EngineError::Inference(format!("{}: input: {e}", self.name)))?;
+        let outputs = session
+            .run(ort::inputs![self.input.as_str() => tensor])
+            .map_err(|e| EngineError::Inference(format!("{}: {e}", self.name)))?;
+        let arr =
+            outputs[0].try_extract_array::<f32>().map_err(|e| EngineError::BadOutput(format!("{}: {e}", self.name)))?;
+        Ok(arr.to_owned())
     }
 
     fn session(path: &Path, settings: &SessionSettings, intra_threads: usize) -> Result<(Session, String)> {
@@ -229,8 +256,6 @@ fn register_provider(
 
 impl Model for OrtModel {
     fn run(&self, input: ArrayView4<'_, f32>) -> Result<ArrayD<f32>> {
-        let tensor = TensorRef::from_array_view(input)
-            .map_err(|e| EngineError::Inference(format!("{}: input: {e}", self.name)))?;
         // Take the first idle session; if all are busy, wait for the first one.
         let mut session = match self.sessions.iter().find_map(|m| m.try_lock().ok()) {
             Some(s) => s,
@@ -238,12 +263,17 @@ impl Model for OrtModel {
                 .lock()
                 .map_err(|_| EngineError::Inference(format!("{}: session poisoned", self.name)))?,
         };
-        let outputs = session
-            .run(ort::inputs![self.input.as_str() => tensor])
-            .map_err(|e| EngineError::Inference(format!("{}: {e}", self.name)))?;
-        let arr =
-            outputs[0].try_extract_array::<f32>().map_err(|e| EngineError::BadOutput(format!("{}: {e}", self.name)))?;
-        Ok(arr.to_owned())
+        self.run_on(&mut session, input)
+    }
+
+    fn run_alone(&self, input: ArrayView4<'_, f32>) -> Result<ArrayD<f32>> {
+        match &self.wide {
+            Some(w) => {
+                let mut s = w.lock().map_err(|_| EngineError::Inference(format!("{}: session poisoned", self.name)))?;
+                self.run_on(&mut s, input)
+            }
+            None => self.run(input),
+        }
     }
 
     fn parallelism(&self) -> usize {

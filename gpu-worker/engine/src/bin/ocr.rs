@@ -79,6 +79,9 @@ struct Args {
     /// Override the detector's pixel threshold.
     #[arg(long, env = "OCR_DET_THRESH")]
     det_thresh: Option<f32>,
+    /// Detector sessions detecting images in parallel (0/1 = one session using every thread).
+    #[arg(long, env = "OCR_DET_SESSIONS", default_value_t = 0)]
+    det_sessions: usize,
     /// Override the narrowest recogniser input width (pixels).
     #[arg(long, env = "OCR_REC_MIN_WIDTH")]
     rec_min_width: Option<u32>,
@@ -144,6 +147,7 @@ fn run() -> anyhow::Result<()> {
         min_confidence: args.min_confidence,
         max_pixels: args.max_pixels,
         rec_sessions: args.rec_sessions,
+        det_sessions: args.det_sessions,
         rec_min_width: args.rec_min_width,
         det_unclip_ratio: args.det_unclip_ratio,
         det_box_thresh: args.det_box_thresh,
