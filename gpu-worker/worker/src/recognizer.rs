@@ -2,7 +2,7 @@
 
 use image::RgbImage;
 use ocr_core::{OcrLine, OcrResult};
-use ocr_engine::{Engine, EngineError, EngineOptions, SessionSettings};
+use ocr_engine::{Engine, EngineError, EngineOptions, Provider, SessionSettings};
 
 use crate::config::EngineArgs;
 
@@ -33,8 +33,9 @@ pub struct EngineRecognizer {
 }
 
 impl EngineRecognizer {
-    /// Loads the model set and runs one warm-up call so the first batch does not pay
-    /// for ONNX Runtime's lazy initialisation (and, on GPU, the first shapes' searches).
+    /// Loads the model set and warms it up so the first batch does not pay for ONNX
+    /// Runtime's lazy initialisation: on GPU every recogniser width once (cuDNN searches
+    /// algorithms per input shape), on CPU one small page.
     pub fn load(args: &EngineArgs) -> Result<Self, EngineError> {
         let dylib = args.ort_dylib_path.clone().ok_or_else(|| {
             EngineError::Config("ORT_DYLIB_PATH is not set (scripts/fetch-models.sh --print-env gives it)".into())
@@ -55,10 +56,12 @@ impl EngineRecognizer {
             ..EngineOptions::default()
         };
         let engine = Engine::load(&args.model_dir, &args.model_set, &session, options)?;
-        let mut recognizer = EngineRecognizer { engine };
-        let warm = RgbImage::from_pixel(320, 96, image::Rgb([255, 255, 255]));
-        let _ = recognizer.recognize(&[warm]);
-        Ok(recognizer)
+        if args.provider == Provider::Cpu {
+            let _ = engine.recognize(&[RgbImage::from_pixel(320, 96, image::Rgb([255, 255, 255]))]);
+        } else {
+            engine.warm_up(u32::MAX)?;
+        }
+        Ok(EngineRecognizer { engine })
     }
 }
 
