@@ -13,6 +13,7 @@ import argparse
 import concurrent.futures
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -50,16 +51,22 @@ def upload(api, token, path, i):
     return job["job_id"]
 
 
+def children_cpu():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def engine_alone(ocr, images, threads, batch, model_set):
+    """images/s and CPU seconds of the CLI on the images, minus its own start-up (1 image)."""
     env = dict(os.environ, OCR_MODEL_SET=model_set)
     args = [ocr, "--format", "json", "--threads", str(threads), "--batch", str(batch)]
-    t = time.perf_counter()
+    t, c = time.perf_counter(), children_cpu()
     subprocess.run(args + [str(images[0])], env=env, check=True, capture_output=True)
-    startup = time.perf_counter() - t
-    t = time.perf_counter()
+    startup, startup_cpu = time.perf_counter() - t, children_cpu() - c
+    t, c = time.perf_counter(), children_cpu()
     subprocess.run(args + [str(p) for p in images], env=env, check=True, capture_output=True)
-    wall = time.perf_counter() - t
-    return len(images) / max(wall - startup, 1e-9), wall, startup
+    wall, cpu = time.perf_counter() - t, children_cpu() - c
+    return len(images) / max(wall - startup, 1e-9), wall, startup, max(cpu - startup_cpu, 1e-9)
 
 
 def cpu_seconds(pids):
@@ -104,8 +111,10 @@ def main():
     images = sorted(p for p in Path(args.images).iterdir() if p.suffix in TYPES)
     n = len(images)
 
-    rate_alone, wall_alone, startup = engine_alone(args.ocr, images, args.threads, args.batch, args.model_set)
+    rate_alone, wall_alone, startup, cpu_alone = engine_alone(
+        args.ocr, images, args.threads, args.batch, args.model_set)
     print(f"engine_alone_images_per_s: {rate_alone:.2f}", flush=True)
+    print(f"engine_alone_images_per_cpu_s: {n / cpu_alone:.2f}", flush=True)
     print(f"engine_alone_wall_s: {wall_alone:.1f} (CLI start-up {startup:.1f} s subtracted)", flush=True)
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
@@ -172,6 +181,12 @@ def main():
     for name in watched:
         used = cpu_after[name] - cpu_before[name]
         print(f"cpu_{name.replace('-', '_')}_cores: {used / window:.2f}")
+    # Load-independent view on a shared machine: images per CPU-second the worker process got,
+    # against the same for the engine alone (both include decoding).
+    worker_cpu = cpu_after.get("worker", 0) - cpu_before.get("worker", 0)
+    if worker_cpu > 0:
+        print(f"pipeline_images_per_worker_cpu_s: {len(succeeded) / worker_cpu:.2f}")
+        print(f"pipeline_vs_engine_alone_per_cpu_s: {(len(succeeded) / worker_cpu) / (n / cpu_alone):.3f}")
     return 0 if len(succeeded) == n and results == n else 1
 
 
