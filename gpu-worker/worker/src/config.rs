@@ -25,7 +25,8 @@ pub struct WorkerConfig {
     /// Most database connections this worker opens.
     #[arg(long, env = "DB_POOL_MAX", default_value_t = 4)]
     pub db_pool_max: usize,
-    /// Apply database migrations at start (off on AWS, where a one-shot function runs them).
+    /// Apply database migrations at start (the AWS bootstrap sets it: workers migrate under a
+    /// MySQL named lock before serving `/healthz`).
     #[arg(long, env = "DB_MIGRATE", default_value_t = false, action = clap::ArgAction::Set)]
     pub db_migrate: bool,
 
