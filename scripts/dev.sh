@@ -70,8 +70,27 @@ write_env() {
     chmod 600 "$DEV_ENV"
 }
 
+# wait_ready NAME PIDFILE LOG URL SECONDS: wait until URL answers 2xx; die with the log's tail
+# if the process exits first or SECONDS pass.
+wait_ready() {
+    local name=$1 pidfile=$2 logfile=$3 url=$4 secs=$5 i
+    for ((i = 0; i < secs * 4; i++)); do
+        if ! pid_alive "$(<"$pidfile")"; then
+            tail -n 30 "$logfile" >&2
+            rm -f "$pidfile"
+            die "$name exited during start (log above: $logfile)"
+        fi
+        if http_ok "$url"; then
+            log "$name ready (pid $(<"$pidfile"))"
+            return 0
+        fi
+        sleep 0.25
+    done
+    tail -n 30 "$logfile" >&2
+    die "$name did not answer $url within $secs s (log: $logfile)"
+}
+
 start_api() {
-    local i
     stop_group "$API_PIDFILE" api-local
     if http_ok "$API_URL/healthz"; then
         die "something else already answers on $API_URL (not started by dev.sh); stop it or set DEV_BIND_ADDR"
@@ -87,20 +106,7 @@ start_api() {
         exec setsid "$API_BIN"
     ) </dev/null >>"$API_LOG" 2>&1 &
     echo "$!" >"$API_PIDFILE"
-    for ((i = 0; i < 240; i++)); do
-        if ! pid_alive "$(<"$API_PIDFILE")"; then
-            tail -n 30 "$API_LOG" >&2
-            rm -f "$API_PIDFILE"
-            die "api-local exited during start (log above: $API_LOG)"
-        fi
-        if http_ok "$API_URL/healthz"; then
-            log "api-local ready (pid $(<"$API_PIDFILE"))"
-            return 0
-        fi
-        sleep 0.25
-    done
-    tail -n 30 "$API_LOG" >&2
-    die "api-local did not answer $API_URL/healthz within 60 s (log: $API_LOG)"
+    wait_ready api-local "$API_PIDFILE" "$API_LOG" "$API_URL/healthz" 60
 }
 
 # --- GPU worker --------------------------------------------------------------------------
@@ -111,7 +117,7 @@ WORKER_BIN="$CARGO_TARGET_DIR/debug/gpu-worker"
 WORKER_METRICS="${DEV_METRICS_ADDR:-127.0.0.1:9100}"
 
 start_worker() {
-    local i models
+    local models
     stop_group "$WORKER_PIDFILE" gpu-worker
     models=$("$ROOT/scripts/fetch-models.sh" --print-env) || die "fetching the OCR models failed"
     log "starting gpu-worker (metrics http://$WORKER_METRICS/metrics); log: ${WORKER_LOG#"$ROOT"/}"
@@ -127,20 +133,7 @@ start_worker() {
     ) </dev/null >>"$WORKER_LOG" 2>&1 &
     echo "$!" >"$WORKER_PIDFILE"
     # Ready when the metrics port answers: the models are loaded before it opens.
-    for ((i = 0; i < 480; i++)); do
-        if ! pid_alive "$(<"$WORKER_PIDFILE")"; then
-            tail -n 30 "$WORKER_LOG" >&2
-            rm -f "$WORKER_PIDFILE"
-            die "gpu-worker exited during start (log above: $WORKER_LOG)"
-        fi
-        if http_ok "http://$WORKER_METRICS/healthz"; then
-            log "gpu-worker ready (pid $(<"$WORKER_PIDFILE"))"
-            return 0
-        fi
-        sleep 0.25
-    done
-    tail -n 30 "$WORKER_LOG" >&2
-    die "gpu-worker did not become ready within 120 s (log: $WORKER_LOG)"
+    wait_ready gpu-worker "$WORKER_PIDFILE" "$WORKER_LOG" "http://$WORKER_METRICS/healthz" 120
 }
 
 stop_worker() {
