@@ -30,6 +30,23 @@ def tpl() -> dict:
 
 
 @pytest.fixture(scope="session")
+def transformed() -> dict:
+    """The template after the SAM transform, as CloudFormation receives it: the roles, policies
+    and managed policies SAM generates for the functions are visible here, not in template.yaml.
+    Offline: no AWS call (no policy names to look up), CodeUri replaced by an S3 URI."""
+    import boto3
+    from samtranslator.parser.parser import Parser
+    from samtranslator.translator.translator import Translator
+
+    tpl = load_template()
+    for r in tpl["Resources"].values():
+        if r["Type"] == "AWS::Serverless::Function":
+            r["Properties"]["CodeUri"] = "s3://bucket/key"
+    translator = Translator(None, Parser(), boto_session=boto3.session.Session(region_name="us-east-1"))
+    return translator.translate(tpl, parameter_values={}, get_managed_policy_map=lambda: {})
+
+
+@pytest.fixture(scope="session")
 def defaults(tpl) -> dict:
     return {k: p.get("Default") for k, p in tpl["Parameters"].items()}
 

@@ -39,18 +39,92 @@ def test_spot_share_mapping_covers_every_choice(tpl):
 
 
 # ------------------------------------------------------------------ security
-def test_no_wildcard_actions_and_scoped_resources(tpl):
-    for rid, st in iam_statements(tpl):
+# What Lambda needs to attach a function to the VPC; it requires Resource "*" for these.
+VPC_ENI_ACTIONS = {"ec2:CreateNetworkInterface", "ec2:DescribeNetworkInterfaces", "ec2:DescribeSubnets",
+                   "ec2:DeleteNetworkInterface", "ec2:AssignPrivateIpAddresses", "ec2:UnassignPrivateIpAddresses"}
+
+
+def actions_of(st) -> list[str]:
+    return st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
+
+
+@pytest.mark.parametrize("form", ["template", "transformed"])
+def test_no_wildcard_actions_and_scoped_resources(tpl, transformed, form):
+    # "transformed" also covers what SAM generates (policy templates such as SQSSendMessagePolicy
+    # expand to `sqs:SendMessage*`; event sources add managed policies).
+    doc = tpl if form == "template" else transformed
+    for rid, st in iam_statements(doc):
         if st.get("Effect") != "Allow":
             continue
-        actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
+        actions = actions_of(st)
         for a in actions:
             assert "*" not in a, f"{rid}: wildcard action {a}"
         res = st.get("Resource")
         res = res if isinstance(res, list) else [res]
         if "*" in res:
-            # Only actions without resource types, and then with a condition.
-            assert actions == ["cloudwatch:PutMetricData"] and st.get("Condition"), f"{rid}: {st}"
+            # Only actions without resource types: metrics (with a namespace condition) and the
+            # functions' VPC network interfaces; never a queue, bucket, secret, log or database.
+            assert (actions == ["cloudwatch:PutMetricData"] and st.get("Condition")) or \
+                set(actions) <= VPC_ENI_ACTIONS, f"{rid}: {st}"
+
+
+def test_no_managed_policies_after_the_sam_transform(tpl, transformed):
+    # SAM attaches AWSLambdaSQSQueueExecutionRole (sqs:ReceiveMessage/DeleteMessage/... on "*")
+    # to a generated role for an SQS event source, and AWSLambdaBasicExecutionRole /
+    # AWSLambdaVPCAccessExecutionRole (logs on "*") to every generated role: the functions have
+    # explicit roles instead, so no role carries a managed policy.
+    roles = {k: r for k, r in transformed["Resources"].items() if r["Type"] == "AWS::IAM::Role"}
+    assert set(roles) == {"ApiFunctionRole", "OnUploadFunctionRole", "WorkerRole", "DatabaseProxyRole"}
+    for rid, r in roles.items():
+        assert not r["Properties"].get("ManagedPolicyArns"), f"{rid}: {r['Properties'].get('ManagedPolicyArns')}"
+    for doc in (tpl, transformed):
+        assert "AWSLambdaSQSQueueExecutionRole" not in json.dumps(doc)
+
+
+def test_functions_use_their_own_explicit_roles(tpl, transformed):
+    for fn in ("ApiFunction", "OnUploadFunction"):
+        props = tpl["Resources"][fn]["Properties"]
+        assert props["Role"] == {"Fn::GetAtt": [f"{fn}Role", "Arn"]}, fn
+        assert "Policies" not in props, f"{fn}: Policies are ignored next to Role"
+        role = tpl["Resources"][f"{fn}Role"]["Properties"]
+        (st,) = role["AssumeRolePolicyDocument"]["Statement"]
+        assert st["Principal"] == {"Service": "lambda.amazonaws.com"} and st["Action"] == "sts:AssumeRole"
+        assert transformed["Resources"][fn]["Properties"]["Role"] == {"Fn::GetAtt": [f"{fn}Role", "Arn"]}
+
+
+def test_on_upload_role_is_least_privilege(tpl, transformed):
+    stmts = {st["Sid"]: st for rid, st in iam_statements(tpl) if rid == "OnUploadFunctionRole"}
+    assert set(stmts) == {"ConsumeUploadEvents", "EnqueueJobs", "ReadAndRejectUploads", "OwnLogs",
+                          "VpcNetworkInterfaces"}
+    consume = stmts["ConsumeUploadEvents"]
+    assert sorted(actions_of(consume)) == sorted(["sqs:ReceiveMessage", "sqs:DeleteMessage",
+                                                  "sqs:GetQueueAttributes", "sqs:ChangeMessageVisibility"])
+    assert consume["Resource"] == {"Fn::GetAtt": ["UploadEventsQueue", "Arn"]}
+    # ... which is the queue the function's event source mapping reads.
+    (mapping,) = [r for r in transformed["Resources"].values() if r["Type"] == "AWS::Lambda::EventSourceMapping"]
+    assert mapping["Properties"]["EventSourceArn"] == consume["Resource"]
+    assert mapping["Properties"]["FunctionName"] == {"Ref": "OnUploadFunction"}
+    assert actions_of(stmts["EnqueueJobs"]) == ["sqs:SendMessage"]
+    assert stmts["EnqueueJobs"]["Resource"] == [{"Fn::GetAtt": ["ExpressQueue", "Arn"]},
+                                                {"Fn::GetAtt": ["BulkQueue", "Arn"]}]
+    assert sorted(actions_of(stmts["ReadAndRejectUploads"])) == ["s3:DeleteObject", "s3:GetObject"]
+    assert stmts["ReadAndRejectUploads"]["Resource"] == {"Fn::Sub": "${UploadBucket.Arn}/uploads/*"}
+    assert sorted(actions_of(stmts["OwnLogs"])) == ["logs:CreateLogStream", "logs:PutLogEvents"]
+    assert stmts["OwnLogs"]["Resource"] == {"Fn::GetAtt": ["OnUploadLogGroup", "Arn"]}
+    assert set(actions_of(stmts["VpcNetworkInterfaces"])) == VPC_ENI_ACTIONS
+
+
+def test_api_role_is_least_privilege(tpl):
+    stmts = {st["Sid"]: st for rid, st in iam_statements(tpl) if rid == "ApiFunctionRole"}
+    assert set(stmts) == {"QueueDepth", "Uploads", "OwnLogs", "VpcNetworkInterfaces"}
+    # The API reads queue depth for its 503s and sends no message.
+    assert actions_of(stmts["QueueDepth"]) == ["sqs:GetQueueAttributes"]
+    assert stmts["QueueDepth"]["Resource"] == [{"Fn::GetAtt": ["ExpressQueue", "Arn"]},
+                                               {"Fn::GetAtt": ["BulkQueue", "Arn"]}]
+    assert sorted(actions_of(stmts["Uploads"])) == ["s3:DeleteObject", "s3:GetObject", "s3:PutObject"]
+    assert stmts["Uploads"]["Resource"] == {"Fn::Sub": "${UploadBucket.Arn}/uploads/*"}
+    assert stmts["OwnLogs"]["Resource"] == {"Fn::GetAtt": ["ApiLogGroup", "Arn"]}
+    assert set(actions_of(stmts["VpcNetworkInterfaces"])) == VPC_ENI_ACTIONS
 
 
 def test_worker_role_is_least_privilege(tpl):
