@@ -2,7 +2,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use ocr_core::PortError;
+use ocr_core::{PortError, RequestError};
 use serde_json::json;
 
 /// A failure answered as `{"error": {"code", "message", "retryable"}}` with a 4xx/5xx status.
@@ -76,6 +76,17 @@ impl From<PortError> for ApiError {
             PortError::NotFound => ApiError::NotFound,
             e if e.is_retryable() => ApiError::Unavailable(e.to_string()),
             e => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<RequestError> for ApiError {
+    fn from(err: RequestError) -> Self {
+        match err {
+            RequestError::MalformedJson(m) => ApiError::MalformedJson(m),
+            RequestError::Invalid(m) => ApiError::InvalidRequest(m),
+            RequestError::UnsupportedMediaType(m) => ApiError::UnsupportedMediaType(m),
+            RequestError::TooLarge(m) => ApiError::TooLarge(m),
         }
     }
 }

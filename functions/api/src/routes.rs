@@ -11,9 +11,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use ocr_core::job::Idempotency;
 use ocr_core::ports::StatusChange;
-use ocr_core::{ContentType, Job, JobId, JobStatus, NewJob, PortError, Priority};
-use serde::Deserialize;
-use sha2::{Digest, Sha256};
+use ocr_core::request::{CreateLimits, JobSpec, RawCreateRequest, parse_create};
+use ocr_core::{Job, JobId, JobStatus, NewJob, PortError};
 
 use crate::auth::Caller;
 use crate::config::MAX_DIRECT_UPLOAD_BYTES;
@@ -23,13 +22,6 @@ use crate::view::JobView;
 
 /// The OpenAPI 3.1 document of these routes (kept in the repo as `functions/api/openapi.json`).
 pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
-
-/// Longest accepted `Idempotency-Key`.
-const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
-/// Longest accepted callback URL.
-const MAX_CALLBACK_URL_LEN: usize = 2048;
-/// Largest `metadata` object, serialised.
-const MAX_METADATA_BYTES: usize = 4096;
 
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -60,40 +52,8 @@ async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
 }
 
-/// Body of `POST /v1/jobs` with `Content-Type: application/json`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateJobRequest {
-    content_type: String,
-    content_length: u64,
-    #[serde(default)]
-    priority: Option<Priority>,
-    #[serde(default)]
-    callback_url: Option<String>,
-    #[serde(default)]
-    metadata: Option<serde_json::Value>,
-}
-
-/// Query of `POST /v1/jobs` with an image body.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DirectUploadQuery {
-    #[serde(default)]
-    priority: Option<String>,
-    #[serde(default)]
-    callback_url: Option<String>,
-}
-
-/// What a create request asks for, however it came.
-struct JobSpec {
-    content_type: ContentType,
-    content_length: u64,
-    priority: Priority,
-    callback_url: Option<String>,
-    metadata: Option<serde_json::Value>,
-}
-
 /// `POST /v1/jobs`: JSON asks for an upload URL (201); an image body is stored directly (202).
+/// The checks themselves are [`ocr_core::request::parse_create`].
 async fn create_job(
     State(state): State<AppState>,
     caller: Caller,
@@ -108,155 +68,17 @@ async fn create_job(
         )),
         _ => ApiError::MalformedJson(format!("unreadable body: {e}")),
     })?;
-    let media_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
-        .unwrap_or_default();
-    let idempotency_key = idempotency_key(&headers)?;
-    if media_type == "application/json" {
-        if !query.is_empty() {
-            return Err(ApiError::InvalidRequest("query parameters are only for direct uploads".into()));
-        }
-        let spec = parse_create_request(&body, state.limits.max_upload_bytes)?;
-        let hash = request_hash("json", &[], &body);
-        create(&state, caller, spec, idempotency_key.map(|key| Idempotency { key, request_hash: hash }), None).await
-    } else if media_type.starts_with("image/") {
-        let content_type: ContentType = media_type.parse().map_err(ApiError::UnsupportedMediaType)?;
-        let query = parse_direct_query(query)?;
-        let spec = direct_upload_spec(content_type, query, &body, state.limits.max_upload_bytes)?;
-        let hash =
-            request_hash(&media_type, &[spec.priority.as_str(), spec.callback_url.as_deref().unwrap_or("")], &body);
-        create(&state, caller, spec, idempotency_key.map(|key| Idempotency { key, request_hash: hash }), Some(body))
-            .await
-    } else {
-        Err(ApiError::UnsupportedMediaType(
-            "send application/json to get an upload URL, or the image itself as image/jpeg, image/png, image/webp or image/tiff".into(),
-        ))
-    }
-}
-
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
-    let key = value
-        .to_str()
-        .ok()
-        .filter(|k| !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY_LEN && k.bytes().all(|b| b.is_ascii_graphic()))
-        .ok_or_else(|| ApiError::InvalidRequest("Idempotency-Key must be 1 to 255 visible ASCII characters".into()))?;
-    Ok(Some(key.to_owned()))
-}
-
-/// SHA-256 over the request's kind, its options and its body: what "the same request" means.
-fn request_hash(kind: &str, options: &[&str], body: &[u8]) -> String {
-    let mut hasher = Sha256::new();
-    hasher.update(kind.as_bytes());
-    for option in options {
-        hasher.update([0]);
-        hasher.update(option.as_bytes());
-    }
-    hasher.update([0]);
-    hasher.update(body);
-    hex::encode(hasher.finalize())
-}
-
-fn parse_create_request(body: &[u8], max_upload_bytes: u64) -> Result<JobSpec, ApiError> {
-    let request: CreateJobRequest = serde_json::from_slice(body).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => ApiError::InvalidRequest(format!("invalid request: {e}")),
-        _ => ApiError::MalformedJson(format!("malformed JSON: {e}")),
-    })?;
-    let content_type: ContentType = request.content_type.parse().map_err(ApiError::InvalidRequest)?;
-    if request.content_length == 0 {
-        return Err(ApiError::InvalidRequest("content_length must be at least 1".into()));
-    }
-    if request.content_length > max_upload_bytes {
-        return Err(ApiError::TooLarge(format!("content_length is over the limit of {max_upload_bytes} bytes")));
-    }
-    let metadata = match request.metadata {
-        None | Some(serde_json::Value::Null) => None,
-        Some(m @ serde_json::Value::Object(_)) => {
-            if m.to_string().len() > MAX_METADATA_BYTES {
-                return Err(ApiError::InvalidRequest(format!("metadata is over {MAX_METADATA_BYTES} bytes")));
-            }
-            Some(m)
-        }
-        Some(_) => return Err(ApiError::InvalidRequest("metadata must be a JSON object".into())),
+    let raw = RawCreateRequest {
+        content_type: headers.get(header::CONTENT_TYPE).map(HeaderValue::as_bytes),
+        idempotency_key: headers.get("idempotency-key").map(HeaderValue::as_bytes),
+        query: &query,
+        body: &body,
     };
-    Ok(JobSpec {
-        content_type,
-        content_length: request.content_length,
-        priority: request.priority.unwrap_or_default(),
-        callback_url: validate_callback_url(request.callback_url)?,
-        metadata,
-    })
-}
-
-fn parse_direct_query(pairs: Vec<(String, String)>) -> Result<DirectUploadQuery, ApiError> {
-    let mut query = DirectUploadQuery { priority: None, callback_url: None };
-    for (k, v) in pairs {
-        let slot = match k.as_str() {
-            "priority" => &mut query.priority,
-            "callback_url" => &mut query.callback_url,
-            other => return Err(ApiError::InvalidRequest(format!("unknown query parameter {other:?}"))),
-        };
-        if slot.replace(v).is_some() {
-            return Err(ApiError::InvalidRequest(format!("query parameter {k:?} given twice")));
-        }
-    }
-    Ok(query)
-}
-
-fn direct_upload_spec(
-    content_type: ContentType,
-    query: DirectUploadQuery,
-    body: &[u8],
-    max_upload_bytes: u64,
-) -> Result<JobSpec, ApiError> {
-    if body.is_empty() {
-        return Err(ApiError::InvalidRequest("the image body is empty".into()));
-    }
-    if body.len() > MAX_DIRECT_UPLOAD_BYTES || body.len() as u64 > max_upload_bytes {
-        return Err(ApiError::TooLarge(format!(
-            "direct uploads are limited to {} bytes; ask for an upload URL instead",
-            (MAX_DIRECT_UPLOAD_BYTES as u64).min(max_upload_bytes)
-        )));
-    }
-    match ContentType::sniff(body) {
-        Some(found) if found == content_type => {}
-        Some(found) => {
-            return Err(ApiError::UnsupportedMediaType(format!(
-                "the body is {found}, not the declared {content_type}"
-            )));
-        }
-        None => return Err(ApiError::UnsupportedMediaType(format!("the body is not a {content_type} image"))),
-    }
-    let priority = match query.priority {
-        Some(p) => p.parse().map_err(ApiError::InvalidRequest)?,
-        None => Priority::default(),
-    };
-    Ok(JobSpec {
-        content_type,
-        content_length: body.len() as u64,
-        priority,
-        callback_url: validate_callback_url(query.callback_url)?,
-        metadata: None,
-    })
-}
-
-/// Only the URL's form is checked here; where it may point (no private or metadata
-/// addresses) is enforced by the worker after DNS resolution, when it calls it.
-fn validate_callback_url(url: Option<String>) -> Result<Option<String>, ApiError> {
-    let Some(url) = url else { return Ok(None) };
-    if url.len() > MAX_CALLBACK_URL_LEN {
-        return Err(ApiError::InvalidRequest(format!("callback_url is over {MAX_CALLBACK_URL_LEN} characters")));
-    }
-    let parsed = url::Url::parse(&url).map_err(|e| ApiError::InvalidRequest(format!("callback_url: {e}")))?;
-    if !matches!(parsed.scheme(), "https" | "http") || parsed.host_str().is_none_or(str::is_empty) {
-        return Err(ApiError::InvalidRequest("callback_url must be an http(s) URL with a host".into()));
-    }
-    if !parsed.username().is_empty() || parsed.password().is_some() {
-        return Err(ApiError::InvalidRequest("callback_url must not carry credentials".into()));
-    }
-    Ok(Some(url))
+    let limits =
+        CreateLimits { max_upload_bytes: state.limits.max_upload_bytes, max_direct_bytes: MAX_DIRECT_UPLOAD_BYTES };
+    let request = parse_create(&raw, &limits)?;
+    let direct_body = request.direct.then_some(body);
+    create(&state, caller, request.spec, request.idempotency, direct_body).await
 }
 
 async fn create(

@@ -13,6 +13,7 @@ pub mod id;
 pub mod job;
 pub mod message;
 pub mod ports;
+pub mod request;
 pub mod result;
 pub mod worker;
 
@@ -24,4 +25,5 @@ pub use error::{PortError, TransitionError};
 pub use id::{JobId, ParseJobIdError};
 pub use job::{Job, JobStatus, NewJob, Priority};
 pub use message::{JobMessage, MessageError};
+pub use request::RequestError;
 pub use result::{OcrLine, OcrResult};
