@@ -75,3 +75,59 @@ async fn an_unreachable_database_is_a_retryable_error() {
     assert!(err.is_retryable(), "{err}");
     assert!(ocr_aws::MySqlJobStore::new("postgres://x", 1).is_err());
 }
+
+/// The webhook outbox: ending a job with a callback owes a webhook in the same transaction;
+/// a sweep takes only debts older than its lease, re-leases what it takes (a second sweep at
+/// once gets nothing, concurrent sweeps get disjoint rows), and recording the outcome settles it.
+#[tokio::test]
+async fn owed_webhooks_are_kept_until_recorded() -> anyhow::Result<()> {
+    use ocr_core::OcrResult;
+    use ocr_core::worker::{ResultStore, WebhookRecord};
+
+    let env = TestEnv::with(Options { poller: false, ..Options::default() }).await?;
+    let store = &env.store;
+    let mut ids = Vec::new();
+    for callback in [true, true, false] {
+        let mut new = new_job("alice", None);
+        if !callback {
+            new.callback_url = None;
+        }
+        let job = store.insert(new).await?;
+        let queued = StatusChange { at_ms: 1_000, error: None };
+        assert!(store.set_status(&job.id, JobStatus::AwaitingUpload, JobStatus::Queued, queued).await?);
+        ids.push(job.id);
+    }
+    store.take(&ids, 2_000).await?;
+    let result = OcrResult { text: "t".into(), lines: vec![], width: 1, height: 1, seconds: 0.0 };
+    store.complete(&[(ids[0], result.clone()), (ids[2], result)], 3_000).await?;
+    assert!(store.fail(&ids[1], "bad image", 4_000).await?);
+
+    // Nothing is due before its lease.
+    assert!(store.claim_notifications(2_999, 10_000, 10).await?.is_empty());
+    // Concurrent sweeps take disjoint sets; the job without a callback owes nothing.
+    let (a, b) =
+        tokio::join!(store.claim_notifications(5_000, 10_000, 10), store.claim_notifications(5_000, 10_000, 10));
+    let mut claimed: Vec<_> = a?.into_iter().chain(b?).map(|o| (o.job_id, o.status)).collect();
+    claimed.sort_by_key(|(id, _)| id.to_string());
+    let mut want = vec![(ids[0], JobStatus::Succeeded), (ids[1], JobStatus::Failed)];
+    want.sort_by_key(|(id, _)| id.to_string());
+    assert_eq!(claimed, want);
+    // Re-leased from 10 000: not due again until a lease later.
+    assert!(store.claim_notifications(9_999, 11_000, 10).await?.is_empty());
+
+    let record = |job_id, outcome: &str| WebhookRecord {
+        job_id,
+        url: "https://example.com/hook".into(),
+        outcome: outcome.into(),
+        attempts: 1,
+        status_code: Some(200),
+        error: None,
+        at_ms: 12_000,
+    };
+    store.record_webhook(&record(ids[0], "delivered")).await?;
+    let left = store.claim_notifications(20_000, 20_000, 10).await?;
+    assert_eq!(left.iter().map(|o| o.job_id).collect::<Vec<_>>(), vec![ids[1]]);
+    store.record_webhook(&record(ids[1], "failed")).await?;
+    assert!(store.claim_notifications(i64::MAX, 30_000, 10).await?.is_empty());
+    Ok(())
+}

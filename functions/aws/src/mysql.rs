@@ -56,6 +56,12 @@ const MIGRATIONS: &[(u32, &str)] = &[
             KEY ix_webhook_job (job_id)
         ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
     ),
+    (
+        4,
+        // The webhook outbox: set when a job with a callback ends, cleared when the call's
+        // outcome is recorded. Indexed for the sweep; NULL for every settled job.
+        r"ALTER TABLE jobs ADD COLUMN notify_since_ms BIGINT NULL, ADD KEY ix_jobs_notify (notify_since_ms)",
+    ),
 ];
 
 const JOB_COLUMNS: &str = "id, owner, status, priority, content_type, content_length, callback_url, metadata, \

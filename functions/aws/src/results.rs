@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use mysql_async::prelude::{Query, WithParams};
 use mysql_async::{Params, Row, TxOpts, Value, params};
-use ocr_core::worker::{ResultStore, TakenJob, WebhookRecord};
+use ocr_core::worker::{OwedNotification, ResultStore, TakenJob, WebhookRecord};
 use ocr_core::{JobId, OcrResult, PortError};
 
 use crate::mysql::{MySqlJobStore, db_error};
@@ -95,10 +95,11 @@ impl ResultStore for MySqlJobStore {
             .ignore(&mut tx)
             .await
             .map_err(db_error)?;
-            let mut params = vec![Value::from(at_ms), Value::from(at_ms)];
+            let mut params = vec![Value::from(at_ms), Value::from(at_ms), Value::from(at_ms)];
             params.extend(id_values(&written));
             format!(
-                "UPDATE jobs SET status = 'succeeded', finished_at_ms = ?, updated_at_ms = ?, error = NULL \
+                "UPDATE jobs SET status = 'succeeded', finished_at_ms = ?, updated_at_ms = ?, error = NULL, \
+                 notify_since_ms = IF(callback_url IS NULL, NULL, ?) \
                  WHERE id IN ({}) AND status = 'processing'",
                 placeholders(written.len())
             )
@@ -113,7 +114,8 @@ impl ResultStore for MySqlJobStore {
 
     async fn fail(&self, id: &JobId, reason: &str, at_ms: i64) -> Result<bool, PortError> {
         let mut conn = self.conn().await?;
-        "UPDATE jobs SET status = 'failed', error = :reason, finished_at_ms = :at, updated_at_ms = :at \
+        "UPDATE jobs SET status = 'failed', error = :reason, finished_at_ms = :at, updated_at_ms = :at, \
+         notify_since_ms = IF(callback_url IS NULL, NULL, :at) \
          WHERE id = :id AND status IN ('awaiting_upload', 'queued', 'processing')"
             .with(params! { "reason" => reason, "at" => at_ms, "id" => id.to_string() })
             .ignore(&mut conn)
@@ -133,6 +135,7 @@ impl ResultStore for MySqlJobStore {
 
     async fn record_webhook(&self, r: &WebhookRecord) -> Result<(), PortError> {
         let mut conn = self.conn().await?;
+        let mut tx = conn.start_transaction(TxOpts::default()).await.map_err(db_error)?;
         "INSERT INTO webhook_deliveries (job_id, url, outcome, attempts, status_code, error, at_ms) \
          VALUES (:job_id, :url, :outcome, :attempts, :status_code, :error, :at)"
             .with(params! {
@@ -144,8 +147,56 @@ impl ResultStore for MySqlJobStore {
                 "error" => &r.error,
                 "at" => r.at_ms,
             })
-            .ignore(&mut conn)
+            .ignore(&mut tx)
             .await
-            .map_err(db_error)
+            .map_err(db_error)?;
+        "UPDATE jobs SET notify_since_ms = NULL WHERE id = :id"
+            .with(params! { "id" => r.job_id.to_string() })
+            .ignore(&mut tx)
+            .await
+            .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)
+    }
+
+    async fn claim_notifications(
+        &self,
+        owed_before_ms: i64,
+        now_ms: i64,
+        max: usize,
+    ) -> Result<Vec<OwedNotification>, PortError> {
+        let mut conn = self.conn().await?;
+        let mut tx = conn.start_transaction(TxOpts::default()).await.map_err(db_error)?;
+        // SKIP LOCKED: workers sweeping at the same moment take disjoint rows.
+        let rows: Vec<(String, String, Option<String>)> = "SELECT id, status, callback_url FROM jobs \
+             WHERE notify_since_ms <= :before ORDER BY notify_since_ms LIMIT :max FOR UPDATE SKIP LOCKED"
+            .with(params! { "before" => owed_before_ms, "max" => max as u64 })
+            .fetch(&mut tx)
+            .await
+            .map_err(db_error)?;
+        let mut claimed = Vec::with_capacity(rows.len());
+        let mut ids = Vec::with_capacity(rows.len());
+        for (id, status, url) in rows {
+            let job_id: JobId = id.parse().map_err(|_| unreadable("id"))?;
+            ids.push(job_id);
+            if let Some(callback_url) = url {
+                let status = status.parse().map_err(|_| unreadable("status"))?;
+                claimed.push(OwedNotification { job_id, status, callback_url });
+            }
+        }
+        if !ids.is_empty() {
+            let mut params = vec![Value::from(now_ms)];
+            params.extend(id_values(&ids));
+            // A row without a callback URL owes nothing: settle it.
+            format!(
+                "UPDATE jobs SET notify_since_ms = IF(callback_url IS NULL, NULL, ?) WHERE id IN ({})",
+                placeholders(ids.len())
+            )
+            .with(Params::Positional(params))
+            .ignore(&mut tx)
+            .await
+            .map_err(db_error)?;
+        }
+        tx.commit().await.map_err(db_error)?;
+        Ok(claimed)
     }
 }

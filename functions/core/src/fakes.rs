@@ -15,7 +15,7 @@ use crate::job::{Job, JobStatus, NewJob, Priority};
 use crate::message::JobMessage;
 use crate::ports::{Clock, JobQueue, JobStore, ObjectInfo, ObjectStore, PresignedPut, StatusChange};
 use crate::result::OcrResult;
-use crate::worker::{Delivery, JobSource, ResultStore, TakenJob, WebhookRecord};
+use crate::worker::{Delivery, JobSource, OwedNotification, ResultStore, TakenJob, WebhookRecord};
 
 /// A clock that moves only when told.
 #[derive(Debug)]
@@ -42,6 +42,8 @@ pub struct InMemoryJobStore {
     jobs: Mutex<HashMap<JobId, Job>>,
     results: Mutex<HashMap<JobId, OcrResult>>,
     webhooks: Mutex<Vec<WebhookRecord>>,
+    /// Jobs that owe a webhook, and since when (the outbox).
+    owed: Mutex<HashMap<JobId, i64>>,
 }
 
 impl InMemoryJobStore {
@@ -305,6 +307,9 @@ impl ResultStore for InMemoryJobStore {
             job.status = JobStatus::Succeeded;
             job.finished_at_ms = Some(at_ms);
             job.error = None;
+            if job.callback_url.is_some() {
+                self.owed.lock().unwrap().insert(*id, at_ms);
+            }
             written.push(*id);
         }
         Ok(written)
@@ -319,6 +324,9 @@ impl ResultStore for InMemoryJobStore {
         job.status = JobStatus::Failed;
         job.error = Some(reason.to_owned());
         job.finished_at_ms = Some(at_ms);
+        if job.callback_url.is_some() {
+            self.owed.lock().unwrap().insert(*id, at_ms);
+        }
         Ok(true)
     }
 
@@ -331,13 +339,39 @@ impl ResultStore for InMemoryJobStore {
 
     async fn record_webhook(&self, record: &WebhookRecord) -> Result<(), PortError> {
         self.webhooks.lock().unwrap().push(record.clone());
+        self.owed.lock().unwrap().remove(&record.job_id);
         Ok(())
+    }
+
+    async fn claim_notifications(
+        &self,
+        owed_before_ms: i64,
+        now_ms: i64,
+        max: usize,
+    ) -> Result<Vec<OwedNotification>, PortError> {
+        let jobs = self.jobs.lock().unwrap();
+        let mut owed = self.owed.lock().unwrap();
+        let mut due: Vec<(i64, JobId)> =
+            owed.iter().filter(|(_, since)| **since <= owed_before_ms).map(|(id, since)| (*since, *id)).collect();
+        due.sort();
+        let mut claimed = Vec::new();
+        for (_, id) in due.into_iter().take(max) {
+            let Some(job) = jobs.get(&id) else { continue };
+            let Some(url) = &job.callback_url else { continue };
+            owed.insert(id, now_ms);
+            claimed.push(OwedNotification { job_id: id, status: job.status, callback_url: url.clone() });
+        }
+        Ok(claimed)
     }
 }
 
 impl InMemoryJobStore {
     pub fn webhooks(&self) -> Vec<WebhookRecord> {
         self.webhooks.lock().unwrap().clone()
+    }
+    /// Jobs that still owe a webhook.
+    pub fn owed_notifications(&self) -> Vec<JobId> {
+        self.owed.lock().unwrap().keys().copied().collect()
     }
     pub fn result(&self, id: &JobId) -> Option<OcrResult> {
         self.results.lock().unwrap().get(id).cloned()

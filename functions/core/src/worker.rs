@@ -66,7 +66,20 @@ pub struct WebhookRecord {
     pub at_ms: i64,
 }
 
+/// A webhook call still owed for a job that ended (see [`ResultStore::claim_notifications`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OwedNotification {
+    pub job_id: JobId,
+    pub status: JobStatus,
+    pub callback_url: String,
+}
+
 /// Where the worker records progress and results. Every call is idempotent.
+///
+/// Webhooks are an outbox: ending a job that has a callback URL (`complete`, `fail`) records,
+/// in the same transaction, that a notification is owed since then; recording the call's
+/// outcome (`record_webhook`) settles it. A worker that dies between the two leaves the debt
+/// in the database, where [`ResultStore::claim_notifications`] finds it.
 #[async_trait]
 pub trait ResultStore: Send + Sync {
     /// Marks the jobs `processing` (from `queued` or `processing`, counting an attempt)
@@ -85,6 +98,16 @@ pub trait ResultStore: Send + Sync {
     /// Records why an attempt failed, leaving the job to be tried again.
     async fn note_attempt_error(&self, id: &JobId, reason: &str, at_ms: i64) -> Result<(), PortError>;
 
-    /// Records a webhook call's outcome.
+    /// Records a webhook call's outcome and settles the notification owed for its job.
     async fn record_webhook(&self, record: &WebhookRecord) -> Result<(), PortError>;
+
+    /// Takes up to `max` notifications owed since `owed_before_ms` or earlier (their worker
+    /// died or dropped them) and marks them owed since `now_ms`, so that no other caller
+    /// takes them again before the same lease has passed.
+    async fn claim_notifications(
+        &self,
+        owed_before_ms: i64,
+        now_ms: i64,
+        max: usize,
+    ) -> Result<Vec<OwedNotification>, PortError>;
 }

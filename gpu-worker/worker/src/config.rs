@@ -82,6 +82,13 @@ pub struct WorkerConfig {
     /// Attempts per webhook before giving up.
     #[arg(long, env = "WEBHOOK_MAX_ATTEMPTS", default_value_t = 5)]
     pub webhook_max_attempts: u32,
+    /// Seconds a notification may stay owed before another sweep delivers it (its worker
+    /// died or dropped it). Must exceed one delivery with all its retries (about 65 s).
+    #[arg(long, env = "WEBHOOK_LEASE_SECS", default_value_t = 300)]
+    pub webhook_lease_secs: u64,
+    /// How often each worker looks for owed notifications; 0 turns the sweep off.
+    #[arg(long, env = "WEBHOOK_SWEEP_SECS", default_value_t = 30)]
+    pub webhook_sweep_secs: u64,
     /// `host:port` entries allowed even on loopback/private addresses. For tests only.
     #[arg(long, env = "WEBHOOK_ALLOW_HOSTS", default_value = "")]
     pub webhook_allow_hosts: String,

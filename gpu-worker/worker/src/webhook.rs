@@ -15,7 +15,7 @@ use hmac::{Hmac, Mac};
 use ocr_core::worker::{ResultStore, WebhookRecord};
 use ocr_core::{JobId, JobStatus};
 use sha2::Sha256;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::metrics::Metrics;
 use crate::ssrf::{Policy, Resolver};
@@ -202,6 +202,42 @@ impl Webhooks {
     }
 }
 
+/// The outbox sweep: every `every`, takes notifications owed for longer than `lease` (a
+/// worker died between writing a result and recording its webhook, or its queue was full)
+/// and queues them again, until `stop` turns true. Delivery is at least once: a receiver may
+/// see a job's webhook twice and should key on `job_id`.
+pub async fn sweep(
+    store: Arc<dyn ResultStore>,
+    tx: mpsc::Sender<Notification>,
+    every: Duration,
+    lease: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let now = now_ms();
+        let owed_before = now - lease.as_millis() as i64;
+        match store.claim_notifications(owed_before, now, 100).await {
+            Ok(owed) => {
+                if !owed.is_empty() {
+                    tracing::info!(count = owed.len(), "re-sending owed webhooks");
+                }
+                for o in owed {
+                    tracing::info!(job_id = %o.job_id, "webhook owed; queued again");
+                    let n = Notification { job_id: o.job_id, status: o.status, callback_url: o.callback_url };
+                    if tx.send(n).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "looking for owed webhooks failed"),
+        }
+    }
+}
+
 /// Runs deliveries from `rx` with at most `concurrency` at once, until the channel closes
 /// and every started delivery has finished.
 pub async fn run(webhooks: Arc<Webhooks>, mut rx: mpsc::Receiver<Notification>, concurrency: usize) {
@@ -372,5 +408,58 @@ mod tests {
         assert_eq!(w.deliver(&note("http://127.0.0.1:18080/hook")).await.outcome, "delivered");
         assert_eq!(w.deliver(&note("http://127.0.0.1:18081/hook")).await.outcome, "refused");
         assert_eq!(connector.calls.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_owed_webhook_outlives_the_worker_that_owed_it() {
+        use ocr_core::Job;
+        use ocr_core::fakes::InMemoryJobStore;
+        use ocr_core::worker::ResultStore;
+
+        let store = Arc::new(InMemoryJobStore::default());
+        let mut job = Job::from_new(ocr_core::NewJob {
+            id: JobId::new(),
+            owner: "alice".into(),
+            priority: ocr_core::Priority::Bulk,
+            content_type: ocr_core::ContentType::Png,
+            content_length: 10,
+            callback_url: Some("https://public.example/hook".into()),
+            metadata: None,
+            idempotency: None,
+            created_at_ms: 0,
+        });
+        job.queued_at_ms = Some(0);
+        let id = job.id;
+        store.insert_queued(job);
+        store.take(&[id], 1_000).await.unwrap();
+        // The result is written (the webhook is owed from then on); the worker dies before
+        // it notifies anyone.
+        let result = ocr_core::OcrResult { text: "x".into(), lines: vec![], width: 1, height: 1, seconds: 0.0 };
+        assert_eq!(store.complete(&[(id, result)], 2_000).await.unwrap(), vec![id]);
+        assert_eq!(store.owed_notifications(), vec![id]);
+        // Not before its lease has passed.
+        assert!(store.claim_notifications(1_999, 5_000, 10).await.unwrap().is_empty());
+
+        // Another worker's sweep (lease 0 here) finds it and the delivery settles it.
+        let connector = Arc::new(RecordingConnector::default());
+        let w = Arc::new(webhooks_with(connector.clone(), "", store.clone()));
+        let (tx, rx) = mpsc::channel(8);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let sweeper = tokio::spawn(sweep(store.clone(), tx, Duration::from_millis(5), Duration::ZERO, stop_rx));
+        let runner = tokio::spawn(run(w, rx, 2));
+        for _ in 0..200 {
+            if !store.webhooks().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        stop_tx.send(true).unwrap();
+        sweeper.await.unwrap();
+        runner.await.unwrap();
+        let records = store.webhooks();
+        assert_eq!(records.len(), 1, "{records:?}");
+        assert_eq!((records[0].job_id, records[0].outcome.as_str()), (id, "delivered"));
+        assert_eq!(connector.calls.lock().unwrap().len(), 1);
+        assert!(store.owed_notifications().is_empty(), "delivered, so nothing is owed");
     }
 }

@@ -69,6 +69,15 @@ async fn main() -> anyhow::Result<()> {
         result_url_base: config.result_url_base.clone(),
     });
     let webhook_task = tokio::spawn(webhook::run(webhooks, notify_rx, 16));
+    if config.webhook_sweep_secs > 0 {
+        tokio::spawn(webhook::sweep(
+            store.clone(),
+            notify_tx.clone(),
+            Duration::from_secs(config.webhook_sweep_secs),
+            Duration::from_secs(config.webhook_lease_secs),
+            stop_rx.clone(),
+        ));
+    }
 
     if config.cloudwatch_interval_secs > 0 {
         tokio::spawn(gpu_worker::cloudwatch::run(
