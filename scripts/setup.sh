@@ -16,7 +16,8 @@ source "$ROOT/scripts/lib/mariadb.sh"
 start=$(date +%s)
 
 # util-linux gives setsid, procps gives ps (both in Debian's base system, but be sure).
-apt_install ca-certificates curl util-linux procps
+# fonts-dejavu-core: the fonts the demo, bench and chaos scripts render sample images with.
+apt_install ca-certificates curl util-linux procps fonts-dejavu-core
 mariadb_install
 
 venv_ensure

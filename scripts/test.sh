@@ -9,7 +9,8 @@
 #      localstack/init.py, localstack/check_template.py (the template's non-compute core deployed
 #      to LocalStack: names vs init.py, redrive, visibility, alarm thresholds), infra/check.sh
 #      (sam validate --lint, shellcheck, deploy.sh --dry-run, pytest infra/tests), the workspace
-#      tests (cargo nextest, else cargo test), then `sam build` (infra/sam-build.sh; skipped
+#      tests (cargo nextest, else cargo test), scripts/chaos.sh --jobs 100 (load with faults),
+#      then `sam build` (infra/sam-build.sh; skipped
 #      only with OCR_SKIP_SAM_BUILD=1)
 #   5. prints a timing summary; exits non-zero if any step failed.
 #
@@ -124,6 +125,11 @@ check "localstack init smoke" init_smoke
 check "template infra on LocalStack" "$LOCALSTACK_PYTHON" "$ROOT/localstack/check_template.py"
 check "infra checks" "$ROOT/infra/check.sh"
 check "cargo tests" run_tests "$@"
+# Load with faults (scripts/chaos.sh, small): its own LocalStack on :4599, the dev binaries the
+# tests just built; fails when a job is lost or duplicated, a webhook missing, a secret logged.
+if (($# == 0)); then
+    check "chaos (100 jobs)" "$ROOT/scripts/chaos.sh" --profile dev --jobs 100 --rate 3 --timeout 600
+fi
 # sam build of the functions (cargo-lambda, arm64; its own target dir under $OCR_FLEET_CACHE):
 # skipped only with OCR_SKIP_SAM_BUILD=1.
 if [[ "${OCR_SKIP_SAM_BUILD:-0}" == 1 ]]; then

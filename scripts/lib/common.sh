@@ -17,7 +17,8 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$OCR_FLEET_CACHE/target}"
 
 # Local AWS (LocalStack) defaults shared by every script.
 # shellcheck disable=SC2034 # used by the scripts that source this file
-LOCALSTACK_PORT=4566
+# OCR_LOCALSTACK_PORT lets a script run its own LocalStack beside the usual one (chaos.sh).
+LOCALSTACK_PORT="${OCR_LOCALSTACK_PORT:-4566}"
 # shellcheck disable=SC2034
 LOCALSTACK_URL="http://127.0.0.1:${LOCALSTACK_PORT}"
 # shellcheck disable=SC2034

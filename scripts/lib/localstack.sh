@@ -6,9 +6,13 @@
 #                        answering on :4566 is reused and never recorded, so never stopped.
 # .run/localstack.log    its log
 
-LOCALSTACK_PIDFILE="$RUN_DIR/localstack.pid"
-LOCALSTACK_OWNERFILE="$RUN_DIR/localstack.owner"
-LOCALSTACK_LOG="$RUN_DIR/localstack.log"
+# Another port (OCR_LOCALSTACK_PORT) gets its own files: localstack-4599.pid, ...
+_ls_suffix=""
+[[ $LOCALSTACK_PORT == 4566 ]] || _ls_suffix="-$LOCALSTACK_PORT"
+LOCALSTACK_PIDFILE="$RUN_DIR/localstack$_ls_suffix.pid"
+LOCALSTACK_OWNERFILE="$RUN_DIR/localstack$_ls_suffix.owner"
+LOCALSTACK_LOG="$RUN_DIR/localstack$_ls_suffix.log"
+LOCALSTACK_VOLUME="$RUN_DIR/localstack-volume$_ls_suffix"
 LOCALSTACK_HEALTH="$LOCALSTACK_URL/_localstack/health"
 
 localstack_answers() { http_ok "$LOCALSTACK_HEALTH"; }
@@ -27,7 +31,7 @@ localstack_start() {
         die "LocalStack pid $pid is running but $LOCALSTACK_HEALTH does not answer; run scripts/localstack.sh stop"
     fi
     ensure_run_dir
-    mkdir -p "$RUN_DIR/localstack-volume"
+    mkdir -p "$LOCALSTACK_VOLUME"
     log "starting LocalStack (host mode) on $LOCALSTACK_URL; log: ${LOCALSTACK_LOG#"$ROOT"/}"
     start=$(date +%s)
     : >"$LOCALSTACK_LOG"
@@ -48,7 +52,7 @@ localstack_start() {
             SQS_CLOUDWATCH_METRICS_REPORT_INTERVAL=5 \
             EAGER_SERVICE_LOADING=1 \
             SERVICES=s3,sqs,cloudwatch,sts,secretsmanager,cloudformation,iam,ssm \
-            LOCALSTACK_VOLUME_DIR="$RUN_DIR/localstack-volume" \
+            LOCALSTACK_VOLUME_DIR="$LOCALSTACK_VOLUME" \
             setsid "$LOCALSTACK_VENV/bin/python" -m localstack.runtime.main
     ) </dev/null >>"$LOCALSTACK_LOG" 2>&1 &
     pid=$!

@@ -1,0 +1,744 @@
+"""Load with faults, nothing lost (driven by scripts/chaos.sh).
+
+Runs the real API + upload poller (api-local) and WORKERS gpu-worker processes against the
+LocalStack and MariaDB that chaos.sh prepared, with every database connection going through a
+TCP proxy this script owns. It submits N small rendered images the way clients do (presigned PUT
+or direct body; express and bulk; every request with an Idempotency-Key and retried on
+connection errors, 5xx marked retryable and 503 with Retry-After), some corrupt, some with a
+duplicated S3 event, some resubmitted with the same key, and while the jobs flow it:
+
+  * kills a worker with SIGKILL three times (each is restarted a second later, as systemd does),
+  * cuts the database for a few seconds (every proxied connection dropped, new ones refused),
+  * pauses LocalStack (SIGSTOP, then SIGCONT) for a few seconds.
+
+At the end it checks every job against its ledger (database rows, results, the dead-letter
+queues, the webhooks its own receiver got, the processes' logs) and prints one `name: value`
+line per fact. Exit status 0 only when nothing was lost or duplicated, every failure is a
+corrupt image with a reason and in a DLQ, every webhook arrived with a valid signature and no
+secret reached a log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import hashlib
+import hmac
+import http.server
+import io
+import json
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import boto3
+from PIL import Image, ImageDraw, ImageFont
+
+FONT_DIR = Path("/usr/share/fonts/truetype/dejavu")
+WORDS = (
+    "amber basil cedar delta ember fable garnet harbor indigo juniper kestrel lumen maple "
+    "nectar orchid pepper quartz raven saffron timber umber velvet willow xenon yarrow zephyr"
+).split()
+TERMINAL = ("succeeded", "failed")
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S', time.gmtime())}] chaos: {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Images: one short line of known text each, ~300x60 px, a few KB.
+
+
+@dataclass
+class Spec:
+    index: int
+    text: str
+    fmt: str  # png | jpeg | webp
+    priority: str
+    direct: bool  # image in the POST body (202) instead of a presigned PUT (201)
+    corrupt: bool
+    dup_event: bool
+    resubmit: bool
+    data: bytes = b""
+    # Filled while running.
+    job_id: str | None = None
+    key: str | None = None
+    uploaded_ms: int | None = None
+    submit_error: str | None = None
+
+
+def render(text: str, fmt: str, rng: random.Random) -> bytes:
+    fnt = ImageFont.truetype(str(FONT_DIR / rng.choice(["DejaVuSans.ttf", "DejaVuSans-Bold.ttf"])), 34)
+    w = int(fnt.getlength(text)) + 40
+    img = Image.new("RGB", (w, 60), (250, 250, 246))
+    ImageDraw.Draw(img).text((20, 9), text, fill=(15, 15, 15), font=fnt)
+    buf = io.BytesIO()
+    if fmt == "jpeg":
+        img.save(buf, "JPEG", quality=90)
+    elif fmt == "webp":
+        img.save(buf, "WEBP", quality=90)
+    else:
+        img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def corrupt_png(good: bytes, rng: random.Random) -> bytes:
+    """A PNG that passes the upload check (signature, type, ends with IEND) but cannot be
+    decoded: the IDAT payload is replaced by random bytes (CRC recomputed, so it is the
+    deflate stream that is broken)."""
+    import zlib
+
+    out, pos = [good[:8]], 8
+    while pos < len(good):
+        length = int.from_bytes(good[pos:pos + 4], "big")
+        kind = good[pos + 4:pos + 8]
+        payload = good[pos + 8:pos + 8 + length]
+        if kind == b"IDAT":
+            payload = bytes(rng.getrandbits(8) for _ in range(length))
+        crc = zlib.crc32(kind + payload).to_bytes(4, "big")
+        out.append(length.to_bytes(4, "big") + kind + payload + crc)
+        pos += 12 + length
+    return b"".join(out)
+
+
+def make_specs(n: int, seed: int) -> list[Spec]:
+    rng = random.Random(seed)
+    corrupt = set(rng.sample(range(n), max(1, round(n * 0.02))))
+    rest = [i for i in range(n) if i not in corrupt]
+    dup_event = set(rng.sample(rest, max(1, round(n * 0.01))))
+    resubmit = set(rng.sample(range(n), max(1, round(n * 0.05))))
+    specs = []
+    for i in range(n):
+        text = f"{rng.choice(WORDS)} {i:05d} {rng.choice(WORDS)}"
+        fmt = "png" if i in corrupt else rng.choice(["png", "jpeg", "webp"])
+        direct = i not in dup_event and rng.random() < 0.3
+        spec = Spec(i, text, fmt, "express" if rng.random() < 0.3 else "bulk", direct, i in corrupt,
+                    i in dup_event, i in resubmit)
+        data = render(text, fmt, rng)
+        spec.data = corrupt_png(data, rng) if spec.corrupt else data
+        specs.append(spec)
+    return specs
+
+
+# ---------------------------------------------------------------------------------------------
+# The database proxy: every service reaches MariaDB through it, so it can be cut.
+
+
+class DbProxy:
+    def __init__(self, upstream: tuple[str, int]):
+        self.upstream = upstream
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.cut_now = threading.Event()
+        self.lock = threading.Lock()
+        self.socks: set[socket.socket] = set()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if self.cut_now.is_set():
+                client.close()
+                continue
+            try:
+                server = socket.create_connection(self.upstream, timeout=5)
+                server.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.socks.update((client, server))
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket):
+        try:
+            while chunk := src.recv(65536):
+                dst.sendall(chunk)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+            with self.lock:
+                self.socks.discard(s)
+
+    def cut(self):
+        self.cut_now.set()
+        with self.lock:
+            socks = list(self.socks)
+        for s in socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def restore(self):
+        self.cut_now.clear()
+
+
+# ---------------------------------------------------------------------------------------------
+# Webhook receiver: verifies the signature and records each delivery.
+
+
+@dataclass
+class Hook:
+    job_id: str
+    status: str
+    at_ms: int
+    valid: bool
+
+
+class Receiver:
+    def __init__(self, secret: bytes):
+        self.secret = secret
+        self.hooks: list[Hook] = []
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 (http.server's name)
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                sig = self.headers.get("Ocr-Signature", "")
+                parts = dict(p.split("=", 1) for p in sig.split(",") if "=" in p)
+                want = hmac.new(receiver.secret, f"{parts.get('t', '')}.".encode() + body, hashlib.sha256).hexdigest()
+                valid = hmac.compare_digest(want, parts.get("v1", ""))
+                try:
+                    doc = json.loads(body)
+                    hook = Hook(doc["job_id"], doc["status"], now_ms(), valid)
+                except (ValueError, KeyError):
+                    hook = Hook("?", "?", now_ms(), False)
+                with receiver.lock:
+                    receiver.hooks.append(hook)
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def snapshot(self) -> list[Hook]:
+        with self.lock:
+            return list(self.hooks)
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes.
+
+
+class Proc:
+    def __init__(self, name: str, argv: list[str], env: dict, logfile: Path):
+        self.name, self.argv, self.env, self.logfile = name, argv, env, logfile
+        self.p: subprocess.Popen | None = None
+
+    def start(self):
+        out = open(self.logfile, "ab")
+        self.p = subprocess.Popen(self.argv, env=self.env, stdin=subprocess.DEVNULL, stdout=out,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+        out.close()
+
+    def alive(self) -> bool:
+        return self.p is not None and self.p.poll() is None
+
+    def signal(self, sig):
+        if self.alive():
+            os.killpg(self.p.pid, sig)
+
+    def stop(self, grace: float = 30):
+        if not self.alive():
+            return
+        self.signal(signal.SIGTERM)
+        try:
+            self.p.wait(grace)
+        except subprocess.TimeoutExpired:
+            self.signal(signal.SIGKILL)
+            self.p.wait(10)
+
+
+def wait_http(url: str, proc: Proc, limit: float = 120):
+    deadline = time.time() + limit
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except (OSError, urllib.error.URLError):
+            if not proc.alive():
+                raise SystemExit(f"{proc.name} exited during start; see {proc.logfile}")
+            time.sleep(0.2)
+    raise SystemExit(f"{proc.name} not ready after {limit} s; see {proc.logfile}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Database reads (directly, not through the proxy).
+
+
+def sql(db: str, query: str) -> list[list[str]]:
+    out = subprocess.run(["mariadb", "-h127.0.0.1", "-uroot", "-N", "-B", "-e", query, db],
+                         check=True, capture_output=True, text=True).stdout
+    return [line.split("\t") for line in out.splitlines() if line]
+
+
+# ---------------------------------------------------------------------------------------------
+# The client side: what a careful mobile app or service does.
+
+
+class Client:
+    def __init__(self, api: str, token: str, sqs, events_queue: str, bucket: str, stats: dict):
+        self.api, self.token, self.sqs = api, token, sqs
+        self.events_queue, self.bucket = events_queue, bucket
+        self.stats = stats
+        self.lock = threading.Lock()
+        self.signatures: set[str] = set()
+
+    def bump(self, name: str, by: int = 1):
+        with self.lock:
+            self.stats[name] = self.stats.get(name, 0) + by
+
+    def request(self, method, url, body=None, headers=None, auth=True, what="request", limit=180.0):
+        """Sends until a final answer: retries connection errors, timeouts, 429/503 (after
+        Retry-After) and 5xx; returns (status, body bytes) of the final answer."""
+        deadline = time.time() + limit
+        delay = 0.2
+        while True:
+            req = urllib.request.Request(url, data=body, method=method, headers=dict(headers or {}))
+            if auth:
+                req.add_header("Authorization", f"Bearer {self.token}")
+            retry_after = None
+            try:
+                with urllib.request.urlopen(req, timeout=20) as r:
+                    return r.status, r.read()
+            except urllib.error.HTTPError as e:
+                data = e.read()
+                if e.code < 500 and e.code != 429:
+                    return e.code, data
+                retry_after = e.headers.get("Retry-After")
+                self.bump(f"client_retries_http_{e.code}")
+            except (OSError, urllib.error.URLError):
+                self.bump("client_retries_connection")
+            if time.time() > deadline:
+                raise RuntimeError(f"{what}: no answer within {limit} s")
+            wait = min(float(retry_after), 5.0) if retry_after else delay
+            time.sleep(wait * random.uniform(0.8, 1.2))
+            delay = min(delay * 2, 3.0)
+
+    def submit(self, spec: Spec, run: str, callback: str):
+        key = f"{run}-{spec.index}"
+        ctype = f"image/{spec.fmt}"
+        if spec.direct:
+            q = urllib.parse.urlencode({"priority": spec.priority, "callback_url": callback})
+            args = ("POST", f"{self.api}/v1/jobs?{q}", spec.data, {"Content-Type": ctype, "Idempotency-Key": key})
+        else:
+            body = json.dumps({"content_type": ctype, "content_length": len(spec.data), "priority": spec.priority,
+                               "callback_url": callback}).encode()
+            args = ("POST", f"{self.api}/v1/jobs", body,
+                    {"Content-Type": "application/json", "Idempotency-Key": key})
+        status, raw = self.request(*args, what=f"create #{spec.index}")
+        if status not in (200, 201, 202):
+            spec.submit_error = f"create answered {status}: {raw[:200]!r}"
+            return
+        job = json.loads(raw)
+        spec.job_id = job["job_id"]
+        spec.key = f"uploads/{spec.priority}/{spec.job_id}"
+        if not spec.direct:
+            up = job["upload"]
+            sig = urllib.parse.parse_qs(urllib.parse.urlsplit(up["url"]).query).get("X-Amz-Signature")
+            if sig:
+                with self.lock:
+                    self.signatures.add(sig[0])
+            headers = {k: v for k, v in up["headers"].items() if k.lower() not in ("content-length", "host")}
+            status, raw = self.request("PUT", up["url"], spec.data, headers, auth=False,
+                                       what=f"upload #{spec.index}")
+            if status != 200:
+                spec.submit_error = f"upload answered {status}: {raw[:200]!r}"
+                return
+        spec.uploaded_ms = now_ms()
+        if spec.dup_event:
+            self.duplicate_event(spec)
+        if spec.resubmit:
+            status, raw = self.request(*args, what=f"resubmit #{spec.index}")
+            again = json.loads(raw).get("job_id") if status in (200, 201, 202) else None
+            self.bump("idempotent_resubmissions")
+            if again != spec.job_id:
+                self.bump("idempotency_mismatches")
+
+    def duplicate_event(self, spec: Spec):
+        """The S3 event for this object a second time (S3 delivers at least once)."""
+        event = {"Records": [{
+            "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "us-east-1",
+            "eventTime": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
+            "eventName": "ObjectCreated:Put",
+            "s3": {"s3SchemaVersion": "1.0", "bucket": {"name": self.bucket},
+                   "object": {"key": spec.key, "size": len(spec.data)}}}]}
+        for _ in range(30):
+            try:
+                self.sqs.send_message(QueueUrl=self.events_queue, MessageBody=json.dumps(event))
+                self.bump("duplicate_events")
+                return
+            except Exception:  # LocalStack paused: try again
+                time.sleep(1)
+        raise RuntimeError(f"could not send the duplicate event of #{spec.index}")
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Faults:
+    kills: int = 0
+    db_cut_s: float = 0.0
+    localstack_pause_s: float = 0.0
+    log: list[str] = field(default_factory=list)
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+def drain_dlq(sqs, url: str) -> set[str]:
+    ids = set()
+    while True:
+        got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=600,
+                                  WaitTimeSeconds=0).get("Messages", [])
+        if not got:
+            return ids
+        for m in got:
+            try:
+                ids.add(json.loads(m["Body"])["job_id"])
+            except (ValueError, KeyError):
+                ids.add("?")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--jobs", type=int, default=1000)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--rate", type=float, default=25.0, help="submissions per second")
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--timeout", type=float, default=1200)
+    ap.add_argument("--bin-dir", required=True)
+    ap.add_argument("--env-file", required=True, help="localstack/init.py output for this run")
+    ap.add_argument("--db", required=True)
+    ap.add_argument("--db-user", required=True)
+    ap.add_argument("--db-password", required=True)
+    ap.add_argument("--localstack-pid", type=int, required=True)
+    ap.add_argument("--log-dir", required=True)
+    ap.add_argument("--api-port", type=int, default=18090)
+    ap.add_argument("--metrics-port", type=int, default=19190)
+    args = ap.parse_args()
+
+    t_start = time.time()
+    logs = Path(args.log_dir)
+    logs.mkdir(parents=True, exist_ok=True)
+    res = dict(line.split("=", 1) for line in Path(args.env_file).read_text().split() if "=" in line)
+    run = f"chaos{os.getpid()}"
+    secret = os.urandom(24).hex()
+    tokens = [os.urandom(24).hex(), os.urandom(24).hex()]
+
+    log(f"rendering {args.jobs} images")
+    specs = make_specs(args.jobs, args.seed)
+
+    proxy = DbProxy(("127.0.0.1", 3306))
+    receiver = Receiver(secret.encode())
+    callback = f"http://127.0.0.1:{receiver.port}/hook"
+    db_url = f"mysql://{args.db_user}:{args.db_password}@127.0.0.1:{proxy.port}/{args.db}"
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith(("API_", "WEBHOOK_"))}
+    base_env.update(res)
+    base_env.update(DATABASE_URL=db_url, LOG_FORMAT="json", RUST_LOG="info,ort=warn")
+
+    api_env = dict(base_env, AUTH_MODE="static", API_TOKENS=f"{tokens[0]}:alice,{tokens[1]}:bob",
+                   BIND_ADDR=f"127.0.0.1:{args.api_port}", QUEUE_DEPTH_LIMIT="1000000", DB_POOL_MAX="8",
+                   WEBHOOK_ALLOW_HOSTS=f"127.0.0.1:{receiver.port}")
+    api = Proc("api-local", [f"{args.bin_dir}/api-local"], api_env, logs / "api.log")
+    api.start()
+    wait_http(f"http://127.0.0.1:{args.api_port}/healthz", api)
+
+    workers = []
+    for i in range(args.workers):
+        env = dict(base_env, WEBHOOK_SECRET=secret, WEBHOOK_ALLOW_HOSTS=f"127.0.0.1:{receiver.port}",
+                   METRICS_ADDR=f"127.0.0.1:{args.metrics_port + i}", OCR_MODEL_SET=os.environ.get(
+                       "OCR_MODEL_SET", "ppocrv6-tiny"), OCR_THREADS="1", RETRY_BACKOFF_MS="500",
+                   SHUTDOWN_GRACE_SECS="20", CLOUDWATCH_INTERVAL_SECS="10", DB_POOL_MAX="4",
+                   RESULT_URL_BASE=f"http://127.0.0.1:{args.api_port}", FLEET_NAME=f"chaos-{i}",
+                   # Owed webhooks (their worker was killed) are re-sent after 15 s, not 5 min.
+                   WEBHOOK_LEASE_SECS="15", WEBHOOK_SWEEP_SECS="3")
+        w = Proc(f"worker-{i}", [f"{args.bin_dir}/gpu-worker"], env, logs / f"worker-{i}.log")
+        w.start()
+        workers.append(w)
+    for i, w in enumerate(workers):
+        wait_http(f"http://127.0.0.1:{args.metrics_port + i}/healthz", w)
+    log(f"api and {len(workers)} workers ready; db proxy :{proxy.port}, webhooks :{receiver.port}")
+
+    sqs = boto3.client("sqs", endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name="us-east-1")
+    stats: dict[str, int] = {}
+    clients = [Client(f"http://127.0.0.1:{args.api_port}", t, sqs, res["UPLOAD_EVENTS_QUEUE_URL"],
+                      res["UPLOAD_BUCKET"], stats) for t in tokens]
+
+    # Progress: terminal jobs, read directly from MariaDB.
+    progress = {"done": 0}
+    stop = threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            try:
+                progress["done"] = int(sql(args.db, "SELECT COUNT(*) FROM jobs WHERE status IN ('succeeded','failed')")[0][0])
+            except subprocess.CalledProcessError:
+                pass
+            time.sleep(0.5)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+    faults = Faults()
+    n = args.jobs
+
+    def restart_later(w: Proc):
+        time.sleep(1.0)  # systemd's RestartSec
+        w.start()
+
+    def fault_plan():
+        plan = [
+            (0.10, "kill", 0), (0.25, "db", 5.0), (0.40, "kill", 1), (0.55, "pause", 5.0), (0.70, "kill", 0),
+        ]
+        for frac, kind, arg in plan:
+            while progress["done"] < frac * n:
+                if stop.is_set():
+                    return
+                time.sleep(0.1)
+            at = f"{progress['done']}/{n} done"
+            if kind == "kill":
+                w = workers[arg % len(workers)]
+                w.signal(signal.SIGKILL)
+                w.p.wait()
+                faults.kills += 1
+                faults.log.append(f"SIGKILL {w.name} at {at}")
+                threading.Thread(target=restart_later, args=(w,), daemon=True).start()
+            elif kind == "db":
+                t = time.time()
+                proxy.cut()
+                time.sleep(arg)
+                proxy.restore()
+                faults.db_cut_s += time.time() - t
+                faults.log.append(f"database cut {arg:.0f} s at {at}")
+            else:
+                t = time.time()
+                os.killpg(args.localstack_pid, signal.SIGSTOP)
+                time.sleep(arg)
+                os.killpg(args.localstack_pid, signal.SIGCONT)
+                faults.localstack_pause_s += time.time() - t
+                faults.log.append(f"LocalStack paused {arg:.0f} s at {at}")
+            log(faults.log[-1])
+
+    faulter = threading.Thread(target=fault_plan, daemon=True)
+    faulter.start()
+
+    # Submit at a steady rate from 8 client threads; two callers (alice, bob).
+    log(f"submitting {n} jobs at {args.rate}/s")
+    t_submit = time.time()
+
+    def submit(spec: Spec):
+        time.sleep(max(0.0, t_submit + spec.index / args.rate - time.time()))
+        try:
+            clients[spec.index % 2].submit(spec, run, callback)
+        except Exception as e:  # noqa: BLE001 (recorded in the ledger)
+            spec.submit_error = str(e)
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(submit, specs))
+    ledger = {s.job_id: s for s in specs if s.job_id}
+    log(f"submitted {len(ledger)} jobs in {time.time() - t_submit:.1f} s")
+
+    # Wait until every job of the ledger has ended and its webhook arrived (or the time is up).
+    deadline = t_start + args.timeout
+    ids_sql = ",".join(f"'{i}'" for i in ledger)
+    last_terminal = None
+    while time.time() < deadline:
+        rows = sql(args.db, f"SELECT COUNT(*) FROM jobs WHERE id IN ({ids_sql}) AND status IN ('succeeded','failed')")
+        done = int(rows[0][0])
+        hooked = {h.job_id for h in receiver.snapshot()} & set(ledger)
+        if done == len(ledger):
+            last_terminal = last_terminal or time.time()
+            if len(hooked) >= done or time.time() - last_terminal > 60:
+                break
+        time.sleep(0.5)
+    faulter.join(timeout=15)
+    stop.set()
+    wall = (last_terminal or time.time()) - t_submit
+
+    # Failed jobs must reach their DLQ: the message is moved on the receive after its last
+    # attempt, which the running workers make; give them a little time.
+    failed_rows = sql(args.db, f"SELECT id, COALESCE(error,'') FROM jobs WHERE id IN ({ids_sql}) AND status='failed'")
+    failed_ids = {r[0] for r in failed_rows}
+    in_dlq: set[str] = set()
+    dlq_deadline = time.time() + 90
+    while time.time() < dlq_deadline:
+        for name in ("EXPRESS_DLQ_URL", "BULK_DLQ_URL"):
+            in_dlq |= drain_dlq(sqs, res[name])
+        if failed_ids <= in_dlq:
+            break
+        time.sleep(1)
+
+    log("stopping workers and api (SIGTERM)")
+    for w in workers:
+        w.stop()
+    api.stop()
+
+    # ---- The ledger check.
+    rows = sql(args.db, f"SELECT id, status, COALESCE(error,''), COALESCE(finished_at_ms,0) FROM jobs WHERE id IN ({ids_sql})")
+    status = {r[0]: r[1] for r in rows}
+    errors = {r[0]: r[2] for r in rows}
+    finished = {r[0]: int(r[3]) for r in rows}
+    result_rows = sql(args.db, f"SELECT job_id, COUNT(*) FROM job_results WHERE job_id IN ({ids_sql}) GROUP BY job_id")
+    result_count = {r[0]: int(r[1]) for r in result_rows}
+    texts = {}
+    for r in sql(args.db, f"SELECT job_id, JSON_UNQUOTE(JSON_EXTRACT(result, '$.text')) FROM job_results WHERE job_id IN ({ids_sql})"):
+        texts[r[0]] = r[1] if len(r) > 1 else ""
+    all_jobs = int(sql(args.db, "SELECT COUNT(*) FROM jobs")[0][0])
+
+    # "job succeeded" is logged once per result a worker wrote (killed workers' logs included).
+    writes: dict[str, int] = {}
+    for f in logs.glob("worker-*.log"):
+        for line in f.read_text(errors="replace").splitlines():
+            if '"job succeeded"' in line:
+                m = re.search(r'"job_id":"([0-9a-f]{32})"', line)
+                if m:
+                    writes[m.group(1)] = writes.get(m.group(1), 0) + 1
+
+    swept = sum(f.read_text(errors="replace").count('"webhook owed; queued again"') for f in logs.glob("worker-*.log"))
+
+    succeeded = [j for j in ledger if status.get(j) == "succeeded" and result_count.get(j) == 1]
+    failed = [j for j in ledger if status.get(j) == "failed"]
+    lost = [j for j in ledger if status.get(j) not in TERMINAL
+            or (status.get(j) == "succeeded" and result_count.get(j, 0) == 0)]
+    duplicated = [j for j in ledger if result_count.get(j, 0) > 1 or writes.get(j, 0) > 1]
+    corrupt = {s.job_id for s in specs if s.corrupt and s.job_id}
+    failed_not_corrupt = [j for j in failed if j not in corrupt]
+    corrupt_not_failed = [j for j in corrupt if status.get(j) != "failed"]
+    failed_no_reason = [j for j in failed if not errors.get(j)]
+    failed_not_in_dlq = [j for j in failed if j not in in_dlq]
+    norm = lambda t: re.sub(r"\s+", " ", (t or "").strip()).lower()  # noqa: E731
+    expected_text = {s.job_id: norm(s.text) for s in specs if s.job_id}
+    by_text = {v: k for k, v in expected_text.items()}
+    exact = sum(1 for j in succeeded if norm(texts.get(j)) == expected_text[j])
+    mixed_up = [j for j in succeeded if norm(texts.get(j)) != expected_text[j] and by_text.get(norm(texts.get(j))) not in (None, j)]
+
+    hooks = receiver.snapshot()
+    final_hooks = {}
+    repeated = 0
+    bad_sig = sum(1 for h in hooks if not h.valid)
+    for h in hooks:
+        if h.valid and h.job_id in ledger and h.status == status.get(h.job_id):
+            if h.job_id in final_hooks:
+                repeated += 1
+            final_hooks.setdefault(h.job_id, h)
+    expected_hooks = [j for j in ledger if status.get(j) in TERMINAL]
+    latencies = [final_hooks[j].at_ms - ledger[j].uploaded_ms for j in succeeded if j in final_hooks and ledger[j].uploaded_ms]
+
+    # Secrets in logs: the webhook secret, both API tokens, the database password, and every
+    # presigned URL signature handed out during the run.
+    secrets = [secret, args.db_password, *tokens]
+    for c in clients:
+        secrets.extend(c.signatures)
+    leaks = 0
+    scanned = 0
+    for f in sorted(logs.glob("*.log")):
+        text = f.read_text(errors="replace")
+        scanned += text.count("\n")
+        hits = [s for s in secrets if s and s in text]
+        if hits:
+            log(f"SECRET in {f.name}: {len(hits)} distinct values")
+        leaks += len(hits)
+
+    submit_errors = [s for s in specs if s.submit_error]
+    facts = [
+        ("submitted", len(ledger)),
+        ("submit_errors", len(submit_errors)),
+        ("succeeded", len(succeeded)),
+        ("failed", len(failed)),
+        ("corrupt_submitted", len(corrupt)),
+        ("failed_not_corrupt", len(failed_not_corrupt)),
+        ("corrupt_not_failed", len(corrupt_not_failed)),
+        ("failed_without_reason", len(failed_no_reason)),
+        ("failed_in_dlq", len(failed) - len(failed_not_in_dlq)),
+        ("lost", len(lost)),
+        ("duplicated", len(duplicated)),
+        ("results_text_exact", exact),
+        ("results_mixed_up", len(mixed_up)),
+        ("webhooks_delivered", len(final_hooks)),
+        ("webhooks_expected", len(expected_hooks)),
+        ("webhooks_repeated", repeated),
+        ("webhooks_resent_by_sweep", swept),
+        ("webhooks_bad_signature", bad_sig),
+        ("idempotent_resubmissions", stats.get("idempotent_resubmissions", 0)),
+        ("idempotency_mismatches", stats.get("idempotency_mismatches", 0)),
+        ("jobs_rows_total", all_jobs),
+        ("duplicate_s3_events", stats.get("duplicate_events", 0)),
+        ("worker_kills", faults.kills),
+        ("db_cut_s", f"{faults.db_cut_s:.1f}"),
+        ("localstack_pause_s", f"{faults.localstack_pause_s:.1f}"),
+        ("client_retries", sum(v for k, v in stats.items() if k.startswith("client_retries"))),
+        ("secrets_in_logs", leaks),
+        ("log_lines_scanned", scanned),
+        ("latency_p50_ms", f"{percentile(latencies, 0.50):.0f}"),
+        ("latency_p99_ms", f"{percentile(latencies, 0.99):.0f}"),
+        ("wall_s", f"{wall:.1f}"),
+    ]
+    for name, value in facts:
+        print(f"{name}: {value}", flush=True)
+    for line in faults.log:
+        log(line)
+    for s in submit_errors[:5]:
+        log(f"submit error #{s.index}: {s.submit_error}")
+    for j in lost[:10]:
+        log(f"lost {j}: status {status.get(j)} results {result_count.get(j, 0)}")
+    for j in failed_not_corrupt[:10]:
+        log(f"unexpected failure {j}: {errors.get(j)}")
+    for j in duplicated[:10]:
+        log(f"duplicated {j}: {result_count.get(j, 0)} rows, {writes.get(j, 0)} writes")
+    missing_hooks = [j for j in expected_hooks if j not in final_hooks]
+    for j in missing_hooks[:10]:
+        log(f"no webhook for {j} ({status.get(j)})")
+
+    problems = {
+        "submit errors": len(submit_errors), "lost": len(lost), "duplicated": len(duplicated),
+        "failed but not corrupt": len(failed_not_corrupt), "corrupt but not failed": len(corrupt_not_failed),
+        "failed without a reason": len(failed_no_reason), "failed but not in a DLQ": len(failed_not_in_dlq),
+        "mixed-up results": len(mixed_up), "missing webhooks": len(missing_hooks),
+        "bad webhook signatures": bad_sig, "idempotency mismatches": stats.get("idempotency_mismatches", 0),
+        "secrets in logs": leaks, "jobs beyond the ledger": all_jobs - len(ledger),
+        "faults not all injected": int(faults.kills < 3 or faults.db_cut_s == 0 or faults.localstack_pause_s == 0),
+    }
+    bad = {k: v for k, v in problems.items() if v}
+    print(f"result: {'PASS' if not bad else 'FAIL (' + ', '.join(f'{k} {v}' for k, v in bad.items()) + ')'}")
+    return 0 if not bad else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
