@@ -39,6 +39,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,10 +70,10 @@ def log(msg: str) -> None:
 class Spec:
     index: int
     text: str
-    fmt: str  # png | jpeg | webp
+    fmt: str  # png | jpeg | webp | tiff
+    kind: str  # plain | corrupt-deflate | bomb | cmyk | png16 | exif-rotated | animated | multipage
     priority: str
     direct: bool  # image in the POST body (202) instead of a presigned PUT (201)
-    corrupt: bool
     dup_event: bool
     resubmit: bool
     data: bytes = b""
@@ -82,28 +83,48 @@ class Spec:
     uploaded_ms: int | None = None
     submit_error: str | None = None
 
+    @property
+    def corrupt(self) -> bool:
+        return self.kind in CORRUPT
 
-def render(text: str, fmt: str, rng: random.Random) -> bytes:
+
+# Images that pass the upload check but cannot be read: each must fail with a reason.
+CORRUPT = ("corrupt-deflate", "bomb")
+# Unusual but valid images: each must give its text.
+ODD = ("cmyk", "png16", "exif-rotated", "animated", "multipage")
+FORMAT = {"corrupt-deflate": "png", "bomb": "png", "cmyk": "jpeg", "png16": "png", "exif-rotated": "jpeg",
+          "animated": "webp", "multipage": "tiff"}
+
+
+def line_image(text: str, rng: random.Random) -> Image.Image:
     fnt = ImageFont.truetype(str(FONT_DIR / rng.choice(["DejaVuSans.ttf", "DejaVuSans-Bold.ttf"])), 34)
     w = int(fnt.getlength(text)) + 40
     img = Image.new("RGB", (w, 60), (250, 250, 246))
     ImageDraw.Draw(img).text((20, 9), text, fill=(15, 15, 15), font=fnt)
+    return img
+
+
+def encode(img: Image.Image, fmt: str) -> bytes:
     buf = io.BytesIO()
     if fmt == "jpeg":
         img.save(buf, "JPEG", quality=90)
     elif fmt == "webp":
         img.save(buf, "WEBP", quality=90)
+    elif fmt == "tiff":
+        img.save(buf, "TIFF")
     else:
         img.save(buf, "PNG")
     return buf.getvalue()
+
+
+def png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return len(payload).to_bytes(4, "big") + kind + payload + zlib.crc32(kind + payload).to_bytes(4, "big")
 
 
 def corrupt_png(good: bytes, rng: random.Random) -> bytes:
     """A PNG that passes the upload check (signature, type, ends with IEND) but cannot be
     decoded: the IDAT payload is replaced by random bytes (CRC recomputed, so it is the
     deflate stream that is broken)."""
-    import zlib
-
     out, pos = [good[:8]], 8
     while pos < len(good):
         length = int.from_bytes(good[pos:pos + 4], "big")
@@ -111,27 +132,68 @@ def corrupt_png(good: bytes, rng: random.Random) -> bytes:
         payload = good[pos + 8:pos + 8 + length]
         if kind == b"IDAT":
             payload = bytes(rng.getrandbits(8) for _ in range(length))
-        crc = zlib.crc32(kind + payload).to_bytes(4, "big")
-        out.append(length.to_bytes(4, "big") + kind + payload + crc)
+        out.append(png_chunk(kind, payload))
         pos += 12 + length
     return b"".join(out)
 
 
+def bomb_png() -> bytes:
+    """A decompression bomb: a 100,000 x 100,000 RGB header (30 GB of pixels) over a few
+    hundred bytes of zeros that deflate to far less; valid signature, CRCs and IEND."""
+    ihdr = (100_000).to_bytes(4, "big") * 2 + bytes([8, 2, 0, 0, 0])
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", zlib.compress(bytes(200_000), 9)) \
+        + png_chunk(b"IEND", b"")
+
+
+def odd_image(kind: str, img: Image.Image, rng: random.Random) -> bytes:
+    buf = io.BytesIO()
+    if kind == "cmyk":
+        img.convert("CMYK").save(buf, "JPEG", quality=90)
+    elif kind == "png16":
+        # 16-bit grayscale.
+        img.convert("L").convert("I").point(lambda v: v * 257).convert("I;16").save(buf, "PNG")
+    elif kind == "exif-rotated":
+        # Stored turned 90 degrees counter-clockwise; EXIF orientation 6 says "turn clockwise".
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        img.transpose(Image.Transpose.ROTATE_90).save(buf, "JPEG", quality=90, exif=exif.tobytes())
+    elif kind == "animated":
+        # The text on the first frame; later frames blank.
+        blank = Image.new("RGB", img.size, (250, 250, 246))
+        img.save(buf, "WEBP", save_all=True, append_images=[blank, blank], duration=200, loop=0, quality=90)
+    elif kind == "multipage":
+        # The text on the first page; a second, blank page.
+        img.save(buf, "TIFF", save_all=True, append_images=[Image.new("RGB", (200, 60), (255, 255, 255))])
+    return buf.getvalue()
+
+
 def make_specs(n: int, seed: int) -> list[Spec]:
     rng = random.Random(seed)
-    corrupt = set(rng.sample(range(n), max(1, round(n * 0.02))))
-    rest = [i for i in range(n) if i not in corrupt]
+    picks = rng.sample(range(n), n)
+    corrupt = picks[:max(2, round(n * 0.02))]
+    odd = picks[len(corrupt):len(corrupt) + max(len(ODD), round(n * 0.03))]
+    kinds = {i: CORRUPT[k % len(CORRUPT)] for k, i in enumerate(corrupt)}
+    kinds.update({i: ODD[k % len(ODD)] for k, i in enumerate(odd)})
+    rest = [i for i in range(n) if i not in kinds]
     dup_event = set(rng.sample(rest, max(1, round(n * 0.01))))
     resubmit = set(rng.sample(range(n), max(1, round(n * 0.05))))
     specs = []
     for i in range(n):
         text = f"{rng.choice(WORDS)} {i:05d} {rng.choice(WORDS)}"
-        fmt = "png" if i in corrupt else rng.choice(["png", "jpeg", "webp"])
+        kind = kinds.get(i, "plain")
+        fmt = FORMAT.get(kind) or rng.choice(["png", "jpeg", "webp"])
         direct = i not in dup_event and rng.random() < 0.3
-        spec = Spec(i, text, fmt, "express" if rng.random() < 0.3 else "bulk", direct, i in corrupt,
-                    i in dup_event, i in resubmit)
-        data = render(text, fmt, rng)
-        spec.data = corrupt_png(data, rng) if spec.corrupt else data
+        spec = Spec(i, text, fmt, kind, "express" if rng.random() < 0.3 else "bulk", direct, i in dup_event,
+                    i in resubmit)
+        img = line_image(text, rng)
+        if kind == "plain":
+            spec.data = encode(img, fmt)
+        elif kind == "corrupt-deflate":
+            spec.data = corrupt_png(encode(img, "png"), rng)
+        elif kind == "bomb":
+            spec.data = bomb_png()
+        else:
+            spec.data = odd_image(kind, img, rng)
         specs.append(spec)
     return specs
 
@@ -574,6 +636,15 @@ def main() -> int:
         list(pool.map(submit, specs))
     ledger = {s.job_id: s for s in specs if s.job_id}
     log(f"submitted {len(ledger)} jobs in {time.time() - t_submit:.1f} s")
+    for s in [s for s in specs if s.submit_error][:3]:
+        log(f"submit error #{s.index}: {s.submit_error}")
+    if not ledger:
+        stop.set()
+        for w in workers:
+            w.stop()
+        api.stop()
+        print("result: FAIL (no job could be submitted)")
+        return 1
 
     # Wait until every job of the ledger has ended and its webhook arrived (or the time is up).
     deadline = t_start + args.timeout
@@ -647,6 +718,9 @@ def main() -> int:
     expected_text = {s.job_id: norm(s.text) for s in specs if s.job_id}
     by_text = {v: k for k, v in expected_text.items()}
     exact = sum(1 for j in succeeded if norm(texts.get(j)) == expected_text[j])
+    odd_specs = [s for s in specs if s.kind in ODD and s.job_id]
+    odd_ok = [s for s in odd_specs if status.get(s.job_id) == "succeeded" and norm(texts.get(s.job_id)) == expected_text[s.job_id]]
+    odd_failed = [s for s in odd_specs if status.get(s.job_id) != "succeeded"]
     mixed_up = [j for j in succeeded if norm(texts.get(j)) != expected_text[j] and by_text.get(norm(texts.get(j))) not in (None, j)]
 
     hooks = receiver.snapshot()
@@ -691,6 +765,8 @@ def main() -> int:
         ("duplicated", len(duplicated)),
         ("results_text_exact", exact),
         ("results_mixed_up", len(mixed_up)),
+        ("odd_images", f"{len(odd_ok)}/{len(odd_specs)} read exactly ({', '.join(ODD)})"),
+        ("odd_images_failed", len(odd_failed)),
         ("webhooks_delivered", len(final_hooks)),
         ("webhooks_expected", len(expected_hooks)),
         ("webhooks_repeated", repeated),
@@ -719,7 +795,12 @@ def main() -> int:
     for j in lost[:10]:
         log(f"lost {j}: status {status.get(j)} results {result_count.get(j, 0)}")
     for j in failed_not_corrupt[:10]:
-        log(f"unexpected failure {j}: {errors.get(j)}")
+        log(f"unexpected failure {j} ({ledger[j].kind}): {errors.get(j)}")
+    for s in odd_specs:
+        if s not in odd_ok:
+            log(f"{s.kind} #{s.index}: {status.get(s.job_id)} {texts.get(s.job_id)!r} (want {s.text!r})")
+    for j in corrupt:
+        log(f"{ledger[j].kind} #{ledger[j].index}: {status.get(j)}: {errors.get(j)}")
     for j in duplicated[:10]:
         log(f"duplicated {j}: {result_count.get(j, 0)} rows, {writes.get(j, 0)} writes")
     missing_hooks = [j for j in expected_hooks if j not in final_hooks]
