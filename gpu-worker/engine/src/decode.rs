@@ -13,14 +13,16 @@ pub const DEFAULT_MAX_PIXELS: u64 = 50_000_000;
 ///
 /// The header is read first and images over `max_pixels` (width × height) are refused before
 /// any pixel buffer is allocated; `image`'s own [`Limits`] cap allocations as a second guard.
-/// EXIF orientation (JPEG, WebP, TIFF) is applied so the result is as a person sees it.
+/// EXIF orientation (JPEG, WebP, TIFF) is applied so the result is as a person sees it, and
+/// images with alpha are laid over white (see [`over_white`]). Animated WebP and multi-page
+/// TIFF give their first frame or page.
 pub fn decode_image(bytes: &[u8], max_pixels: u64) -> Result<RgbImage> {
     let reader =
         ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| EngineError::Decode(e.to_string()))?;
-    match reader.format() {
-        Some(ImageFormat::Jpeg | ImageFormat::Png | ImageFormat::WebP | ImageFormat::Tiff) => {}
+    let format = match reader.format() {
+        Some(f @ (ImageFormat::Jpeg | ImageFormat::Png | ImageFormat::WebP | ImageFormat::Tiff)) => f,
         _ => return Err(EngineError::UnsupportedFormat),
-    }
+    };
     let mut reader = reader;
     let mut limits = Limits::default();
     // RGBA16 is the widest buffer a decoder may need: 8 bytes per pixel, plus slack.
@@ -29,13 +31,30 @@ pub fn decode_image(bytes: &[u8], max_pixels: u64) -> Result<RgbImage> {
     let mut decoder = reader.into_decoder().map_err(map_image_error)?;
     let (width, height) = decoder.dimensions();
     check_dimensions(width, height, max_pixels)?;
+    if format == ImageFormat::Jpeg {
+        check_jpeg_size(width, height, bytes.len())?;
+    }
     let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut img = DynamicImage::from_decoder(decoder).map_err(map_image_error)?;
     img.apply_orientation(orientation);
     Ok(match img {
         DynamicImage::ImageRgb8(rgb) => rgb,
+        other if other.color().has_alpha() => over_white(&other),
         other => other.to_rgb8(),
     })
+}
+
+/// Composites an image with alpha over white paper. Transparent pixels often hold black (a
+/// transparent background around dark text is stored as RGBA 0,0,0,0); dropping alpha would
+/// turn such a page black and its text invisible.
+pub fn over_white(img: &DynamicImage) -> RgbImage {
+    let rgba = img.to_rgba8();
+    let mut out = RgbImage::new(rgba.width(), rgba.height());
+    for (o, p) in out.pixels_mut().zip(rgba.pixels()) {
+        let a = u32::from(p[3]);
+        o.0 = std::array::from_fn(|c| ((u32::from(p[c]) * a + 255 * (255 - a) + 127) / 255) as u8);
+    }
+    out
 }
 
 /// Refuses empty images and images over `max_pixels`.
@@ -45,6 +64,26 @@ pub fn check_dimensions(width: u32, height: u32, max_pixels: u64) -> Result<()> 
     }
     if u64::from(width) * u64::from(height) > max_pixels {
         return Err(EngineError::TooLarge { width, height, limit: max_pixels });
+    }
+    Ok(())
+}
+
+/// Pixels a JPEG byte can describe at most: every 8×8 block of the full-resolution component
+/// costs at least one bit (its DC code; progressive end-of-band runs cover AC only), so an image
+/// of `P` pixels needs at least `P / 512` bytes of scan data.
+pub const JPEG_MAX_PIXELS_PER_BYTE: u64 = 512;
+
+/// Refuses a JPEG whose header declares more pixels than its bytes can encode. The JPEG decoder
+/// fills missing scan data with grey instead of failing, so without this a 1 KB file claiming
+/// 7000×7000 (under the pixel limit) costs a full 49 MP decode (12.8 s in a debug build).
+fn check_jpeg_size(width: u32, height: u32, len: usize) -> Result<()> {
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels > (len as u64).saturating_mul(JPEG_MAX_PIXELS_PER_BYTE) {
+        return Err(EngineError::Decode(format!(
+            "JPEG declares {width}x{height} pixels but has only {len} bytes; that many pixels need at least {} \
+             (truncated or forged header)",
+            pixels.div_ceil(JPEG_MAX_PIXELS_PER_BYTE)
+        )));
     }
     Ok(())
 }
@@ -118,6 +157,39 @@ mod tests {
         // Turned clockwise, the top-left block lands top-right.
         assert!(up.get_pixel(16, 3).0[0] < 60, "{:?}", up.get_pixel(16, 3));
         assert!(up.get_pixel(3, 3).0[0] > 200);
+    }
+
+    #[test]
+    fn alpha_is_laid_over_white() {
+        // Transparent black background, opaque black ink, half-transparent red.
+        let mut img = image::RgbaImage::from_pixel(4, 1, image::Rgba([0, 0, 0, 0]));
+        img.put_pixel(1, 0, image::Rgba([0, 0, 0, 255]));
+        img.put_pixel(2, 0, image::Rgba([255, 0, 0, 128]));
+        let mut png = Vec::new();
+        img.write_to(&mut Cursor::new(&mut png), ImageFormat::Png).unwrap();
+        let rgb = decode_image(&png, DEFAULT_MAX_PIXELS).unwrap();
+        assert_eq!(rgb.get_pixel(0, 0).0, [255, 255, 255]);
+        assert_eq!(rgb.get_pixel(1, 0).0, [0, 0, 0]);
+        assert_eq!(rgb.get_pixel(2, 0).0, [255, 127, 127]);
+    }
+
+    /// Regression: a 917-byte JPEG whose SOF claims 7000x7000 decoded, grey-filled, for 12.8 s.
+    #[test]
+    fn jpeg_claiming_more_pixels_than_its_bytes_hold_is_refused_quickly() {
+        let img = RgbImage::from_pixel(64, 48, image::Rgb([255, 255, 255]));
+        let mut jpeg = Vec::new();
+        img.write_to(&mut Cursor::new(&mut jpeg), ImageFormat::Jpeg).unwrap();
+        let sof = jpeg.windows(2).position(|m| m == [0xFF, 0xC0]).unwrap();
+        jpeg[sof + 5..sof + 9].copy_from_slice(&[0x1B, 0x58, 0x1B, 0x58]); // 7000 x 7000
+        let t = std::time::Instant::now();
+        let err = decode_image(&jpeg, DEFAULT_MAX_PIXELS).unwrap_err();
+        assert!(t.elapsed().as_secs_f64() < 1.0);
+        assert!(matches!(&err, EngineError::Decode(m) if m.contains("7000x7000")), "{err:?}");
+        assert!(!err.is_retryable());
+        // The real 64x48 file is far above the floor.
+        assert!(check_jpeg_size(64, 48, 300).is_ok());
+        assert!(check_jpeg_size(7000, 7000, 95_704).is_ok());
+        assert!(check_jpeg_size(7000, 7000, 95_703).is_err());
     }
 
     #[test]

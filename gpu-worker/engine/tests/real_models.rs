@@ -5,12 +5,15 @@
 //! and pass, unless `OCR_REQUIRE_MODELS=1`, in which case they fail. The evaluation images are
 //! read in place from `OCR_EVAL_DIR` (default `<repo>/../shared/eval`), never copied here.
 
+#[path = "common/hostile.rs"]
+mod hostile;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use image::{Rgb, RgbImage};
-use ocr_engine::{ConvAlgoSearch, Engine, EngineOptions, Provider, SessionSettings};
+use ocr_engine::{ConvAlgoSearch, Engine, EngineError, EngineOptions, Provider, SessionSettings};
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repo root")
@@ -141,6 +144,71 @@ fn reads_rendered_text_in_all_formats_and_rotations() {
         let (w, h) = turned[k].dimensions();
         for l in &page.lines {
             assert!(l.quad.iter().all(|p| p[0] >= 0.0 && p[0] <= w as f32 && p[1] >= 0.0 && p[1] <= h as f32));
+        }
+    }
+}
+
+/// One batch mixing hostile files with the rendered page in unusual encodings: every bad file
+/// fails alone with a typed, non-retryable error, and every encoding of the page reads its text.
+#[test]
+fn hostile_files_in_a_batch_fail_alone_and_good_ones_read() {
+    use hostile::*;
+    use image::{DynamicImage, ImageFormat};
+    let Some(engine) = engine() else { return };
+    let Some(img) = rendered_page() else {
+        eprintln!("SKIPPED: no DejaVu/Liberation font installed (Debian fonts-dejavu-core)");
+        return;
+    };
+    let gt = LINES.join("\n");
+    let jpeg = encode(&DynamicImage::ImageRgb8(img.clone()), ImageFormat::Jpeg);
+    let png = encode(&DynamicImage::ImageRgb8(img.clone()), ImageFormat::Png);
+    let blank = RgbImage::from_pixel(64, 64, Rgb([255, 255, 255]));
+    let rgba = DynamicImage::ImageRgb8(img.clone()).to_rgba8();
+    let blank_rgba = DynamicImage::ImageRgb8(blank.clone()).to_rgba8();
+    // (name, bytes, true = has the page's text, false = must fail)
+    let cases: Vec<(&str, Vec<u8>, bool)> = vec![
+        ("zero bytes", Vec::new(), false),
+        ("JPEG", jpeg.clone(), true),
+        ("PNG cut in half", png[..png.len() / 2].to_vec(), false),
+        ("PNG 16-bit RGB", png16(&img, false), true),
+        ("JPEG cut after 200 bytes", jpeg[..200].to_vec(), false),
+        ("PNG 16-bit grey", png16(&img, true), true),
+        ("PNG claiming 100000x100000", png_claiming(100_000, 100_000), false),
+        ("PNG palette + tRNS, transparent black background", png_palette_alpha(&img), true),
+        ("JPEG claiming 65535x65535", jpeg_claiming(&jpeg, 65535, 65535), false),
+        ("PNG grey+alpha, transparent black background", png_gray_alpha(&img), true),
+        ("JPEG claiming 7000x7000", jpeg_claiming(&jpeg, 7000, 7000), false),
+        ("JPEG stored sideways, EXIF orientation 6", jpeg_with_orientation(&image::imageops::rotate270(&img), 6), true),
+        ("WebP canvas claiming 16384x16384", webp_claiming(16384, 16384), false),
+        ("WebP animated, the page first", animated_webp(&[rgba, blank_rgba]), true),
+        ("TIFF claiming 100000x100000", tiff_claiming(100_000, 100_000), false),
+        ("TIFF two pages, the page first", multi_page_tiff(&[img.clone(), blank]), true),
+        ("GIF", b"GIF89a\x01\0\x01\0\0\0\0;".to_vec(), false),
+    ];
+    let inputs: Vec<&[u8]> = cases.iter().map(|(_, b, _)| b.as_slice()).collect();
+    let t = std::time::Instant::now();
+    let results = engine.recognize_bytes(&inputs);
+    let took = t.elapsed();
+    eprintln!("{} inputs in {took:?}", inputs.len());
+    assert!(took.as_secs() < 120, "batch took {took:?}");
+    assert_eq!(results.len(), cases.len());
+    for ((name, _, good), r) in cases.iter().zip(&results) {
+        match (good, r) {
+            (true, Ok(page)) => {
+                let f1 = word_f1(&page.text(), &gt);
+                eprintln!("{name:<52} text, word F1 {f1:.3}");
+                assert!(f1 >= 0.9, "{name}: F1 {f1:.3}\n{}", page.text());
+            }
+            (false, Err(e)) => {
+                eprintln!("{name:<52} error: {e}");
+                assert!(
+                    matches!(e, EngineError::UnsupportedFormat | EngineError::Decode(_) | EngineError::TooLarge { .. }),
+                    "{name}: {e:?}"
+                );
+                assert!(!e.is_retryable(), "{name}");
+            }
+            (true, Err(e)) => panic!("{name}: wanted text, got {e:?}"),
+            (false, Ok(page)) => panic!("{name}: wanted an error, got a page: {:?}", page.text()),
         }
     }
 }
