@@ -15,7 +15,8 @@ pub const DEFAULT_MAX_PIXELS: u64 = 50_000_000;
 /// any pixel buffer is allocated; `image`'s own [`Limits`] cap allocations as a second guard.
 /// EXIF orientation (JPEG, WebP, TIFF) is applied so the result is as a person sees it, and
 /// images with alpha are laid over white (see [`over_white`]). Animated WebP and multi-page
-/// TIFF give their first frame or page.
+/// TIFF give their first frame or page. A decoder that panics on malformed data fails this image
+/// with [`EngineError::Decode`] instead of unwinding into the caller.
 pub fn decode_image(bytes: &[u8], max_pixels: u64) -> Result<RgbImage> {
     let reader =
         ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| EngineError::Decode(e.to_string()))?;
@@ -23,7 +24,18 @@ pub fn decode_image(bytes: &[u8], max_pixels: u64) -> Result<RgbImage> {
         Some(f @ (ImageFormat::Jpeg | ImageFormat::Png | ImageFormat::WebP | ImageFormat::Tiff)) => f,
         _ => return Err(EngineError::UnsupportedFormat),
     };
-    let mut reader = reader;
+    if format == ImageFormat::Png {
+        check_png_palette(bytes)?;
+    }
+    contain_panics(format, || decode_with(reader, format, bytes.len(), max_pixels))
+}
+
+fn decode_with(
+    mut reader: ImageReader<Cursor<&[u8]>>,
+    format: ImageFormat,
+    len: usize,
+    max_pixels: u64,
+) -> Result<RgbImage> {
     let mut limits = Limits::default();
     // RGBA16 is the widest buffer a decoder may need: 8 bytes per pixel, plus slack.
     limits.max_alloc = Some(max_pixels.saturating_mul(8).saturating_add(64 << 20));
@@ -32,7 +44,7 @@ pub fn decode_image(bytes: &[u8], max_pixels: u64) -> Result<RgbImage> {
     let (width, height) = decoder.dimensions();
     check_dimensions(width, height, max_pixels)?;
     if format == ImageFormat::Jpeg {
-        check_jpeg_size(width, height, bytes.len())?;
+        check_jpeg_size(width, height, len)?;
     }
     let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut img = DynamicImage::from_decoder(decoder).map_err(map_image_error)?;
@@ -84,6 +96,38 @@ fn check_jpeg_size(width: u32, height: u32, len: usize) -> Result<()> {
              (truncated or forged header)",
             pixels.div_ceil(JPEG_MAX_PIXELS_PER_BYTE)
         )));
+    }
+    Ok(())
+}
+
+/// Runs a decoder, turning a panic (a decoder bug reached by malformed data) into a per-image
+/// [`EngineError::Decode`]. The panic hook still reports it.
+fn contain_panics<T>(format: ImageFormat, decode: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)).unwrap_or_else(|panic| {
+        let msg = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(EngineError::Decode(format!("the {format:?} decoder failed on malformed data (it panicked: {msg})")))
+    })
+}
+
+/// Refuses a PNG palette that `png` 0.18.1 panics on: a `PLTE` whose length is not a multiple
+/// of 3 (libpng refuses it too). Reads chunk headers up to the first `IDAT`; anything else
+/// malformed is left to `png`.
+fn check_png_palette(bytes: &[u8]) -> Result<()> {
+    let mut at: usize = 8; // signature
+    while let Some(header) = bytes.get(at..at.saturating_add(8)) {
+        let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        match &header[4..8] {
+            b"PLTE" if !len.is_multiple_of(3) => {
+                return Err(EngineError::Decode(format!("PNG palette is {len} bytes, not a multiple of 3")));
+            }
+            b"IDAT" => break,
+            _ => {}
+        }
+        at = at.saturating_add(12).saturating_add(len);
     }
     Ok(())
 }
@@ -190,6 +234,33 @@ mod tests {
         assert!(check_jpeg_size(64, 48, 300).is_ok());
         assert!(check_jpeg_size(7000, 7000, 95_704).is_ok());
         assert!(check_jpeg_size(7000, 7000, 95_703).is_err());
+    }
+
+    /// Regression (fuzz target `decode`): a palette PNG whose 53-byte PLTE panicked in `png`
+    /// ("range end index 3 out of range for slice of length 2").
+    #[test]
+    fn png_palette_not_a_multiple_of_3_is_an_error() {
+        let crash = hex(concat!(
+            "89504e470d0a1a0a0000000d4948445200000008000000080803000000f3d1abb900000035504c54",
+            "450000000000000a0a0a1414141e1e1e2828283232323c3c3c4646465050505a5a5a6464646e6e6e",
+            "7878c3c3c3c3c37882827e737378eb224db70000001074524e005333ffffffffffffffffffffffff",
+            "ffffc05249464c00002049444154789c95c6c10900000803b16b71ff95154107682000005c004949",
+            "2a00ae422f600000000000000000000082",
+        ));
+        let err = decode_image(&crash, DEFAULT_MAX_PIXELS).unwrap_err();
+        assert!(matches!(&err, EngineError::Decode(m) if m.contains("not a multiple of 3")), "{err:?}");
+    }
+
+    #[test]
+    fn a_panicking_decoder_fails_the_image() {
+        let err = contain_panics::<()>(ImageFormat::Png, || panic!("boom")).unwrap_err();
+        assert!(matches!(&err, EngineError::Decode(m) if m.contains("panicked: boom")), "{err:?}");
+        assert!(!err.is_retryable());
+    }
+
+    fn hex(s: &str) -> Vec<u8> {
+        let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
+        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
     }
 
     #[test]
