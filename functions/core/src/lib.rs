@@ -12,6 +12,7 @@ pub mod error;
 pub mod id;
 pub mod job;
 pub mod message;
+pub mod net;
 pub mod ports;
 pub mod request;
 pub mod result;

@@ -323,6 +323,10 @@ mod tests {
         table.insert("metadata.example".to_owned(), vec!["169.254.169.254:80".parse().unwrap()]);
         table.insert("v6local.example".to_owned(), vec!["[fd00:ec2::254]:443".parse().unwrap()]);
         table.insert("localhost".to_owned(), vec!["127.0.0.1:80".parse().unwrap()]);
+        // Metadata and loopback behind NAT64, IPv4-mapped IPv6 and the shared (CGNAT) range.
+        table.insert("nat64.example".to_owned(), vec!["[64:ff9b::a9fe:a9fe]:80".parse().unwrap()]);
+        table.insert("mapped.example".to_owned(), vec!["[::ffff:127.0.0.1]:443".parse().unwrap()]);
+        table.insert("cgnat.example".to_owned(), vec!["100.64.1.1:443".parse().unwrap()]);
         Webhooks {
             policy: Policy::new(allow),
             resolver: Arc::new(TableResolver(table)),
@@ -359,6 +363,13 @@ mod tests {
             "http://[fe80::1]/hook",
             "http://[::ffff:10.0.0.1]/hook",
             "http://0.0.0.0/hook",
+            // Other spellings of 127.0.0.1 that the URL parser normalises.
+            "http://2130706433/hook",
+            "http://0x7f.1/hook",
+            "http://[::ffff:7f00:1]/hook",
+            "https://nat64.example/hook",
+            "https://mapped.example/hook",
+            "https://cgnat.example/hook",
             "ftp://public.example/hook",
             "https://unknown.example/hook",
         ];
