@@ -81,6 +81,9 @@ async fn presigned_urls_refuse_other_requests() -> anyhow::Result<()> {
     let flipped = if &url[sig_at..sig_at + 1] == "0" { "1" } else { "0" };
     tampered["upload"]["url"] = json!(format!("{}{}{}", &url[..sig_at], flipped, &url[sig_at + 1..]));
     assert_eq!(put(&env, &tampered, png.clone(), None).await?, StatusCode::FORBIDDEN, "tampered signature");
+    // The URL grants that PUT only: reading the key with it is refused.
+    let read = env.http.get(job["upload"]["url"].as_str().unwrap()).send().await?;
+    assert_eq!(read.status(), StatusCode::FORBIDDEN, "GET with the PUT URL");
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(put(&env, &job, png.clone(), None).await?, StatusCode::FORBIDDEN, "expired");
     let listed = env.s3.list_objects_v2().bucket(&env.bucket).send().await?;
@@ -187,6 +190,33 @@ async fn idempotency_keys_hold_under_concurrency() -> anyhow::Result<()> {
     assert_eq!(conflict.status(), StatusCode::CONFLICT);
     let v: Value = conflict.json().await?;
     assert_eq!(v["error"]["code"], "idempotency_conflict");
+    Ok(())
+}
+
+#[tokio::test]
+async fn idempotency_keys_are_per_caller() -> anyhow::Result<()> {
+    // On MySQL's unique (owner, idempotency_key) index: another caller's identical key makes
+    // their own job, with the same body or another (a 409 would tell them the key is in use
+    // by someone), and the first caller's replay still gets the first caller's job.
+    let env = TestEnv::with(Options { poller: false, ..Options::default() }).await?;
+    let send = |token: &'static str, body: &Value| {
+        env.request(Method::POST, "/v1/jobs", token).header("idempotency-key", "shared-key-1").json(body).send()
+    };
+    let body = json!({"content_type": "image/png", "content_length": 10});
+    let other = json!({"content_type": "image/jpeg", "content_length": 11});
+    let alice: Value = send(ALICE_TOKEN, &body).await?.json().await?;
+    let mut ids = std::collections::HashSet::from([alice["job_id"].to_string()]);
+    for (token, b) in [(BOB_TOKEN, &other), (BOB_TOKEN, &other), (ALICE_TOKEN, &body)] {
+        let r = send(token, b).await?;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        ids.insert(r.json::<Value>().await?["job_id"].to_string());
+    }
+    assert_eq!(ids.len(), 2, "one job each, replays included: {ids:?}");
+    let r = send(BOB_TOKEN, &body).await?;
+    assert_eq!(r.status(), StatusCode::CONFLICT, "bob's own key with another body than bob's");
+    let path = format!("/v1/jobs/{}", alice["job_id"].as_str().unwrap());
+    assert_eq!(env.request(Method::GET, &path, BOB_TOKEN).send().await?.status(), StatusCode::NOT_FOUND);
+    assert_eq!(env.job_rows().await?, 2);
     Ok(())
 }
 

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use mysql_async::prelude::Queryable;
+use ocr_api::config::Limits;
 use ocr_integration_tests::worker::{DbProxy, WebhookReceiver, line_images, models_available};
 use ocr_integration_tests::{ALICE_TOKEN, Options, TestEnv};
 use reqwest::{Method, StatusCode};
@@ -88,8 +89,10 @@ async fn images_become_text_and_signed_webhooks() -> anyhow::Result<()> {
     if !models_available() {
         return Ok(());
     }
-    let env = TestEnv::new().await?;
     let hooks = WebhookReceiver::start().await?;
+    // The receiver is plain http on loopback: allowed explicitly, for the API as for the worker.
+    let limits = Limits { webhook_allow_hosts: vec![hooks.addr.to_string()], ..Limits::default() };
+    let env = TestEnv::with(Options { limits, ..Options::default() }).await?;
     let images = line_images(6)?;
     let mut jobs = Vec::new();
     for (i, (bytes, text)) in images.iter().enumerate() {

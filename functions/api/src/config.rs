@@ -68,6 +68,11 @@ pub struct ApiArgs {
     /// `Retry-After` sent with 503, in seconds.
     #[arg(long, env = "RETRY_AFTER_SECS", default_value_t = 30)]
     pub retry_after_secs: u64,
+    /// `host:port` entries (comma-separated) a job's `callback_url` may name although they are
+    /// plain http or internal (a receiver on loopback); tests and local runs only. The worker
+    /// reads the same variable for where it may send.
+    #[arg(long, env = "WEBHOOK_ALLOW_HOSTS", default_value = "")]
+    pub webhook_allow_hosts: String,
 }
 
 impl fmt::Debug for ApiArgs {
@@ -80,6 +85,7 @@ impl fmt::Debug for ApiArgs {
             .field("queue_depth_limit", &self.queue_depth_limit)
             .field("queue_depth_refresh_secs", &self.queue_depth_refresh_secs)
             .field("retry_after_secs", &self.retry_after_secs)
+            .field("webhook_allow_hosts", &self.webhook_allow_hosts)
             .finish()
     }
 }
@@ -95,6 +101,8 @@ pub struct Limits {
     pub queue_depth_limit: u64,
     pub queue_depth_refresh: Duration,
     pub retry_after_secs: u64,
+    /// `host:port` (lower case) exempt from the callback target check (`WEBHOOK_ALLOW_HOSTS`).
+    pub webhook_allow_hosts: Vec<String>,
 }
 
 impl Default for Limits {
@@ -105,6 +113,7 @@ impl Default for Limits {
             queue_depth_limit: 10_000,
             queue_depth_refresh: Duration::from_secs(5),
             retry_after_secs: 30,
+            webhook_allow_hosts: Vec::new(),
         }
     }
 }
@@ -117,6 +126,13 @@ impl From<&ApiArgs> for Limits {
             queue_depth_limit: a.queue_depth_limit,
             queue_depth_refresh: Duration::from_secs(a.queue_depth_refresh_secs),
             retry_after_secs: a.retry_after_secs,
+            webhook_allow_hosts: a
+                .webhook_allow_hosts
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_ascii_lowercase)
+                .collect(),
         }
     }
 }

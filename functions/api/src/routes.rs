@@ -4,14 +4,14 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use ocr_core::job::Idempotency;
 use ocr_core::ports::StatusChange;
-use ocr_core::request::{CreateLimits, JobSpec, RawCreateRequest, parse_create};
+use ocr_core::request::{CreateLimits, JobSpec, RawCreateRequest, check_callback_target, parse_create};
 use ocr_core::{Job, JobId, JobStatus, NewJob, PortError};
 
 use crate::auth::Caller;
@@ -53,7 +53,8 @@ async fn method_not_allowed() -> ApiError {
 }
 
 /// `POST /v1/jobs`: JSON asks for an upload URL (201); an image body is stored directly (202).
-/// The checks themselves are [`ocr_core::request::parse_create`].
+/// The checks themselves are [`ocr_core::request::parse_create`] and, for a callback URL,
+/// [`ocr_core::request::check_callback_target`].
 async fn create_job(
     State(state): State<AppState>,
     caller: Caller,
@@ -77,6 +78,9 @@ async fn create_job(
     let limits =
         CreateLimits { max_upload_bytes: state.limits.max_upload_bytes, max_direct_bytes: MAX_DIRECT_UPLOAD_BYTES };
     let request = parse_create(&raw, &limits)?;
+    if let Some(url) = &request.spec.callback_url {
+        check_callback_target(url, &state.limits.webhook_allow_hosts)?;
+    }
     let direct_body = request.direct.then_some(body);
     create(&state, caller, request.spec, request.idempotency, direct_body).await
 }
@@ -199,8 +203,14 @@ fn job_response(status: StatusCode, view: JobView) -> Response {
     response
 }
 
-/// The caller's own job, or 404 — for another caller's job too, so ids reveal nothing.
-async fn owned_job(state: &AppState, caller: &Caller, id: &str) -> Result<Job, ApiError> {
+/// The caller's own job, or 404 — for another caller's job too, so ids reveal nothing. A path
+/// segment axum cannot even decode (not UTF-8) is the same 404, not axum's plain-text 400.
+async fn owned_job(
+    state: &AppState,
+    caller: &Caller,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Job, ApiError> {
+    let Ok(Path(id)) = id else { return Err(ApiError::NotFound) };
     let id: JobId = id.parse().map_err(|_| ApiError::NotFound)?;
     match state.store.get(&id).await? {
         Some(job) if job.owner == caller.0 => Ok(job),
@@ -222,8 +232,12 @@ async fn expire_if_due(state: &AppState, job: Job) -> Result<Job, ApiError> {
 }
 
 /// `GET /v1/jobs/{id}`: status, times, attempts, error, and the result when there is one.
-async fn get_job(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let job = expire_if_due(&state, owned_job(&state, &caller, &id).await?).await?;
+async fn get_job(
+    State(state): State<AppState>,
+    caller: Caller,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let job = expire_if_due(&state, owned_job(&state, &caller, id).await?).await?;
     let mut view = JobView::new(&job);
     if job.status == JobStatus::Succeeded {
         view.result = state.store.get_result(&job.id).await?;
@@ -235,9 +249,9 @@ async fn get_job(State(state): State<AppState>, caller: Caller, Path(id): Path<S
 async fn delete_job(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    let job = owned_job(&state, &caller, &id).await?;
+    let job = owned_job(&state, &caller, id).await?;
     if job.status != JobStatus::Deleted {
         state.objects.delete(&job.object_key()).await?;
         state.store.mark_deleted(&job.id, state.clock.now_ms()).await?;

@@ -91,7 +91,15 @@ impl UploadHandler {
         let Some(info) = self.objects.head(key).await? else {
             return Ok(UploadOutcome::Ignored("object is gone".into()));
         };
-        if let Some(reason) = self.refusal(&job.content_type, job.content_length, key, info.size).await? {
+        let refusal = match self.refusal(&job.content_type, job.content_length, key, info.size).await {
+            Ok(refusal) => refusal,
+            // Deleted between the HEAD and the reads (the job's DELETE came in between, or the
+            // expiry rule): nothing is left to check and no retry can bring it back, so the event
+            // is acknowledged rather than left to land in the DLQ.
+            Err(PortError::NotFound) => return Ok(UploadOutcome::Ignored("object is gone".into())),
+            Err(e) => return Err(e),
+        };
+        if let Some(reason) = refusal {
             return self.reject(&job.id, job.status, key, reason).await;
         }
         let now = self.clock.now_ms();

@@ -10,8 +10,8 @@ use ocr_api::auth::Authenticator;
 use ocr_api::config::Limits;
 use ocr_api::upload::{UploadHandler, UploadOutcome};
 use ocr_core::fakes::{InMemoryJobQueue, InMemoryJobStore, InMemoryObjectStore, ManualClock};
-use ocr_core::ports::{JobStore, StatusChange};
-use ocr_core::{ContentType, JobId, JobStatus, OcrLine, OcrResult, Priority};
+use ocr_core::ports::{JobStore, ObjectInfo, ObjectStore, PresignedPut, StatusChange};
+use ocr_core::{ContentType, JobId, JobStatus, OcrLine, OcrResult, PortError, Priority};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -226,6 +226,80 @@ async fn other_callers_jobs_are_invisible() {
 }
 
 #[tokio::test]
+async fn unreadable_jobs_all_answer_the_same_404() {
+    // No existence oracle: another caller's job, a well-formed id nobody has, a malformed id and
+    // a path segment that is not even UTF-8 get byte-identical answers, for GET and DELETE.
+    let h = harness();
+    let (_, _, created) = h.call(post_json(Some(ALICE), r#"{"content_type":"image/png","content_length":10}"#)).await;
+    let alices = created["job_id"].as_str().unwrap().to_owned();
+    let paths = [
+        format!("/v1/jobs/{alices}"),
+        format!("/v1/jobs/{}", JobId::new()),
+        format!("/v1/jobs/{}", alices.to_uppercase()),
+        "/v1/jobs/not-a-job-id".to_owned(),
+        "/v1/jobs/%FF".to_owned(),
+        "/v1/jobs/..%2F..%2Fetc".to_owned(),
+    ];
+    let mut answers = Vec::new();
+    for path in &paths {
+        for method in ["GET", "DELETE"] {
+            let request = Request::builder()
+                .method(method)
+                .uri(path)
+                .header(header::AUTHORIZATION, format!("Bearer {BOB}"))
+                .body(Body::empty())
+                .unwrap();
+            let response = ocr_api::routes::router(h.state.clone()).oneshot(request).await.unwrap();
+            let status = response.status();
+            let content_type = response.headers()[header::CONTENT_TYPE].clone();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            answers.push((format!("{method} {path}"), status, content_type, body));
+        }
+    }
+    let (_, status, content_type, body) = &answers[0];
+    assert_eq!(*status, StatusCode::NOT_FOUND);
+    assert_eq!(content_type, "application/json");
+    let json: Value = serde_json::from_slice(body).unwrap();
+    assert_eq!(json, json!({"error": {"code": "not_found", "message": "job not found", "retryable": false}}));
+    for (what, s, ct, b) in &answers {
+        assert_eq!((s, ct, b), (status, content_type, body), "{what}");
+    }
+    // Bob's DELETE took nothing away.
+    let (status, _, json) = h.call(get(ALICE, &format!("/v1/jobs/{alices}"))).await;
+    assert_eq!((status, json["status"].as_str()), (StatusCode::OK, Some("awaiting_upload")));
+}
+
+#[tokio::test]
+async fn internal_callback_urls_are_refused_at_creation() {
+    // The worker checks every resolved address when it sends (gpu_worker::ssrf); the API refuses
+    // what is internal on its face, so such a job never exists.
+    let h = harness();
+    for url in [
+        "http://hooks.example.com/",
+        "https://127.0.0.1/",
+        "https://169.254.169.254/",
+        "https://[::1]/",
+        "https://localhost:8443/",
+        "https://10.0.0.7/",
+        "https://ip-10-0-0-7.ec2.internal/",
+    ] {
+        let body = json!({"content_type": "image/png", "content_length": 10, "callback_url": url}).to_string();
+        let (status, _, json) = h.call(post_json(Some(ALICE), &body)).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{url}: {json}");
+        assert_eq!(json["error"]["code"], "invalid_request");
+        let query =
+            format!("?callback_url={}", url::form_urlencoded::byte_serialize(url.as_bytes()).collect::<String>());
+        let (status, _, json) = h.call(direct(ALICE, "image/png", &query, png_bytes())).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "direct {url}: {json}");
+    }
+    assert!(h.store.is_empty());
+    let body = r#"{"content_type":"image/png","content_length":10,"callback_url":"https://hooks.example.com/ocr"}"#;
+    let (status, _, json) = h.call(post_json(Some(ALICE), body)).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(json["callback_url"], "https://hooks.example.com/ocr");
+}
+
+#[tokio::test]
 async fn deep_queue_gets_503_and_leaves_no_job() {
     let h = harness();
     h.queue.force_depth(Priority::Bulk, 101);
@@ -393,6 +467,56 @@ async fn bad_uploads_fail_and_are_deleted() {
         assert_eq!(job.status, JobStatus::Failed);
         assert!(job.error.is_some());
     }
+    assert!(h.queue.messages(Priority::Bulk).is_empty());
+}
+
+/// An object store whose objects vanish right after their HEAD, as when the job's DELETE lands
+/// between the upload handler's HEAD and its reads.
+struct VanishingObjects(Arc<InMemoryObjectStore>);
+
+#[async_trait::async_trait]
+impl ObjectStore for VanishingObjects {
+    fn bucket(&self) -> &str {
+        self.0.bucket()
+    }
+    async fn presign_put(
+        &self,
+        key: &str,
+        content_type: ContentType,
+        content_length: u64,
+        expires_in: std::time::Duration,
+    ) -> Result<PresignedPut, PortError> {
+        self.0.presign_put(key, content_type, content_length, expires_in).await
+    }
+    async fn put(&self, key: &str, content_type: ContentType, body: bytes::Bytes) -> Result<(), PortError> {
+        self.0.put(key, content_type, body).await
+    }
+    async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, PortError> {
+        let info = self.0.head(key).await;
+        self.0.delete(key).await?;
+        info
+    }
+    async fn read_range(&self, key: &str, offset: u64, len: usize) -> Result<bytes::Bytes, PortError> {
+        self.0.read_range(key, offset, len).await
+    }
+    async fn get(&self, key: &str) -> Result<bytes::Bytes, PortError> {
+        self.0.get(key).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), PortError> {
+        self.0.delete(key).await
+    }
+}
+
+#[tokio::test]
+async fn an_upload_deleted_during_its_check_is_acknowledged_not_failed() {
+    let h = harness();
+    let bytes = png_bytes();
+    let (id, key) = uploaded(&h, ContentType::Png, bytes.len(), bytes).await;
+    let mut handler = h.uploads();
+    handler.objects = Arc::new(VanishingObjects(h.objects.clone()));
+    // Not an error: an error that no retry can fix would leave the event for the DLQ.
+    assert_eq!(handler.handle_object(&key).await.unwrap(), UploadOutcome::Ignored("object is gone".into()));
+    assert_eq!(h.store.get(&id).await.unwrap().unwrap().status, JobStatus::AwaitingUpload);
     assert!(h.queue.messages(Priority::Bulk).is_empty());
 }
 

@@ -2,13 +2,15 @@
 //! pairs and body, so the API and the fuzz targets run the same code without a server.
 
 use serde::Deserialize;
+use serde::de::{self, Deserializer, Unexpected, Visitor};
 use sha2::{Digest, Sha256};
 
 use crate::content::ContentType;
 use crate::job::{Idempotency, Priority};
 
-/// Longest accepted `Idempotency-Key` (bytes).
-pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+/// Longest accepted `Idempotency-Key` (bytes): the database column's width (`VARCHAR(191)`,
+/// the longest utf8mb4 column a unique index with `owner` takes).
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 191;
 /// Longest accepted callback URL (bytes).
 pub const MAX_CALLBACK_URL_LEN: usize = 2048;
 /// Largest `metadata` object, serialised (bytes).
@@ -63,7 +65,7 @@ pub struct JobSpec {
     pub content_length: u64,
     /// Queue to use.
     pub priority: Priority,
-    /// Webhook URL (http or https, with a host, no credentials).
+    /// Webhook URL (http or https, with a host, no credentials; see [`check_callback_target`]).
     pub callback_url: Option<String>,
     /// Caller's JSON object, at most [`MAX_METADATA_BYTES`] serialised.
     pub metadata: Option<serde_json::Value>,
@@ -85,6 +87,7 @@ pub struct CreateRequest {
 #[serde(deny_unknown_fields)]
 struct CreateJobRequest {
     content_type: String,
+    #[serde(deserialize_with = "whole_number")]
     content_length: u64,
     #[serde(default)]
     priority: Option<Priority>,
@@ -92,6 +95,34 @@ struct CreateJobRequest {
     callback_url: Option<String>,
     #[serde(default)]
     metadata: Option<serde_json::Value>,
+}
+
+/// A non-negative whole number as JSON Schema's `integer` means it: `69` and `69.0` alike
+/// (openapi.json documents `content_length` as an integer); a fraction, a negative number or
+/// one beyond `u64` is refused.
+fn whole_number<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    struct WholeNumber;
+    impl Visitor<'_> for WholeNumber {
+        type Value = u64;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a non-negative whole number")
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<u64, E> {
+            Ok(v)
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<u64, E> {
+            u64::try_from(v).map_err(|_| E::invalid_value(Unexpected::Signed(v), &self))
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<u64, E> {
+            // 2^64 is exact in f64; every whole f64 below it converts exactly.
+            if v.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&v) {
+                Ok(v as u64)
+            } else {
+                Err(E::invalid_value(Unexpected::Float(v), &self))
+            }
+        }
+    }
+    deserializer.deserialize_any(WholeNumber)
 }
 
 /// Query of `POST /v1/jobs` with an image body.
@@ -154,7 +185,11 @@ pub fn idempotency_key(value: Option<&[u8]>) -> Result<Option<String>, RequestEr
     let Some(value) = value else { return Ok(None) };
     let key = header_str(value)
         .filter(|k| !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY_LEN && k.bytes().all(|b| b.is_ascii_graphic()))
-        .ok_or_else(|| RequestError::Invalid("Idempotency-Key must be 1 to 255 visible ASCII characters".into()))?;
+        .ok_or_else(|| {
+            RequestError::Invalid(format!(
+                "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters"
+            ))
+        })?;
     Ok(Some(key.to_owned()))
 }
 
@@ -258,8 +293,8 @@ pub fn direct_upload_spec(
     })
 }
 
-/// Checks a callback URL's form only; where it may point (no private or metadata addresses)
-/// is enforced by the worker after DNS resolution, when it calls it.
+/// Checks a callback URL's form: http(s), a host, no credentials. Where it may point is
+/// [`check_callback_target`]'s question.
 pub fn validate_callback_url(url: Option<String>) -> Result<Option<String>, RequestError> {
     let Some(url) = url else { return Ok(None) };
     if url.len() > MAX_CALLBACK_URL_LEN {
@@ -273,6 +308,39 @@ pub fn validate_callback_url(url: Option<String>) -> Result<Option<String>, Requ
         return Err(RequestError::Invalid("callback_url must not carry credentials".into()));
     }
     Ok(Some(url))
+}
+
+/// Where a callback URL (already through [`validate_callback_url`]) may point, checked when the
+/// job is created: https, to a host that is not obviously internal (a loopback, private,
+/// link-local or reserved literal address, in any form the URL parser reads, or a name like
+/// `localhost` or `*.internal`). `allow` lists `host:port` entries exempt from both rules
+/// (`CALLBACK_ALLOW_HOSTS`: tests and local runs with a receiver on loopback).
+///
+/// Where a name resolves is only known when the webhook is sent: the worker checks every
+/// resolved address then and connects to the one it checked (`gpu_worker::ssrf`), which is the
+/// real defence; this refuses early what is internal on its face.
+pub fn check_callback_target(url: &str, allow: &[String]) -> Result<(), RequestError> {
+    let parsed = url::Url::parse(url).map_err(|e| RequestError::Invalid(format!("callback_url: {e}")))?;
+    let host = parsed.host_str().unwrap_or_default().to_ascii_lowercase();
+    let port = parsed.port_or_known_default().unwrap_or(0);
+    if allow.iter().any(|a| a.eq_ignore_ascii_case(&format!("{host}:{port}"))) {
+        return Ok(());
+    }
+    if parsed.scheme() != "https" {
+        return Err(RequestError::Invalid("callback_url must be an https URL".into()));
+    }
+    let internal = match parsed.host() {
+        Some(url::Host::Ipv4(ip)) => crate::net::is_forbidden(ip.into()),
+        Some(url::Host::Ipv6(ip)) => crate::net::is_forbidden(ip.into()),
+        Some(url::Host::Domain(name)) => crate::net::is_internal_name(name),
+        None => true,
+    };
+    if internal {
+        return Err(RequestError::Invalid(
+            "callback_url must not point to a loopback, private, link-local, reserved or internal host".into(),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -378,8 +446,66 @@ mod tests {
         assert_eq!(media_type(Some(b"image/png\x7f")), "");
         assert_eq!(media_type(Some("image/pngé".as_bytes())), "");
         assert_eq!(media_type(None), "");
-        assert_eq!(idempotency_key(Some(&[b'k'; 255])).unwrap().unwrap().len(), 255);
-        assert!(idempotency_key(Some(&[b'k'; 256])).is_err());
+        assert_eq!(idempotency_key(Some(&[b'k'; 191])).unwrap().unwrap().len(), 191);
+        assert!(idempotency_key(Some(&[b'k'; 192])).is_err());
         assert!(idempotency_key(Some(b"tab\there")).is_err());
+    }
+
+    #[test]
+    fn content_length_is_a_whole_number_however_written() {
+        let len = |v: &str| {
+            let body = format!(r#"{{"content_type":"image/png","content_length":{v}}}"#);
+            parse_create_request(body.as_bytes(), 20_000_000).map(|s| s.content_length)
+        };
+        assert_eq!(len("69"), Ok(69));
+        assert_eq!(len("69.0"), Ok(69));
+        assert_eq!(len("6.9e1"), Ok(69));
+        assert_eq!(len("2e7"), Ok(20_000_000));
+        assert!(matches!(len("2.0000001e7"), Err(RequestError::TooLarge(_))));
+        assert!(matches!(len("1e19"), Err(RequestError::TooLarge(_))));
+        for bad in ["69.5", "-1", "-0.5", "1e30", "99999999999999999999999", "true", "\"69\"", "null"] {
+            assert!(matches!(len(bad), Err(RequestError::Invalid(_))), "{bad}: {:?}", len(bad));
+        }
+        assert!(matches!(len("0.0"), Err(RequestError::Invalid(_))), "at least 1");
+    }
+
+    #[test]
+    fn callback_targets_must_be_public_https() {
+        for ok in ["https://hooks.example.com/ocr?x=1", "https://93.184.216.34:8443/h", "https://[2606:4700::1111]/h"] {
+            assert_eq!(check_callback_target(ok, &[]), Ok(()), "{ok}");
+        }
+        for bad in [
+            "http://hooks.example.com/",
+            "https://localhost/",
+            "https://localhost./",
+            "https://a.LOCALHOST/",
+            "https://ip-10-0-0-1.ec2.internal/",
+            "https://metadata.google.internal/computeMetadata/v1/",
+            "https://printer.local/",
+            "https://127.0.0.1/",
+            "https://127.1/",
+            "https://2130706433/",
+            "https://0x7f000001/",
+            "https://0177.0.0.1/",
+            "https://10.1.2.3/",
+            "https://172.16.0.1/",
+            "https://192.168.1.1/",
+            "https://169.254.169.254/latest/meta-data/",
+            "https://100.64.0.1/",
+            "https://0.0.0.0/",
+            "https://[::1]/",
+            "https://[fe80::1]/",
+            "https://[fd00:ec2::254]/",
+            "https://[::ffff:127.0.0.1]/",
+            "https://[::ffff:a9fe:a9fe]/",
+            "https://[64:ff9b::a9fe:a9fe]/",
+        ] {
+            assert!(matches!(check_callback_target(bad, &[]), Err(RequestError::Invalid(_))), "{bad}");
+        }
+        // An allowed host:port (a test's receiver on loopback) is exempt; its other ports are not.
+        let allow = ["127.0.0.1:18080".to_owned()];
+        assert_eq!(check_callback_target("http://127.0.0.1:18080/hook", &allow), Ok(()));
+        assert!(check_callback_target("http://127.0.0.1:18081/hook", &allow).is_err());
+        assert!(check_callback_target("https://127.0.0.1/hook", &allow).is_err());
     }
 }
