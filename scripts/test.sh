@@ -9,8 +9,9 @@
 #      localstack/init.py, localstack/check_template.py (the template's non-compute core deployed
 #      to LocalStack: names vs init.py, redrive, visibility, alarm thresholds), infra/check.sh
 #      (sam validate --lint, shellcheck, deploy.sh --dry-run, pytest infra/tests), the workspace
-#      tests (cargo nextest, else cargo test), scripts/chaos.sh --jobs 100 (load with faults),
-#      then `sam build` (infra/sam-build.sh; skipped
+#      tests (cargo nextest, else cargo test), scripts/api-fuzz.sh (schemathesis against the
+#      API's OpenAPI document, 50 examples, fixed seed), scripts/chaos.sh --jobs 100 (load with
+#      faults), then `sam build` (infra/sam-build.sh; skipped
 #      only with OCR_SKIP_SAM_BUILD=1)
 #   5. prints a timing summary; exits non-zero if any step failed.
 #
@@ -125,6 +126,12 @@ check "localstack init smoke" init_smoke
 check "template infra on LocalStack" "$LOCALSTACK_PYTHON" "$ROOT/localstack/check_template.py"
 check "infra checks" "$ROOT/infra/check.sh"
 check "cargo tests" run_tests "$@"
+# Schemathesis against the served OpenAPI document (its own api-local, prefix and database; the
+# binaries the tests just built): no 5xx, every response as documented, two callers kept apart.
+# A fixed seed keeps CI reproducible; scripts/api-fuzz.sh without --seed explores new cases.
+if (($# == 0)); then
+    check "api fuzz (schemathesis)" "$ROOT/scripts/api-fuzz.sh" --max-examples 50 --seed 20261129 --time-limit 300
+fi
 # Load with faults (scripts/chaos.sh, small): its own LocalStack on :4599, the dev binaries the
 # tests just built; fails when a job is lost or duplicated, a webhook missing, a secret logged.
 if (($# == 0)); then
