@@ -155,6 +155,10 @@ fn a_real_png_bomb_under_the_limit_decodes_in_bounded_time() {
     let bomb = png_zero_bomb(4000);
     assert!(bomb.len() < 200_000, "{} bytes", bomb.len());
     check("PNG 4000x4000 zeros (real bomb, 16 MP)", &bomb, Want::Image(4000, 4000));
+    let flat = webp_lossless_flat(16, 16);
+    let small = check("WebP lossless 16x16, zero bits per pixel", &flat, Want::Image(16, 16)).unwrap();
+    assert_eq!(small.get_pixel(5, 5).0, [0, 0, 0]);
+    check("WebP lossless 7000x7000, zero bits per pixel", &webp_lossless_flat(7000, 7000), Want::Image(7000, 7000));
 }
 
 #[test]

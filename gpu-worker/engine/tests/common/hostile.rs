@@ -345,6 +345,41 @@ pub fn webp_vp8_claiming(w: u16, h: u16, data: usize) -> Vec<u8> {
     out
 }
 
+/// A lossless WebP of `w × h` black pixels in about 30 bytes: every prefix code has a single
+/// symbol, which VP8L codes with zero bits per pixel (the format's own bomb).
+pub fn webp_lossless_flat(w: u32, h: u32) -> Vec<u8> {
+    // LSB-first bit writer.
+    let mut bits: Vec<bool> = Vec::new();
+    let mut put = |v: u32, n: u32| (0..n).for_each(|i| bits.push((v >> i) & 1 == 1));
+    put(w - 1, 14);
+    put(h - 1, 14);
+    put(0, 1); // alpha unused
+    put(0, 3); // version
+    put(0, 1); // no transform
+    put(0, 1); // no colour cache
+    put(0, 1); // no meta prefix codes
+    for symbol in [0u32, 0, 0, 255, 0] {
+        // green, red, blue, alpha, distance: "simple" code with one symbol
+        put(1, 1);
+        put(0, 1);
+        if symbol < 2 {
+            put(0, 1);
+            put(symbol, 1);
+        } else {
+            put(1, 1);
+            put(symbol, 8);
+        }
+    }
+    let mut vp8l = vec![0x2f];
+    vp8l.extend(bits.chunks(8).map(|c| c.iter().enumerate().fold(0u8, |b, (i, &bit)| b | (u8::from(bit) << i))));
+    let mut body = b"WEBP".to_vec();
+    riff_chunk(&mut body, b"VP8L", &vp8l);
+    let mut out = b"RIFF".to_vec();
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
 /// A TIFF with one page per image (RGB, uncompressed).
 pub fn multi_page_tiff(pages: &[RgbImage]) -> Vec<u8> {
     let mut out = Cursor::new(Vec::new());
