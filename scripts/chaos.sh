@@ -55,8 +55,12 @@ ENV_FILE="$RUN_DIR/chaos-$suffix.env"
 cleanup() {
     local rc=$?
     set +e
-    # The driver stops its processes; anything left of them (it was killed) goes here.
-    pkill -KILL -f "$bin_dir/(api-local|gpu-worker)\$" 2>/dev/null
+    # The driver stops its processes; anything left of them (it was killed) goes here. Each
+    # was started in its own session, so pid == process group.
+    local pid
+    if [[ -f "$LOG_DIR/pids" ]]; then
+        while read -r pid; do kill -KILL -- "-$pid" 2>/dev/null; done <"$LOG_DIR/pids"
+    fi
     if [[ $LOCALSTACK_STARTED == 1 ]]; then
         kill -CONT -- "-$(cat "$LOCALSTACK_PIDFILE" 2>/dev/null)" 2>/dev/null
         localstack_stop chaos

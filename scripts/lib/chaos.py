@@ -324,6 +324,9 @@ class Proc:
         self.p = subprocess.Popen(self.argv, env=self.env, stdin=subprocess.DEVNULL, stdout=out,
                                   stderr=subprocess.STDOUT, start_new_session=True)
         out.close()
+        # chaos.sh kills what is listed here if this driver itself dies.
+        with open(self.logfile.parent / "pids", "a") as f:
+            f.write(f"{self.p.pid}\n")
 
     def alive(self) -> bool:
         return self.p is not None and self.p.poll() is None
