@@ -81,6 +81,7 @@ for t in "${targets[@]}"; do
     logf="$RUN_DIR/fuzz-$t.log"
     before=$(find "$artifacts" -type f | wc -l)
     log "fuzzing $t for ${seconds}s (log: $logf)"
+    started=$SECONDS
     set +e
     # shellcheck disable=SC2046 # options are split on purpose
     cargo fuzz run --fuzz-dir fuzz --target-dir "$FUZZ_TARGET_DIR" "$t" "$corpus" "$(seeds_of "$t")" -- \
@@ -88,6 +89,7 @@ for t in "${targets[@]}"; do
         -artifact_prefix="$artifacts/" $(opts_of "$t") >"$logf" 2>&1
     rc=$?
     set -e
+    ran=$((SECONDS - started))
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$logf" | tail -n1)
     rss=$(sed -n 's/^stat::peak_rss_mb: *//p' "$logf" | tail -n1)
     found=$(($(find "$artifacts" -type f | wc -l) - before))
@@ -95,7 +97,7 @@ for t in "${targets[@]}"; do
     if [[ $rc -ne 0 && $found -eq 0 ]]; then found=1; fi
     [[ $found -eq 0 ]] || status=1
     line=$(printf '%-15s %4ss  executions %-10s peak RSS %5s MB  crashes %s' \
-        "$t" "$seconds" "${execs:-?}" "${rss:-?}" "$found")
+        "$t" "$ran" "${execs:-?}" "${rss:-?}" "$found")
     summary+=("$line")
     if [[ $found -ne 0 ]]; then
         grep -E '^(==[0-9]+==ERROR|SUMMARY|thread .* panicked|artifact_prefix|Test unit written)' "$logf" | head -n 8 >&2 || true
