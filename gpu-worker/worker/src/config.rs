@@ -144,6 +144,10 @@ pub struct EngineArgs {
     /// Decompression-bomb guard (width × height).
     #[arg(long, env = "OCR_MAX_PIXELS", default_value_t = ocr_engine::DEFAULT_MAX_PIXELS)]
     pub max_pixels: u64,
+    /// ONNX Runtime's CPU memory arena: without it every detector run page-faults its
+    /// buffers afresh (15 % of the time on scene photos, measured), for ~25-80 MB more RSS.
+    #[arg(long, env = "OCR_CPU_ARENA", default_value_t = true, action = clap::ArgAction::Set)]
+    pub cpu_arena: bool,
 }
 
 impl WorkerConfig {

@@ -47,7 +47,7 @@ impl EngineRecognizer {
             conv_algo_search: args.cudnn_conv_algo,
             intra_threads: args.threads,
             spinning: false,
-            cpu_arena: false,
+            cpu_arena: args.cpu_arena,
         };
         let options = EngineOptions {
             orientation: args.orientation,

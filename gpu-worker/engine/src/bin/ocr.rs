@@ -67,8 +67,9 @@ struct Args {
     /// Let ONNX Runtime threads spin while waiting (faster on an idle machine, worse when shared).
     #[arg(long, env = "OCR_SPIN", default_value_t = false)]
     spin: bool,
-    /// ONNX Runtime CPU memory arena (faster allocation, higher peak memory).
-    #[arg(long, env = "OCR_CPU_ARENA", default_value_t = false, action = clap::ArgAction::Set)]
+    /// ONNX Runtime CPU memory arena: without it every detector run page-faults its buffers
+    /// afresh (15 % of the time on scene photos, measured), for ~25-80 MB more RSS.
+    #[arg(long, env = "OCR_CPU_ARENA", default_value_t = true, action = clap::ArgAction::Set)]
     cpu_arena: bool,
     /// Override the detector's unclip ratio (box growth).
     #[arg(long, env = "OCR_DET_UNCLIP_RATIO")]
