@@ -5,7 +5,8 @@
 #      none answers, and stopping at exit only what it started)
 #   3. fetches the OCR models when scripts/fetch-models.sh exists (exports ORT_DYLIB_PATH,
 #      OCR_MODEL_DIR and OCR_REQUIRE_MODELS=1)
-#   4. runs cargo fmt --check, cargo clippy -D warnings, cfn-lint template.yaml, a smoke run of
+#   4. runs cargo fmt --check, cargo clippy -D warnings, a check that the fuzz targets compile,
+#      cfn-lint template.yaml, a smoke run of
 #      localstack/init.py, localstack/check_template.py (the template's non-compute core deployed
 #      to LocalStack: names vs init.py, redrive, visibility, alarm thresholds), infra/check.sh
 #      (sam validate --lint, shellcheck, deploy.sh --dry-run, pytest infra/tests), the workspace
@@ -121,6 +122,9 @@ run_tests() {
 
 check "cargo fmt --check" cargo fmt --all -- --check
 check "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
+# fuzz/ is its own workspace (cargo-fuzz builds it with sanitizers, scripts/fuzz.sh); checking
+# it here keeps a change in ocr-core or ocr-engine from breaking the fuzz targets unnoticed.
+check "fuzz targets compile" cargo check --manifest-path fuzz/Cargo.toml --bins --locked
 check "cfn-lint template.yaml" "$LOCALSTACK_VENV/bin/cfn-lint" template.yaml
 check "localstack init smoke" init_smoke
 check "template infra on LocalStack" "$LOCALSTACK_PYTHON" "$ROOT/localstack/check_template.py"
