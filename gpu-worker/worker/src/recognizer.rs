@@ -53,6 +53,8 @@ impl EngineRecognizer {
             orientation: args.orientation,
             line_angle: args.line_angle,
             max_pixels: args.max_pixels,
+            // On GPU a coarse width step keeps warm-up (one cuDNN search per width) short.
+            rec_width_step: if args.provider == Provider::Cpu { EngineOptions::default().rec_width_step } else { 160 },
             ..EngineOptions::default()
         };
         let engine = Engine::load(&args.model_dir, &args.model_set, &session, options)?;

@@ -50,7 +50,7 @@ struct Args {
     #[arg(long, env = "OCR_REC_BATCH_WIDTH", default_value_t = 1024)]
     rec_batch_width: u32,
     /// Recogniser width rounding step in pixels.
-    #[arg(long, env = "OCR_REC_WIDTH_STEP", default_value_t = 32)]
+    #[arg(long, env = "OCR_REC_WIDTH_STEP", default_value_t = 8)]
     rec_width_step: u32,
     /// Path of libonnxruntime.so (from the PyPI onnxruntime wheel).
     #[arg(long, env = "ORT_DYLIB_PATH")]
