@@ -558,6 +558,12 @@ def main() -> int:
         w = Proc(f"worker-{i}", [f"{args.bin_dir}/gpu-worker"], env, logs / f"worker-{i}.log")
         w.start()
         workers.append(w)
+    def shutdown():
+        log("stopping workers and api (SIGTERM)")
+        for w in workers:
+            w.stop()
+        api.stop()
+
     for i, w in enumerate(workers):
         wait_http(f"http://127.0.0.1:{args.metrics_port + i}/healthz", w)
     log(f"api and {len(workers)} workers ready; db proxy :{proxy.port}, webhooks :{receiver.port}")
@@ -643,9 +649,7 @@ def main() -> int:
         log(f"submit error #{s.index}: {s.submit_error}")
     if not ledger:
         stop.set()
-        for w in workers:
-            w.stop()
-        api.stop()
+        shutdown()
         print("result: FAIL (no job could be submitted)")
         return 1
 
@@ -679,10 +683,7 @@ def main() -> int:
             break
         time.sleep(1)
 
-    log("stopping workers and api (SIGTERM)")
-    for w in workers:
-        w.stop()
-    api.stop()
+    shutdown()
 
     # ---- The ledger check.
     rows = sql(args.db, f"SELECT id, status, COALESCE(error,''), COALESCE(finished_at_ms,0) FROM jobs WHERE id IN ({ids_sql})")

@@ -44,13 +44,13 @@ struct Args {
     #[arg(long, env = "OCR_BATCH", default_value_t = 8)]
     batch: usize,
     /// Crops per recogniser batch.
-    #[arg(long, env = "OCR_REC_BATCH", default_value_t = 8)]
+    #[arg(long, env = "OCR_REC_BATCH", default_value_t = EngineOptions::default().rec_batch)]
     rec_batch: usize,
     /// Most padded width per recogniser batch (pixels summed over crops; bounds memory).
-    #[arg(long, env = "OCR_REC_BATCH_WIDTH", default_value_t = 1024)]
+    #[arg(long, env = "OCR_REC_BATCH_WIDTH", default_value_t = EngineOptions::default().rec_batch_width)]
     rec_batch_width: u32,
     /// Recogniser width rounding step in pixels.
-    #[arg(long, env = "OCR_REC_WIDTH_STEP", default_value_t = 8)]
+    #[arg(long, env = "OCR_REC_WIDTH_STEP", default_value_t = EngineOptions::default().rec_width_step)]
     rec_width_step: u32,
     /// Path of libonnxruntime.so (from the PyPI onnxruntime wheel).
     #[arg(long, env = "ORT_DYLIB_PATH")]
