@@ -1,8 +1,10 @@
 //! The engine: decode → orientation → detection → reading order → crops → recognition,
 //! with recognition batched across all images of a call.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
 use image::RgbImage;
@@ -18,7 +20,7 @@ use crate::layout::reading_order;
 use crate::manifest::{ClsSpec, DetSpec, LimitType, Manifest, RecSpec, load_dict};
 use crate::model::Model;
 use crate::ort_backend::{OrtModel, SessionSettings};
-use crate::recognition::{CtcDecoder, RecBatching, recognize_crops};
+use crate::recognition::{CtcDecoder, RecText, plan_batches, recognize_batch};
 
 /// One recognised line.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -113,13 +115,17 @@ pub struct EngineOptions {
     pub det_thresh: Option<f32>,
     /// Override the set's narrowest recogniser input width (pixels).
     pub rec_min_width: Option<u32>,
-    /// Detector sessions for multi-image calls (CPU): 0 or 1 = one session with every thread;
-    /// N > 1 = N single-threaded sessions detecting N images at once, plus one wide session for
-    /// a lone image. Not the default: its gain could not be measured on the shared machine.
+    /// Single-threaded detector sessions for multi-image calls on CPU (0 = automatic: two, or
+    /// one per four threads when that is more; one with one thread). A lone image gets a
+    /// separate session with every thread.
     pub det_sessions: usize,
     /// Recogniser sessions run in parallel (0 = one single-threaded session per thread on CPU,
     /// one session on GPU).
     pub rec_sessions: usize,
+    /// Most model runs at once in a call, detection and recognition together (0 = no limit).
+    /// [`Engine::load`] sets it to the thread count on CPU, so a call never keeps more cores
+    /// busy than it was given.
+    pub cpu_slots: usize,
 }
 
 impl Default for EngineOptions {
@@ -138,6 +144,7 @@ impl Default for EngineOptions {
             det_limit_type: None,
             rec_sessions: 0,
             det_sessions: 0,
+            cpu_slots: 0,
             rec_min_width: None,
             det_unclip_ratio: None,
             det_box_thresh: None,
@@ -176,17 +183,125 @@ pub struct Engine {
     opts: EngineOptions,
 }
 
-/// What one detection worker returns: `(image index, result)` pairs and its stage times.
-type WorkerOutput = (Vec<(usize, Result<Prepared>)>, StageTimes);
+/// One input of a call: pixels, or encoded bytes that the detection stage decodes.
+#[derive(Clone, Copy)]
+enum Input<'a> {
+    Pixels(&'a RgbImage),
+    Encoded(&'a [u8]),
+}
 
-/// An image that went through detection, waiting for recognition.
+/// An image that went through detection, waiting for its lines' texts.
 struct Prepared {
     width: u32,
     height: u32,
     rotation: Rotation,
     /// Quads in the rotated (upright) image, reading order.
     quads: Vec<Quad>,
+}
+
+/// One recogniser batch: crops padded to `width`, each tagged `(image, line)`.
+struct RecJob {
+    width: u32,
+    items: Vec<(usize, usize)>,
     crops: Vec<RgbImage>,
+}
+
+/// A failure of the recogniser, kept per image it touched (`EngineError` is not `Clone`).
+#[derive(Clone)]
+struct RecFailure {
+    message: String,
+    retryable: bool,
+}
+
+/// State shared by the threads of one call (see [`Engine::recognize_timed`]).
+struct Pipeline {
+    /// Per image: the detection result once there is one.
+    prepared: Vec<Option<Result<Prepared>>>,
+    /// Per image: its line crops until they are handed to recogniser batches.
+    crops: Vec<Vec<RgbImage>>,
+    /// Images before this one are in recogniser batches.
+    grouped: usize,
+    /// Recogniser batches ready to run.
+    ready: VecDeque<RecJob>,
+    /// Per image and line: the recognised text, once its batch ran.
+    texts: Vec<Vec<Option<RecText>>>,
+    /// Per image: a recogniser failure in one of its batches.
+    failed: Vec<Option<RecFailure>>,
+    /// Compute slots not in use.
+    free: usize,
+    /// Detection threads waiting for a slot; they go first, so batches keep coming.
+    detectors_waiting: usize,
+    /// Detection threads still running.
+    detectors_left: usize,
+    /// A thread of the call panicked: the others stop instead of waiting for it.
+    aborted: bool,
+    times: StageTimes,
+}
+
+impl Pipeline {
+    /// Stores image `k`'s detection result and turns every run of consecutive detected images
+    /// with at least `group` crops (or the call's last images) into recogniser batches. Groups
+    /// depend only on the images, not on timing, so a call's results are reproducible.
+    fn store(&mut self, k: usize, result: Result<(Prepared, Vec<RgbImage>)>, group: usize, engine: &Engine) {
+        self.prepared[k] = Some(result.map(|(p, crops)| {
+            self.texts[k] = vec![None; crops.len()];
+            self.crops[k] = crops;
+            p
+        }));
+        loop {
+            let (start, n_images) = (self.grouped, self.prepared.len());
+            let (mut end, mut n) = (start, 0);
+            while end < n_images && n < group && self.prepared[end].is_some() {
+                n += self.crops[end].len();
+                end += 1;
+            }
+            if end == start || (n < group && end < n_images) {
+                return;
+            }
+            let mut items = Vec::with_capacity(n);
+            let mut crops = Vec::with_capacity(n);
+            for i in start..end {
+                for (j, c) in std::mem::take(&mut self.crops[i]).into_iter().enumerate() {
+                    items.push((i, j));
+                    crops.push(Some(c));
+                }
+            }
+            let widths: Vec<u32> = crops.iter().flatten().map(|c| c.width()).collect();
+            let o = &engine.opts;
+            let plan =
+                plan_batches(&widths, o.rec_batch, o.rec_batch_width, o.rec_width_step, engine.rec_spec.min_width);
+            // Widest batches first so parallel recognisers finish close together.
+            for (width, idx) in plan.into_iter().rev() {
+                self.ready.push_back(RecJob {
+                    width,
+                    items: idx.iter().map(|&i| items[i]).collect(),
+                    crops: idx.iter().map(|&i| crops[i].take().expect("each crop batched once")).collect(),
+                });
+            }
+            self.grouped = end;
+        }
+    }
+}
+
+/// Locks the call's state; a thread that panicked while holding it already failed the call.
+fn lock(m: &Mutex<Pipeline>) -> std::sync::MutexGuard<'_, Pipeline> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Held by each thread of a call: if the thread panics, the others are told to stop, so none
+/// waits forever for its slot or its images (the panic then reaches the caller).
+struct AbortOnPanic<'a> {
+    state: &'a Mutex<Pipeline>,
+    wake: &'a Condvar,
+}
+
+impl Drop for AbortOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            lock(self.state).aborted = true;
+            self.wake.notify_all();
+        }
+    }
 }
 
 impl Engine {
@@ -235,7 +350,7 @@ impl Engine {
 
     /// Loads a model set from `model_dir` through ONNX Runtime. Sessions are created once here
     /// and reused by every call.
-    pub fn load(model_dir: &Path, set: &str, session: &SessionSettings, opts: EngineOptions) -> Result<Self> {
+    pub fn load(model_dir: &Path, set: &str, session: &SessionSettings, mut opts: EngineOptions) -> Result<Self> {
         let m = Manifest::load(model_dir, set)?;
         let load = |p: &PathBuf| -> Result<Arc<dyn Model>> { Ok(Arc::new(OrtModel::load(&m.path(p), session)?)) };
         // Recognition runs many independent batches: on CPU, one single-threaded session per
@@ -253,25 +368,37 @@ impl Engine {
             (_, n) => Arc::new(OrtModel::load_pool(&m.path(&m.rec.model), session, n, (threads / n).max(1))?),
         };
         let dict = load_dict(&m.path(&m.rec.dict))?;
+        let cpu = session.provider == crate::ort_backend::Provider::Cpu;
+        // The classifiers run inside the detection stage, which holds one compute slot.
+        let load_small = |p: &PathBuf| -> Result<Arc<dyn Model>> {
+            if cpu { Ok(Arc::new(OrtModel::load_pool(&m.path(p), session, 1, 1)?)) } else { load(p) }
+        };
         let cls = match (&m.cls, opts.line_angle) {
-            (Some(c), true) => Some((load(&c.model)?, c.clone())),
+            (Some(c), true) => Some((load_small(&c.model)?, c.clone())),
             _ => None,
         };
         let orientation = match (&m.orientation, opts.orientation) {
-            (Some(c), true) => Some((load(&c.model)?, c.clone())),
+            (Some(c), true) => Some((load_small(&c.model)?, c.clone())),
             _ => None,
         };
         if opts.line_angle && m.cls.is_none() {
             return Err(EngineError::Config(format!("model set {} has no line-angle classifier", m.name)));
         }
-        // Detection: a pool of single-threaded sessions for calls with several images, plus one
-        // session with every thread for a lone image.
-        let det_model: Arc<dyn Model> = match session.provider {
-            crate::ort_backend::Provider::Cpu if opts.det_sessions > 1 => {
-                Arc::new(OrtModel::load_pool_and_wide(&m.path(&m.det.model), session, opts.det_sessions, threads)?)
-            }
-            _ => load(&m.det.model)?,
+        // Detection on CPU: single-threaded sessions detect several images at once while the
+        // recogniser works on earlier ones (one session's intra-op threads scaled only x1.5 on
+        // two cores); a lone image gets one session with every thread.
+        let det_model: Arc<dyn Model> = if cpu {
+            let pool = match opts.det_sessions {
+                0 => threads.min(2).max(threads.div_ceil(4)),
+                n => n,
+            };
+            Arc::new(OrtModel::load_detector(&m.path(&m.det.model), session, pool, threads)?)
+        } else {
+            load(&m.det.model)?
         };
+        if cpu && opts.cpu_slots == 0 {
+            opts.cpu_slots = threads;
+        }
         let models = Models {
             det: det_model,
             det_spec: m.det.clone(),
@@ -297,109 +424,148 @@ impl Engine {
 
     /// [`Engine::recognize_bytes`] plus per-stage times for the whole call.
     pub fn recognize_bytes_timed(&self, inputs: &[&[u8]]) -> (Vec<Result<Page>>, StageTimes) {
-        let t = Instant::now();
-        let decoded: Vec<Result<RgbImage>> = inputs.iter().map(|b| decode_image(b, self.opts.max_pixels)).collect();
-        let decode = t.elapsed().as_secs_f64();
-        let (ok_images, slots): (Vec<RgbImage>, Vec<Result<usize>>) = {
-            let mut imgs = Vec::new();
-            let slots = decoded
-                .into_iter()
-                .map(|r| {
-                    r.map(|img| {
-                        imgs.push(img);
-                        imgs.len() - 1
-                    })
-                })
-                .collect();
-            (imgs, slots)
-        };
-        let (mut pages, mut times) = self.recognize_timed(&ok_images);
-        times.decode += decode;
-        let mut pages: Vec<Option<Result<Page>>> = pages.drain(..).map(Some).collect();
-        let out = slots.into_iter().map(|s| s.and_then(|i| pages[i].take().expect("each page taken once"))).collect();
-        (out, times)
+        let inputs: Vec<Input<'_>> = inputs.iter().map(|b| Input::Encoded(b)).collect();
+        self.run_call(&inputs)
     }
 
     /// [`Engine::recognize`] plus per-stage times for the whole call.
     pub fn recognize_timed(&self, images: &[RgbImage]) -> (Vec<Result<Page>>, StageTimes) {
-        let mut times = StageTimes::default();
-        let workers = self.det.parallelism().min(images.len());
-        let prepared: Vec<Result<Prepared>> = if workers <= 1 {
-            images.iter().map(|img| self.prepare(img, true, &mut times)).collect()
-        } else {
-            // Images are independent: detect them in parallel on single-threaded sessions, which
-            // scales better than one session's intra-op threads.
-            let next = std::sync::atomic::AtomicUsize::new(0);
-            let mut slots: Vec<Option<Result<Prepared>>> = (0..images.len()).map(|_| None).collect();
-            let parts: Vec<WorkerOutput> = std::thread::scope(|scope| {
-                let handles: Vec<_> = (0..workers)
-                    .map(|_| {
-                        scope.spawn(|| {
-                            let mut t = StageTimes::default();
-                            let mut mine = Vec::new();
-                            loop {
-                                let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                let Some(img) = images.get(k) else { break };
-                                mine.push((k, self.prepare(img, false, &mut t)));
-                            }
-                            (mine, t)
-                        })
-                    })
-                    .collect();
-                handles.into_iter().map(|h| h.join().expect("detection worker panicked")).collect()
-            });
-            for (mine, t) in parts {
-                times.add(&t);
-                for (k, p) in mine {
-                    slots[k] = Some(p);
+        let inputs: Vec<Input<'_>> = images.iter().map(Input::Pixels).collect();
+        self.run_call(&inputs)
+    }
+
+    /// One call as a pipeline: detection threads (decode, orientation, detector, reading
+    /// order, crops) feed recogniser batches to recognition threads, which start on the first
+    /// images' lines while later images are still being detected. At most `cpu_slots` of them
+    /// compute at once; detection goes first when both wait.
+    fn run_call(&self, inputs: &[Input<'_>]) -> (Vec<Result<Page>>, StageTimes) {
+        let n = inputs.len();
+        if n == 0 {
+            return (Vec::new(), StageTimes::default());
+        }
+        let detectors = self.det.parallelism().min(n).max(1);
+        let recognisers = self.rec.parallelism().max(1);
+        // A recogniser batch is planned over at least this many crops, so widths still sort
+        // into well-filled batches.
+        let group = self.opts.rec_batch * 8;
+        let state = Mutex::new(Pipeline {
+            prepared: (0..n).map(|_| None).collect(),
+            crops: vec![Vec::new(); n],
+            grouped: 0,
+            ready: VecDeque::new(),
+            texts: vec![Vec::new(); n],
+            failed: vec![None; n],
+            free: if self.opts.cpu_slots == 0 { usize::MAX } else { self.opts.cpu_slots },
+            detectors_waiting: 0,
+            detectors_left: detectors,
+            aborted: false,
+            times: StageTimes::default(),
+        });
+        let wake = Condvar::new();
+        let next = AtomicUsize::new(0);
+        let alone = n == 1;
+        let detect = || {
+            let _guard = AbortOnPanic { state: &state, wake: &wake };
+            let mut t = StageTimes::default();
+            loop {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                let Some(&input) = inputs.get(k) else { break };
+                {
+                    let mut st = lock(&state);
+                    st.detectors_waiting += 1;
+                    while st.free == 0 && !st.aborted {
+                        st = wake.wait(st).unwrap_or_else(|e| e.into_inner());
+                    }
+                    st.detectors_waiting -= 1;
+                    if st.aborted {
+                        return;
+                    }
+                    st.free -= 1;
                 }
+                let result = self.prepare_input(input, alone, &mut t);
+                let mut st = lock(&state);
+                st.free += 1;
+                st.store(k, result, group, self);
+                wake.notify_all();
             }
-            slots.into_iter().map(|p| p.expect("every image prepared")).collect()
+            let mut st = lock(&state);
+            st.detectors_left -= 1;
+            st.times.add(&t);
+            wake.notify_all();
         };
-        // Recognition runs once over the crops of every image, so batches fill up across pages.
-        let crops: Vec<&RgbImage> =
-            prepared.iter().filter_map(|p| p.as_ref().ok()).flat_map(|p| p.crops.iter()).collect();
-        let t = Instant::now();
-        let batching = RecBatching {
-            height: self.rec_spec.height,
-            max_batch: self.opts.rec_batch,
-            max_total_width: self.opts.rec_batch_width,
-            width_step: self.opts.rec_width_step,
-            min_width: self.rec_spec.min_width,
-        };
-        let texts = recognize_crops(self.rec.as_ref(), &self.decoder, &crops, &batching);
-        times.rec += t.elapsed().as_secs_f64();
-        let texts = match texts {
-            Ok(t) => t,
-            Err(e) => {
-                // The recogniser failed for the whole batch: every image that reached it fails.
-                let msg = e.to_string();
-                let retry = e.is_retryable();
-                return (
-                    prepared
-                        .into_iter()
-                        .map(|p| {
-                            p.and_then(|_| {
-                                Err(if retry {
-                                    EngineError::Inference(msg.clone())
-                                } else {
-                                    EngineError::BadOutput(msg.clone())
-                                })
-                            })
-                        })
-                        .collect(),
-                    times,
-                );
+        let recognise = || {
+            let _guard = AbortOnPanic { state: &state, wake: &wake };
+            let mut secs = 0.0;
+            loop {
+                let job = {
+                    let mut st = lock(&state);
+                    loop {
+                        if st.aborted {
+                            return;
+                        }
+                        if st.free > 0 && st.detectors_waiting == 0 && !st.ready.is_empty() {
+                            st.free -= 1;
+                            break st.ready.pop_front();
+                        }
+                        if st.ready.is_empty() && st.detectors_left == 0 {
+                            break None;
+                        }
+                        st = wake.wait(st).unwrap_or_else(|e| e.into_inner());
+                    }
+                };
+                let Some(job) = job else { break };
+                let t = Instant::now();
+                let refs: Vec<&RgbImage> = job.crops.iter().collect();
+                let result = recognize_batch(self.rec.as_ref(), &self.decoder, &refs, self.rec_spec.height, job.width);
+                secs += t.elapsed().as_secs_f64();
+                let mut st = lock(&state);
+                st.free += 1;
+                match result {
+                    Ok(texts) => {
+                        for (&(i, j), text) in job.items.iter().zip(texts) {
+                            st.texts[i][j] = Some(text);
+                        }
+                    }
+                    Err(e) => {
+                        let f = RecFailure { message: e.to_string(), retryable: e.is_retryable() };
+                        for &(i, _) in &job.items {
+                            st.failed[i] = Some(f.clone());
+                        }
+                    }
+                }
+                wake.notify_all();
             }
+            let mut st = lock(&state);
+            st.times.rec += secs;
         };
-        let mut texts = texts.into_iter();
-        let pages = prepared
+        std::thread::scope(|scope| {
+            for _ in 0..detectors {
+                scope.spawn(detect);
+            }
+            for _ in 0..recognisers {
+                scope.spawn(recognise);
+            }
+        });
+        let st = state.into_inner().unwrap_or_else(|e| e.into_inner());
+        let mut texts = st.texts;
+        let pages = st
+            .prepared
             .into_iter()
-            .map(|p| {
-                let p = p?;
+            .zip(st.failed)
+            .enumerate()
+            .map(|(k, (p, failed))| {
+                let p = p.expect("every image went through detection")?;
+                if let Some(f) = failed {
+                    // The recogniser failed on one of this image's batches.
+                    return Err(if f.retryable {
+                        EngineError::Inference(f.message)
+                    } else {
+                        EngineError::BadOutput(f.message)
+                    });
+                }
                 let mut lines = Vec::with_capacity(p.quads.len());
-                for q in &p.quads {
-                    let r = texts.next().expect("one text per crop");
+                for (q, r) in p.quads.iter().zip(std::mem::take(&mut texts[k])) {
+                    let r = r.expect("every crop recognised");
                     let text = r.text.trim();
                     if text.is_empty() || r.confidence < self.opts.min_confidence {
                         continue;
@@ -413,10 +579,28 @@ impl Engine {
                 Ok(Page { lines, width: p.width, height: p.height, rotation: p.rotation.degrees() })
             })
             .collect();
-        (pages, times)
+        (pages, st.times)
     }
 
-    fn prepare(&self, img: &RgbImage, alone: bool, times: &mut StageTimes) -> Result<Prepared> {
+    /// Decodes (when needed) and prepares one input; decoding counts as its own stage.
+    fn prepare_input(
+        &self,
+        input: Input<'_>,
+        alone: bool,
+        times: &mut StageTimes,
+    ) -> Result<(Prepared, Vec<RgbImage>)> {
+        match input {
+            Input::Pixels(img) => self.prepare(img, alone, times),
+            Input::Encoded(bytes) => {
+                let t = Instant::now();
+                let img = decode_image(bytes, self.opts.max_pixels);
+                times.decode += t.elapsed().as_secs_f64();
+                self.prepare(&img?, alone, times)
+            }
+        }
+    }
+
+    fn prepare(&self, img: &RgbImage, alone: bool, times: &mut StageTimes) -> Result<(Prepared, Vec<RgbImage>)> {
         let (width, height) = img.dimensions();
         crate::decode::check_dimensions(width, height, self.opts.max_pixels)?;
         let t = Instant::now();
@@ -458,7 +642,7 @@ impl Engine {
             self.fix_upside_down(cls.as_ref(), spec, &mut crops)?;
         }
         times.crop += t.elapsed().as_secs_f64();
-        Ok(Prepared { width, height, rotation, quads, crops })
+        Ok((Prepared { width, height, rotation, quads }, crops))
     }
 
     /// Runs every model once per input shape it will commonly see: the detector on a page and

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
-use ndarray::{ArrayD, ArrayView4};
+use ndarray::{ArrayD, ArrayView4, ArrayViewD};
 use ort::environment::Environment;
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
@@ -124,32 +124,46 @@ impl OrtModel {
     /// Loads `copies` sessions of one model, each with `intra_threads` intra-op threads, so that
     /// `copies` batches can run at once (better CPU scaling than intra-op threads on small inputs).
     pub fn load_pool(path: &Path, settings: &SessionSettings, copies: usize, intra_threads: usize) -> Result<Self> {
+        Self::pool(path, settings, copies, intra_threads, true)
+    }
+
+    fn pool(
+        path: &Path,
+        settings: &SessionSettings,
+        copies: usize,
+        intra_threads: usize,
+        memory_pattern: bool,
+    ) -> Result<Self> {
         let copies = copies.max(1);
         let mut sessions = Vec::with_capacity(copies);
         let mut input = String::new();
         for _ in 0..copies {
-            let (s, i) = Self::session(path, settings, intra_threads)?;
+            let (s, i) = Self::session(path, settings, intra_threads, memory_pattern)?;
             sessions.push(Mutex::new(s));
             input = i;
         }
         Ok(Self { sessions, wide: None, input, name: path.display().to_string() })
     }
 
-    /// [`OrtModel::load_pool`] with single-threaded pool sessions plus one session with
-    /// `wide_threads` intra-op threads that [`Model::run_alone`] uses: independent images run in
-    /// parallel on the pool, a lone image still gets every thread.
-    pub fn load_pool_and_wide(
-        path: &Path,
-        settings: &SessionSettings,
-        copies: usize,
-        wide_threads: usize,
-    ) -> Result<Self> {
-        let mut m = Self::load_pool(path, settings, copies, 1)?;
-        m.wide = Some(Mutex::new(Self::session(path, settings, wide_threads)?.0));
+    /// A detector for CPU: `copies` single-threaded sessions that detect independent images at
+    /// once, plus (with `wide_threads` > 1) one session with that many intra-op threads that
+    /// [`Model::run_alone`] uses, so a lone image still gets every thread. ONNX Runtime's memory
+    /// pattern is off: page sizes vary, and the patterns it keeps per shape cost ~70 MB per
+    /// session over a set of pages, for no measurable speed.
+    pub fn load_detector(path: &Path, settings: &SessionSettings, copies: usize, wide_threads: usize) -> Result<Self> {
+        let mut m = Self::pool(path, settings, copies, 1, false)?;
+        if wide_threads > 1 {
+            m.wide = Some(Mutex::new(Self::session(path, settings, wide_threads, false)?.0));
+        }
         Ok(m)
     }
 
-    fn run_on(&self, session: &mut Session, input: ArrayView4<'_, f32>) -> Result<ArrayD<f32>> {
+    fn run_on(
+        &self,
+        session: &mut Session,
+        input: ArrayView4<'_, f32>,
+        f: &mut dyn FnMut(ArrayViewD<'_, f32>) -> Result<()>,
+    ) -> Result<()> {
         let tensor = TensorRef::from_array_view(input)
             .map_err(|e| EngineError::Inference(format!("{}: input: {e}", self.name)))?;
         let outputs = session
@@ -157,10 +171,25 @@ impl OrtModel {
             .map_err(|e| EngineError::Inference(format!("{}: {e}", self.name)))?;
         let arr =
             outputs[0].try_extract_array::<f32>().map_err(|e| EngineError::BadOutput(format!("{}: {e}", self.name)))?;
-        Ok(arr.to_owned())
+        f(arr)
     }
 
-    fn session(path: &Path, settings: &SessionSettings, intra_threads: usize) -> Result<(Session, String)> {
+    /// Locks the first idle session, or waits for the first one when all are busy.
+    fn any_session(&self) -> Result<std::sync::MutexGuard<'_, Session>> {
+        match self.sessions.iter().find_map(|m| m.try_lock().ok()) {
+            Some(s) => Ok(s),
+            None => {
+                self.sessions[0].lock().map_err(|_| EngineError::Inference(format!("{}: session poisoned", self.name)))
+            }
+        }
+    }
+
+    fn session(
+        path: &Path,
+        settings: &SessionSettings,
+        intra_threads: usize,
+        memory_pattern: bool,
+    ) -> Result<(Session, String)> {
         let env = environment(&settings.dylib_path)?;
         let name = path.display().to_string();
         if !path.is_file() {
@@ -180,7 +209,9 @@ impl OrtModel {
             .with_intra_op_spinning(settings.spinning)
             .map_err(rt("spinning"))?
             .with_inter_op_spinning(false)
-            .map_err(rt("spinning"))?;
+            .map_err(rt("spinning"))?
+            .with_memory_pattern(memory_pattern)
+            .map_err(rt("memory pattern"))?;
         b = register_provider(b, settings)?;
         let session =
             b.commit_from_file(path).map_err(|e| EngineError::Config(format!("loading model {name}: {e}")))?;
@@ -257,21 +288,29 @@ fn register_provider(
 
 impl Model for OrtModel {
     fn run(&self, input: ArrayView4<'_, f32>) -> Result<ArrayD<f32>> {
-        // Take the first idle session; if all are busy, wait for the first one.
-        let mut session = match self.sessions.iter().find_map(|m| m.try_lock().ok()) {
-            Some(s) => s,
-            None => self.sessions[0]
-                .lock()
-                .map_err(|_| EngineError::Inference(format!("{}: session poisoned", self.name)))?,
-        };
-        self.run_on(&mut session, input)
+        let mut out = None;
+        self.run_with(input, &mut |a| {
+            out = Some(a.to_owned());
+            Ok(())
+        })?;
+        out.ok_or_else(|| EngineError::BadOutput(format!("{}: no output", self.name)))
+    }
+
+    fn run_with(&self, input: ArrayView4<'_, f32>, f: &mut dyn FnMut(ArrayViewD<'_, f32>) -> Result<()>) -> Result<()> {
+        let mut session = self.any_session()?;
+        self.run_on(&mut session, input, f)
     }
 
     fn run_alone(&self, input: ArrayView4<'_, f32>) -> Result<ArrayD<f32>> {
         match &self.wide {
             Some(w) => {
                 let mut s = w.lock().map_err(|_| EngineError::Inference(format!("{}: session poisoned", self.name)))?;
-                self.run_on(&mut s, input)
+                let mut out = None;
+                self.run_on(&mut s, input, &mut |a| {
+                    out = Some(a.to_owned());
+                    Ok(())
+                })?;
+                out.ok_or_else(|| EngineError::BadOutput(format!("{}: no output", self.name)))
             }
             None => self.run(input),
         }

@@ -223,3 +223,149 @@ fn blank_page_has_no_lines_and_oversized_is_refused() {
     let res = small.recognize(&[page()]);
     assert!(matches!(res[0], Err(EngineError::TooLarge { .. })));
 }
+
+/// Wraps a model: sleeps `delay` per run, reports `parallelism`, fails batches wider than
+/// `fail_wider_than`, and logs every run's start and end on a shared clock.
+struct Instrumented {
+    inner: Arc<dyn Model>,
+    name: &'static str,
+    delay: std::time::Duration,
+    parallelism: usize,
+    fail_wider_than: usize,
+    log: Arc<RunLog>,
+}
+
+#[derive(Default)]
+struct RunLog {
+    running: std::sync::atomic::AtomicUsize,
+    most: std::sync::atomic::AtomicUsize,
+    /// (model, start, end) in microseconds since the log was made.
+    runs: Mutex<Vec<(&'static str, u128, u128)>>,
+    t0: std::sync::OnceLock<std::time::Instant>,
+}
+
+impl Model for Instrumented {
+    fn run(&self, input: ArrayView4<'_, f32>) -> Result<ArrayD<f32>, EngineError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let t0 = *self.log.t0.get_or_init(std::time::Instant::now);
+        let now = self.log.running.fetch_add(1, SeqCst) + 1;
+        self.log.most.fetch_max(now, SeqCst);
+        let start = t0.elapsed().as_micros();
+        std::thread::sleep(self.delay);
+        let out = if input.shape()[3] > self.fail_wider_than {
+            Err(EngineError::Inference("out of memory (fake)".into()))
+        } else {
+            self.inner.run(input)
+        };
+        self.log.runs.lock().unwrap().push((self.name, start, t0.elapsed().as_micros()));
+        self.log.running.fetch_sub(1, SeqCst);
+        out
+    }
+
+    fn parallelism(&self) -> usize {
+        self.parallelism
+    }
+}
+
+fn instrumented_engine(
+    det_parallel: usize,
+    rec_parallel: usize,
+    slots: usize,
+    fail_wider_than: usize,
+) -> (Engine, Arc<RunLog>) {
+    let log = Arc::new(RunLog::default());
+    let wrap = |inner: Arc<dyn Model>, name, parallelism, fail_wider_than| -> Arc<dyn Model> {
+        Arc::new(Instrumented {
+            inner,
+            name,
+            delay: std::time::Duration::from_millis(15),
+            parallelism,
+            fail_wider_than,
+            log: log.clone(),
+        })
+    };
+    let models = Models {
+        det: wrap(Arc::new(FakeDet), "det", det_parallel, usize::MAX),
+        det_spec: det_spec(),
+        rec: wrap(fake_rec(), "rec", rec_parallel, fail_wider_than),
+        rec_spec: rec_spec(),
+        dict: vec!["a".into(), "b".into()],
+        cls: None,
+        orientation: None,
+    };
+    // One crop per recogniser batch, and batches planned over groups of at least 8 crops.
+    let opts = EngineOptions { orientation: false, rec_batch: 1, cpu_slots: slots, ..Default::default() };
+    (Engine::new(models, opts).unwrap(), log)
+}
+
+#[test]
+fn recognition_starts_while_later_images_are_detected_within_the_slots() {
+    let (engine, log) = instrumented_engine(1, 2, 2, usize::MAX);
+    let pages = engine.recognize(&vec![page(); 6]);
+    assert!(pages.iter().all(|p| p.as_ref().unwrap().text() == "aa\nbb\naa"), "{pages:?}");
+    let runs = log.runs.lock().unwrap().clone();
+    assert_eq!(runs.iter().filter(|r| r.0 == "rec").count(), 18);
+    // Never more than two models at once, and the second slot was used.
+    assert_eq!(log.most.load(std::sync::atomic::Ordering::SeqCst), 2, "{runs:?}");
+    // The first images' lines (a group of 3 pages = 9 crops) were read before the last page was
+    // detected.
+    let last_det_start = runs.iter().filter(|r| r.0 == "det").map(|r| r.1).max().unwrap();
+    let first_rec_end = runs.iter().filter(|r| r.0 == "rec").map(|r| r.2).min().unwrap();
+    assert!(first_rec_end < last_det_start, "{runs:?}");
+}
+
+#[test]
+fn one_slot_runs_one_model_at_a_time() {
+    let (engine, log) = instrumented_engine(2, 2, 1, usize::MAX);
+    let pages = engine.recognize(&vec![page(); 4]);
+    assert!(pages.iter().all(|p| p.is_ok()));
+    assert_eq!(log.most.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[test]
+fn a_recogniser_failure_fails_only_the_images_in_its_batch() {
+    // The second image has a line far wider than the others; its batch fails.
+    let mut wide = page();
+    for y in 160..180 {
+        for x in 20..390 {
+            wide.put_pixel(x, y, Rgb([0, 0, 0]));
+        }
+    }
+    let (engine, _) = instrumented_engine(1, 1, 0, 400);
+    let pages = engine.recognize(&[page(), wide, page()]);
+    assert_eq!(pages[0].as_ref().unwrap().text(), "aa\nbb\naa");
+    assert_eq!(pages[2].as_ref().unwrap().text(), "aa\nbb\naa");
+    let err = pages[1].as_ref().unwrap_err();
+    assert!(matches!(err, EngineError::Inference(_)) && err.is_retryable(), "{err:?}");
+}
+
+/// A detector with a bug: it panics.
+struct PanickingDet;
+impl Model for PanickingDet {
+    fn run(&self, _: ArrayView4<'_, f32>) -> Result<ArrayD<f32>, EngineError> {
+        panic!("detector bug (fake)");
+    }
+}
+
+#[test]
+fn a_panicking_model_reaches_the_caller_instead_of_hanging_the_call() {
+    // The recognisers wait for pages from the detector, which dies.
+    let models = Models {
+        det: Arc::new(PanickingDet),
+        det_spec: det_spec(),
+        rec: fake_rec(),
+        rec_spec: rec_spec(),
+        dict: vec!["a".into(), "b".into()],
+        cls: None,
+        orientation: None,
+    };
+    let opts = EngineOptions { orientation: false, cpu_slots: 2, ..Default::default() };
+    let engine = Engine::new(models, opts).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.recognize(&vec![page(); 4])));
+        tx.send(r.is_err()).unwrap();
+    });
+    let panicked = rx.recv_timeout(std::time::Duration::from_secs(20)).expect("the call hung");
+    assert!(panicked);
+}

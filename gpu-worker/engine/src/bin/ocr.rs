@@ -80,7 +80,8 @@ struct Args {
     /// Override the detector's pixel threshold.
     #[arg(long, env = "OCR_DET_THRESH")]
     det_thresh: Option<f32>,
-    /// Detector sessions detecting images in parallel (0/1 = one session using every thread).
+    /// Single-threaded detector sessions detecting images in parallel on CPU (0 = automatic:
+    /// two, or one per four threads when that is more).
     #[arg(long, env = "OCR_DET_SESSIONS", default_value_t = 0)]
     det_sessions: usize,
     /// Override the narrowest recogniser input width (pixels).
@@ -149,6 +150,7 @@ fn run() -> anyhow::Result<()> {
         max_pixels: args.max_pixels,
         rec_sessions: args.rec_sessions,
         det_sessions: args.det_sessions,
+        cpu_slots: 0,
         rec_min_width: args.rec_min_width,
         det_unclip_ratio: args.det_unclip_ratio,
         det_box_thresh: args.det_box_thresh,
