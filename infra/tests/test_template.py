@@ -133,6 +133,10 @@ def test_worker_role_is_least_privilege(tpl):
     assert acts["JobQueues"] == sorted(["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility",
                                         "sqs:GetQueueAttributes"])
     assert stmts["JobQueues"]["Resource"] == [{"Fn::GetAtt": ["ExpressQueue", "Arn"]}, {"Fn::GetAtt": ["BulkQueue", "Arn"]}]
+    # The dead-letter sweep only reads the job DLQs; operators' tools delete and redrive.
+    assert acts["ReadJobDeadLetterQueues"] == ["sqs:ReceiveMessage"]
+    assert stmts["ReadJobDeadLetterQueues"]["Resource"] == [{"Fn::GetAtt": ["ExpressDeadLetterQueue", "Arn"]},
+                                                            {"Fn::GetAtt": ["BulkDeadLetterQueue", "Arn"]}]
     assert acts["ReadUploads"] == ["s3:GetObject"]
     assert stmts["ReadUploads"]["Resource"] == {"Fn::Sub": "${UploadBucket.Arn}/uploads/*"}
     assert acts["ReadArtifacts"] == ["s3:GetObject"]
@@ -144,8 +148,8 @@ def test_worker_role_is_least_privilege(tpl):
         "autoScalingGroupName/ocr-${StageName}-workers")
     assert set(acts["WorkerLogs"]) <= {"logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"}
     assert acts["SignalStack"] == ["cloudformation:SignalResource"]
-    assert set(stmts) == {"JobQueues", "ReadUploads", "ReadArtifacts", "Secrets", "OwnMetrics",
-                          "CompleteOwnLifecycleActions", "WorkerLogs", "SignalStack"}
+    assert set(stmts) == {"JobQueues", "ReadJobDeadLetterQueues", "ReadUploads", "ReadArtifacts", "Secrets",
+                          "OwnMetrics", "CompleteOwnLifecycleActions", "WorkerLogs", "SignalStack"}
 
 
 def test_encryption_and_no_public_data(tpl):
@@ -242,6 +246,10 @@ def test_user_data_matches_group_hook_and_queues(tpl):
         assert int(env["VISIBILITY_TIMEOUT_SECS"]) == qp["VisibilityTimeout"]
         assert int(env["MAX_ATTEMPTS"]) == qp["RedrivePolicy"]["maxReceiveCount"] == 3
     assert env["EXPRESS_QUEUE_URL"] == "${ExpressQueue}" and env["BULK_QUEUE_URL"] == "${BulkQueue}"
+    # The DLQs the queues redrive to are the ones the dead-letter sweep reads.
+    for q, var in (("ExpressQueue", "EXPRESS_DLQ_URL"), ("BulkQueue", "BULK_DLQ_URL")):
+        dlq = tpl["Resources"][q]["Properties"]["RedrivePolicy"]["deadLetterTargetArn"]["Fn::GetAtt"][0]
+        assert env[var] == "${" + dlq + "}"
     assert env["DB_HOST"] == "${DatabaseProxy.Endpoint}"
 
 

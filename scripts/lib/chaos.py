@@ -553,8 +553,10 @@ def main() -> int:
                        "OCR_MODEL_SET", "ppocrv6-tiny"), OCR_THREADS="1", RETRY_BACKOFF_MS="500",
                    SHUTDOWN_GRACE_SECS="20", CLOUDWATCH_INTERVAL_SECS="10", DB_POOL_MAX="4",
                    RESULT_URL_BASE=f"http://127.0.0.1:{args.api_port}", FLEET_NAME=f"chaos-{i}",
-                   # Owed webhooks (their worker was killed) are re-sent after 15 s, not 5 min.
-                   WEBHOOK_LEASE_SECS="15", WEBHOOK_SWEEP_SECS="3")
+                   # Owed webhooks (their worker was killed) are re-sent after 15 s, not 5 min;
+                   # jobs dead-lettered because their worker died on the last attempt are
+                   # failed within 4 s, not 1 min.
+                   WEBHOOK_LEASE_SECS="15", WEBHOOK_SWEEP_SECS="3", DLQ_SWEEP_SECS="4")
         w = Proc(f"worker-{i}", [f"{args.bin_dir}/gpu-worker"], env, logs / f"worker-{i}.log")
         w.start()
         workers.append(w)
@@ -764,6 +766,8 @@ def main() -> int:
         ("failed_not_corrupt", len(failed_not_corrupt)),
         ("corrupt_not_failed", len(corrupt_not_failed)),
         ("failed_without_reason", len(failed_no_reason)),
+        # Their worker died on the last delivery; the dead-letter sweep ended them.
+        ("failed_by_dlq_sweep", sum(1 for j in failed if "dead-letter queue" in errors.get(j, ""))),
         ("failed_in_dlq", len(failed) - len(failed_not_in_dlq)),
         ("lost", len(lost)),
         ("duplicated", len(duplicated)),

@@ -212,6 +212,49 @@ async fn a_poison_image_fails_alone_and_lands_in_the_dlq() -> anyhow::Result<()>
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_workers_died_on_every_delivery_is_failed_from_the_dlq() -> anyhow::Result<()> {
+    if !models_available() {
+        return Ok(());
+    }
+    let env = TestEnv::with(Options { job_visibility_secs: 2, ..Options::default() }).await?;
+    let images = line_images(1)?;
+    let id = upload(&env, &images[0].0, "bulk", Some("https://hooks.example.com/ocr")).await?;
+    wait_until("the job queued", Duration::from_secs(30), || async { Ok(count(&env, "queued").await? == 1) }).await?;
+    // Three workers each receive the message, mark the job processing and die (their
+    // deliveries simply time out). The queue allows 3 receives.
+    let bulk = ocr_aws::SqsConsumer::new(&ocr_integration_tests::aws_config().await, &env.queues.bulk);
+    for attempt in 1..=3u32 {
+        let got = bulk.receive(1, 5).await?;
+        assert_eq!(got.len(), 1, "delivery {attempt}");
+        assert_eq!(got[0].receive_count, attempt);
+        let mut conn = mysql_async::Conn::from_url(&env.database_url).await?;
+        conn.exec_drop("UPDATE jobs SET status = 'processing', attempts = ? WHERE id = ?", (attempt, &id)).await?;
+        conn.disconnect().await?;
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+    }
+    // A live worker: its next receive makes SQS move the message to the DLQ, with the job
+    // still `processing`; its dead-letter sweep ends the job.
+    let bulk_dlq = env.queues.dlqs[2].clone();
+    let worker = env.spawn_worker(&[
+        ("EXPRESS_DLQ_URL", env.queues.dlqs[1].clone()),
+        ("BULK_DLQ_URL", bulk_dlq.clone()),
+        ("DLQ_SWEEP_SECS", "1".into()),
+    ])?;
+    let job = env.wait_for_status(&id, "failed", Duration::from_secs(90)).await;
+    let job = job.map_err(|e| anyhow::anyhow!("{e}\nworker log:\n{}", worker.logs()))?;
+    assert!(job["error"].as_str().is_some_and(|e| e.contains("dead-letter queue")), "{job}");
+    assert_eq!(job["attempts"], 3, "{job}");
+    // Its webhook is owed (the outbox), and the message stays in the DLQ for operators.
+    let mut conn = mysql_async::Conn::from_url(&env.database_url).await?;
+    let owed: Option<Option<i64>> = conn.exec_first("SELECT notify_since_ms FROM jobs WHERE id = ?", (&id,)).await?;
+    conn.disconnect().await?;
+    assert!(owed.flatten().is_some(), "webhook owed");
+    assert_eq!(queue_total(&env, &bulk_dlq).await?, 1);
+    assert!(worker.logs().contains("job failed"), "{}", worker.logs());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_outage_holds_work_until_it_returns() -> anyhow::Result<()> {
     if !models_available() {
         return Ok(());

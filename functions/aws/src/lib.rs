@@ -15,7 +15,7 @@ pub mod sqs;
 pub use aws_config::SdkConfig;
 pub use mysql::MySqlJobStore;
 pub use s3::S3ObjectStore;
-pub use sqs::{ReceivedMessage, SqsConsumer, SqsJobQueue, SqsJobSource};
+pub use sqs::{ReceivedMessage, SqsConsumer, SqsDeadLetters, SqsJobQueue, SqsJobSource};
 
 /// Loads the shared AWS configuration from the environment (region, credentials,
 /// `AWS_ENDPOINT_URL`), as on Lambda, EC2 and against LocalStack.

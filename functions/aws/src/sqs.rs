@@ -8,7 +8,7 @@ use aws_sdk_sqs::types::{
     QueueAttributeName, SendMessageBatchRequestEntry,
 };
 use ocr_core::ports::JobQueue;
-use ocr_core::worker::{Delivery, JobSource};
+use ocr_core::worker::{DeadLetters, Delivery, JobSource};
 use ocr_core::{JobMessage, PortError, Priority};
 
 use crate::errors::sdk_error;
@@ -129,12 +129,24 @@ impl SqsConsumer {
 
     /// Long-polls for up to `max` (≤ 10) messages, waiting at most `wait_secs` (≤ 20).
     pub async fn receive(&self, max: i32, wait_secs: i32) -> Result<Vec<ReceivedMessage>, PortError> {
+        self.receive_with(max, wait_secs, None).await
+    }
+
+    /// Like [`SqsConsumer::receive`], hiding what it gets for `visibility_secs` instead of the
+    /// queue's default visibility timeout.
+    pub async fn receive_with(
+        &self,
+        max: i32,
+        wait_secs: i32,
+        visibility_secs: Option<i32>,
+    ) -> Result<Vec<ReceivedMessage>, PortError> {
         let out = self
             .client
             .receive_message()
             .queue_url(&self.queue_url)
             .max_number_of_messages(max.clamp(1, 10))
             .wait_time_seconds(wait_secs.clamp(0, 20))
+            .set_visibility_timeout(visibility_secs.map(|v| v.clamp(0, 43_200)))
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .send()
             .await
@@ -277,5 +289,44 @@ impl JobSource for SqsJobSource {
             tracing::debug!(failed = out.failed().len(), code = f.code(), "some visibility changes failed");
         }
         Ok(())
+    }
+}
+
+/// The express and bulk dead-letter queues, read (never emptied) by the worker's dead-letter
+/// sweep.
+#[derive(Debug, Clone)]
+pub struct SqsDeadLetters {
+    express: SqsConsumer,
+    bulk: SqsConsumer,
+}
+
+impl SqsDeadLetters {
+    pub fn new(
+        config: &aws_config::SdkConfig,
+        express_dlq_url: impl Into<String>,
+        bulk_dlq_url: impl Into<String>,
+    ) -> Self {
+        Self { express: SqsConsumer::new(config, express_dlq_url), bulk: SqsConsumer::new(config, bulk_dlq_url) }
+    }
+}
+
+#[async_trait]
+impl DeadLetters for SqsDeadLetters {
+    async fn peek(&self, priority: Priority, max: usize, hide: Duration) -> Result<Vec<Delivery>, PortError> {
+        let queue = match priority {
+            Priority::Express => &self.express,
+            Priority::Bulk => &self.bulk,
+        };
+        let received = queue.receive_with(max.clamp(1, 10) as i32, 0, Some(hide.as_secs().max(1) as i32)).await?;
+        Ok(received
+            .into_iter()
+            .map(|m| Delivery {
+                priority,
+                message_id: m.message_id,
+                receipt_handle: m.receipt_handle,
+                body: m.body,
+                receive_count: m.receive_count,
+            })
+            .collect())
     }
 }

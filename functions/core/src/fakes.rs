@@ -15,7 +15,7 @@ use crate::job::{Job, JobStatus, NewJob, Priority};
 use crate::message::JobMessage;
 use crate::ports::{Clock, JobQueue, JobStore, ObjectInfo, ObjectStore, PresignedPut, StatusChange};
 use crate::result::OcrResult;
-use crate::worker::{Delivery, JobSource, OwedNotification, ResultStore, TakenJob, WebhookRecord};
+use crate::worker::{DeadLetters, Delivery, JobSource, OwedNotification, ResultStore, TakenJob, WebhookRecord};
 
 /// A clock that moves only when told.
 #[derive(Debug)]
@@ -403,11 +403,19 @@ pub struct InMemoryJobSource {
     visibility: Duration,
     max_receive: u32,
     next: AtomicI64,
+    dlq_cursor: AtomicI64,
 }
 
 impl InMemoryJobSource {
     pub fn new(visibility: Duration, max_receive: u32) -> Self {
-        Self { queues: Mutex::default(), dlq: Mutex::default(), visibility, max_receive, next: AtomicI64::new(0) }
+        Self {
+            queues: Mutex::default(),
+            dlq: Mutex::default(),
+            visibility,
+            max_receive,
+            next: AtomicI64::new(0),
+            dlq_cursor: AtomicI64::new(0),
+        }
     }
 
     pub fn push(&self, priority: Priority, body: impl Into<String>) {
@@ -428,6 +436,32 @@ impl InMemoryJobSource {
 
     pub fn dead_letters(&self) -> Vec<(Priority, String)> {
         self.dlq.lock().unwrap().clone()
+    }
+}
+
+/// Dead letters are returned in order, `max` at a time, round-robin (so that a sweep paging
+/// through them sees each once before it sees one again).
+#[async_trait]
+impl DeadLetters for InMemoryJobSource {
+    async fn peek(&self, priority: Priority, max: usize, _hide: Duration) -> Result<Vec<Delivery>, PortError> {
+        let mine: Vec<String> =
+            self.dlq.lock().unwrap().iter().filter(|(p, _)| *p == priority).map(|(_, b)| b.clone()).collect();
+        if mine.is_empty() {
+            return Ok(Vec::new());
+        }
+        let start = self.dlq_cursor.fetch_add(max.min(10) as i64, Ordering::SeqCst) as usize;
+        Ok((start..start + max.min(10).min(mine.len()))
+            .map(|i| {
+                let k = i % mine.len();
+                Delivery {
+                    priority,
+                    message_id: format!("dead{k}"),
+                    receipt_handle: format!("dead{k}-r{i}"),
+                    body: mine[k].clone(),
+                    receive_count: 1,
+                }
+            })
+            .collect())
     }
 }
 

@@ -41,6 +41,18 @@ pub trait JobSource: Send + Sync {
     ) -> Result<(), PortError>;
 }
 
+/// The dead-letter queues, seen by the worker's dead-letter sweep. A message lands there when
+/// it was received more often than the redrive policy allows; usually the worker marked the
+/// job failed on its last attempt, but not when the worker died during that attempt (or
+/// could not reach the database), and then only the dead-letter queue knows the job is over.
+#[async_trait]
+pub trait DeadLetters: Send + Sync {
+    /// Up to `max` (≤ 10) dead-lettered messages of one priority, hidden from other readers
+    /// for `hide` so that repeated calls page through the queue. They stay in the dead-letter
+    /// queue for operators (`scripts/dlq`).
+    async fn peek(&self, priority: Priority, max: usize, hide: Duration) -> Result<Vec<Delivery>, PortError>;
+}
+
 /// What the worker needs to know of a job it took.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TakenJob {

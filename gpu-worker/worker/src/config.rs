@@ -89,6 +89,16 @@ pub struct WorkerConfig {
     /// How often each worker looks for owed notifications; 0 turns the sweep off.
     #[arg(long, env = "WEBHOOK_SWEEP_SECS", default_value_t = 30)]
     pub webhook_sweep_secs: u64,
+    /// Express dead-letter queue, read by the dead-letter sweep (with `BULK_DLQ_URL`).
+    #[arg(long, env = "EXPRESS_DLQ_URL")]
+    pub express_dlq_url: Option<String>,
+    /// Bulk dead-letter queue.
+    #[arg(long, env = "BULK_DLQ_URL")]
+    pub bulk_dlq_url: Option<String>,
+    /// How often each worker fails jobs whose message reached a dead-letter queue without a
+    /// final result (its worker died on the last attempt); 0 turns the sweep off.
+    #[arg(long, env = "DLQ_SWEEP_SECS", default_value_t = 60)]
+    pub dlq_sweep_secs: u64,
     /// `host:port` entries allowed even on loopback/private addresses. For tests only.
     #[arg(long, env = "WEBHOOK_ALLOW_HOSTS", default_value = "")]
     pub webhook_allow_hosts: String,

@@ -12,10 +12,12 @@
 //! batch N is in the engine, and a slow stage holds back the ones before it
 //! instead of piling up images in memory. A heartbeat extends the visibility of
 //! every message in flight. Nothing is deleted from SQS before its result is
-//! committed.
+//! committed. Beside the pipeline, two sweeps: owed webhooks (`webhook::sweep`) and
+//! jobs whose message was dead-lettered without a final result (`dead_letters`).
 
 pub mod cloudwatch;
 pub mod config;
+pub mod dead_letters;
 pub mod heartbeat;
 pub mod lifecycle;
 pub mod metrics;

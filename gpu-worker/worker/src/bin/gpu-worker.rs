@@ -11,7 +11,7 @@ use gpu_worker::pipeline::{Pipeline, PipelineDeps, Settings};
 use gpu_worker::ssrf::{Policy, SystemResolver};
 use gpu_worker::webhook::{self, HttpConnector, Webhooks};
 use gpu_worker::{EngineRecognizer, WorkerConfig};
-use ocr_aws::{MySqlJobStore, S3ObjectStore, SqsJobSource};
+use ocr_aws::{MySqlJobStore, S3ObjectStore, SqsDeadLetters, SqsJobSource};
 use tokio::sync::{mpsc, watch};
 
 fn init_logs() {
@@ -77,6 +77,22 @@ async fn main() -> anyhow::Result<()> {
             Duration::from_secs(config.webhook_lease_secs),
             stop_rx.clone(),
         ));
+    }
+
+    match (&config.express_dlq_url, &config.bulk_dlq_url) {
+        (Some(express), Some(bulk)) if config.dlq_sweep_secs > 0 => {
+            tokio::spawn(gpu_worker::dead_letters::run(
+                Arc::new(SqsDeadLetters::new(&aws, express, bulk)),
+                store.clone(),
+                metrics.clone(),
+                Duration::from_secs(config.dlq_sweep_secs),
+                stop_rx.clone(),
+            ));
+        }
+        _ if config.dlq_sweep_secs > 0 => tracing::warn!(
+            "dead-letter sweep off: EXPRESS_DLQ_URL and BULK_DLQ_URL are not both set, so a job whose worker dies on its last attempt stays processing"
+        ),
+        _ => {}
     }
 
     if config.cloudwatch_interval_secs > 0 {

@@ -1,0 +1,181 @@
+//! The dead-letter sweep: a job whose message reached a dead-letter queue is over, whatever
+//! its row says.
+//!
+//! Normally the worker marks a job failed on its last attempt and then lets the message move
+//! to the DLQ. But when the worker holding the last attempt dies (or cannot reach the
+//! database), the queue moves the message on its next receive and nobody ends the job: it
+//! would stay `processing` forever and its caller would never hear. Every `DLQ_SWEEP_SECS`
+//! each worker pages through both DLQs and fails such jobs (their webhook is owed from then
+//! on, see `webhook::sweep`). Messages stay in the DLQ for operators (`scripts/dlq`).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ocr_core::worker::{DeadLetters, ResultStore};
+use ocr_core::{JobId, JobMessage, Priority};
+use tokio::sync::watch;
+
+use crate::metrics::Metrics;
+
+/// Most receives per queue and sweep (10 messages each): bounds one sweep's work when a DLQ is
+/// large; hidden messages let the next sweep see others.
+const MAX_PAGES: usize = 10;
+
+/// Why the sweep failed a job (stored as its `error`).
+pub const REASON: &str =
+    "its message reached the dead-letter queue without a final result (the worker holding its last attempt stopped)";
+
+/// One pass over both dead-letter queues; returns the jobs it failed. A message is hidden for
+/// `hide` once read, so the pages of one pass are distinct messages.
+pub async fn sweep_once(
+    dead: &dyn DeadLetters,
+    store: &dyn ResultStore,
+    metrics: &Metrics,
+    hide: Duration,
+    now_ms: i64,
+) -> Vec<JobId> {
+    let mut failed = Vec::new();
+    for priority in Priority::ALL {
+        let mut seen = HashSet::new();
+        for _ in 0..MAX_PAGES {
+            let page = match dead.peek(priority, 10, hide).await {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::warn!(error = %e, priority = priority.as_str(), "reading the dead-letter queue failed");
+                    break;
+                }
+            };
+            let fresh: Vec<_> = page.into_iter().filter(|d| seen.insert(d.message_id.clone())).collect();
+            if fresh.is_empty() {
+                break;
+            }
+            for d in fresh {
+                // Unreadable bodies were never a job this build can end; operators see them.
+                let Ok(message) = JobMessage::parse(&d.body) else { continue };
+                match store.fail(&message.job_id, REASON, now_ms).await {
+                    Ok(true) => {
+                        tracing::warn!(job_id = %message.job_id, priority = priority.as_str(), reason = REASON, "job failed");
+                        metrics.failed(priority);
+                        failed.push(message.job_id);
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(job_id = %message.job_id, error = %e, "could not fail a dead-lettered job; next sweep")
+                    }
+                }
+            }
+        }
+    }
+    failed
+}
+
+/// Sweeps every `every` until `stop`; messages read are hidden for half of that, so each
+/// sweep pages through new ones while operators' tools still see every message most of the
+/// time.
+pub async fn run(
+    dead: Arc<dyn DeadLetters>,
+    store: Arc<dyn ResultStore>,
+    metrics: Metrics,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let hide = (every / 2).max(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        sweep_once(dead.as_ref(), store.as_ref(), &metrics, hide, now.as_millis() as i64).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ocr_core::fakes::{InMemoryJobSource, InMemoryJobStore};
+    use ocr_core::worker::JobSource;
+    use ocr_core::{ContentType, Job, JobStatus, NewJob, OcrResult};
+
+    use super::*;
+
+    fn queued(store: &InMemoryJobStore, callback: bool) -> (JobId, String) {
+        let mut job = Job::from_new(NewJob {
+            id: JobId::new(),
+            owner: "alice".into(),
+            priority: Priority::Bulk,
+            content_type: ContentType::Png,
+            content_length: 10,
+            callback_url: callback.then(|| "https://public.example/hook".into()),
+            metadata: None,
+            idempotency: None,
+            created_at_ms: 0,
+        });
+        job.queued_at_ms = Some(0);
+        let body = JobMessage::for_job(&job, "bucket", 10, 0).to_json();
+        let id = job.id;
+        store.insert_queued(job);
+        (id, body)
+    }
+
+    #[tokio::test]
+    async fn a_job_whose_worker_died_on_its_last_attempt_is_failed_once_dead_lettered() {
+        let store = InMemoryJobStore::default();
+        let queues = InMemoryJobSource::new(Duration::ZERO, 3);
+        let (lost, lost_body) = queued(&store, true);
+        let (done, done_body) = queued(&store, false);
+        // Three deliveries of `lost`, each to a worker that took the job and died.
+        queues.push(Priority::Bulk, lost_body);
+        for _ in 0..3 {
+            let got = queues.receive(Priority::Bulk, 10, Duration::ZERO).await.unwrap();
+            assert_eq!(got.len(), 1);
+            store.take(&[lost], 1_000).await.unwrap();
+        }
+        // `done` succeeded, but its message still reached the DLQ (its delete was lost).
+        queues.push(Priority::Bulk, done_body);
+        for _ in 0..3 {
+            queues.receive(Priority::Bulk, 10, Duration::ZERO).await.unwrap();
+        }
+        let result = OcrResult { text: "x".into(), lines: vec![], width: 1, height: 1, seconds: 0.0 };
+        store.take(&[done], 1_000).await.unwrap();
+        store.complete(&[(done, result)], 2_000).await.unwrap();
+        // The next receive moves both to the dead-letter queue; nobody ended `lost`.
+        assert!(queues.receive(Priority::Bulk, 10, Duration::ZERO).await.unwrap().is_empty());
+        assert_eq!(queues.dead_letters().len(), 2);
+        let status = |id: JobId| store.all().into_iter().find(|j| j.id == id).unwrap().status;
+        assert_eq!(status(lost), JobStatus::Processing);
+
+        let metrics = Metrics::new();
+        let failed = sweep_once(&queues, &store, &metrics, Duration::from_secs(1), 5_000).await;
+        assert_eq!(failed, vec![lost]);
+        let job = store.all().into_iter().find(|j| j.id == lost).unwrap();
+        assert_eq!(job.status, JobStatus::Failed);
+        assert_eq!(job.error.as_deref(), Some(REASON));
+        // Its caller is owed a webhook; the finished job is left alone.
+        assert_eq!(store.owed_notifications(), vec![lost]);
+        assert_eq!(status(done), JobStatus::Succeeded);
+        // Sweeping again changes nothing, and the messages stay for operators.
+        assert!(sweep_once(&queues, &store, &metrics, Duration::from_secs(1), 6_000).await.is_empty());
+        assert_eq!(queues.dead_letters().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn one_sweep_pages_through_a_long_dead_letter_queue() {
+        let store = InMemoryJobStore::default();
+        let queues = InMemoryJobSource::new(Duration::ZERO, 1);
+        let mut ids = Vec::new();
+        for _ in 0..25 {
+            let (id, body) = queued(&store, false);
+            queues.push(Priority::Express, body);
+            ids.push(id);
+        }
+        queues.receive(Priority::Express, 10, Duration::ZERO).await.unwrap();
+        queues.receive(Priority::Express, 10, Duration::ZERO).await.unwrap();
+        queues.receive(Priority::Express, 10, Duration::ZERO).await.unwrap();
+        while !queues.receive(Priority::Express, 10, Duration::ZERO).await.unwrap().is_empty() {}
+        assert_eq!(queues.dead_letters().len(), 25);
+        let failed = sweep_once(&queues, &store, &Metrics::new(), Duration::from_secs(1), 5_000).await;
+        assert_eq!(failed.len(), 25);
+        assert!(store.all().iter().all(|j| j.status == JobStatus::Failed));
+    }
+}
