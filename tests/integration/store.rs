@@ -101,6 +101,9 @@ async fn owed_webhooks_are_kept_until_recorded() -> anyhow::Result<()> {
     let result = OcrResult { text: "t".into(), lines: vec![], width: 1, height: 1, seconds: 0.0 };
     store.complete(&[(ids[0], result.clone()), (ids[2], result)], 3_000).await?;
     assert!(store.fail(&ids[1], "bad image", 4_000).await?);
+    // Giving up keeps the last attempt's error in front of the reason, and only for jobs not
+    // yet over.
+    assert!(!store.give_up(&ids[1], "dead-lettered", 4_500).await?);
 
     // Nothing is due before its lease.
     assert!(store.claim_notifications(2_999, 10_000, 10).await?.is_empty());
@@ -129,5 +132,35 @@ async fn owed_webhooks_are_kept_until_recorded() -> anyhow::Result<()> {
     assert_eq!(left.iter().map(|o| o.job_id).collect::<Vec<_>>(), vec![ids[1]]);
     store.record_webhook(&record(ids[1], "failed")).await?;
     assert!(store.claim_notifications(i64::MAX, 30_000, 10).await?.is_empty());
+    Ok(())
+}
+
+/// A job the queue gave up on keeps the error of its last attempt in front of the reason, and
+/// its webhook is owed; a job without a recorded error gets the reason alone.
+#[tokio::test]
+async fn giving_up_keeps_the_last_attempts_error() -> anyhow::Result<()> {
+    use ocr_core::worker::ResultStore;
+
+    let env = TestEnv::with(Options { poller: false, ..Options::default() }).await?;
+    let store = &env.store;
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let job = store.insert(new_job("alice", None)).await?;
+        let queued = StatusChange { at_ms: 1_000, error: None };
+        assert!(store.set_status(&job.id, JobStatus::AwaitingUpload, JobStatus::Queued, queued).await?);
+        ids.push(job.id);
+    }
+    store.take(&ids, 2_000).await?;
+    store.note_attempt_error(&ids[0], "image does not decode", 2_500).await?;
+    assert!(store.give_up(&ids[0], "dead-lettered", 3_000).await?);
+    assert!(store.give_up(&ids[1], "dead-lettered", 3_000).await?);
+    let first = store.get(&ids[0]).await?.expect("row");
+    assert_eq!(first.status, JobStatus::Failed);
+    assert_eq!(first.error.as_deref(), Some("image does not decode; dead-lettered"));
+    assert_eq!(store.get(&ids[1]).await?.expect("row").error.as_deref(), Some("dead-lettered"));
+    // Over is over: a second give-up changes nothing.
+    assert!(!store.give_up(&ids[0], "again", 4_000).await?);
+    let owed = store.claim_notifications(3_000, 5_000, 10).await?;
+    assert_eq!(owed.len(), 2, "{owed:?}");
     Ok(())
 }

@@ -124,6 +124,19 @@ impl ResultStore for MySqlJobStore {
         Ok(conn.affected_rows() == 1)
     }
 
+    async fn give_up(&self, id: &JobId, reason: &str, at_ms: i64) -> Result<bool, PortError> {
+        let mut conn = self.conn().await?;
+        "UPDATE jobs SET status = 'failed', \
+         error = IF(error IS NULL OR error = '', :reason, CONCAT(error, '; ', :reason)), \
+         finished_at_ms = :at, updated_at_ms = :at, notify_since_ms = IF(callback_url IS NULL, NULL, :at) \
+         WHERE id = :id AND status IN ('awaiting_upload', 'queued', 'processing')"
+            .with(params! { "reason" => reason, "at" => at_ms, "id" => id.to_string() })
+            .ignore(&mut conn)
+            .await
+            .map_err(db_error)?;
+        Ok(conn.affected_rows() == 1)
+    }
+
     async fn note_attempt_error(&self, id: &JobId, reason: &str, at_ms: i64) -> Result<(), PortError> {
         let mut conn = self.conn().await?;
         "UPDATE jobs SET error = :reason, updated_at_ms = :at WHERE id = :id AND status IN ('queued', 'processing')"

@@ -330,6 +330,15 @@ impl ResultStore for InMemoryJobStore {
         Ok(true)
     }
 
+    async fn give_up(&self, id: &JobId, reason: &str, at_ms: i64) -> Result<bool, PortError> {
+        let last = self.jobs.lock().unwrap().get(id).and_then(|j| j.error.clone()).filter(|e| !e.is_empty());
+        let reason = match last {
+            Some(last) => format!("{last}; {reason}"),
+            None => reason.to_owned(),
+        };
+        self.fail(id, &reason, at_ms).await
+    }
+
     async fn note_attempt_error(&self, id: &JobId, reason: &str, _at_ms: i64) -> Result<(), PortError> {
         if let Some(job) = self.jobs.lock().unwrap().get_mut(id) {
             job.error = Some(reason.to_owned());

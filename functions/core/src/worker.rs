@@ -107,6 +107,10 @@ pub trait ResultStore: Send + Sync {
     /// Marks the job `failed` with `reason` unless it already ended. Returns whether it changed.
     async fn fail(&self, id: &JobId, reason: &str, at_ms: i64) -> Result<bool, PortError>;
 
+    /// Like [`ResultStore::fail`], for a job the queue gave up on: keeps the error its last
+    /// attempt recorded in front (`"<last error>; <reason>"`), since that is usually why.
+    async fn give_up(&self, id: &JobId, reason: &str, at_ms: i64) -> Result<bool, PortError>;
+
     /// Records why an attempt failed, leaving the job to be tried again.
     async fn note_attempt_error(&self, id: &JobId, reason: &str, at_ms: i64) -> Result<(), PortError>;
 

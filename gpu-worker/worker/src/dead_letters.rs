@@ -53,9 +53,9 @@ pub async fn sweep_once(
             for d in fresh {
                 // Unreadable bodies were never a job this build can end; operators see them.
                 let Ok(message) = JobMessage::parse(&d.body) else { continue };
-                match store.fail(&message.job_id, REASON, now_ms).await {
+                match store.give_up(&message.job_id, REASON, now_ms).await {
                     Ok(true) => {
-                        tracing::warn!(job_id = %message.job_id, priority = priority.as_str(), reason = REASON, "job failed");
+                        tracing::warn!(job_id = %message.job_id, priority = priority.as_str(), reason = REASON, "job failed (dead-lettered)");
                         metrics.failed(priority);
                         failed.push(message.job_id);
                     }
@@ -131,6 +131,8 @@ mod tests {
             assert_eq!(got.len(), 1);
             store.take(&[lost], 1_000).await.unwrap();
         }
+        // Its first attempt had recorded why it failed.
+        store.note_attempt_error(&lost, "image does not decode", 1_500).await.unwrap();
         // `done` succeeded, but its message still reached the DLQ (its delete was lost).
         queues.push(Priority::Bulk, done_body);
         for _ in 0..3 {
@@ -150,7 +152,7 @@ mod tests {
         assert_eq!(failed, vec![lost]);
         let job = store.all().into_iter().find(|j| j.id == lost).unwrap();
         assert_eq!(job.status, JobStatus::Failed);
-        assert_eq!(job.error.as_deref(), Some(REASON));
+        assert_eq!(job.error, Some(format!("image does not decode; {REASON}")));
         // Its caller is owed a webhook; the finished job is left alone.
         assert_eq!(store.owed_notifications(), vec![lost]);
         assert_eq!(status(done), JobStatus::Succeeded);
@@ -176,6 +178,6 @@ mod tests {
         assert_eq!(queues.dead_letters().len(), 25);
         let failed = sweep_once(&queues, &store, &Metrics::new(), Duration::from_secs(1), 5_000).await;
         assert_eq!(failed.len(), 25);
-        assert!(store.all().iter().all(|j| j.status == JobStatus::Failed));
+        assert!(store.all().iter().all(|j| j.status == JobStatus::Failed && j.error.as_deref() == Some(REASON)));
     }
 }
