@@ -110,8 +110,12 @@ async fn bad_uploads_fail_with_nothing_queued() -> anyhow::Result<()> {
         ("image/png", big, "over the limit"),
     ];
     let mut ids = Vec::new();
-    for (content_type, bytes, _) in &cases {
-        let (status, job) = create(&env, json!({"content_type": content_type, "content_length": bytes.len()})).await?;
+    for (i, (content_type, bytes, _)) in cases.iter().enumerate() {
+        let mut body = json!({"content_type": content_type, "content_length": bytes.len()});
+        if i == 0 {
+            body["callback_url"] = json!("https://hooks.example.com/ocr");
+        }
+        let (status, job) = create(&env, body).await?;
         assert_eq!(status, StatusCode::CREATED);
         assert_eq!(put(&env, &job, bytes.clone(), None).await?, StatusCode::OK);
         ids.push(job["job_id"].as_str().unwrap().to_owned());
@@ -125,6 +129,13 @@ async fn bad_uploads_fail_with_nothing_queued() -> anyhow::Result<()> {
     }
     assert!(env.drain(&env.queues.bulk, 2).await?.is_empty());
     assert!(env.drain(&env.queues.express, 0).await?.is_empty());
+    // The caller who gave a callback is owed a webhook although no worker saw the job: the
+    // workers' outbox sweep finds it.
+    use ocr_core::worker::ResultStore;
+    let owed = env.store.claim_notifications(i64::MAX / 2, i64::MAX / 2, 10).await?;
+    assert_eq!(owed.len(), 1, "{owed:?}");
+    assert_eq!(owed[0].job_id.to_string(), ids[0]);
+    assert_eq!(owed[0].status, ocr_core::JobStatus::Failed);
     Ok(())
 }
 

@@ -268,7 +268,10 @@ impl JobStore for MySqlJobStore {
         let timestamp_column = match to {
             JobStatus::Queued => ", queued_at_ms = :at",
             JobStatus::Processing => ", started_at_ms = :at, attempts = attempts + 1",
-            JobStatus::Succeeded | JobStatus::Failed | JobStatus::Expired => ", finished_at_ms = :at",
+            // A job failed here (its upload was refused) never reaches a worker: record its
+            // webhook as owed, so that a worker's sweep (webhook::sweep) sends it.
+            JobStatus::Failed => ", finished_at_ms = :at, notify_since_ms = IF(callback_url IS NULL, NULL, :at)",
+            JobStatus::Succeeded | JobStatus::Expired => ", finished_at_ms = :at",
             JobStatus::AwaitingUpload | JobStatus::Deleted => "",
         };
         let sql = format!(

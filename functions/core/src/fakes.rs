@@ -115,7 +115,14 @@ impl JobStore for InMemoryJobStore {
                 job.started_at_ms = Some(change.at_ms);
                 job.attempts += 1;
             }
-            JobStatus::Succeeded | JobStatus::Failed | JobStatus::Expired => job.finished_at_ms = Some(change.at_ms),
+            JobStatus::Failed => {
+                job.finished_at_ms = Some(change.at_ms);
+                // As in MySQL: a job failed outside a worker still owes its webhook.
+                if job.callback_url.is_some() {
+                    self.owed.lock().unwrap().insert(*id, change.at_ms);
+                }
+            }
+            JobStatus::Succeeded | JobStatus::Expired => job.finished_at_ms = Some(change.at_ms),
             _ => {}
         }
         if change.error.is_some() {

@@ -59,7 +59,8 @@ pub trait JobStore: Send + Sync {
     /// Moves the job from `from` to `to` only if it is still in `from`
     /// (compare-and-set, so concurrent handlers cannot both win).
     /// Returns whether this call made the change. The caller checks that the
-    /// transition is allowed.
+    /// transition is allowed. Moving a job with a callback URL to `failed` records its
+    /// webhook as owed (the workers' outbox sweep sends it).
     async fn set_status(
         &self,
         id: &JobId,
