@@ -46,6 +46,9 @@ impl Authenticator {
             if caller.is_empty() {
                 return Err("API_TOKENS caller names must not be empty".into());
             }
+            if caller.chars().count() > MAX_OWNER_CHARS {
+                return Err(format!("API_TOKENS caller names must be at most {MAX_OWNER_CHARS} characters"));
+            }
             map.insert(digest(token), caller.to_owned());
         }
         if map.is_empty() {
@@ -61,13 +64,25 @@ impl Authenticator {
                 let token = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer "))?;
                 tokens.get(&digest(token.trim())).cloned().map(Caller)
             }
-            Authenticator::Jwt => jwt_subject(parts).map(Caller),
+            Authenticator::Jwt => jwt_subject(parts).map(|sub| Caller(owner_key(&sub))),
         }
     }
 }
 
 fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
+}
+
+/// Longest owner the jobs table holds (`owner VARCHAR(191)`, the most utf8mb4 an index takes).
+pub const MAX_OWNER_CHARS: usize = 191;
+
+/// The owner key of a JWT subject: the subject itself, or for a longer one (the JWT spec sets
+/// no limit) `sha256:` and its digest in hex, so every valid token still gets its own jobs.
+pub fn owner_key(subject: &str) -> String {
+    if subject.chars().count() <= MAX_OWNER_CHARS {
+        return subject.to_owned();
+    }
+    format!("sha256:{}", hex::encode(digest(subject)))
 }
 
 /// The `sub` claim the HTTP API's JWT authorizer validated, from the Lambda request context.
@@ -106,5 +121,20 @@ mod tests {
             panic!("static");
         };
         assert_eq!(m.len(), 2);
+        let long = format!("0123456789abcdef:{}", "a".repeat(MAX_OWNER_CHARS + 1));
+        assert!(Authenticator::from_static_tokens(&long).is_err());
+    }
+
+    #[test]
+    fn long_subjects_get_a_stable_owner_key_that_fits() {
+        let short = "auth0|5f7c8ec7c33c6c004bbafe82";
+        assert_eq!(owner_key(short), short);
+        let fits = "é".repeat(MAX_OWNER_CHARS);
+        assert_eq!(owner_key(&fits), fits);
+        let long = "x".repeat(5_000);
+        let key = owner_key(&long);
+        assert_eq!(key, owner_key(&long));
+        assert!(key.starts_with("sha256:") && key.len() == 71, "{key}");
+        assert_ne!(key, owner_key(&"x".repeat(4_999)));
     }
 }
