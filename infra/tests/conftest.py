@@ -12,6 +12,8 @@ from cfnlint.decode import decode
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "template.yaml"
 CONFIG_RS = ROOT / "gpu-worker" / "worker" / "src" / "config.rs"
+# The engine's settings, shared by the worker (flattened into its config) and the `ocr` tool.
+ENGINE_SETTINGS_RS = ROOT / "gpu-worker" / "engine" / "src" / "settings.rs"
 METRICS_RS = ROOT / "gpu-worker" / "worker" / "src" / "metrics.rs"
 CLOUDWATCH_RS = ROOT / "gpu-worker" / "worker" / "src" / "cloudwatch.rs"
 BOOTSTRAP = ROOT / "infra" / "worker" / "bootstrap.sh"
@@ -91,9 +93,11 @@ def substitute(text: str, values: dict[str, str] | None = None) -> str:
 
 
 def config_env_names() -> set[str]:
-    """Every env name the worker reads: clap `env = "..."` in config.rs, plus the few its binary
-    reads directly (`env::var("LOG_FORMAT")` for the log format)."""
-    names = set(re.findall(r'env\s*=\s*"([A-Z0-9_]+)"', CONFIG_RS.read_text()))
+    """Every env name the worker reads: clap `env = "..."` in config.rs and in the engine settings
+    it flattens, plus the few its binary reads directly (`env::var("LOG_FORMAT")`)."""
+    names = set()
+    for f in (CONFIG_RS, ENGINE_SETTINGS_RS):
+        names |= set(re.findall(r'env\s*=\s*"([A-Z0-9_]+)"', f.read_text()))
     assert len(names) > 30, names
     for f in (CONFIG_RS.parent / "bin").glob("*.rs"):
         names |= set(re.findall(r'env::var\("([A-Z0-9_]+)"\)', f.read_text()))

@@ -19,6 +19,11 @@ from conftest import BOOTSTRAP, ROOT, UNIT, config_env_names, stack_env, substit
 # Set by the bootstrap for the process, not worker settings of config.rs.
 PROCESS_ENV = {"AWS_REGION", "LD_LIBRARY_PATH", "RUST_LOG"}
 TEST_ONLY = {"WEBHOOK_ALLOW_HOSTS"}
+# Engine tuning whose defaults come from the engine or the model set; the bootstrap leaves them
+# unset (the worker reads them like the `ocr` tool, should an operator add one).
+ENGINE_TUNING = {"OCR_REC_BATCH", "OCR_REC_BATCH_WIDTH", "OCR_REC_WIDTH_STEP", "OCR_REC_MIN_WIDTH",
+                 "OCR_REC_SESSIONS", "OCR_DET_SESSIONS", "OCR_DET_UNCLIP_RATIO", "OCR_DET_BOX_THRESH",
+                 "OCR_DET_THRESH", "OCR_DET_LIMIT", "OCR_DET_LIMIT_TYPE", "OCR_MIN_CONFIDENCE", "OCR_SPIN"}
 
 
 def bootstrap_constant(name: str) -> str:
@@ -158,7 +163,8 @@ def test_bootstrap_writes_every_worker_setting(sandbox):
     assert stat.S_IMODE(worker_env.stat().st_mode) == 0o600
     w = read_env(worker_env)
     names = config_env_names()
-    assert names - TEST_ONLY - set(w) == set(), "settings of config.rs the bootstrap does not write"
+    assert ENGINE_TUNING <= names, ENGINE_TUNING - names
+    assert names - TEST_ONLY - ENGINE_TUNING - set(w) == set(), "settings of config.rs the bootstrap does not write"
     assert set(w) - names - PROCESS_ENV == set(), "settings the worker does not read"
     assert not TEST_ONLY & set(w)
     assert w["DATABASE_URL"] == ("mysql://ocr_fleet:p4ss%2Fw%40rd@ocr-prod-db-proxy.proxy-abc.us-east-1.rds.amazonaws.com"

@@ -21,8 +21,10 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Recognition is batched across all images of one call: crops are sorted by width and padded
-//! to a few widths, so a call with many small pages fills batches that one page could not.
+//! One call is a pipeline: while later images are being detected, the line crops of earlier
+//! ones (groups of at least 8 × `rec_batch` crops, across images) are sorted by width, padded
+//! to a few widths and recognised in batches, so a call with many small pages fills batches
+//! that one page could not.
 
 pub mod classify;
 pub mod decode;
@@ -35,6 +37,7 @@ pub mod manifest;
 pub mod model;
 pub mod ort_backend;
 pub mod recognition;
+pub mod settings;
 
 pub use decode::{DEFAULT_MAX_PIXELS, decode_image};
 pub use engine::{Engine, EngineOptions, Line, Models, Page, StageTimes};
@@ -43,3 +46,4 @@ pub use geometry::Quad;
 pub use manifest::{LimitType, Manifest};
 pub use model::Model;
 pub use ort_backend::{ConvAlgoSearch, OrtModel, Provider, SessionSettings, check_dylib};
+pub use settings::EngineSettings;

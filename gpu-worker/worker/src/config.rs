@@ -3,7 +3,6 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 /// Everything the worker reads at start.
@@ -117,47 +116,9 @@ pub struct WorkerConfig {
     #[arg(long, env = "AUTOSCALING_GROUP_NAME", default_value = "")]
     pub autoscaling_group_name: String,
 
+    /// Engine settings: the same flags and variables as the `ocr` tool's.
     #[command(flatten)]
-    pub engine: EngineArgs,
-}
-
-/// Engine settings; the same names as the `ocr` tool's.
-#[derive(clap::Args, Debug, Clone)]
-pub struct EngineArgs {
-    /// Folder with the model sets (scripts/fetch-models.sh fills it).
-    #[arg(long, env = "OCR_MODEL_DIR", default_value = "models")]
-    pub model_dir: PathBuf,
-    /// Model set name (a manifest in the model folder).
-    #[arg(long, env = "OCR_MODEL_SET", default_value = "ppocrv6-small")]
-    pub model_set: String,
-    /// ONNX Runtime threads (0: one per core).
-    #[arg(long, env = "OCR_THREADS", default_value_t = 0)]
-    pub threads: usize,
-    /// `libonnxruntime.so` to load.
-    #[arg(long, env = "ORT_DYLIB_PATH")]
-    pub ort_dylib_path: Option<PathBuf>,
-    /// Execution provider; a GPU provider that fails to register stops the worker.
-    #[arg(long, env = "OCR_PROVIDER", value_enum, default_value = "cpu")]
-    pub provider: ocr_engine::Provider,
-    /// GPU ordinal.
-    #[arg(long, env = "OCR_DEVICE_ID", default_value_t = 0)]
-    pub device_id: i32,
-    /// cuDNN convolution algorithm search.
-    #[arg(long, env = "OCR_CUDNN_CONV_ALGO", value_enum, default_value = "heuristic")]
-    pub cudnn_conv_algo: ocr_engine::ConvAlgoSearch,
-    /// Undo whole-page rotation.
-    #[arg(long, env = "OCR_ORIENTATION", default_value_t = true, action = clap::ArgAction::Set)]
-    pub orientation: bool,
-    /// Per-line 0/180 classifier.
-    #[arg(long, env = "OCR_LINE_ANGLE", default_value_t = false, action = clap::ArgAction::Set)]
-    pub line_angle: bool,
-    /// Decompression-bomb guard (width × height).
-    #[arg(long, env = "OCR_MAX_PIXELS", default_value_t = ocr_engine::DEFAULT_MAX_PIXELS)]
-    pub max_pixels: u64,
-    /// ONNX Runtime's CPU memory arena: without it every detector run page-faults its
-    /// buffers afresh (15 % of the time on scene photos, measured), for ~25-80 MB more RSS.
-    #[arg(long, env = "OCR_CPU_ARENA", default_value_t = true, action = clap::ArgAction::Set)]
-    pub cpu_arena: bool,
+    pub engine: ocr_engine::EngineSettings,
 }
 
 impl WorkerConfig {

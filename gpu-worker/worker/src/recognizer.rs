@@ -2,9 +2,7 @@
 
 use image::RgbImage;
 use ocr_core::{OcrLine, OcrResult};
-use ocr_engine::{Engine, EngineError, EngineOptions, Provider, SessionSettings};
-
-use crate::config::EngineArgs;
+use ocr_engine::{Engine, EngineError, EngineSettings, Provider};
 
 /// Why one image produced no result.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,28 +34,8 @@ impl EngineRecognizer {
     /// Loads the model set and warms it up so the first batch does not pay for ONNX
     /// Runtime's lazy initialisation: on GPU every recogniser width once (cuDNN searches
     /// algorithms per input shape), on CPU one small page.
-    pub fn load(args: &EngineArgs) -> Result<Self, EngineError> {
-        let dylib = args.ort_dylib_path.clone().ok_or_else(|| {
-            EngineError::Config("ORT_DYLIB_PATH is not set (scripts/fetch-models.sh --print-env gives it)".into())
-        })?;
-        let session = SessionSettings {
-            dylib_path: dylib,
-            provider: args.provider,
-            device_id: args.device_id,
-            conv_algo_search: args.cudnn_conv_algo,
-            intra_threads: args.threads,
-            spinning: false,
-            cpu_arena: args.cpu_arena,
-        };
-        let options = EngineOptions {
-            orientation: args.orientation,
-            line_angle: args.line_angle,
-            max_pixels: args.max_pixels,
-            // On GPU a coarse width step keeps warm-up (one cuDNN search per width) short.
-            rec_width_step: if args.provider == Provider::Cpu { EngineOptions::default().rec_width_step } else { 160 },
-            ..EngineOptions::default()
-        };
-        let engine = Engine::load(&args.model_dir, &args.model_set, &session, options)?;
+    pub fn load(args: &EngineSettings) -> Result<Self, EngineError> {
+        let engine = Engine::load(&args.model_dir, &args.model_set, &args.session()?, args.options())?;
         if args.provider == Provider::Cpu {
             let _ = engine.recognize(&[RgbImage::from_pixel(320, 96, image::Rgb([255, 255, 255]))]);
         } else {

@@ -10,18 +10,12 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
-use ocr_engine::{ConvAlgoSearch, Engine, EngineOptions, LimitType, Page, Provider, SessionSettings, StageTimes};
+use ocr_engine::{Engine, EngineSettings, Page, StageTimes};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Format {
     Text,
     Json,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum Limit {
-    Max,
-    Min,
 }
 
 /// Recognise text in images (JPEG, PNG, WebP, TIFF).
@@ -31,86 +25,14 @@ struct Args {
     /// Output format: plain text, or JSON Lines (one object per file).
     #[arg(long, value_enum, default_value = "text")]
     format: Format,
-    /// Model set: ppocrv6-small (default), ppocrv6-tiny (alias fast), ppocrv5, rapidocr-v6-small.
-    #[arg(long, env = "OCR_MODEL_SET", default_value = "ppocrv6-small")]
-    model_set: String,
-    /// Folder holding model sets (scripts/fetch-models.sh fills it).
-    #[arg(long, env = "OCR_MODEL_DIR", default_value = "models")]
-    model_dir: PathBuf,
-    /// ONNX Runtime intra-op threads per model (0 = one per core).
-    #[arg(long, env = "OCR_THREADS", default_value_t = 0)]
-    threads: usize,
-    /// Images per engine call; recognition batches span all images of a call.
+    /// Images per engine call; detection and recognition overlap within a call.
     #[arg(long, env = "OCR_BATCH", default_value_t = 8)]
     batch: usize,
-    /// Crops per recogniser batch.
-    #[arg(long, env = "OCR_REC_BATCH", default_value_t = EngineOptions::default().rec_batch)]
-    rec_batch: usize,
-    /// Most padded width per recogniser batch (pixels summed over crops; bounds memory).
-    #[arg(long, env = "OCR_REC_BATCH_WIDTH", default_value_t = EngineOptions::default().rec_batch_width)]
-    rec_batch_width: u32,
-    /// Recogniser width rounding step in pixels.
-    #[arg(long, env = "OCR_REC_WIDTH_STEP", default_value_t = EngineOptions::default().rec_width_step)]
-    rec_width_step: u32,
-    /// Path of libonnxruntime.so (from the PyPI onnxruntime wheel).
-    #[arg(long, env = "ORT_DYLIB_PATH")]
-    ort_dylib_path: Option<PathBuf>,
-    /// Execution provider.
-    #[arg(long, env = "OCR_PROVIDER", value_enum, default_value = "cpu")]
-    provider: Provider,
-    /// GPU ordinal.
-    #[arg(long, env = "OCR_DEVICE_ID", default_value_t = 0)]
-    device_id: i32,
-    /// cuDNN convolution algorithm search (CUDA).
-    #[arg(long, env = "OCR_CUDNN_CONV_ALGO", value_enum, default_value = "heuristic")]
-    cudnn_conv_algo: ConvAlgoSearch,
-    /// Let ONNX Runtime threads spin while waiting (faster on an idle machine, worse when shared).
-    #[arg(long, env = "OCR_SPIN", default_value_t = false)]
-    spin: bool,
-    /// ONNX Runtime CPU memory arena: without it every detector run page-faults its buffers
-    /// afresh (15 % of the time on scene photos, measured), for ~25-80 MB more RSS.
-    #[arg(long, env = "OCR_CPU_ARENA", default_value_t = true, action = clap::ArgAction::Set)]
-    cpu_arena: bool,
-    /// Override the detector's unclip ratio (box growth).
-    #[arg(long, env = "OCR_DET_UNCLIP_RATIO")]
-    det_unclip_ratio: Option<f32>,
-    /// Override the detector's box score threshold.
-    #[arg(long, env = "OCR_DET_BOX_THRESH")]
-    det_box_thresh: Option<f32>,
-    /// Override the detector's pixel threshold.
-    #[arg(long, env = "OCR_DET_THRESH")]
-    det_thresh: Option<f32>,
-    /// Single-threaded detector sessions detecting images in parallel on CPU (0 = automatic:
-    /// two, or one per four threads when that is more).
-    #[arg(long, env = "OCR_DET_SESSIONS", default_value_t = 0)]
-    det_sessions: usize,
-    /// Override the narrowest recogniser input width (pixels).
-    #[arg(long, env = "OCR_REC_MIN_WIDTH")]
-    rec_min_width: Option<u32>,
-    /// Recogniser sessions run in parallel (0 = one per thread on CPU).
-    #[arg(long, env = "OCR_REC_SESSIONS", default_value_t = 0)]
-    rec_sessions: usize,
-    /// Detect whole-page rotation (0/90/180/270).
-    #[arg(long, env = "OCR_ORIENTATION", default_value_t = true, action = clap::ArgAction::Set)]
-    orientation: bool,
-    /// Per-line 0/180 angle classifier (needs a set with a cls model, e.g. ppocrv5).
-    #[arg(long, env = "OCR_LINE_ANGLE", default_value_t = false, action = clap::ArgAction::Set)]
-    line_angle: bool,
-    /// Override the detector side limit (pixels).
-    #[arg(long, env = "OCR_DET_LIMIT")]
-    det_limit: Option<u32>,
-    /// Override the detector limit type.
-    #[arg(long, env = "OCR_DET_LIMIT_TYPE", value_enum)]
-    det_limit_type: Option<Limit>,
-    /// Lines below this confidence are dropped.
-    #[arg(long, env = "OCR_MIN_CONFIDENCE", default_value_t = 0.5)]
-    min_confidence: f32,
-    /// Refuse images with more pixels than this.
-    #[arg(long, env = "OCR_MAX_PIXELS", default_value_t = ocr_engine::DEFAULT_MAX_PIXELS)]
-    max_pixels: u64,
     /// Print per-stage times and totals to stderr at the end.
     #[arg(long)]
     stats: bool,
+    #[command(flatten)]
+    engine: EngineSettings,
     /// Image files.
     #[arg(required = true)]
     files: Vec<PathBuf>,
@@ -130,40 +52,12 @@ fn run() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let dylib = ocr_engine::check_dylib(args.ort_dylib_path.as_deref())?;
-    let session = SessionSettings {
-        dylib_path: dylib,
-        provider: args.provider,
-        device_id: args.device_id,
-        conv_algo_search: args.cudnn_conv_algo,
-        intra_threads: args.threads,
-        spinning: args.spin,
-        cpu_arena: args.cpu_arena,
-    };
-    let opts = EngineOptions {
-        orientation: args.orientation,
-        line_angle: args.line_angle,
-        rec_batch: args.rec_batch,
-        rec_width_step: args.rec_width_step,
-        rec_batch_width: args.rec_batch_width,
-        min_confidence: args.min_confidence,
-        max_pixels: args.max_pixels,
-        rec_sessions: args.rec_sessions,
-        det_sessions: args.det_sessions,
-        cpu_slots: 0,
-        rec_min_width: args.rec_min_width,
-        det_unclip_ratio: args.det_unclip_ratio,
-        det_box_thresh: args.det_box_thresh,
-        det_thresh: args.det_thresh,
-        det_limit_side_len: args.det_limit,
-        det_limit_type: args.det_limit_type.map(|l| match l {
-            Limit::Max => LimitType::Max,
-            Limit::Min => LimitType::Min,
-        }),
-    };
+    let session = args.engine.session()?;
+    let opts = args.engine.options();
     let t_load = Instant::now();
-    let engine = Engine::load(&args.model_dir, &args.model_set, &session, opts)
-        .with_context(|| format!("loading model set {:?} from {}", args.model_set, args.model_dir.display()))?;
+    let (dir, set) = (&args.engine.model_dir, &args.engine.model_set);
+    let engine = Engine::load(dir, set, &session, opts)
+        .with_context(|| format!("loading model set {set:?} from {}", dir.display()))?;
     let load_s = t_load.elapsed().as_secs_f64();
 
     let stdout = std::io::stdout();
@@ -183,7 +77,7 @@ fn run() -> anyhow::Result<()> {
         let bytes: Vec<&[u8]> = read.iter().filter_map(|r| r.as_deref().ok()).collect();
         let (pages, t_call) = engine.recognize_bytes_timed(&bytes);
         times.add(&t_call);
-        // Wall time of the call, shared equally by its images (recognition is batched across them).
+        // Wall time of the call, shared equally by its images (their work overlaps).
         let per_image = t.elapsed().as_secs_f64() / chunk.len() as f64;
         let cpu_per_image = (process_cpu_seconds() - cpu0) / chunk.len() as f64;
         let mut pages = pages.into_iter();
