@@ -21,6 +21,24 @@ fn unreadable(what: &str) -> PortError {
     PortError::permanent("mysql", format!("unreadable {what}"))
 }
 
+impl MySqlJobStore {
+    /// Fails a job that has not ended, setting `error` to `error_sql` (which may use
+    /// `:reason` and the old `error`), and records its webhook as owed when it has a callback.
+    async fn end_failed(&self, id: &JobId, error_sql: &str, reason: &str, at_ms: i64) -> Result<bool, PortError> {
+        let mut conn = self.conn().await?;
+        format!(
+            "UPDATE jobs SET status = 'failed', error = {error_sql}, finished_at_ms = :at, updated_at_ms = :at, \
+             notify_since_ms = IF(callback_url IS NULL, NULL, :at) \
+             WHERE id = :id AND status IN ('awaiting_upload', 'queued', 'processing')"
+        )
+        .with(params! { "reason" => reason, "at" => at_ms, "id" => id.to_string() })
+        .ignore(&mut conn)
+        .await
+        .map_err(db_error)?;
+        Ok(conn.affected_rows() == 1)
+    }
+}
+
 #[async_trait]
 impl ResultStore for MySqlJobStore {
     async fn take(&self, ids: &[JobId], at_ms: i64) -> Result<Vec<TakenJob>, PortError> {
@@ -113,28 +131,12 @@ impl ResultStore for MySqlJobStore {
     }
 
     async fn fail(&self, id: &JobId, reason: &str, at_ms: i64) -> Result<bool, PortError> {
-        let mut conn = self.conn().await?;
-        "UPDATE jobs SET status = 'failed', error = :reason, finished_at_ms = :at, updated_at_ms = :at, \
-         notify_since_ms = IF(callback_url IS NULL, NULL, :at) \
-         WHERE id = :id AND status IN ('awaiting_upload', 'queued', 'processing')"
-            .with(params! { "reason" => reason, "at" => at_ms, "id" => id.to_string() })
-            .ignore(&mut conn)
-            .await
-            .map_err(db_error)?;
-        Ok(conn.affected_rows() == 1)
+        self.end_failed(id, ":reason", reason, at_ms).await
     }
 
     async fn give_up(&self, id: &JobId, reason: &str, at_ms: i64) -> Result<bool, PortError> {
-        let mut conn = self.conn().await?;
-        "UPDATE jobs SET status = 'failed', \
-         error = IF(error IS NULL OR error = '', :reason, CONCAT(error, '; ', :reason)), \
-         finished_at_ms = :at, updated_at_ms = :at, notify_since_ms = IF(callback_url IS NULL, NULL, :at) \
-         WHERE id = :id AND status IN ('awaiting_upload', 'queued', 'processing')"
-            .with(params! { "reason" => reason, "at" => at_ms, "id" => id.to_string() })
-            .ignore(&mut conn)
+        self.end_failed(id, "IF(error IS NULL OR error = '', :reason, CONCAT(error, '; ', :reason))", reason, at_ms)
             .await
-            .map_err(db_error)?;
-        Ok(conn.affected_rows() == 1)
     }
 
     async fn note_attempt_error(&self, id: &JobId, reason: &str, at_ms: i64) -> Result<(), PortError> {

@@ -111,6 +111,19 @@ pub struct ReceivedMessage {
     pub receive_count: u32,
 }
 
+impl ReceivedMessage {
+    /// The message as a delivery of a job queue of `priority`.
+    fn into_delivery(self, priority: Priority) -> Delivery {
+        Delivery {
+            priority,
+            message_id: self.message_id,
+            receipt_handle: self.receipt_handle,
+            body: self.body,
+            receive_count: self.receive_count,
+        }
+    }
+}
+
 /// Receives and deletes messages of one queue (the upload-event poller, the worker).
 #[derive(Debug, Clone)]
 pub struct SqsConsumer {
@@ -214,16 +227,7 @@ impl JobSource for SqsJobSource {
         let consumer =
             SqsConsumer { client: self.queues.client.clone(), queue_url: self.queues.url(priority).to_owned() };
         let received = consumer.receive(max.clamp(1, 10) as i32, wait.as_secs().min(20) as i32).await?;
-        Ok(received
-            .into_iter()
-            .map(|m| Delivery {
-                priority,
-                message_id: m.message_id,
-                receipt_handle: m.receipt_handle,
-                body: m.body,
-                receive_count: m.receive_count,
-            })
-            .collect())
+        Ok(received.into_iter().map(|m| m.into_delivery(priority)).collect())
     }
 
     async fn delete(&self, priority: Priority, receipt_handles: &[String]) -> Result<Vec<String>, PortError> {
@@ -318,15 +322,6 @@ impl DeadLetters for SqsDeadLetters {
             Priority::Bulk => &self.bulk,
         };
         let received = queue.receive_with(max.clamp(1, 10) as i32, 0, Some(hide.as_secs().max(1) as i32)).await?;
-        Ok(received
-            .into_iter()
-            .map(|m| Delivery {
-                priority,
-                message_id: m.message_id,
-                receipt_handle: m.receipt_handle,
-                body: m.body,
-                receive_count: m.receive_count,
-            })
-            .collect())
+        Ok(received.into_iter().map(|m| m.into_delivery(priority)).collect())
     }
 }

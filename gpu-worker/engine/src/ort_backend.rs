@@ -174,6 +174,16 @@ impl OrtModel {
         f(arr)
     }
 
+    /// [`OrtModel::run_on`] keeping a copy of the output.
+    fn run_owned(&self, session: &mut Session, input: ArrayView4<'_, f32>) -> Result<ArrayD<f32>> {
+        let mut out = None;
+        self.run_on(session, input, &mut |a| {
+            out = Some(a.to_owned());
+            Ok(())
+        })?;
+        out.ok_or_else(|| EngineError::BadOutput(format!("{}: no output", self.name)))
+    }
+
     /// Locks the first idle session, or waits for the first one when all are busy.
     fn any_session(&self) -> Result<std::sync::MutexGuard<'_, Session>> {
         match self.sessions.iter().find_map(|m| m.try_lock().ok()) {
@@ -288,29 +298,18 @@ fn register_provider(
 
 impl Model for OrtModel {
     fn run(&self, input: ArrayView4<'_, f32>) -> Result<ArrayD<f32>> {
-        let mut out = None;
-        self.run_with(input, &mut |a| {
-            out = Some(a.to_owned());
-            Ok(())
-        })?;
-        out.ok_or_else(|| EngineError::BadOutput(format!("{}: no output", self.name)))
+        self.run_owned(&mut *self.any_session()?, input)
     }
 
     fn run_with(&self, input: ArrayView4<'_, f32>, f: &mut dyn FnMut(ArrayViewD<'_, f32>) -> Result<()>) -> Result<()> {
-        let mut session = self.any_session()?;
-        self.run_on(&mut session, input, f)
+        self.run_on(&mut *self.any_session()?, input, f)
     }
 
     fn run_alone(&self, input: ArrayView4<'_, f32>) -> Result<ArrayD<f32>> {
         match &self.wide {
             Some(w) => {
                 let mut s = w.lock().map_err(|_| EngineError::Inference(format!("{}: session poisoned", self.name)))?;
-                let mut out = None;
-                self.run_on(&mut s, input, &mut |a| {
-                    out = Some(a.to_owned());
-                    Ok(())
-                })?;
-                out.ok_or_else(|| EngineError::BadOutput(format!("{}: no output", self.name)))
+                self.run_owned(&mut s, input)
             }
             None => self.run(input),
         }

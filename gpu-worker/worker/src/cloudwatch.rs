@@ -48,9 +48,8 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = stop.wait_for(|s| *s) => return,
+        if crate::sleep_or_stop(interval, &mut stop).await {
+            return;
         }
         let data = datums(metrics.take_window(), interval, &fleet);
         if let Err(e) = client.put_metric_data().namespace(&namespace).set_metric_data(Some(data)).send().await {

@@ -82,12 +82,10 @@ pub async fn run(
 ) {
     let hide = (every / 2).max(Duration::from_secs(1));
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = stop.wait_for(|s| *s) => return,
+        if crate::sleep_or_stop(every, &mut stop).await {
+            return;
         }
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        sweep_once(dead.as_ref(), store.as_ref(), &metrics, hide, now.as_millis() as i64).await;
+        sweep_once(dead.as_ref(), store.as_ref(), &metrics, hide, crate::now_ms()).await;
     }
 }
 

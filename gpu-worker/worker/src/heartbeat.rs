@@ -65,9 +65,8 @@ pub async fn run(
 ) {
     let tick = (visibility / 4).max(Duration::from_millis(250));
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep(tick) => {}
-            _ = stop.wait_for(|s| *s) => return,
+        if crate::sleep_or_stop(tick, &mut stop).await {
+            return;
         }
         for (priority, handles) in in_flight.due(visibility / 2) {
             for chunk in handles.chunks(10) {

@@ -27,5 +27,19 @@ pub mod ssrf;
 pub mod webhook;
 
 pub use config::WorkerConfig;
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as i64
+}
+
+/// Sleeps for `d` unless `stop` turns true first; returns whether it did. The periodic tasks
+/// (heartbeat, sweeps, metrics, lifecycle) wait with it so that a drain ends them at once.
+pub async fn sleep_or_stop(d: std::time::Duration, stop: &mut tokio::sync::watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => false,
+        _ = stop.wait_for(|s| *s) => true,
+    }
+}
 pub use pipeline::{Pipeline, PipelineDeps};
 pub use recognizer::{EngineRecognizer, ImageFailure, Recognizer};

@@ -95,9 +95,8 @@ pub async fn watch(md: &dyn InstanceMetadata, interval: Duration, drain: watch::
             let _ = drain.send(true);
             return Some(d);
         }
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = stopped.wait_for(|s| *s) => return None,
+        if crate::sleep_or_stop(interval, &mut stopped).await {
+            return None;
         }
     }
 }

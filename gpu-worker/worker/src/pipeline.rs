@@ -12,6 +12,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::heartbeat::{self, InFlight};
 use crate::metrics::Metrics;
+use crate::now_ms;
 use crate::recognizer::{ImageFailure, Recognizer};
 use crate::webhook::Notification;
 
@@ -102,10 +103,6 @@ pub struct Pipeline {
     deps: PipelineDeps,
     settings: Settings,
     in_flight: InFlight,
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as i64
 }
 
 /// Retries `op` while it fails retryably, waiting longer each time (up to 5 s), until it

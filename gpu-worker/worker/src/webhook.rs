@@ -18,6 +18,7 @@ use sha2::Sha256;
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::metrics::Metrics;
+use crate::now_ms;
 use crate::ssrf::{Policy, Resolver};
 
 /// A job that ended and has a callback URL.
@@ -104,10 +105,6 @@ pub struct Webhooks {
     /// First retry delay; doubles each time.
     pub backoff: Duration,
     pub result_url_base: String,
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as i64
 }
 
 impl Webhooks {
@@ -214,9 +211,8 @@ pub async fn sweep(
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = stop.wait_for(|s| *s) => return,
+        if crate::sleep_or_stop(every, &mut stop).await {
+            return;
         }
         let now = now_ms();
         let owed_before = now - lease.as_millis() as i64;
