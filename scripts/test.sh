@@ -113,11 +113,41 @@ run_tests() {
         if ((rc == 0)) && (($# == 0)); then
             cargo test --workspace --doc 2>&1 | tee -a "$out" || rc=$?
         fi
+        if (($# == 0)); then
+            eval_regression "$out" || rc=$?
+        fi
     else
         cargo test --workspace --no-fail-fast "$@" 2>&1 | tee "$out" || rc=$?
         grep -E '^test result:' "$out" >"$TEST_SUMMARY" || true
+        if (($# == 0)); then
+            eval_regression "$out" || rc=$?
+        fi
     fi
     return "$rc"
+}
+
+# eval_regression LOG: the engine's eval-regression tests (ignored by default: they read the
+# shared evaluation sets, which a user's clone does not have) when OCR_EVAL_DIR (default
+# ../shared/eval beside the clone) holds them; otherwise they are reported as not run, in the
+# summary too, never as passed.
+eval_regression() {
+    local out=$1 dir="${OCR_EVAL_DIR:-$ROOT/../shared/eval}"
+    if [[ -f "$dir/A/manifest.jsonl" && -f "$dir/B/manifest.jsonl" ]]; then
+        local rc=0
+        if command -v cargo-nextest >/dev/null 2>&1; then
+            OCR_EVAL_DIR="$dir" cargo nextest run -p ocr-engine --test real_models --run-ignored only \
+                -E 'test(/^eval_/)' 2>&1 | tee -a "$out" || rc=$?
+        else
+            OCR_EVAL_DIR="$dir" cargo test -p ocr-engine --test real_models -- --ignored eval_ 2>&1 |
+                tee -a "$out" || rc=$?
+        fi
+        echo "eval regression (sets A, B at $dir): $( ((rc == 0)) && echo passed || echo FAILED)" >>"$TEST_SUMMARY"
+        return "$rc"
+    else
+        log "eval regression NOT RUN: no evaluation sets at $dir (set OCR_EVAL_DIR)"
+        echo "eval regression: NOT RUN (no evaluation sets at $dir; the 3 eval_* tests above count as skipped)" \
+            >>"$TEST_SUMMARY"
+    fi
 }
 
 check "cargo fmt --check" cargo fmt --all -- --check

@@ -27,6 +27,7 @@ use ocr_core::ports::SystemClock;
 use rand::Rng;
 use tokio::sync::watch;
 
+pub mod images;
 pub mod worker;
 
 pub const ALICE_TOKEN: &str = "alice-integration-token-0001";

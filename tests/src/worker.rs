@@ -14,26 +14,7 @@ use tokio::sync::watch;
 
 use crate::TestEnv;
 
-/// Where the OCR evaluation sets are (`OCR_EVAL_DIR`, default `../shared/eval` beside the repo).
-pub fn eval_dir() -> PathBuf {
-    std::env::var_os("OCR_EVAL_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("..").join("shared").join("eval"))
-}
-
-/// An image of set C (synthetic single lines, freely usable) and its text.
-pub fn line_images(n: usize) -> anyhow::Result<Vec<(Vec<u8>, String)>> {
-    let dir = eval_dir();
-    let manifest = std::fs::read_to_string(dir.join("C").join("manifest.jsonl"))
-        .with_context(|| format!("reading {}/C/manifest.jsonl (set OCR_EVAL_DIR)", dir.display()))?;
-    let mut out = Vec::new();
-    for line in manifest.lines().take(n) {
-        let record: serde_json::Value = serde_json::from_str(line)?;
-        let bytes = std::fs::read(dir.join(record["image"].as_str().context("image")?))?;
-        out.push((bytes, record["text"].as_str().context("text")?.to_owned()));
-    }
-    Ok(out)
-}
+pub use crate::images::line_images;
 
 /// Whether the model files are present; with `OCR_REQUIRE_MODELS=1` (as scripts/test.sh sets)
 /// their absence is an error, else tests that need them say why they skip.
