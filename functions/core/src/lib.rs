@@ -16,6 +16,7 @@ pub mod net;
 pub mod ports;
 pub mod request;
 pub mod result;
+pub mod retry;
 pub mod worker;
 
 #[cfg(any(test, feature = "test-util"))]

@@ -41,5 +41,5 @@ pub async fn sleep_or_stop(d: std::time::Duration, stop: &mut tokio::sync::watch
         _ = stop.wait_for(|s| *s) => true,
     }
 }
-pub use pipeline::{Pipeline, PipelineDeps};
+pub use pipeline::{Pipeline, PipelineDeps, Settings};
 pub use recognizer::{EngineRecognizer, ImageFailure, Recognizer};

@@ -146,6 +146,11 @@ impl Metrics {
         self.window.failed.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// An attempt failed and its job will be tried again.
+    pub fn attempt_error(&self, priority: Priority) {
+        self.attempt_errors.get_or_create(&PriorityLabel { priority: priority.as_str() }).inc();
+    }
+
     pub fn webhook(&self, outcome: &'static str) {
         self.webhooks.get_or_create(&OutcomeLabel { outcome }).inc();
     }

@@ -1,5 +1,7 @@
 //! The pipeline on in-memory fakes and a fake recognizer: batching, priorities,
 //! retries, the dead-letter path and idempotent redelivery, without AWS or models.
+//! Tests of what happens to one batch drive it with `Pipeline::process_once`; only those about
+//! the stages running side by side start `Pipeline::run`.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -121,6 +123,40 @@ impl World {
         tokio::time::timeout(Duration::from_secs(10), running).await.expect("stops in time").unwrap();
     }
 
+    fn pipeline(&self) -> Pipeline {
+        let (notify, _rx) = mpsc::channel(100);
+        let deps = PipelineDeps {
+            source: self.source.clone(),
+            store: self.store.clone(),
+            objects: self.objects.clone(),
+            metrics: Metrics::new(),
+            notify,
+        };
+        // No waiting anywhere: a failed attempt is visible again at once, receives do not
+        // long-poll, so each call of process_once is one deterministic step.
+        let settings = Settings {
+            retry_backoff: Duration::ZERO,
+            receive_wait: Duration::ZERO,
+            batch_wait: Duration::ZERO,
+            ..self.settings.clone()
+        };
+        Pipeline::new(deps, settings)
+    }
+
+    /// Batches (each one through every stage) until both queues are empty; returns each batch's size.
+    async fn process_all(&self) -> Vec<usize> {
+        let pipeline = self.pipeline();
+        let mut recognizer = self.recognizer.clone();
+        let mut sizes = Vec::new();
+        loop {
+            match pipeline.process_once(&mut recognizer).await {
+                0 => return sizes,
+                n => sizes.push(n),
+            }
+            assert!(sizes.len() < 100, "the queues never emptied: {sizes:?}");
+        }
+    }
+
     async fn status(&self, id: JobId) -> Job {
         use ocr_core::ports::JobStore;
         self.store.get(&id).await.unwrap().unwrap()
@@ -171,7 +207,10 @@ async fn a_poison_job_is_tried_three_times_then_failed_and_dead_lettered() {
     let good: Vec<JobId> = express_jobs(&w, 5).await;
     let corrupt = w.job(Priority::Express, b"\x89PNG\r\n\x1a\n this is not a png".to_vec()).await;
     let unreadable = w.job(Priority::Bulk, png(13)).await;
-    w.run_until_empty(Duration::from_secs(20)).await;
+    let batches = w.process_all().await;
+    // All seven, then the two failing ones on their second and third delivery; the fourth
+    // receive moves them to the dead-letter queue and finds nothing.
+    assert_eq!(batches, [7, 2, 2]);
     for id in good {
         assert_eq!(w.status(id).await.status, JobStatus::Succeeded);
     }
@@ -197,12 +236,12 @@ async fn express_jobs(w: &World, n: u32) -> Vec<JobId> {
 async fn a_redelivered_finished_job_keeps_its_result() {
     let w = World::new();
     let id = w.job(Priority::Bulk, png(50)).await;
-    w.run_until_empty(Duration::from_secs(10)).await;
+    assert_eq!(w.process_all().await, [1]);
     let first = w.store.result(&id).unwrap();
     // The same message again (as after a lost delete).
     let job = w.status(id).await;
     w.source.push(Priority::Bulk, JobMessage::for_job(&job, "test-bucket", 10, 3).to_json());
-    w.run_until_empty(Duration::from_secs(10)).await;
+    assert_eq!(w.process_all().await, [1]);
     assert_eq!(w.store.result(&id).unwrap(), first);
     let job = w.status(id).await;
     assert_eq!(job.status, JobStatus::Succeeded);
@@ -217,7 +256,28 @@ async fn unreadable_messages_go_to_the_dead_letter_queue_untouched() {
     w.source.push(Priority::Express, "{\"v\":99}");
     w.source.push(Priority::Express, "not json");
     let ok = w.job(Priority::Express, png(33)).await;
-    w.run_until_empty(Duration::from_secs(20)).await;
+    assert_eq!(w.process_all().await, [3, 2, 2]);
     assert_eq!(w.status(ok).await.status, JobStatus::Succeeded);
     assert_eq!(w.source.dead_letters().len(), 2);
+}
+
+#[tokio::test]
+async fn process_once_on_empty_queues_settles_nothing() {
+    let w = World::new();
+    let pipeline = w.pipeline();
+    assert_eq!(pipeline.process_once(&mut w.recognizer.clone()).await, 0);
+    assert!(pipeline.in_flight().is_empty());
+}
+
+#[tokio::test]
+async fn a_job_deleted_while_queued_is_acknowledged_unread() {
+    use ocr_core::ports::JobStore;
+    let w = World::new();
+    let id = w.job(Priority::Express, png(21)).await;
+    w.store.mark_deleted(&id, 2).await.unwrap();
+    assert_eq!(w.process_all().await, [1]);
+    assert_eq!(w.status(id).await.status, JobStatus::Deleted);
+    assert!(w.recognizer.calls.lock().unwrap().is_empty(), "nothing read");
+    assert_eq!(w.source.len(Priority::Express), 0, "message deleted");
+    assert!(w.source.dead_letters().is_empty());
 }

@@ -1,0 +1,75 @@
+//! A batch on its way through the stages: one item per delivery, and what became of it.
+
+use image::RgbImage;
+use ocr_core::worker::{Delivery, TakenJob};
+use ocr_core::{JobId, OcrResult};
+
+use crate::recognizer::ImageFailure;
+
+/// What became of one delivery so far. Each stage moves items forward; only
+/// [`super::persist`] decides what the final state means for the message.
+#[derive(Debug)]
+pub enum State {
+    /// Just received: nothing known yet.
+    Received,
+    /// Decoded and waiting for the engine.
+    Ready(RgbImage),
+    /// Handed to the engine (its result replaces this).
+    InEngine,
+    /// The engine read it.
+    Done(OcrResult),
+    /// This attempt failed.
+    Failed(ImageFailure),
+    /// Nothing to do (the job already ended, was deleted, or is unknown).
+    Ended(String),
+    /// Not a job message we understand: leave it for the dead-letter queue.
+    Unreadable(String),
+}
+
+#[derive(Debug)]
+pub struct Item {
+    pub delivery: Delivery,
+    pub job: Option<TakenJob>,
+    pub state: State,
+}
+
+impl Item {
+    pub fn new(delivery: Delivery) -> Self {
+        Item { delivery, job: None, state: State::Received }
+    }
+
+    pub fn job_id(&self) -> Option<JobId> {
+        self.job.as_ref().map(|j| j.id)
+    }
+
+    /// The decoded image, if the item is ready for the engine; it is then [`State::InEngine`].
+    pub fn take_image(&mut self) -> Option<RgbImage> {
+        match std::mem::replace(&mut self.state, State::InEngine) {
+            State::Ready(image) => Some(image),
+            other => {
+                self.state = other;
+                None
+            }
+        }
+    }
+}
+
+/// The deliveries of one receive, in order.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub items: Vec<Item>,
+}
+
+impl Batch {
+    pub fn new(deliveries: Vec<Delivery>) -> Self {
+        Batch { items: deliveries.into_iter().map(Item::new).collect() }
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+}

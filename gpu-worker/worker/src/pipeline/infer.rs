@@ -1,0 +1,54 @@
+//! Stage 3, infer: the batch's decoded images through the engine in one call. Runs on its own
+//! thread, since an engine call blocks for the length of a batch.
+
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+
+use super::batch::{Batch, State};
+use crate::metrics::Metrics;
+use crate::recognizer::{ImageFailure, Recognizer};
+
+pub(super) fn stage<R: Recognizer>(
+    mut recognizer: R,
+    metrics: Metrics,
+    mut rx: mpsc::Receiver<Batch>,
+    tx: mpsc::Sender<Batch>,
+) {
+    while let Some(mut batch) = rx.blocking_recv() {
+        infer(&mut recognizer, &metrics, &mut batch);
+        if tx.blocking_send(batch).is_err() {
+            break;
+        }
+    }
+    tracing::debug!("infer stage stopped");
+}
+
+/// Moves every `Ready` item to `Done` or `Failed`. A panic inside the engine, or a result count
+/// that does not match, fails this attempt of the batch's images (retryably), not the worker.
+pub(super) fn infer<R: Recognizer>(recognizer: &mut R, metrics: &Metrics, batch: &mut Batch) {
+    let (slots, images): (Vec<usize>, Vec<_>) =
+        batch.items.iter_mut().enumerate().filter_map(|(i, item)| item.take_image().map(|img| (i, img))).unzip();
+    if images.is_empty() {
+        return;
+    }
+    let started = Instant::now();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| recognizer.recognize(&images)));
+    let took = started.elapsed();
+    metrics.engine_busy(took);
+    metrics.stage("infer", took);
+    let results = match outcome {
+        Ok(r) if r.len() == images.len() => r,
+        Ok(r) => {
+            let reason = format!("engine returned {} results for {} images", r.len(), images.len());
+            vec![Err(ImageFailure { reason, retryable: true }); images.len()]
+        }
+        Err(_) => vec![Err(ImageFailure { reason: "the engine panicked".into(), retryable: true }); images.len()],
+    };
+    for (slot, result) in slots.into_iter().zip(results) {
+        batch.items[slot].state = match result {
+            Ok(r) => State::Done(r),
+            Err(f) => State::Failed(f),
+        };
+    }
+}

@@ -1,0 +1,303 @@
+//! Stage 4, persist: write the batch's results in one transaction, then settle every message.
+//!
+//! What to do with each message is decided by [`decide`], a pure function of the item's outcome,
+//! whether the results were written, and the retry settings; [`carry_out`] does the I/O.
+//! Nothing is deleted from the queue before its result is committed.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ocr_core::worker::TakenJob;
+use ocr_core::{JobId, JobStatus, OcrResult, Priority};
+use tokio::sync::mpsc;
+
+use super::batch::{Batch, Item, State};
+use super::{PipelineDeps, Settings, with_retry};
+use crate::heartbeat::InFlight;
+use crate::now_ms;
+use crate::webhook::Notification;
+
+/// What to do with one delivered message once its batch went through the engine.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Delete the message. `succeeded`: this batch wrote the job's result (count it, notify).
+    Acknowledge { succeeded: bool },
+    /// Hand the message back, visible again `after`; `note`: record `reason` on the job as
+    /// the attempt's error.
+    Retry { reason: String, after: Duration, note: bool },
+    /// The last attempt failed: mark the job failed with `reason`, and hand the message back at
+    /// once so that the next receive moves it to the dead-letter queue.
+    GiveUp { reason: String },
+    /// Not a message this worker can read: leave it untouched for the dead-letter queue.
+    DeadLetter { reason: String, after: Duration },
+}
+
+/// Whether the batch's results were written: the ids written by this call, or why not.
+pub type Written = Result<HashSet<JobId>, String>;
+
+/// Decides one item's fate. `max_attempts` is the queue's maxReceiveCount; failed attempts come
+/// back after `retry_backoff`, doubled per attempt (at most a minute).
+pub fn decide(item: &Item, written: &Written, max_attempts: u32, retry_backoff: Duration) -> Decision {
+    let attempt = item.delivery.receive_count;
+    let last = attempt >= max_attempts;
+    let after = backoff(retry_backoff, attempt);
+    match (&item.state, written) {
+        (State::Done(_), Ok(ids)) => {
+            Decision::Acknowledge { succeeded: item.job_id().is_some_and(|id| ids.contains(&id)) }
+        }
+        (State::Done(_), Err(e)) => Decision::Retry { reason: format!("result not stored: {e}"), after, note: false },
+        (State::Ended(_), _) => Decision::Acknowledge { succeeded: false },
+        (State::Failed(f), _) if last => Decision::GiveUp { reason: f.reason.clone() },
+        (State::Failed(f), _) => Decision::Retry { reason: f.reason.clone(), after, note: true },
+        (State::Unreadable(reason), _) => {
+            Decision::DeadLetter { reason: reason.clone(), after: if last { Duration::ZERO } else { after } }
+        }
+        // Every stage moves every item on; one that did not is retried rather than lost.
+        (State::Received | State::Ready(_) | State::InEngine, _) => {
+            Decision::Retry { reason: "the batch did not go through every stage".into(), after, note: false }
+        }
+    }
+}
+
+/// Delay before a failed delivery is tried again: base, 2×base, 4×base … (at most a minute).
+fn backoff(base: Duration, receive_count: u32) -> Duration {
+    (base * 2u32.saturating_pow(receive_count.clamp(1, 6) - 1)).min(Duration::from_secs(60))
+}
+
+pub(super) async fn stage(
+    deps: PipelineDeps,
+    settings: Arc<Settings>,
+    in_flight: InFlight,
+    mut rx: mpsc::Receiver<Batch>,
+) {
+    while let Some(batch) = rx.recv().await {
+        persist(&deps, &settings, &in_flight, batch).await;
+    }
+    tracing::debug!("persist stage stopped");
+}
+
+/// Writes the batch's results, decides each message's fate and carries it out.
+pub(super) async fn persist(deps: &PipelineDeps, settings: &Settings, in_flight: &InFlight, batch: Batch) {
+    let started = Instant::now();
+    let now = now_ms();
+    let results: Vec<(JobId, OcrResult)> = batch
+        .items
+        .iter()
+        .filter_map(|i| match (&i.state, i.job_id()) {
+            (State::Done(r), Some(id)) => Some((id, r.clone())),
+            _ => None,
+        })
+        .collect();
+    let written: Written = match with_retry("writing results", || deps.store.complete(&results, now)).await {
+        Ok(ids) => Ok(ids.into_iter().collect()),
+        Err(e) => {
+            tracing::error!(error = %e, "writing results failed for good");
+            Err(e.to_string())
+        }
+    };
+    let decisions: Vec<Decision> =
+        batch.items.iter().map(|i| decide(i, &written, settings.max_attempts, settings.retry_backoff)).collect();
+    carry_out(deps, &batch, &decisions, now).await;
+    for item in &batch.items {
+        in_flight.remove(&item.delivery.receipt_handle);
+    }
+    deps.metrics.stage("persist", started.elapsed());
+    deps.metrics.in_flight.set(in_flight.len() as i64);
+}
+
+/// Does what `decisions` say: job updates, metrics and webhooks per item, then the queue calls.
+async fn carry_out(deps: &PipelineDeps, batch: &Batch, decisions: &[Decision], now: i64) {
+    for (item, decision) in batch.items.iter().zip(decisions) {
+        let span = tracing::info_span!("job", job_id = item.job_id().map(|i| i.to_string()).unwrap_or_default());
+        let _enter = span.enter();
+        settle_job(deps, item, decision, now).await;
+    }
+    for priority in Priority::ALL {
+        let of = |want: fn(&Decision) -> bool| -> Vec<(&Item, &Decision)> {
+            batch.items.iter().zip(decisions).filter(|(i, d)| i.delivery.priority == priority && want(d)).collect()
+        };
+        let acknowledged = of(|d| matches!(d, Decision::Acknowledge { .. }));
+        delete(deps, priority, &acknowledged).await;
+        let handed_back = of(|d| !matches!(d, Decision::Acknowledge { .. }));
+        hand_back(deps, priority, &handed_back).await;
+    }
+}
+
+/// The database, metrics and webhook side of one decision.
+async fn settle_job(deps: &PipelineDeps, item: &Item, decision: &Decision, now: i64) {
+    let priority = item.delivery.priority;
+    let attempt = item.delivery.receive_count;
+    match (decision, &item.job) {
+        (Decision::Acknowledge { succeeded: true }, Some(job)) => {
+            let latency = job.queued_at_ms.map(|q| Duration::from_millis((now - q).max(0) as u64));
+            deps.metrics.succeeded(priority, latency);
+            tracing::info!(attempt, "job succeeded");
+            notify(deps, job, JobStatus::Succeeded);
+        }
+        (Decision::Acknowledge { .. }, _) => tracing::debug!(state = ?item.state, "acknowledging without a new result"),
+        (Decision::Retry { reason, note, .. }, job) => {
+            tracing::warn!(%reason, attempt, "attempt failed; will retry");
+            if *note {
+                deps.metrics.attempt_error(priority);
+                if let Some(job) = job {
+                    let _ = deps.store.note_attempt_error(&job.id, reason, now).await;
+                }
+            }
+        }
+        (Decision::GiveUp { reason }, Some(job)) => {
+            match with_retry("marking a job failed", || deps.store.fail(&job.id, reason, now)).await {
+                Ok(true) => {
+                    deps.metrics.failed(priority);
+                    tracing::warn!(%reason, attempts = attempt, "job failed");
+                    notify(deps, job, JobStatus::Failed);
+                }
+                Ok(false) => {}
+                Err(e) => tracing::error!(error = %e, "could not mark the job failed"),
+            }
+        }
+        (Decision::GiveUp { .. }, None) => {}
+        (Decision::DeadLetter { reason, .. }, _) => tracing::error!(
+            message_id = %item.delivery.message_id, %reason, "unreadable message; leaving it for the dead-letter queue"
+        ),
+    }
+}
+
+/// Deletes acknowledged messages, ten per call. A failed delete only means the message is seen
+/// again and acknowledged again.
+async fn delete(deps: &PipelineDeps, priority: Priority, items: &[(&Item, &Decision)]) {
+    let handles: Vec<String> = items.iter().map(|(i, _)| i.delivery.receipt_handle.clone()).collect();
+    for chunk in handles.chunks(10) {
+        match deps.source.delete(priority, chunk).await {
+            Ok(failed) if !failed.is_empty() => tracing::warn!(
+                failed = failed.len(),
+                "some deletes failed; those messages will be seen again and acknowledged"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "deleting messages failed; they will be seen again and acknowledged"),
+        }
+    }
+}
+
+/// Hands messages back to the queue, grouped by the visibility each one gets.
+async fn hand_back(deps: &PipelineDeps, priority: Priority, items: &[(&Item, &Decision)]) {
+    let mut groups: Vec<(Duration, Vec<String>)> = Vec::new();
+    for (item, decision) in items {
+        let visibility = match decision {
+            Decision::Retry { after, .. } | Decision::DeadLetter { after, .. } => *after,
+            Decision::GiveUp { .. } | Decision::Acknowledge { .. } => Duration::ZERO,
+        };
+        let handle = item.delivery.receipt_handle.clone();
+        match groups.iter_mut().find(|(v, g)| *v == visibility && g.len() < 10) {
+            Some((_, g)) => g.push(handle),
+            None => groups.push((visibility, vec![handle])),
+        }
+    }
+    for (visibility, group) in groups {
+        if let Err(e) = deps.source.set_visibility(priority, &group, visibility).await {
+            tracing::warn!(error = %e, "handing messages back failed; they return after their visibility timeout");
+        }
+    }
+}
+
+fn notify(deps: &PipelineDeps, job: &TakenJob, status: JobStatus) {
+    let Some(url) = &job.callback_url else { return };
+    let n = Notification { job_id: job.id, status, callback_url: url.clone() };
+    // Never wait on webhooks here: a full queue drops the call (and says so); the outbox sweep
+    // sends it later.
+    if deps.notify.try_send(n).is_err() {
+        deps.metrics.webhook("dropped");
+        tracing::warn!(job_id = %job.id, "webhook queue full; notification dropped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ocr_core::worker::Delivery;
+
+    use super::*;
+    use crate::recognizer::ImageFailure;
+
+    fn item(state: State, receive_count: u32) -> Item {
+        let delivery = Delivery {
+            priority: Priority::Bulk,
+            message_id: "m".into(),
+            receipt_handle: "r".into(),
+            body: String::new(),
+            receive_count,
+        };
+        let job = TakenJob {
+            id: JobId::new(),
+            owner: "alice".into(),
+            status: JobStatus::Processing,
+            callback_url: None,
+            queued_at_ms: None,
+        };
+        Item { delivery, job: Some(job), state }
+    }
+
+    fn done() -> State {
+        State::Done(OcrResult { text: "x".into(), lines: Vec::new(), width: 1, height: 1, seconds: 0.0 })
+    }
+
+    fn failed() -> State {
+        State::Failed(ImageFailure { reason: "bad pixels".into(), retryable: false })
+    }
+
+    const BASE: Duration = Duration::from_secs(2);
+
+    #[test]
+    fn a_written_result_is_acknowledged_and_counted_once() {
+        let i = item(done(), 1);
+        let ids: HashSet<JobId> = [i.job_id().unwrap()].into();
+        assert_eq!(decide(&i, &Ok(ids), 3, BASE), Decision::Acknowledge { succeeded: true });
+        // Written earlier (a redelivery): acknowledged, not counted again.
+        assert_eq!(decide(&i, &Ok(HashSet::new()), 3, BASE), Decision::Acknowledge { succeeded: false });
+    }
+
+    #[test]
+    fn an_unwritten_result_keeps_its_message() {
+        let d = decide(&item(done(), 2), &Err("db down".into()), 3, BASE);
+        assert_eq!(d, Decision::Retry { reason: "result not stored: db down".into(), after: BASE * 2, note: false });
+    }
+
+    #[test]
+    fn failures_back_off_then_give_up_on_the_last_attempt() {
+        let ok = Ok(HashSet::new());
+        assert_eq!(
+            decide(&item(failed(), 1), &ok, 3, BASE),
+            Decision::Retry { reason: "bad pixels".into(), after: BASE, note: true }
+        );
+        assert_eq!(
+            decide(&item(failed(), 2), &ok, 3, BASE),
+            Decision::Retry { reason: "bad pixels".into(), after: BASE * 2, note: true }
+        );
+        assert_eq!(decide(&item(failed(), 3), &ok, 3, BASE), Decision::GiveUp { reason: "bad pixels".into() });
+    }
+
+    #[test]
+    fn ended_jobs_are_acknowledged_and_unreadable_messages_dead_lettered() {
+        let ok = Ok(HashSet::new());
+        assert_eq!(
+            decide(&item(State::Ended("job is deleted".into()), 1), &ok, 3, BASE),
+            Decision::Acknowledge { succeeded: false }
+        );
+        let unreadable = |n| decide(&item(State::Unreadable("v99".into()), n), &ok, 3, BASE);
+        assert_eq!(unreadable(1), Decision::DeadLetter { reason: "v99".into(), after: BASE });
+        assert_eq!(unreadable(3), Decision::DeadLetter { reason: "v99".into(), after: Duration::ZERO });
+    }
+
+    #[test]
+    fn an_item_that_skipped_a_stage_is_retried_not_acknowledged() {
+        for state in [State::Received, State::InEngine] {
+            assert!(matches!(decide(&item(state, 1), &Ok(HashSet::new()), 3, BASE), Decision::Retry { .. }));
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_a_minute() {
+        assert_eq!(backoff(BASE, 1), BASE);
+        assert_eq!(backoff(BASE, 3), BASE * 4);
+        assert_eq!(backoff(BASE, 40), Duration::from_secs(60));
+    }
+}
