@@ -72,7 +72,7 @@ impl UploadHandler {
             return Ok(UploadOutcome::Ignored("key does not match the job's priority".into()));
         }
         match job.status {
-            JobStatus::AwaitingUpload | JobStatus::Expired => {}
+            status if status.can_become(JobStatus::Queued) => {}
             // The message may not have reached the queue (a crash or a failed send
             // after the status changed): send it again; workers are idempotent.
             JobStatus::Queued if job.enqueued_at_ms.is_none() => {

@@ -152,6 +152,13 @@ async fn apply_migrations(conn: &mut Conn) -> Result<(), PortError> {
     Ok(())
 }
 
+/// `'a', 'b'`: the statuses that may become `to` ([`JobStatus::sources`], the one definition
+/// of the life cycle), for a compare-and-set `WHERE status IN (…)`. Literals from the enum,
+/// never from input.
+pub(crate) fn may_become(to: JobStatus) -> String {
+    JobStatus::sources(to).map(|s| format!("'{}'", s.as_str())).collect::<Vec<_>>().join(", ")
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as i64
 }
@@ -265,6 +272,7 @@ impl JobStore for MySqlJobStore {
         to: JobStatus,
         change: StatusChange,
     ) -> Result<bool, PortError> {
+        from.transition(to)?;
         let timestamp_column = match to {
             JobStatus::Queued => ", queued_at_ms = :at",
             JobStatus::Processing => ", started_at_ms = :at, attempts = attempts + 1",
@@ -321,11 +329,15 @@ impl JobStore for MySqlJobStore {
             .map_err(db_error)?;
         // The row stays (as `deleted`) so the id keeps answering "deleted", but what the
         // caller sent with it goes.
-        "UPDATE jobs SET status = 'deleted', updated_at_ms = :at, metadata = NULL, callback_url = NULL WHERE id = :id"
-            .with(params! { "at" => at_ms, "id" => id.to_string() })
-            .ignore(&mut tx)
-            .await
-            .map_err(db_error)?;
+        format!(
+            "UPDATE jobs SET status = 'deleted', updated_at_ms = :at, metadata = NULL, callback_url = NULL \
+             WHERE id = :id AND status IN ({})",
+            may_become(JobStatus::Deleted)
+        )
+        .with(params! { "at" => at_ms, "id" => id.to_string() })
+        .ignore(&mut tx)
+        .await
+        .map_err(db_error)?;
         tx.commit().await.map_err(db_error)
     }
 }

@@ -4,9 +4,9 @@ use async_trait::async_trait;
 use mysql_async::prelude::{Query, WithParams};
 use mysql_async::{Params, Row, TxOpts, Value, params};
 use ocr_core::worker::{OwedNotification, ResultStore, TakenJob, WebhookRecord};
-use ocr_core::{JobId, OcrResult, PortError};
+use ocr_core::{JobId, JobStatus, OcrResult, PortError};
 
-use crate::mysql::{MySqlJobStore, db_error};
+use crate::mysql::{MySqlJobStore, db_error, may_become};
 
 /// `?, ?, ?` for `n` values.
 fn placeholders(n: usize) -> String {
@@ -29,7 +29,8 @@ impl MySqlJobStore {
         format!(
             "UPDATE jobs SET status = 'failed', error = {error_sql}, finished_at_ms = :at, updated_at_ms = :at, \
              notify_since_ms = IF(callback_url IS NULL, NULL, :at) \
-             WHERE id = :id AND status IN ('awaiting_upload', 'queued', 'processing')"
+             WHERE id = :id AND status IN ({})",
+            may_become(JobStatus::Failed)
         )
         .with(params! { "reason" => reason, "at" => at_ms, "id" => id.to_string() })
         .ignore(&mut conn)
@@ -71,7 +72,8 @@ impl ResultStore for MySqlJobStore {
         params.extend(id_values(ids));
         format!(
             "UPDATE jobs SET status = 'processing', attempts = attempts + 1, started_at_ms = ?, updated_at_ms = ? \
-             WHERE id IN ({list}) AND status IN ('queued', 'processing')"
+             WHERE id IN ({list}) AND status IN ({})",
+            may_become(JobStatus::Processing)
         )
         .with(Params::Positional(params))
         .ignore(&mut tx)
@@ -89,8 +91,9 @@ impl ResultStore for MySqlJobStore {
         let mut conn = self.conn().await?;
         let mut tx = conn.start_transaction(TxOpts::default()).await.map_err(db_error)?;
         let eligible: Vec<String> = format!(
-            "SELECT id FROM jobs WHERE id IN ({}) AND status = 'processing' FOR UPDATE",
-            placeholders(ids.len())
+            "SELECT id FROM jobs WHERE id IN ({}) AND status IN ({}) FOR UPDATE",
+            placeholders(ids.len()),
+            may_become(JobStatus::Succeeded)
         )
         .with(Params::Positional(id_values(&ids)))
         .fetch(&mut tx)
@@ -118,8 +121,9 @@ impl ResultStore for MySqlJobStore {
             format!(
                 "UPDATE jobs SET status = 'succeeded', finished_at_ms = ?, updated_at_ms = ?, error = NULL, \
                  notify_since_ms = IF(callback_url IS NULL, NULL, ?) \
-                 WHERE id IN ({}) AND status = 'processing'",
-                placeholders(written.len())
+                 WHERE id IN ({}) AND status IN ({})",
+                placeholders(written.len()),
+                may_become(JobStatus::Succeeded)
             )
             .with(Params::Positional(params))
             .ignore(&mut tx)
@@ -141,11 +145,15 @@ impl ResultStore for MySqlJobStore {
 
     async fn note_attempt_error(&self, id: &JobId, reason: &str, at_ms: i64) -> Result<(), PortError> {
         let mut conn = self.conn().await?;
-        "UPDATE jobs SET error = :reason, updated_at_ms = :at WHERE id = :id AND status IN ('queued', 'processing')"
-            .with(params! { "reason" => reason, "at" => at_ms, "id" => id.to_string() })
-            .ignore(&mut conn)
-            .await
-            .map_err(db_error)
+        // Only while the job is still being worked on (it may be taken again).
+        format!(
+            "UPDATE jobs SET error = :reason, updated_at_ms = :at WHERE id = :id AND status IN ({})",
+            may_become(JobStatus::Processing)
+        )
+        .with(params! { "reason" => reason, "at" => at_ms, "id" => id.to_string() })
+        .ignore(&mut conn)
+        .await
+        .map_err(db_error)
     }
 
     async fn record_webhook(&self, r: &WebhookRecord) -> Result<(), PortError> {

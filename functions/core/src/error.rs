@@ -42,3 +42,11 @@ pub struct TransitionError {
     pub from: JobStatus,
     pub to: JobStatus,
 }
+
+impl From<TransitionError> for PortError {
+    /// A store refuses a change the life cycle does not allow: a bug in the caller, which no
+    /// retry fixes.
+    fn from(e: TransitionError) -> Self {
+        PortError::permanent("job life cycle", e)
+    }
+}

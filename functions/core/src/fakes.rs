@@ -102,6 +102,7 @@ impl JobStore for InMemoryJobStore {
         to: JobStatus,
         change: StatusChange,
     ) -> Result<bool, PortError> {
+        from.transition(to)?;
         let mut jobs = self.jobs.lock().unwrap();
         let Some(job) = jobs.get_mut(id) else { return Ok(false) };
         if job.status != from {
@@ -143,7 +144,7 @@ impl JobStore for InMemoryJobStore {
     }
 
     async fn mark_deleted(&self, id: &JobId, at_ms: i64) -> Result<(), PortError> {
-        if let Some(job) = self.jobs.lock().unwrap().get_mut(id) {
+        if let Some(job) = self.jobs.lock().unwrap().get_mut(id).filter(|j| j.status.can_become(JobStatus::Deleted)) {
             job.status = JobStatus::Deleted;
             job.updated_at_ms = at_ms;
         }
@@ -291,7 +292,7 @@ impl ResultStore for InMemoryJobStore {
                 callback_url: job.callback_url.clone(),
                 queued_at_ms: job.queued_at_ms,
             });
-            if matches!(job.status, JobStatus::Queued | JobStatus::Processing) {
+            if job.status.can_become(JobStatus::Processing) {
                 job.status = JobStatus::Processing;
                 job.attempts += 1;
                 job.started_at_ms = Some(at_ms);
@@ -307,7 +308,7 @@ impl ResultStore for InMemoryJobStore {
         let mut written = Vec::new();
         for (id, result) in results {
             let Some(job) = jobs.get_mut(id) else { continue };
-            if job.status != JobStatus::Processing {
+            if !job.status.can_become(JobStatus::Succeeded) {
                 continue;
             }
             stored.entry(*id).or_insert_with(|| result.clone());
@@ -325,7 +326,7 @@ impl ResultStore for InMemoryJobStore {
     async fn fail(&self, id: &JobId, reason: &str, at_ms: i64) -> Result<bool, PortError> {
         let mut jobs = self.jobs.lock().unwrap();
         let Some(job) = jobs.get_mut(id) else { return Ok(false) };
-        if job.status.is_terminal() {
+        if !job.status.can_become(JobStatus::Failed) {
             return Ok(false);
         }
         job.status = JobStatus::Failed;
@@ -347,7 +348,9 @@ impl ResultStore for InMemoryJobStore {
     }
 
     async fn note_attempt_error(&self, id: &JobId, reason: &str, _at_ms: i64) -> Result<(), PortError> {
-        if let Some(job) = self.jobs.lock().unwrap().get_mut(id) {
+        // Only while the job is still being worked on (it may be taken again).
+        if let Some(job) = self.jobs.lock().unwrap().get_mut(id).filter(|j| j.status.can_become(JobStatus::Processing))
+        {
             job.error = Some(reason.to_owned());
         }
         Ok(())

@@ -90,7 +90,19 @@ impl JobStatus {
         matches!(self, JobStatus::Succeeded | JobStatus::Failed | JobStatus::Expired | JobStatus::Deleted)
     }
 
-    /// Whether the life cycle allows going from `self` to `to`.
+    pub const ALL: [JobStatus; 7] = [
+        JobStatus::AwaitingUpload,
+        JobStatus::Queued,
+        JobStatus::Processing,
+        JobStatus::Succeeded,
+        JobStatus::Failed,
+        JobStatus::Expired,
+        JobStatus::Deleted,
+    ];
+
+    /// Whether the life cycle allows going from `self` to `to`. This is the one definition of
+    /// the life cycle: the stores' compare-and-set statements take their `WHERE status IN (…)`
+    /// from [`JobStatus::sources`], and the in-memory fakes check it the same way.
     pub fn can_become(self, to: JobStatus) -> bool {
         use JobStatus::*;
         match (self, to) {
@@ -100,11 +112,16 @@ impl JobStatus {
             // S3 refuses a PUT after the URL expired, so an object that exists was uploaded
             // in time: its late event still queues it.
             (Expired, Queued | Failed) => true,
-            (Queued, Processing | Succeeded | Failed) => true,
+            (Queued, Processing | Failed) => true,
             // A worker that died leaves the job processing; the next one takes it again.
             (Processing, Processing | Succeeded | Failed) => true,
             _ => false,
         }
+    }
+
+    /// Every status that may become `to`, in declaration order.
+    pub fn sources(to: JobStatus) -> impl Iterator<Item = JobStatus> {
+        JobStatus::ALL.into_iter().filter(move |s| s.can_become(to))
     }
 
     /// `Ok(to)` when allowed, else a [`TransitionError`].
@@ -257,6 +274,7 @@ mod tests {
         }
         let refused = [
             (Succeeded, Processing),
+            (Queued, Succeeded),
             (Succeeded, Failed),
             (Failed, Queued),
             (Queued, AwaitingUpload),
@@ -271,8 +289,18 @@ mod tests {
     }
 
     #[test]
+    fn sources_are_what_the_stores_compare_against() {
+        let names = |to| JobStatus::sources(to).map(JobStatus::as_str).collect::<Vec<_>>();
+        assert_eq!(names(Processing), ["queued", "processing"]);
+        assert_eq!(names(Succeeded), ["processing"]);
+        assert_eq!(names(Queued), ["awaiting_upload", "expired"]);
+        assert_eq!(names(Failed), ["awaiting_upload", "queued", "processing", "expired"]);
+        assert_eq!(names(Deleted).len(), 6);
+    }
+
+    #[test]
     fn status_and_priority_spellings_round_trip() {
-        for s in [AwaitingUpload, Queued, Processing, Succeeded, Failed, Expired, Deleted] {
+        for s in JobStatus::ALL {
             assert_eq!(s.as_str().parse::<JobStatus>().unwrap(), s);
             assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
         }
