@@ -1,10 +1,8 @@
 //! The engine: decode → orientation → detection → reading order → crops → recognition,
 //! with recognition batched across all images of a call.
 
-use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use image::RgbImage;
@@ -21,6 +19,7 @@ use crate::manifest::{ClsSpec, DetSpec, LimitType, Manifest, RecSpec, load_dict}
 use crate::model::Model;
 use crate::ort_backend::{OrtModel, SessionSettings};
 use crate::recognition::{CtcDecoder, RecText, plan_batches, recognize_batch};
+use crate::scheduler::Scheduler;
 
 /// One recognised line.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -191,117 +190,12 @@ enum Input<'a> {
 }
 
 /// An image that went through detection, waiting for its lines' texts.
-struct Prepared {
+pub(crate) struct Prepared {
     width: u32,
     height: u32,
     rotation: Rotation,
     /// Quads in the rotated (upright) image, reading order.
     quads: Vec<Quad>,
-}
-
-/// One recogniser batch: crops padded to `width`, each tagged `(image, line)`.
-struct RecJob {
-    width: u32,
-    items: Vec<(usize, usize)>,
-    crops: Vec<RgbImage>,
-}
-
-/// A failure of the recogniser, kept per image it touched (`EngineError` is not `Clone`).
-#[derive(Clone)]
-struct RecFailure {
-    message: String,
-    retryable: bool,
-}
-
-/// State shared by the threads of one call (see [`Engine::recognize_timed`]).
-struct Pipeline {
-    /// Per image: the detection result once there is one.
-    prepared: Vec<Option<Result<Prepared>>>,
-    /// Per image: its line crops until they are handed to recogniser batches.
-    crops: Vec<Vec<RgbImage>>,
-    /// Images before this one are in recogniser batches.
-    grouped: usize,
-    /// Recogniser batches ready to run.
-    ready: VecDeque<RecJob>,
-    /// Per image and line: the recognised text, once its batch ran.
-    texts: Vec<Vec<Option<RecText>>>,
-    /// Per image: a recogniser failure in one of its batches.
-    failed: Vec<Option<RecFailure>>,
-    /// Compute slots not in use.
-    free: usize,
-    /// Detection threads waiting for a slot; they go first, so batches keep coming.
-    detectors_waiting: usize,
-    /// Detection threads still running.
-    detectors_left: usize,
-    /// A thread of the call panicked: the others stop instead of waiting for it.
-    aborted: bool,
-    times: StageTimes,
-}
-
-impl Pipeline {
-    /// Stores image `k`'s detection result and turns every run of consecutive detected images
-    /// with at least `group` crops (or the call's last images) into recogniser batches. Groups
-    /// depend only on the images, not on timing, so a call's results are reproducible.
-    fn store(&mut self, k: usize, result: Result<(Prepared, Vec<RgbImage>)>, group: usize, engine: &Engine) {
-        self.prepared[k] = Some(result.map(|(p, crops)| {
-            self.texts[k] = vec![None; crops.len()];
-            self.crops[k] = crops;
-            p
-        }));
-        loop {
-            let (start, n_images) = (self.grouped, self.prepared.len());
-            let (mut end, mut n) = (start, 0);
-            while end < n_images && n < group && self.prepared[end].is_some() {
-                n += self.crops[end].len();
-                end += 1;
-            }
-            if end == start || (n < group && end < n_images) {
-                return;
-            }
-            let mut items = Vec::with_capacity(n);
-            let mut crops = Vec::with_capacity(n);
-            for i in start..end {
-                for (j, c) in std::mem::take(&mut self.crops[i]).into_iter().enumerate() {
-                    items.push((i, j));
-                    crops.push(Some(c));
-                }
-            }
-            let widths: Vec<u32> = crops.iter().flatten().map(|c| c.width()).collect();
-            let o = &engine.opts;
-            let plan =
-                plan_batches(&widths, o.rec_batch, o.rec_batch_width, o.rec_width_step, engine.rec_spec.min_width);
-            // Widest batches first so parallel recognisers finish close together.
-            for (width, idx) in plan.into_iter().rev() {
-                self.ready.push_back(RecJob {
-                    width,
-                    items: idx.iter().map(|&i| items[i]).collect(),
-                    crops: idx.iter().map(|&i| crops[i].take().expect("each crop batched once")).collect(),
-                });
-            }
-            self.grouped = end;
-        }
-    }
-}
-
-/// Locks the call's state; a thread that panicked while holding it already failed the call.
-fn lock(m: &Mutex<Pipeline>) -> std::sync::MutexGuard<'_, Pipeline> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Held by each thread of a call: if the thread panics, the others are told to stop, so none
-/// waits forever for its slot or its images (the panic then reaches the caller).
-struct AbortOnPanic<'a> {
-    state: &'a Mutex<Pipeline>,
-    wake: &'a Condvar,
-}
-
-impl Drop for AbortOnPanic<'_> {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            lock(self.state).aborted = true;
-            self.wake.notify_all();
-        }
-    }
 }
 
 impl Engine {
@@ -437,149 +331,80 @@ impl Engine {
     /// One call as a pipeline: detection threads (decode, orientation, detector, reading
     /// order, crops) feed recogniser batches to recognition threads, which start on the first
     /// images' lines while later images are still being detected. At most `cpu_slots` of them
-    /// compute at once; detection goes first when both wait.
+    /// compute at once; detection goes first when both wait (see [`Scheduler`]).
     fn run_call(&self, inputs: &[Input<'_>]) -> (Vec<Result<Page>>, StageTimes) {
         let n = inputs.len();
         if n == 0 {
             return (Vec::new(), StageTimes::default());
         }
         let detectors = self.det.parallelism().min(n).max(1);
-        let recognisers = self.rec.parallelism().max(1);
+        let recognizers = self.rec.parallelism().max(1);
+        let o = &self.opts;
+        let plan = Box::new(|widths: &[u32]| {
+            plan_batches(widths, o.rec_batch, o.rec_batch_width, o.rec_width_step, self.rec_spec.min_width)
+        });
         // A recogniser batch is planned over at least this many crops, so widths still sort
         // into well-filled batches.
-        let group = self.opts.rec_batch * 8;
-        let state = Mutex::new(Pipeline {
-            prepared: (0..n).map(|_| None).collect(),
-            crops: vec![Vec::new(); n],
-            grouped: 0,
-            ready: VecDeque::new(),
-            texts: vec![Vec::new(); n],
-            failed: vec![None; n],
-            free: if self.opts.cpu_slots == 0 { usize::MAX } else { self.opts.cpu_slots },
-            detectors_waiting: 0,
-            detectors_left: detectors,
-            aborted: false,
-            times: StageTimes::default(),
-        });
-        let wake = Condvar::new();
-        let next = AtomicUsize::new(0);
-        let alone = n == 1;
-        let detect = || {
-            let _guard = AbortOnPanic { state: &state, wake: &wake };
-            let mut t = StageTimes::default();
-            loop {
-                let k = next.fetch_add(1, Ordering::Relaxed);
-                let Some(&input) = inputs.get(k) else { break };
-                {
-                    let mut st = lock(&state);
-                    st.detectors_waiting += 1;
-                    while st.free == 0 && !st.aborted {
-                        st = wake.wait(st).unwrap_or_else(|e| e.into_inner());
-                    }
-                    st.detectors_waiting -= 1;
-                    if st.aborted {
-                        return;
-                    }
-                    st.free -= 1;
-                }
-                let result = self.prepare_input(input, alone, &mut t);
-                let mut st = lock(&state);
-                st.free += 1;
-                st.store(k, result, group, self);
-                wake.notify_all();
-            }
-            let mut st = lock(&state);
-            st.detectors_left -= 1;
-            st.times.add(&t);
-            wake.notify_all();
-        };
-        let recognise = || {
-            let _guard = AbortOnPanic { state: &state, wake: &wake };
-            let mut secs = 0.0;
-            loop {
-                let job = {
-                    let mut st = lock(&state);
-                    loop {
-                        if st.aborted {
-                            return;
-                        }
-                        if st.free > 0 && st.detectors_waiting == 0 && !st.ready.is_empty() {
-                            st.free -= 1;
-                            break st.ready.pop_front();
-                        }
-                        if st.ready.is_empty() && st.detectors_left == 0 {
-                            break None;
-                        }
-                        st = wake.wait(st).unwrap_or_else(|e| e.into_inner());
-                    }
-                };
-                let Some(job) = job else { break };
-                let t = Instant::now();
-                let refs: Vec<&RgbImage> = job.crops.iter().collect();
-                let result = recognize_batch(self.rec.as_ref(), &self.decoder, &refs, self.rec_spec.height, job.width);
-                secs += t.elapsed().as_secs_f64();
-                let mut st = lock(&state);
-                st.free += 1;
-                match result {
-                    Ok(texts) => {
-                        for (&(i, j), text) in job.items.iter().zip(texts) {
-                            st.texts[i][j] = Some(text);
-                        }
-                    }
-                    Err(e) => {
-                        let f = RecFailure { message: e.to_string(), retryable: e.is_retryable() };
-                        for &(i, _) in &job.items {
-                            st.failed[i] = Some(f.clone());
-                        }
-                    }
-                }
-                wake.notify_all();
-            }
-            let mut st = lock(&state);
-            st.times.rec += secs;
-        };
+        let scheduler = Scheduler::new(n, detectors, o.cpu_slots, o.rec_batch * 8, plan);
         std::thread::scope(|scope| {
             for _ in 0..detectors {
-                scope.spawn(detect);
+                scope.spawn(|| self.detect_images(inputs, &scheduler));
             }
-            for _ in 0..recognisers {
-                scope.spawn(recognise);
+            for _ in 0..recognizers {
+                scope.spawn(|| self.recognize_batches(&scheduler));
             }
         });
-        let st = state.into_inner().unwrap_or_else(|e| e.into_inner());
-        let mut texts = st.texts;
-        let pages = st
-            .prepared
-            .into_iter()
-            .zip(st.failed)
-            .enumerate()
-            .map(|(k, (p, failed))| {
-                let p = p.expect("every image went through detection")?;
-                if let Some(f) = failed {
-                    // The recogniser failed on one of this image's batches.
-                    return Err(if f.retryable {
-                        EngineError::Inference(f.message)
-                    } else {
-                        EngineError::BadOutput(f.message)
-                    });
-                }
-                let mut lines = Vec::with_capacity(p.quads.len());
-                for (q, r) in p.quads.iter().zip(std::mem::take(&mut texts[k])) {
-                    let r = r.expect("every crop recognised");
-                    let text = r.text.trim();
-                    if text.is_empty() || r.confidence < self.opts.min_confidence {
-                        continue;
-                    }
-                    lines.push(Line {
-                        text: text.to_string(),
-                        confidence: r.confidence,
-                        quad: p.rotation.unmap_quad(q, p.width, p.height),
-                    });
-                }
-                Ok(Page { lines, width: p.width, height: p.height, rotation: p.rotation.degrees() })
-            })
-            .collect();
-        (pages, st.times)
+        let (results, times) = scheduler.finish();
+        let pages = results.into_iter().map(|r| r.map(|(p, texts)| self.page(p, texts))).collect();
+        (pages, times)
+    }
+
+    /// A detection thread of a call: prepares the images it takes, one compute slot each.
+    fn detect_images(&self, inputs: &[Input<'_>], scheduler: &Scheduler<'_>) {
+        let _guard = scheduler.abort_on_panic();
+        let alone = inputs.len() == 1;
+        let mut times = StageTimes::default();
+        while let Some(k) = scheduler.next_image() {
+            if !scheduler.acquire_for_detection() {
+                return;
+            }
+            let result = self.prepare_input(inputs[k], alone, &mut times);
+            scheduler.release_detected(k, result);
+        }
+        scheduler.detector_done(&times);
+    }
+
+    /// A recognition thread of a call: runs the recogniser batches it takes, one compute slot
+    /// each.
+    fn recognize_batches(&self, scheduler: &Scheduler<'_>) {
+        let _guard = scheduler.abort_on_panic();
+        let mut secs = 0.0;
+        while let Some(job) = scheduler.acquire_for_recognition() {
+            let t = Instant::now();
+            let refs: Vec<&RgbImage> = job.crops.iter().collect();
+            let result = recognize_batch(self.rec.as_ref(), &self.decoder, &refs, self.rec_spec.height, job.width);
+            secs += t.elapsed().as_secs_f64();
+            scheduler.release_recognized(&job.items, result);
+        }
+        scheduler.recognizer_done(secs);
+    }
+
+    /// The page of a prepared image from its lines' texts: confident, non-empty lines with
+    /// their boxes mapped back to the original image.
+    fn page(&self, p: Prepared, texts: Vec<RecText>) -> Page {
+        let mut lines = Vec::with_capacity(p.quads.len());
+        for (q, r) in p.quads.iter().zip(texts) {
+            let text = r.text.trim();
+            if text.is_empty() || r.confidence < self.opts.min_confidence {
+                continue;
+            }
+            lines.push(Line {
+                text: text.to_string(),
+                confidence: r.confidence,
+                quad: p.rotation.unmap_quad(q, p.width, p.height),
+            });
+        }
+        Page { lines, width: p.width, height: p.height, rotation: p.rotation.degrees() }
     }
 
     /// Decodes (when needed) and prepares one input; decoding counts as its own stage.

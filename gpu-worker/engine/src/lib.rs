@@ -37,6 +37,7 @@ pub mod manifest;
 pub mod model;
 pub mod ort_backend;
 pub mod recognition;
+mod scheduler;
 pub mod settings;
 
 pub use decode::{DEFAULT_MAX_PIXELS, decode_image};

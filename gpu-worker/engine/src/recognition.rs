@@ -154,21 +154,6 @@ pub fn pack_batch(crops: &[&RgbImage], height: u32, width: u32) -> Array4<f32> {
     t
 }
 
-/// How recogniser batches are formed (see [`plan_batches`]).
-#[derive(Debug, Clone, Copy)]
-pub struct RecBatching {
-    /// Input height in pixels.
-    pub height: u32,
-    /// Most crops per batch.
-    pub max_batch: usize,
-    /// Most padded width per batch, summed over its crops (pixels).
-    pub max_total_width: u32,
-    /// Batch widths are rounded up to a multiple of this (pixels).
-    pub width_step: u32,
-    /// Narrowest batch width (pixels).
-    pub min_width: u32,
-}
-
 /// Recognises one batch of crops padded to `width`; one text per crop, in order.
 pub fn recognize_batch(
     model: &dyn Model,
