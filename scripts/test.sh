@@ -6,7 +6,9 @@
 #   3. fetches the OCR models when scripts/fetch-models.sh exists (exports ORT_DYLIB_PATH,
 #      OCR_MODEL_DIR and OCR_REQUIRE_MODELS=1)
 #   4. runs cargo fmt --check, cargo clippy -D warnings, a check that the fuzz targets compile,
-#      cfn-lint template.yaml, a smoke run of
+#      cfn-lint template.yaml, scripts/openapi-clients.sh (openapi-python-client and
+#      openapi-typescript on the API's OpenAPI document: a schema they drop fails, and the code
+#      they generate must compile and type-check), a smoke run of
 #      localstack/init.py, localstack/check_template.py (the template's non-compute core deployed
 #      to LocalStack: names vs init.py, redrive, visibility, alarm thresholds), infra/check.sh
 #      (sam validate --lint, shellcheck, deploy.sh --dry-run, pytest infra/tests), the workspace
@@ -156,6 +158,8 @@ check "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
 # it here keeps a change in ocr-core or ocr-engine from breaking the fuzz targets unnoticed.
 check "fuzz targets compile" cargo check --manifest-path fuzz/Cargo.toml --bins --locked
 check "cfn-lint template.yaml" "$LOCALSTACK_VENV/bin/cfn-lint" template.yaml
+# Real client generators on functions/api/openapi.json (pinned; installed into $OCR_FLEET_CACHE).
+check "openapi clients" "$ROOT/scripts/openapi-clients.sh"
 check "localstack init smoke" init_smoke
 check "template infra on LocalStack" "$LOCALSTACK_PYTHON" "$ROOT/localstack/check_template.py"
 check "infra checks" "$ROOT/infra/check.sh"
