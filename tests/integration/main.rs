@@ -1,6 +1,7 @@
 //! Integration tests against LocalStack (S3, SQS) and MariaDB: one test binary.
 //! Start the services with `scripts/test.sh` (which runs these) or `scripts/dev.sh up`.
 
+mod dlq;
 mod producer;
 mod store;
 mod worker;

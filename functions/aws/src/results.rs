@@ -40,6 +40,32 @@ impl MySqlJobStore {
     }
 }
 
+impl MySqlJobStore {
+    /// An operator's redrive ([`JobStatus::REDRIVE`]): the jobs that failed go back to `queued`
+    /// with no attempts and no error, so that their redriven messages are really tried again
+    /// (a worker acknowledges a message whose job has ended). Returns how many changed.
+    pub async fn requeue_failed(&self, ids: &[JobId], at_ms: i64) -> Result<u64, PortError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let (from, to) = JobStatus::REDRIVE;
+        let mut params = vec![Value::from(to.as_str()), Value::from(at_ms), Value::from(at_ms)];
+        params.extend(id_values(ids));
+        params.push(Value::from(from.as_str()));
+        let mut conn = self.conn().await?;
+        format!(
+            "UPDATE jobs SET status = ?, attempts = 0, error = NULL, finished_at_ms = NULL, notify_since_ms = NULL, \
+             queued_at_ms = ?, updated_at_ms = ? WHERE id IN ({}) AND status = ?",
+            placeholders(ids.len())
+        )
+        .with(Params::Positional(params))
+        .ignore(&mut conn)
+        .await
+        .map_err(db_error)?;
+        Ok(conn.affected_rows())
+    }
+}
+
 #[async_trait]
 impl ResultStore for MySqlJobStore {
     async fn take(&self, ids: &[JobId], at_ms: i64) -> Result<Vec<TakenJob>, PortError> {

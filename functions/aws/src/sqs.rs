@@ -325,3 +325,100 @@ impl DeadLetters for SqsDeadLetters {
         Ok(received.into_iter().map(|m| m.into_delivery(priority)).collect())
     }
 }
+
+/// What operators do with a dead-letter queue: look into it and move its messages back.
+#[derive(Debug, Clone)]
+pub struct DeadLetterAdmin {
+    client: aws_sdk_sqs::Client,
+}
+
+impl DeadLetterAdmin {
+    pub fn new(config: &aws_config::SdkConfig) -> Self {
+        Self { client: aws_sdk_sqs::Client::new(config) }
+    }
+
+    /// The URL of the queue named `name` (in this account and region).
+    pub async fn url(&self, name: &str) -> Result<String, PortError> {
+        let out = self.client.get_queue_url().queue_name(name).send().await.map_err(|e| sdk_error("sqs", e))?;
+        out.queue_url.ok_or_else(|| PortError::permanent("sqs", format!("no URL for queue {name}")))
+    }
+
+    async fn arn(&self, url: &str) -> Result<String, PortError> {
+        let out = self
+            .client
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .map_err(|e| sdk_error("sqs", e))?;
+        out.attributes()
+            .and_then(|a| a.get(&QueueAttributeName::QueueArn))
+            .cloned()
+            .ok_or_else(|| PortError::permanent("sqs", format!("no ARN for {url}")))
+    }
+
+    /// Up to `max` distinct messages of the queue at `url`, each hidden for `hide` once read so
+    /// the pages are distinct, then made visible again: the queue is as it was.
+    pub async fn peek(&self, url: &str, max: usize, hide: Duration) -> Result<Vec<ReceivedMessage>, PortError> {
+        let consumer = SqsConsumer { client: self.client.clone(), queue_url: url.to_owned() };
+        let mut seen: Vec<ReceivedMessage> = Vec::new();
+        while seen.len() < max {
+            let want = (max - seen.len()).min(10) as i32;
+            let page = consumer.receive_with(want, 0, Some(hide.as_secs().max(1) as i32)).await?;
+            let fresh: Vec<_> =
+                page.into_iter().filter(|m| !seen.iter().any(|s| s.message_id == m.message_id)).collect();
+            if fresh.is_empty() {
+                break;
+            }
+            seen.extend(fresh);
+        }
+        for m in &seen {
+            // A failure only leaves the message hidden until `hide` passes.
+            let _ = consumer.change_visibility(&m.receipt_handle, 0).await;
+        }
+        Ok(seen)
+    }
+
+    /// Moves every message of the dead-letter queue at `dlq_url` back to `source_url` with SQS's
+    /// own message-move task (at most `rate` per second, or as fast as SQS goes), waiting until
+    /// it finishes. Returns the number moved.
+    pub async fn move_back(&self, dlq_url: &str, source_url: &str, rate: Option<i32>) -> Result<i64, PortError> {
+        let (source_arn, destination_arn) = (self.arn(dlq_url).await?, self.arn(source_url).await?);
+        self.client
+            .start_message_move_task()
+            .source_arn(&source_arn)
+            .destination_arn(&destination_arn)
+            .set_max_number_of_messages_per_second(rate)
+            .send()
+            .await
+            .map_err(|e| sdk_error("sqs", e))?;
+        loop {
+            let out = self
+                .client
+                .list_message_move_tasks()
+                .source_arn(&source_arn)
+                .max_results(1)
+                .send()
+                .await
+                .map_err(|e| sdk_error("sqs", e))?;
+            let Some(task) = out.results().first() else {
+                return Err(PortError::permanent("sqs", "the message-move task vanished"));
+            };
+            match task.status() {
+                Some("COMPLETED") => return Ok(task.approximate_number_of_messages_moved()),
+                Some("FAILED" | "CANCELLED") => {
+                    return Err(PortError::permanent(
+                        "sqs",
+                        format!(
+                            "message-move task {}: {}",
+                            task.status().unwrap_or_default(),
+                            task.failure_reason().unwrap_or("no reason given")
+                        ),
+                    ));
+                }
+                _ => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        }
+    }
+}

@@ -56,6 +56,7 @@ impl FromStr for Priority {
 ///        └─▶ failed (bad upload)   expired ─▶ queued | failed: an upload made in time whose
 ///                                  event arrived after the job was shown as expired
 /// any ─▶ deleted (by its owner)
+/// failed ─▶ queued: only by an operator redriving its dead-lettered message ([`JobStatus::REDRIVE`])
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -89,6 +90,11 @@ impl JobStatus {
     pub fn is_terminal(self) -> bool {
         matches!(self, JobStatus::Succeeded | JobStatus::Failed | JobStatus::Expired | JobStatus::Deleted)
     }
+
+    /// The one change only an operator makes: a failed job whose dead-lettered message is
+    /// redriven goes back to `queued` with its attempts reset (`gpu-worker dlq redrive
+    /// --reset-jobs`). Not part of [`JobStatus::can_become`], so no handler ever does it.
+    pub const REDRIVE: (JobStatus, JobStatus) = (JobStatus::Failed, JobStatus::Queued);
 
     pub const ALL: [JobStatus; 7] = [
         JobStatus::AwaitingUpload,
