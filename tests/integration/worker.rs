@@ -91,7 +91,7 @@ async fn images_become_text_and_signed_webhooks() -> anyhow::Result<()> {
     }
     let hooks = WebhookReceiver::start().await?;
     // The receiver is plain http on loopback: allowed explicitly, for the API as for the worker.
-    let limits = Limits { webhook_allow_hosts: vec![hooks.addr.to_string()], ..Limits::default() };
+    let limits = Limits { webhook_allow_hosts: [hooks.addr.to_string()].into_iter().collect(), ..Limits::default() };
     let env = TestEnv::with(Options { limits, ..Options::default() }).await?;
     let images = line_images(6)?;
     let mut jobs = Vec::new();

@@ -21,6 +21,7 @@ use mysql_async::prelude::Queryable;
 use ocr_api::AppState;
 use ocr_api::auth::Authenticator;
 use ocr_api::config::Limits;
+use ocr_api::state::Ports;
 use ocr_api::upload::UploadHandler;
 use ocr_aws::{MySqlJobStore, S3ObjectStore, SqsConsumer, SqsJobQueue};
 use ocr_core::ports::SystemClock;
@@ -128,12 +129,7 @@ impl TestEnv {
         let s3 = aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&aws).force_path_style(true).build());
         let sqs = aws_sdk_sqs::Client::new(&aws);
 
-        let db_name = format!("ocr_test_{}", name.replace('-', "_"));
-        let server_db = server_database_url();
-        let mut admin = mysql_async::Conn::from_url(&server_db).await.context("connecting to MariaDB")?;
-        admin.query_drop(format!("CREATE DATABASE `{db_name}`")).await?;
-        admin.disconnect().await?;
-        let database_url = format!("{}/{db_name}", server_db.trim_end_matches('/'));
+        let (database_url, db_name) = create_database(&name).await?;
         let store = Arc::new(MySqlJobStore::new(&database_url, 4)?);
         store.migrate().await?;
 
@@ -145,33 +141,17 @@ impl TestEnv {
         let job_queue = Arc::new(SqsJobQueue::new(&aws, &queues.express, &queues.bulk));
         let auth = Authenticator::from_static_tokens(&format!("{ALICE_TOKEN}:alice,{BOB_TOKEN}:bob"))
             .map_err(anyhow::Error::msg)?;
-        let state = AppState::new(
-            store.clone(),
-            objects.clone(),
-            job_queue.clone(),
-            Arc::new(SystemClock),
-            auth,
-            options.limits.clone(),
-        );
-        let uploads = UploadHandler {
+        let ports = Ports {
             store: store.clone(),
             objects: objects.clone(),
             queue: job_queue.clone(),
             clock: Arc::new(SystemClock),
-            max_upload_bytes: options.handler_max_upload_bytes,
         };
+        let state = AppState::new(ports.clone(), auth, options.limits.clone());
+        let uploads = UploadHandler { ports, max_upload_bytes: options.handler_max_upload_bytes };
 
         let (stop, stop_rx) = watch::channel(false);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let api = format!("http://{}", listener.local_addr()?);
-        let mut server_stop = stop_rx.clone();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, ocr_api::routes::router(state))
-                .with_graceful_shutdown(async move {
-                    let _ = server_stop.wait_for(|s| *s).await;
-                })
-                .await;
-        });
+        let api = serve_api(state, stop_rx.clone()).await?;
         if options.poller {
             let consumer = SqsConsumer::new(&aws, &queues.upload_events);
             tokio::spawn(ocr_api::poller::run(uploads.clone(), consumer, stop_rx));
@@ -240,6 +220,30 @@ impl TestEnv {
         let mut conn = self.store.conn().await?;
         Ok(conn.query_first("SELECT COUNT(*) FROM jobs").await?.unwrap_or(0))
     }
+}
+
+/// A fresh database on the test server (`TEST_DATABASE_URL`): its URL and name.
+async fn create_database(name: &str) -> anyhow::Result<(String, String)> {
+    let db_name = format!("ocr_test_{}", name.replace('-', "_"));
+    let server_db = server_database_url();
+    let mut admin = mysql_async::Conn::from_url(&server_db).await.context("connecting to MariaDB")?;
+    admin.query_drop(format!("CREATE DATABASE `{db_name}`")).await?;
+    admin.disconnect().await?;
+    Ok((format!("{}/{db_name}", server_db.trim_end_matches('/')), db_name))
+}
+
+/// The real router on a random loopback port until `stop`; returns its base URL.
+async fn serve_api(state: AppState, mut stop: watch::Receiver<bool>) -> anyhow::Result<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let api = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, ocr_api::routes::router(state))
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await;
+    });
+    Ok(api)
 }
 
 async fn create_queues(sqs: &aws_sdk_sqs::Client, name: &str, job_visibility: u32) -> anyhow::Result<Queues> {

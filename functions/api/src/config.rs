@@ -1,39 +1,22 @@
 //! Settings, from the environment (or flags). One name per setting everywhere:
 //! these env names are the ones template.yaml, localstack/ and the README use.
 
-use std::fmt;
 use std::time::Duration;
 
-/// Where the job queues and the bucket are.
+use ocr_core::net::AllowHosts;
+use secrecy::SecretString;
+
+pub use ocr_aws::config::{DbArgs, ResourceArgs};
+
+/// What the API needs, on Lambda (`api`) and on a TCP port (`api-local`).
 #[derive(clap::Args, Debug, Clone)]
-pub struct ResourceArgs {
-    /// Bucket that receives uploads under `uploads/`.
-    #[arg(long, env = "UPLOAD_BUCKET")]
-    pub upload_bucket: String,
-    /// URL of the express job queue.
-    #[arg(long, env = "EXPRESS_QUEUE_URL")]
-    pub express_queue_url: String,
-    /// URL of the bulk job queue.
-    #[arg(long, env = "BULK_QUEUE_URL")]
-    pub bulk_queue_url: String,
-}
-
-/// The database connection.
-#[derive(clap::Args, Clone)]
-pub struct DbArgs {
-    /// `mysql://user:password@host:port/database`.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: String,
-    /// Most connections this process opens (1–2 on Lambda; RDS Proxy multiplexes).
-    #[arg(long, env = "DB_POOL_MAX", default_value_t = 2)]
-    pub db_pool_max: usize,
-}
-
-impl fmt::Debug for DbArgs {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // The URL carries the password.
-        f.debug_struct("DbArgs").field("database_url", &"<redacted>").field("db_pool_max", &self.db_pool_max).finish()
-    }
+pub struct ProducerArgs {
+    #[command(flatten)]
+    pub resources: ResourceArgs,
+    #[command(flatten)]
+    pub db: DbArgs,
+    #[command(flatten)]
+    pub api: ApiArgs,
 }
 
 /// How callers are identified.
@@ -46,13 +29,13 @@ pub enum AuthMode {
 }
 
 /// Limits and behaviour of the API.
-#[derive(clap::Args, Clone)]
+#[derive(clap::Args, Debug, Clone)]
 pub struct ApiArgs {
     #[arg(long, env = "AUTH_MODE", value_enum, default_value = "jwt")]
     pub auth_mode: AuthMode,
     /// `token:caller,token2:caller2` for `AUTH_MODE=static`.
     #[arg(long, env = "API_TOKENS", hide_env_values = true, default_value = "")]
-    pub api_tokens: String,
+    pub api_tokens: SecretString,
     /// Largest image accepted, in bytes.
     #[arg(long, env = "MAX_UPLOAD_BYTES", default_value_t = 20_000_000)]
     pub max_upload_bytes: u64,
@@ -72,22 +55,7 @@ pub struct ApiArgs {
     /// plain http or internal (a receiver on loopback); tests and local runs only. The worker
     /// reads the same variable for where it may send.
     #[arg(long, env = "WEBHOOK_ALLOW_HOSTS", default_value = "")]
-    pub webhook_allow_hosts: String,
-}
-
-impl fmt::Debug for ApiArgs {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ApiArgs")
-            .field("auth_mode", &self.auth_mode)
-            .field("api_tokens", &"<redacted>")
-            .field("max_upload_bytes", &self.max_upload_bytes)
-            .field("presign_expiry_secs", &self.presign_expiry_secs)
-            .field("queue_depth_limit", &self.queue_depth_limit)
-            .field("queue_depth_refresh_secs", &self.queue_depth_refresh_secs)
-            .field("retry_after_secs", &self.retry_after_secs)
-            .field("webhook_allow_hosts", &self.webhook_allow_hosts)
-            .finish()
-    }
+    pub webhook_allow_hosts: AllowHosts,
 }
 
 /// Largest body accepted for a direct (server-to-server) upload: Lambda's payload limit.
@@ -101,8 +69,8 @@ pub struct Limits {
     pub queue_depth_limit: u64,
     pub queue_depth_refresh: Duration,
     pub retry_after_secs: u64,
-    /// `host:port` (lower case) exempt from the callback target check (`WEBHOOK_ALLOW_HOSTS`).
-    pub webhook_allow_hosts: Vec<String>,
+    /// `host:port` exempt from the callback target check (`WEBHOOK_ALLOW_HOSTS`).
+    pub webhook_allow_hosts: AllowHosts,
 }
 
 impl Default for Limits {
@@ -113,7 +81,7 @@ impl Default for Limits {
             queue_depth_limit: 10_000,
             queue_depth_refresh: Duration::from_secs(5),
             retry_after_secs: 30,
-            webhook_allow_hosts: Vec::new(),
+            webhook_allow_hosts: AllowHosts::default(),
         }
     }
 }
@@ -126,13 +94,7 @@ impl From<&ApiArgs> for Limits {
             queue_depth_limit: a.queue_depth_limit,
             queue_depth_refresh: Duration::from_secs(a.queue_depth_refresh_secs),
             retry_after_secs: a.retry_after_secs,
-            webhook_allow_hosts: a
-                .webhook_allow_hosts
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_ascii_lowercase)
-                .collect(),
+            webhook_allow_hosts: a.webhook_allow_hosts.clone(),
         }
     }
 }

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use ocr_aws::SqsConsumer;
+use ocr_core::retry::BackoffBuilder;
 use tokio::sync::watch;
 
 use crate::upload::UploadHandler;
@@ -12,7 +13,9 @@ use crate::upload::UploadHandler;
 /// retry can help; after a retryable failure it returns when its visibility expires.
 pub async fn run(handler: UploadHandler, consumer: SqsConsumer, mut shutdown: watch::Receiver<bool>) {
     tracing::info!(queue = consumer.queue_url(), "upload-event poller started");
-    let mut backoff = Duration::from_millis(200);
+    // Receive errors (LocalStack or SQS away) back off up to 10 s; a success starts over.
+    let schedule = ocr_core::retry::forever(Duration::from_millis(200), Duration::from_secs(10));
+    let mut delays = schedule.build();
     loop {
         if *shutdown.borrow() {
             break;
@@ -23,13 +26,12 @@ pub async fn run(handler: UploadHandler, consumer: SqsConsumer, mut shutdown: wa
         };
         let messages = match received {
             Ok(m) => {
-                backoff = Duration::from_millis(200);
+                delays = schedule.build();
                 m
             }
             Err(e) => {
                 tracing::warn!(error = %e, "receiving upload events failed");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(10));
+                tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(10))).await;
                 continue;
             }
         };

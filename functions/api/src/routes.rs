@@ -94,7 +94,7 @@ async fn create(
 ) -> Result<Response, ApiError> {
     let direct = direct_body.is_some();
     if let Some(idem) = &idempotency
-        && let Some(existing) = state.store.find_by_idempotency_key(&caller.0, &idem.key).await?
+        && let Some(existing) = state.ports.store.find_by_idempotency_key(&caller.0, &idem.key).await?
     {
         return replay(state, existing, idem, direct).await;
     }
@@ -115,14 +115,15 @@ async fn create(
         callback_url: spec.callback_url,
         metadata: spec.metadata,
         idempotency: idempotency.clone(),
-        created_at_ms: state.clock.now_ms(),
+        created_at_ms: state.ports.clock.now_ms(),
     };
-    let job = match state.store.insert(new).await {
+    let job = match state.ports.store.insert(new).await {
         Ok(job) => job,
         // A concurrent request with the same key won the insert: answer as its replay.
         Err(PortError::Conflict(_)) if idempotency.is_some() => {
             let idem = idempotency.as_ref().expect("checked");
             let existing = state
+                .ports
                 .store
                 .find_by_idempotency_key(&caller.0, &idem.key)
                 .await?
@@ -134,27 +135,30 @@ async fn create(
     let span = tracing::info_span!("create_job", job_id = %job.id, priority = %job.priority, direct);
     let _enter = span.enter();
     match direct_body {
-        Some(body) => {
-            if let Err(e) = state.objects.put(&job.object_key(), job.content_type, body).await {
-                // The caller will retry; leave no job behind that can never be uploaded.
-                tracing::error!(error = %e, "storing the image failed");
-                let _ = state.store.remove(&job.id).await;
-                return Err(ApiError::Unavailable(format!("storing the image failed: {e}")));
-            }
-            tracing::info!("job created with its image");
-            Ok(job_response(StatusCode::ACCEPTED, JobView::new(&job)))
-        }
+        Some(body) => store_direct_upload(state, &job, body).await,
         None => match upload_view(state, &job).await {
             Ok(view) => {
                 tracing::info!("job created; upload URL issued");
                 Ok(job_response(StatusCode::CREATED, view))
             }
             Err(e) => {
-                let _ = state.store.remove(&job.id).await;
+                let _ = state.ports.store.remove(&job.id).await;
                 Err(e)
             }
         },
     }
+}
+
+/// A direct upload's image goes to the job's key; the S3 event then queues it like any upload.
+async fn store_direct_upload(state: &AppState, job: &Job, body: Bytes) -> Result<Response, ApiError> {
+    if let Err(e) = state.ports.objects.put(&job.object_key(), job.content_type, body).await {
+        // The caller will retry; leave no job behind that can never be uploaded.
+        tracing::error!(error = %e, "storing the image failed");
+        let _ = state.ports.store.remove(&job.id).await;
+        return Err(ApiError::Unavailable(format!("storing the image failed: {e}")));
+    }
+    tracing::info!("job created with its image");
+    Ok(job_response(StatusCode::ACCEPTED, JobView::new(job)))
 }
 
 /// When a job's upload window closes: one URL lifetime after its creation. A replayed
@@ -165,11 +169,12 @@ fn upload_deadline_ms(state: &AppState, job: &Job) -> i64 {
 
 /// The job with a presigned URL for its upload, valid until the upload window closes.
 async fn upload_view(state: &AppState, job: &Job) -> Result<JobView, ApiError> {
-    let left_ms = upload_deadline_ms(state, job) - state.clock.now_ms();
+    let left_ms = upload_deadline_ms(state, job) - state.ports.clock.now_ms();
     if left_ms <= 0 {
         return Ok(JobView::new(&expire_if_due(state, job.clone()).await?));
     }
     let presigned = state
+        .ports
         .objects
         .presign_put(&job.object_key(), job.content_type, job.content_length, Duration::from_millis(left_ms as u64))
         .await
@@ -212,7 +217,7 @@ async fn owned_job(
 ) -> Result<Job, ApiError> {
     let Ok(Path(id)) = id else { return Err(ApiError::NotFound) };
     let id: JobId = id.parse().map_err(|_| ApiError::NotFound)?;
-    match state.store.get(&id).await? {
+    match state.ports.store.get(&id).await? {
         Some(job) if job.owner == caller.0 => Ok(job),
         _ => Err(ApiError::NotFound),
     }
@@ -222,13 +227,13 @@ async fn owned_job(
 /// arrive) is marked expired. The upload's own event may still queue it (see `upload`).
 async fn expire_if_due(state: &AppState, job: Job) -> Result<Job, ApiError> {
     const EVENT_MARGIN_MS: i64 = 60_000;
-    let now = state.clock.now_ms();
+    let now = state.ports.clock.now_ms();
     if job.status != JobStatus::AwaitingUpload || now < upload_deadline_ms(state, &job) + EVENT_MARGIN_MS {
         return Ok(job);
     }
     let change = StatusChange { at_ms: now, error: Some("no upload arrived before the upload URL expired".into()) };
-    state.store.set_status(&job.id, JobStatus::AwaitingUpload, JobStatus::Expired, change).await?;
-    Ok(state.store.get(&job.id).await?.unwrap_or(job))
+    state.ports.store.set_status(&job.id, JobStatus::AwaitingUpload, JobStatus::Expired, change).await?;
+    Ok(state.ports.store.get(&job.id).await?.unwrap_or(job))
 }
 
 /// `GET /v1/jobs/{id}`: status, times, attempts, error, and the result when there is one.
@@ -240,7 +245,7 @@ async fn get_job(
     let job = expire_if_due(&state, owned_job(&state, &caller, id).await?).await?;
     let mut view = JobView::new(&job);
     if job.status == JobStatus::Succeeded {
-        view.result = state.store.get_result(&job.id).await?;
+        view.result = state.ports.store.get_result(&job.id).await?;
     }
     Ok(axum::Json(view).into_response())
 }
@@ -253,10 +258,10 @@ async fn delete_job(
 ) -> Result<Response, ApiError> {
     let job = owned_job(&state, &caller, id).await?;
     if job.status != JobStatus::Deleted {
-        state.objects.delete(&job.object_key()).await?;
-        state.store.mark_deleted(&job.id, state.clock.now_ms()).await?;
+        state.ports.objects.delete(&job.object_key()).await?;
+        state.ports.store.mark_deleted(&job.id, state.ports.clock.now_ms()).await?;
         tracing::info!(job_id = %job.id, "job deleted");
     }
-    let job = state.store.get(&job.id).await?.ok_or(ApiError::NotFound)?;
+    let job = state.ports.store.get(&job.id).await?.ok_or(ApiError::NotFound)?;
     Ok(axum::Json(JobView::new(&job)).into_response())
 }

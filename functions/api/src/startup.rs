@@ -5,10 +5,11 @@ use std::sync::Arc;
 use ocr_aws::{MySqlJobStore, S3ObjectStore, SqsJobQueue};
 use ocr_core::PortError;
 use ocr_core::ports::SystemClock;
+use secrecy::ExposeSecret;
 
 use crate::auth::Authenticator;
 use crate::config::{ApiArgs, AuthMode, DbArgs, Limits, ResourceArgs};
-use crate::state::AppState;
+use crate::state::{AppState, Ports};
 use crate::upload::UploadHandler;
 
 /// A setting or a service that keeps the process from starting.
@@ -35,7 +36,7 @@ impl Services {
     pub async fn new(resources: &ResourceArgs, db: &DbArgs) -> Result<Self, StartupError> {
         let aws = ocr_aws::aws_config_from_env().await;
         Ok(Services {
-            store: Arc::new(MySqlJobStore::new(&db.database_url, db.db_pool_max)?),
+            store: Arc::new(db.store()?),
             objects: Arc::new(S3ObjectStore::new(&aws, &resources.upload_bucket)),
             queue: Arc::new(SqsJobQueue::new(&aws, &resources.express_queue_url, &resources.bulk_queue_url)),
             aws,
@@ -45,25 +46,24 @@ impl Services {
     pub fn app_state(&self, api: &ApiArgs) -> Result<AppState, StartupError> {
         let auth = match api.auth_mode {
             AuthMode::Jwt => Authenticator::Jwt,
-            AuthMode::Static => Authenticator::from_static_tokens(&api.api_tokens).map_err(StartupError::Config)?,
+            AuthMode::Static => {
+                Authenticator::from_static_tokens(api.api_tokens.expose_secret()).map_err(StartupError::Config)?
+            }
         };
-        Ok(AppState::new(
-            self.store.clone(),
-            self.objects.clone(),
-            self.queue.clone(),
-            Arc::new(SystemClock),
-            auth,
-            Limits::from(api),
-        ))
+        Ok(AppState::new(self.ports(), auth, Limits::from(api)))
     }
 
     pub fn upload_handler(&self, max_upload_bytes: u64) -> UploadHandler {
-        UploadHandler {
+        UploadHandler { ports: self.ports(), max_upload_bytes }
+    }
+
+    /// The adapters as the ports the handlers take, on the wall clock.
+    pub fn ports(&self) -> Ports {
+        Ports {
             store: self.store.clone(),
             objects: self.objects.clone(),
             queue: self.queue.clone(),
             clock: Arc::new(SystemClock),
-            max_upload_bytes,
         }
     }
 }

@@ -8,28 +8,27 @@ use crate::auth::Authenticator;
 use crate::backpressure::DepthGauge;
 use crate::config::Limits;
 
-/// Ports, limits and the authenticator; cheap to clone (all behind `Arc`).
+/// The ports the producer works through (the API and the on-upload handler alike).
 #[derive(Clone)]
-pub struct AppState {
+pub struct Ports {
     pub store: Arc<dyn JobStore>,
     pub objects: Arc<dyn ObjectStore>,
     pub queue: Arc<dyn JobQueue>,
     pub clock: Arc<dyn Clock>,
+}
+
+/// Ports, limits and the authenticator; cheap to clone (all behind `Arc`).
+#[derive(Clone)]
+pub struct AppState {
+    pub ports: Ports,
     pub depth: DepthGauge,
     pub auth: Authenticator,
     pub limits: Arc<Limits>,
 }
 
 impl AppState {
-    pub fn new(
-        store: Arc<dyn JobStore>,
-        objects: Arc<dyn ObjectStore>,
-        queue: Arc<dyn JobQueue>,
-        clock: Arc<dyn Clock>,
-        auth: Authenticator,
-        limits: Limits,
-    ) -> Self {
-        let depth = DepthGauge::new(queue.clone(), limits.queue_depth_refresh);
-        Self { store, objects, queue, clock, depth, auth, limits: Arc::new(limits) }
+    pub fn new(ports: Ports, auth: Authenticator, limits: Limits) -> Self {
+        let depth = DepthGauge::new(ports.queue.clone(), limits.queue_depth_refresh);
+        Self { ports, depth, auth, limits: Arc::new(limits) }
     }
 }

@@ -3,13 +3,13 @@
 //! S3 events can arrive more than once and in any order, so every step is
 //! idempotent: the job's status in the store decides what is left to do.
 
-use std::sync::Arc;
-
 use aws_lambda_events::s3::S3Event;
 use ocr_core::content::{TAIL_LEN, check_shape};
 use ocr_core::job::parse_object_key;
-use ocr_core::ports::{Clock, JobQueue, JobStore, ObjectStore, StatusChange};
+use ocr_core::ports::StatusChange;
 use ocr_core::{ContentType, JobId, JobMessage, JobStatus, PortError};
+
+use crate::state::Ports;
 
 /// What handling one object-created event did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,10 +25,7 @@ pub enum UploadOutcome {
 /// Everything the handler needs; cheap to clone.
 #[derive(Clone)]
 pub struct UploadHandler {
-    pub store: Arc<dyn JobStore>,
-    pub objects: Arc<dyn ObjectStore>,
-    pub queue: Arc<dyn JobQueue>,
-    pub clock: Arc<dyn Clock>,
+    pub ports: Ports,
     pub max_upload_bytes: u64,
 }
 
@@ -64,7 +61,7 @@ impl UploadHandler {
         };
         let span = tracing::info_span!("upload", job_id = %id, %priority);
         let _enter = span.enter();
-        let Some(job) = self.store.get(&id).await? else {
+        let Some(job) = self.ports.store.get(&id).await? else {
             tracing::warn!("upload for an unknown job");
             return Ok(UploadOutcome::Ignored("unknown job".into()));
         };
@@ -76,19 +73,19 @@ impl UploadHandler {
             // The message may not have reached the queue (a crash or a failed send
             // after the status changed): send it again; workers are idempotent.
             JobStatus::Queued if job.enqueued_at_ms.is_none() => {
-                let info = self.objects.head(key).await?;
+                let info = self.ports.objects.head(key).await?;
                 let size = info.map_or(job.content_length, |i| i.size);
                 return self.enqueue(&job, size).await;
             }
             JobStatus::Failed | JobStatus::Deleted => {
                 // A failed or deleted job's image must not linger (deleting twice is harmless).
-                self.objects.delete(key).await?;
+                self.ports.objects.delete(key).await?;
                 return Ok(UploadOutcome::Ignored(format!("job is {}", job.status)));
             }
             status => return Ok(UploadOutcome::Ignored(format!("job is already {status}"))),
         }
 
-        let Some(info) = self.objects.head(key).await? else {
+        let Some(info) = self.ports.objects.head(key).await? else {
             return Ok(UploadOutcome::Ignored("object is gone".into()));
         };
         let refusal = match self.refusal(&job.content_type, job.content_length, key, info.size).await {
@@ -102,9 +99,12 @@ impl UploadHandler {
         if let Some(reason) = refusal {
             return self.reject(&job.id, job.status, key, reason).await;
         }
-        let now = self.clock.now_ms();
-        let won =
-            self.store.set_status(&id, job.status, JobStatus::Queued, StatusChange { at_ms: now, error: None }).await?;
+        let now = self.ports.clock.now_ms();
+        let won = self
+            .ports
+            .store
+            .set_status(&id, job.status, JobStatus::Queued, StatusChange { at_ms: now, error: None })
+            .await?;
         if !won {
             return Ok(UploadOutcome::Ignored("another handler took this upload".into()));
         }
@@ -125,27 +125,27 @@ impl UploadHandler {
         if size != declared_len {
             return Ok(Some(format!("the upload is {size} bytes, but {declared_len} were declared")));
         }
-        let head = self.objects.read_range(key, 0, ContentType::SNIFF_LEN).await?;
+        let head = self.ports.objects.read_range(key, 0, ContentType::SNIFF_LEN).await?;
         let tail_start = size.saturating_sub(TAIL_LEN as u64);
-        let tail = self.objects.read_range(key, tail_start, TAIL_LEN).await?;
+        let tail = self.ports.objects.read_range(key, tail_start, TAIL_LEN).await?;
         Ok(check_shape(*declared, size, &head, &tail).err().map(|e| e.to_string()))
     }
 
     async fn reject(&self, id: &JobId, from: JobStatus, key: &str, reason: String) -> Result<UploadOutcome, PortError> {
-        let change = StatusChange { at_ms: self.clock.now_ms(), error: Some(reason.clone()) };
+        let change = StatusChange { at_ms: self.ports.clock.now_ms(), error: Some(reason.clone()) };
         // Failed first, then the object: a crash in between leaves a failed job whose
         // repeated event deletes the object (see the Failed arm above).
-        self.store.set_status(id, from, JobStatus::Failed, change).await?;
-        self.objects.delete(key).await?;
+        self.ports.store.set_status(id, from, JobStatus::Failed, change).await?;
+        self.ports.objects.delete(key).await?;
         tracing::warn!(%reason, "upload rejected");
         Ok(UploadOutcome::Rejected { job_id: *id, reason })
     }
 
     async fn enqueue(&self, job: &ocr_core::Job, size: u64) -> Result<UploadOutcome, PortError> {
-        let now = self.clock.now_ms();
-        let message = JobMessage::for_job(job, self.objects.bucket(), size, now);
-        self.queue.send(&message).await?;
-        self.store.mark_enqueued(&job.id, now).await?;
+        let now = self.ports.clock.now_ms();
+        let message = JobMessage::for_job(job, self.ports.objects.bucket(), size, now);
+        self.ports.queue.send(&message).await?;
+        self.ports.store.mark_enqueued(&job.id, now).await?;
         tracing::info!(size, "job queued");
         Ok(UploadOutcome::Enqueued(job.id))
     }

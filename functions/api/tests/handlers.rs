@@ -8,6 +8,7 @@ use http_body_util::BodyExt;
 use ocr_api::AppState;
 use ocr_api::auth::Authenticator;
 use ocr_api::config::Limits;
+use ocr_api::state::Ports;
 use ocr_api::upload::{UploadHandler, UploadOutcome};
 use ocr_core::fakes::{InMemoryJobQueue, InMemoryJobStore, InMemoryObjectStore, ManualClock};
 use ocr_core::ports::{JobStore, ObjectInfo, ObjectStore, PresignedPut, StatusChange};
@@ -33,7 +34,8 @@ fn harness() -> Harness {
     let auth = Authenticator::from_static_tokens(&format!("{ALICE}:alice,{BOB}:bob")).unwrap();
     let limits = Limits { queue_depth_limit: 100, queue_depth_refresh: std::time::Duration::ZERO, ..Limits::default() };
     let clock = Arc::new(ManualClock::new(1_700_000_000_000));
-    let state = AppState::new(store.clone(), objects.clone(), queue.clone(), clock.clone(), auth, limits);
+    let ports = Ports { store: store.clone(), objects: objects.clone(), queue: queue.clone(), clock: clock.clone() };
+    let state = AppState::new(ports, auth, limits);
     Harness { clock, store, objects, queue, state }
 }
 
@@ -48,13 +50,13 @@ impl Harness {
     }
 
     fn uploads(&self) -> UploadHandler {
-        UploadHandler {
+        let ports = Ports {
             store: self.store.clone(),
             objects: self.objects.clone(),
             queue: self.queue.clone(),
             clock: Arc::new(ManualClock::new(1_700_000_001_000)),
-            max_upload_bytes: 20_000_000,
-        }
+        };
+        UploadHandler { ports, max_upload_bytes: 20_000_000 }
     }
 }
 
@@ -110,6 +112,7 @@ async fn unauthenticated_callers_get_401() {
     assert!(h.store.is_empty());
 }
 
+/// Table-driven (one row per malformed request), hence longer than a function should be.
 #[tokio::test]
 async fn bad_requests_get_json_errors() {
     let h = harness();
@@ -513,7 +516,7 @@ async fn an_upload_deleted_during_its_check_is_acknowledged_not_failed() {
     let bytes = png_bytes();
     let (id, key) = uploaded(&h, ContentType::Png, bytes.len(), bytes).await;
     let mut handler = h.uploads();
-    handler.objects = Arc::new(VanishingObjects(h.objects.clone()));
+    handler.ports.objects = Arc::new(VanishingObjects(h.objects.clone()));
     // Not an error: an error that no retry can fix would leave the event for the DLQ.
     assert_eq!(handler.handle_object(&key).await.unwrap(), UploadOutcome::Ignored("object is gone".into()));
     assert_eq!(h.store.get(&id).await.unwrap().unwrap().status, JobStatus::AwaitingUpload);

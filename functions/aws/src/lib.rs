@@ -6,8 +6,10 @@
 //!
 //! [`aws_config_from_env`] honours `AWS_ENDPOINT_URL` (LocalStack) like every AWS SDK does.
 
+pub mod config;
 mod errors;
 pub mod mysql;
+pub mod process;
 mod results;
 pub mod s3;
 pub mod sqs;
@@ -15,7 +17,7 @@ pub mod sqs;
 pub use aws_config::SdkConfig;
 pub use mysql::MySqlJobStore;
 pub use s3::S3ObjectStore;
-pub use sqs::{ReceivedMessage, SqsConsumer, SqsDeadLetters, SqsJobQueue, SqsJobSource};
+pub use sqs::{DeadLetterAdmin, ReceivedMessage, SqsConsumer, SqsDeadLetters, SqsJobQueue, SqsJobSource};
 
 /// Loads the shared AWS configuration from the environment (region, credentials,
 /// `AWS_ENDPOINT_URL`), as on Lambda, EC2 and against LocalStack.

@@ -143,7 +143,7 @@ async fn apply_migrations(conn: &mut Conn) -> Result<(), PortError> {
         }
         conn.query_drop(*sql).await.map_err(db_error)?;
         "INSERT INTO schema_migrations (version, applied_at_ms) VALUES (:version, :at)"
-            .with(params! { "version" => version, "at" => now_ms() })
+            .with(params! { "version" => version, "at" => ocr_core::ports::now_ms() })
             .ignore(&mut *conn)
             .await
             .map_err(db_error)?;
@@ -157,10 +157,6 @@ async fn apply_migrations(conn: &mut Conn) -> Result<(), PortError> {
 /// never from input.
 pub(crate) fn may_become(to: JobStatus) -> String {
     JobStatus::sources(to).map(|s| format!("'{}'", s.as_str())).collect::<Vec<_>>().join(", ")
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as i64
 }
 
 fn corrupt(what: &str) -> PortError {

@@ -3,6 +3,34 @@
 //! host resolves to (`gpu_worker::ssrf`); the API applies it to literal addresses at creation.
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::str::FromStr;
+
+/// `host:port` entries (`WEBHOOK_ALLOW_HOSTS`, comma-separated, case-insensitive) that callbacks
+/// may name although they are plain http or internal: a receiver on loopback in tests and
+/// local runs. The API checks callbacks at creation with it, the worker before each delivery.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AllowHosts(Vec<String>);
+
+impl AllowHosts {
+    /// Whether `host:port` is listed (`host` as written in a URL, IPv6 in brackets).
+    pub fn contains(&self, host: &str, port: u16) -> bool {
+        let wanted = format!("{}:{port}", host.to_ascii_lowercase());
+        self.0.contains(&wanted)
+    }
+}
+
+impl FromStr for AllowHosts {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(AllowHosts(s.split(',').map(str::trim).filter(|e| !e.is_empty()).map(str::to_ascii_lowercase).collect()))
+    }
+}
+
+impl<S: AsRef<str>> FromIterator<S> for AllowHosts {
+    fn from_iter<I: IntoIterator<Item = S>>(entries: I) -> Self {
+        AllowHosts(entries.into_iter().map(|e| e.as_ref().trim().to_ascii_lowercase()).collect())
+    }
+}
 
 /// Whether an address is one a webhook must never reach.
 pub fn is_forbidden(ip: IpAddr) -> bool {

@@ -319,11 +319,9 @@ pub fn validate_callback_url(url: Option<String>) -> Result<Option<String>, Requ
 /// Where a name resolves is only known when the webhook is sent: the worker checks every
 /// resolved address then and connects to the one it checked (`gpu_worker::ssrf`), which is the
 /// real defence; this refuses early what is internal on its face.
-pub fn check_callback_target(url: &str, allow: &[String]) -> Result<(), RequestError> {
+pub fn check_callback_target(url: &str, allow: &crate::net::AllowHosts) -> Result<(), RequestError> {
     let parsed = url::Url::parse(url).map_err(|e| RequestError::Invalid(format!("callback_url: {e}")))?;
-    let host = parsed.host_str().unwrap_or_default().to_ascii_lowercase();
-    let port = parsed.port_or_known_default().unwrap_or(0);
-    if allow.iter().any(|a| a.eq_ignore_ascii_case(&format!("{host}:{port}"))) {
+    if allow.contains(parsed.host_str().unwrap_or_default(), parsed.port_or_known_default().unwrap_or(0)) {
         return Ok(());
     }
     if parsed.scheme() != "https" {
@@ -472,7 +470,7 @@ mod tests {
     #[test]
     fn callback_targets_must_be_public_https() {
         for ok in ["https://hooks.example.com/ocr?x=1", "https://93.184.216.34:8443/h", "https://[2606:4700::1111]/h"] {
-            assert_eq!(check_callback_target(ok, &[]), Ok(()), "{ok}");
+            assert_eq!(check_callback_target(ok, &Default::default()), Ok(()), "{ok}");
         }
         for bad in [
             "http://hooks.example.com/",
@@ -500,10 +498,10 @@ mod tests {
             "https://[::ffff:a9fe:a9fe]/",
             "https://[64:ff9b::a9fe:a9fe]/",
         ] {
-            assert!(matches!(check_callback_target(bad, &[]), Err(RequestError::Invalid(_))), "{bad}");
+            assert!(matches!(check_callback_target(bad, &Default::default()), Err(RequestError::Invalid(_))), "{bad}");
         }
         // An allowed host:port (a test's receiver on loopback) is exempt; its other ports are not.
-        let allow = ["127.0.0.1:18080".to_owned()];
+        let allow: crate::net::AllowHosts = "127.0.0.1:18080".parse().unwrap();
         assert_eq!(check_callback_target("http://127.0.0.1:18080/hook", &allow), Ok(()));
         assert!(check_callback_target("http://127.0.0.1:18081/hook", &allow).is_err());
         assert!(check_callback_target("https://127.0.0.1/hook", &allow).is_err());

@@ -242,20 +242,7 @@ mod tests {
     use std::path::PathBuf;
 
     pub(crate) fn spec() -> DetSpec {
-        DetSpec {
-            model: PathBuf::new(),
-            limit_side_len: 960,
-            limit_type: LimitType::Max,
-            max_side_len: 4000,
-            mean: [0.485, 0.456, 0.406],
-            std: [0.229, 0.224, 0.225],
-            thresh: 0.3,
-            box_thresh: 0.5,
-            unclip_ratio: 1.5,
-            use_dilation: false,
-            min_size: 3.0,
-            max_candidates: 1000,
-        }
+        DetSpec::ppocr(PathBuf::new())
     }
 
     #[test]

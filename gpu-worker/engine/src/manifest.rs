@@ -53,6 +53,27 @@ pub struct DetSpec {
     pub max_candidates: usize,
 }
 
+impl DetSpec {
+    /// PP-OCR's published detector settings (DB, 960 px max side, ImageNet normalisation) for
+    /// the model file `model`: what the registry model sets' manifests say, and what tests use.
+    pub fn ppocr(model: PathBuf) -> Self {
+        DetSpec {
+            model,
+            limit_side_len: 960,
+            limit_type: LimitType::Max,
+            max_side_len: 4000,
+            mean: [0.485, 0.456, 0.406],
+            std: [0.229, 0.224, 0.225],
+            thresh: 0.3,
+            box_thresh: 0.5,
+            unclip_ratio: 1.5,
+            use_dilation: false,
+            min_size: 3.0,
+            max_candidates: 1000,
+        }
+    }
+}
+
 /// Recognition (CTC) settings.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use image::{ImageFormat, Rgb, RgbImage};
 use ndarray::{Array2, Array3, Array4, ArrayD, ArrayView4};
 use ocr_engine::manifest::{ClsSpec, DetSpec, RecSpec};
-use ocr_engine::{Engine, EngineError, EngineOptions, LimitType, Model, Models};
+use ocr_engine::{Engine, EngineError, EngineOptions, Model, Models};
 
 /// Detector: text wherever the (normalised) input is dark, i.e. probability 1 where blue < 0.2.
 struct FakeDet;
@@ -64,20 +64,7 @@ impl Model for FakeCls {
 }
 
 fn det_spec() -> DetSpec {
-    DetSpec {
-        model: PathBuf::new(),
-        limit_side_len: 960,
-        limit_type: LimitType::Max,
-        max_side_len: 4000,
-        mean: [0.485, 0.456, 0.406],
-        std: [0.229, 0.224, 0.225],
-        thresh: 0.3,
-        box_thresh: 0.5,
-        unclip_ratio: 1.5,
-        use_dilation: false,
-        min_size: 3.0,
-        max_candidates: 1000,
-    }
+    DetSpec::ppocr(PathBuf::new())
 }
 
 fn rec_spec() -> RecSpec {

@@ -1,29 +1,21 @@
 //! The worker's settings, from the environment (or flags). Names match template.yaml,
 //! infra/worker/ and the README; engine settings share the `ocr` tool's names.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use ocr_core::net::AllowHosts;
+use secrecy::SecretString;
+
 /// Everything the worker reads at start.
-#[derive(clap::Parser, Clone)]
-#[command(version, about = "ocr-fleet GPU worker: SQS batches in, OCR, results in MySQL, webhooks out")]
+#[derive(clap::Args, Debug, Clone)]
 pub struct WorkerConfig {
-    /// URL of the express job queue.
-    #[arg(long, env = "EXPRESS_QUEUE_URL")]
-    pub express_queue_url: String,
-    /// URL of the bulk job queue.
-    #[arg(long, env = "BULK_QUEUE_URL")]
-    pub bulk_queue_url: String,
-    /// Bucket the images are in; messages naming another bucket are refused.
-    #[arg(long, env = "UPLOAD_BUCKET")]
-    pub upload_bucket: String,
-    /// `mysql://user:password@host:port/database`.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: String,
-    /// Most database connections this worker opens.
-    #[arg(long, env = "DB_POOL_MAX", default_value_t = 4)]
-    pub db_pool_max: usize,
+    /// Queues and bucket: the same settings as the API's.
+    #[command(flatten)]
+    pub resources: ocr_aws::config::ResourceArgs,
+    /// The database: the same settings as the API's.
+    #[command(flatten)]
+    pub db: ocr_aws::config::DbArgs,
     /// Apply database migrations at start (the AWS bootstrap sets it: workers migrate under a
     /// MySQL named lock before serving `/healthz`).
     #[arg(long, env = "DB_MIGRATE", default_value_t = false, action = clap::ArgAction::Set)]
@@ -77,7 +69,7 @@ pub struct WorkerConfig {
 
     /// Secret for the webhooks' HMAC-SHA256 signature.
     #[arg(long, env = "WEBHOOK_SECRET", hide_env_values = true, default_value = "")]
-    pub webhook_secret: String,
+    pub webhook_secret: SecretString,
     /// Attempts per webhook before giving up.
     #[arg(long, env = "WEBHOOK_MAX_ATTEMPTS", default_value_t = 5)]
     pub webhook_max_attempts: u32,
@@ -100,7 +92,7 @@ pub struct WorkerConfig {
     pub dlq_sweep_secs: u64,
     /// `host:port` entries allowed even on loopback/private addresses. For tests only.
     #[arg(long, env = "WEBHOOK_ALLOW_HOSTS", default_value = "")]
-    pub webhook_allow_hosts: String,
+    pub webhook_allow_hosts: AllowHosts,
     /// Base of the `result_url` in webhooks (the API's URL).
     #[arg(long, env = "RESULT_URL_BASE", default_value = "http://127.0.0.1:8080")]
     pub result_url_base: String,
@@ -125,24 +117,26 @@ impl WorkerConfig {
     pub fn visibility_timeout(&self) -> Duration {
         Duration::from_secs(self.visibility_timeout_secs.max(2))
     }
-}
 
-impl fmt::Debug for WorkerConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Secrets (database password, webhook key) stay out of logs.
-        f.debug_struct("WorkerConfig")
-            .field("express_queue_url", &self.express_queue_url)
-            .field("bulk_queue_url", &self.bulk_queue_url)
-            .field("upload_bucket", &self.upload_bucket)
-            .field("database_url", &"<redacted>")
-            .field("batch_max", &self.batch_max)
-            .field("batch_wait_ms", &self.batch_wait_ms)
-            .field("bulk_share", &self.bulk_share)
-            .field("visibility_timeout_secs", &self.visibility_timeout_secs)
-            .field("max_attempts", &self.max_attempts)
-            .field("metrics_addr", &self.metrics_addr)
-            .field("webhook_secret", &"<redacted>")
-            .field("engine", &self.engine)
-            .finish_non_exhaustive()
+    /// The pipeline's limits and timings.
+    pub fn pipeline_settings(&self) -> crate::pipeline::Settings {
+        crate::pipeline::Settings {
+            batch_max: self.batch_max,
+            batch_wait: Duration::from_millis(self.batch_wait_ms),
+            bulk_share: self.bulk_share,
+            receive_wait: Duration::from_secs(self.receive_wait_secs),
+            visibility: self.visibility_timeout(),
+            max_attempts: self.max_attempts,
+            prefetch_concurrency: self.prefetch_concurrency,
+            decode_concurrency: self.decode_concurrency,
+            max_pixels: self.engine.max_pixels,
+            bucket: self.resources.upload_bucket.clone(),
+            shutdown_grace: self.shutdown_grace(),
+            retry_backoff: Duration::from_millis(self.retry_backoff_ms),
+        }
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
     }
 }

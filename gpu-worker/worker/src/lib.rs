@@ -18,6 +18,7 @@
 pub mod cloudwatch;
 pub mod config;
 pub mod dead_letters;
+pub mod dlq;
 pub mod heartbeat;
 pub mod lifecycle;
 pub mod metrics;
@@ -28,10 +29,7 @@ pub mod webhook;
 
 pub use config::WorkerConfig;
 
-/// Milliseconds since the Unix epoch (0 if the clock is before it).
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as i64
-}
+pub use ocr_core::ports::now_ms;
 
 /// Sleeps for `d` unless `stop` turns true first; returns whether it did. The periodic tasks
 /// (heartbeat, sweeps, metrics, lifecycle) wait with it so that a drain ends them at once.

@@ -23,17 +23,13 @@ pub trait InstanceMetadata: Send + Sync {
     async fn get(&self, path: &str) -> Result<Option<String>, String>;
 }
 
-/// Instance Metadata Service v2 (session token). Only reachable on EC2.
-pub struct Imds {
-    client: reqwest::Client,
-    base: String,
-}
+/// Instance Metadata Service v2, through the AWS SDK's own client (session tokens, retries,
+/// `AWS_EC2_METADATA_SERVICE_ENDPOINT`). Only reachable on EC2.
+pub struct Imds(aws_config::imds::Client);
 
 impl Imds {
     pub fn new() -> Self {
-        let client =
-            reqwest::Client::builder().timeout(Duration::from_secs(2)).no_proxy().build().expect("http client");
-        Imds { client, base: "http://169.254.169.254/latest".into() }
+        Imds(aws_config::imds::Client::builder().build())
     }
 }
 
@@ -46,30 +42,12 @@ impl Default for Imds {
 #[async_trait]
 impl InstanceMetadata for Imds {
     async fn get(&self, path: &str) -> Result<Option<String>, String> {
-        let token = self
-            .client
-            .put(format!("{}/api/token", self.base))
-            .header("x-aws-ec2-metadata-token-ttl-seconds", "60")
-            .send()
-            .await
-            .map_err(|e| e.to_string())?
-            .text()
-            .await
-            .map_err(|e| e.to_string())?;
-        let response = self
-            .client
-            .get(format!("{}/{path}", self.base))
-            .header("x-aws-ec2-metadata-token", token)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        if response.status() == reqwest::StatusCode::NOT_FOUND {
-            return Ok(None);
+        use aws_config::imds::client::error::ImdsError;
+        match self.0.get(format!("/latest/{path}")).await {
+            Ok(value) => Ok(Some(value.as_ref().to_owned())),
+            Err(ImdsError::ErrorResponse(e)) if e.response().status().as_u16() == 404 => Ok(None),
+            Err(e) => Err(e.to_string()),
         }
-        if !response.status().is_success() {
-            return Err(format!("IMDS answered {}", response.status()));
-        }
-        response.text().await.map(Some).map_err(|e| e.to_string())
     }
 }
 

@@ -1,10 +1,10 @@
 //! Where a webhook may go: never to loopback, private, link-local (cloud metadata),
 //! multicast or otherwise special addresses, judged after DNS resolution.
 
-use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 
 use async_trait::async_trait;
+use ocr_core::net::AllowHosts;
 /// Whether an address is one a webhook must never reach (shared with the API's check of
 /// literal addresses at job creation).
 pub use ocr_core::net::is_forbidden;
@@ -39,15 +39,12 @@ pub enum Refusal {
 /// The policy: forbidden ranges, except for `host:port` entries allowed explicitly (tests).
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
-    allow: HashSet<String>,
+    allow: AllowHosts,
 }
 
 impl Policy {
-    /// `allow` is a comma-separated list of `host:port` (e.g. `127.0.0.1:18080`).
-    pub fn new(allow: &str) -> Self {
-        Policy {
-            allow: allow.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_ascii_lowercase).collect(),
-        }
+    pub fn new(allow: AllowHosts) -> Self {
+        Policy { allow }
     }
 
     /// The address to connect to for `url`, pinned so the connection goes where the check
@@ -59,7 +56,7 @@ impl Policy {
         let host = url.host_str().filter(|h| !h.is_empty()).ok_or(Refusal::BadUrl)?;
         let port = url.port_or_known_default().ok_or(Refusal::BadUrl)?;
         let bare = host.trim_start_matches('[').trim_end_matches(']');
-        let allowed = self.allow.contains(&format!("{}:{port}", host.to_ascii_lowercase()));
+        let allowed = self.allow.contains(host, port);
         let addrs = match bare.parse::<IpAddr>() {
             Ok(ip) => vec![SocketAddr::new(ip, port)],
             Err(_) => resolver.resolve(bare, port).await.map_err(|_| Refusal::NoAddress(host.to_owned()))?,

@@ -12,8 +12,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
+use ocr_core::retry::{self, Retryable};
 use ocr_core::worker::{ResultStore, WebhookRecord};
 use ocr_core::{JobId, JobStatus};
+use secrecy::{ExposeSecret, SecretString};
 use sha2::Sha256;
 use tokio::sync::{Semaphore, mpsc, watch};
 
@@ -93,6 +95,15 @@ pub fn signature(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
     format!("t={timestamp},v1={}", hex::encode(mac.finalize().into_bytes()))
 }
 
+/// Why one POST did not deliver.
+struct Failed {
+    status: Option<u16>,
+    error: String,
+    /// Whether another try may succeed: no answer, a server error, 408 or 429; a receiver's
+    /// other 4xx refuses it for good.
+    retryable: bool,
+}
+
 /// Delivers notifications.
 pub struct Webhooks {
     pub policy: Policy,
@@ -100,7 +111,8 @@ pub struct Webhooks {
     pub connector: Arc<dyn Connector>,
     pub store: Arc<dyn ResultStore>,
     pub metrics: Metrics,
-    pub secret: Vec<u8>,
+    /// `WEBHOOK_SECRET`: the HMAC key.
+    pub secret: SecretString,
     pub max_attempts: u32,
     /// First retry delay; doubles each time.
     pub backoff: Duration,
@@ -132,25 +144,11 @@ impl Webhooks {
             error: None,
             at_ms: now_ms(),
         };
-        if self.secret.is_empty() {
-            record.outcome = "refused".into();
-            record.error = Some("WEBHOOK_SECRET is not set, so webhooks cannot be signed".into());
-            return record;
-        }
-        let url = match url::Url::parse(&n.callback_url) {
-            Ok(u) => u,
-            Err(e) => {
+        let (url, addr) = match self.target(n).await {
+            Ok(target) => target,
+            Err(reason) => {
                 record.outcome = "refused".into();
-                record.error = Some(format!("invalid URL: {e}"));
-                return record;
-            }
-        };
-        let addr = match self.policy.vet(&url, self.resolver.as_ref()).await {
-            Ok(addr) => addr,
-            Err(refusal) => {
-                tracing::warn!(job_id = %n.job_id, reason = %refusal, "webhook target refused");
-                record.outcome = "refused".into();
-                record.error = Some(refusal.to_string());
+                record.error = Some(reason);
                 return record;
             }
         };
@@ -160,35 +158,22 @@ impl Webhooks {
             "result_url": format!("{}/v1/jobs/{}", self.result_url_base.trim_end_matches('/'), n.job_id),
         })
         .to_string();
-        let mut delay = self.backoff;
-        for attempt in 1..=self.max_attempts.max(1) {
-            record.attempts = attempt;
-            let timestamp = now_ms() / 1000;
-            let headers = [
-                ("content-type", "application/json".to_owned()),
-                ("ocr-signature", signature(&self.secret, timestamp, body.as_bytes())),
-                ("user-agent", "ocr-fleet-webhook/1".to_owned()),
-            ];
-            match self.connector.post(&url, addr, &headers, Bytes::from(body.clone())).await {
-                Ok(status) if (200..300).contains(&status) => {
-                    record.outcome = "delivered".into();
-                    record.status_code = Some(status);
-                    record.error = None;
-                    break;
-                }
-                Ok(status) => {
-                    record.status_code = Some(status);
-                    record.error = Some(format!("HTTP {status}"));
-                    // The receiver refuses it for good (except "try later" answers).
-                    if (400..500).contains(&status) && status != 408 && status != 429 {
-                        break;
-                    }
-                }
-                Err(e) => record.error = Some(e),
+        let attempts = std::sync::atomic::AtomicU32::new(0);
+        let attempt = || async {
+            attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.post_once(&url, addr, &body).await
+        };
+        let schedule = retry::times(self.max_attempts.max(1), self.backoff, Duration::from_secs(300));
+        let outcome = attempt.retry(schedule).when(|f: &Failed| f.retryable).await;
+        record.attempts = attempts.into_inner();
+        match outcome {
+            Ok(status) => {
+                record.outcome = "delivered".into();
+                record.status_code = Some(status);
             }
-            if attempt < self.max_attempts {
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(300));
+            Err(f) => {
+                record.status_code = f.status;
+                record.error = Some(f.error);
             }
         }
         record.at_ms = now_ms();
@@ -196,6 +181,41 @@ impl Webhooks {
             tracing::warn!(job_id = %n.job_id, attempts = record.attempts, error = ?record.error, "webhook not delivered");
         }
         record
+    }
+}
+
+impl Webhooks {
+    /// Where to send `n`, vetted; or why it may not be sent at all.
+    async fn target(&self, n: &Notification) -> Result<(url::Url, SocketAddr), String> {
+        if self.secret.expose_secret().is_empty() {
+            return Err("WEBHOOK_SECRET is not set, so webhooks cannot be signed".into());
+        }
+        let url = url::Url::parse(&n.callback_url).map_err(|e| format!("invalid URL: {e}"))?;
+        match self.policy.vet(&url, self.resolver.as_ref()).await {
+            Ok(addr) => Ok((url, addr)),
+            Err(refusal) => {
+                tracing::warn!(job_id = %n.job_id, reason = %refusal, "webhook target refused");
+                Err(refusal.to_string())
+            }
+        }
+    }
+
+    /// One signed POST (a fresh timestamp each time).
+    async fn post_once(&self, url: &url::Url, addr: SocketAddr, body: &str) -> Result<u16, Failed> {
+        let headers = [
+            ("content-type", "application/json".to_owned()),
+            ("ocr-signature", signature(self.secret.expose_secret().as_bytes(), now_ms() / 1000, body.as_bytes())),
+            ("user-agent", "ocr-fleet-webhook/1".to_owned()),
+        ];
+        match self.connector.post(url, addr, &headers, Bytes::from(body.to_owned())).await {
+            Ok(status) if (200..300).contains(&status) => Ok(status),
+            Ok(status) => Err(Failed {
+                status: Some(status),
+                error: format!("HTTP {status}"),
+                retryable: !(400..500).contains(&status) || status == 408 || status == 429,
+            }),
+            Err(error) => Err(Failed { status: None, error, retryable: true }),
+        }
     }
 }
 
@@ -324,12 +344,12 @@ mod tests {
         table.insert("mapped.example".to_owned(), vec!["[::ffff:127.0.0.1]:443".parse().unwrap()]);
         table.insert("cgnat.example".to_owned(), vec!["100.64.1.1:443".parse().unwrap()]);
         Webhooks {
-            policy: Policy::new(allow),
+            policy: Policy::new(allow.parse().unwrap()),
             resolver: Arc::new(TableResolver(table)),
             connector,
             store,
             metrics: Metrics::new(),
-            secret: b"s3cret".to_vec(),
+            secret: SecretString::from("s3cret"),
             max_attempts: 3,
             backoff: Duration::from_millis(1),
             result_url_base: "https://api.example".into(),

@@ -101,17 +101,21 @@ impl World {
     }
 
     /// Runs the pipeline until both queues are empty (or `limit` passes), then stops it.
-    async fn run_until_empty(&self, limit: Duration) {
+    /// The ports on this world's fakes; notifications go nowhere.
+    fn deps(&self) -> PipelineDeps {
         let (notify, _rx) = mpsc::channel(100);
-        let deps = PipelineDeps {
+        PipelineDeps {
             source: self.source.clone(),
             store: self.store.clone(),
             objects: self.objects.clone(),
             metrics: Metrics::new(),
             notify,
-        };
+        }
+    }
+
+    async fn run_until_empty(&self, limit: Duration) {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let pipeline = Pipeline::new(deps, self.settings.clone());
+        let pipeline = Pipeline::new(self.deps(), self.settings.clone());
         let running = tokio::spawn(pipeline.run(self.recognizer.clone(), stop_rx));
         let deadline = tokio::time::Instant::now() + limit;
         while self.source.len(Priority::Express) + self.source.len(Priority::Bulk) > 0
@@ -124,14 +128,6 @@ impl World {
     }
 
     fn pipeline(&self) -> Pipeline {
-        let (notify, _rx) = mpsc::channel(100);
-        let deps = PipelineDeps {
-            source: self.source.clone(),
-            store: self.store.clone(),
-            objects: self.objects.clone(),
-            metrics: Metrics::new(),
-            notify,
-        };
         // No waiting anywhere: a failed attempt is visible again at once, receives do not
         // long-poll, so each call of process_once is one deterministic step.
         let settings = Settings {
@@ -140,7 +136,7 @@ impl World {
             batch_wait: Duration::ZERO,
             ..self.settings.clone()
         };
-        Pipeline::new(deps, settings)
+        Pipeline::new(self.deps(), settings)
     }
 
     /// Batches (each one through every stage) until both queues are empty; returns each batch's size.

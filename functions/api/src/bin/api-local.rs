@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use anyhow::Context;
 use clap::Parser;
-use ocr_api::config::{ApiArgs, DbArgs, ResourceArgs};
+use ocr_api::config::ProducerArgs;
 use ocr_api::startup::Services;
 use ocr_aws::SqsConsumer;
 use tokio::sync::watch;
@@ -14,11 +14,7 @@ use tokio::sync::watch;
 #[command(version, about = "ocr-fleet API and upload-event poller, served locally")]
 struct Config {
     #[command(flatten)]
-    resources: ResourceArgs,
-    #[command(flatten)]
-    db: DbArgs,
-    #[command(flatten)]
-    api: ApiArgs,
+    producer: ProducerArgs,
     /// Address to listen on.
     #[arg(long, env = "BIND_ADDR", default_value = "127.0.0.1:8080")]
     bind_addr: SocketAddr,
@@ -34,15 +30,16 @@ struct Config {
 async fn main() -> anyhow::Result<()> {
     ocr_api::telemetry::init();
     let config = Config::parse();
-    let services = Services::new(&config.resources, &config.db).await?;
+    let ProducerArgs { resources, db, api } = &config.producer;
+    let services = Services::new(resources, db).await?;
     if config.db_migrate {
         services.store.migrate().await.context("database migrations")?;
     }
-    let app = ocr_api::routes::router(services.app_state(&config.api)?);
+    let app = ocr_api::routes::router(services.app_state(api)?);
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let poller = config.upload_events_queue_url.clone().map(|url| {
-        let handler = services.upload_handler(config.api.max_upload_bytes);
+        let handler = services.upload_handler(api.max_upload_bytes);
         let consumer = SqsConsumer::new(&services.aws, url);
         tokio::spawn(ocr_api::poller::run(handler, consumer, stop_rx.clone()))
     });
@@ -57,20 +54,11 @@ async fn main() -> anyhow::Result<()> {
     });
     let server = tokio::spawn(async move { server.await });
 
-    shutdown_signal().await;
-    tracing::info!("shutting down");
+    ocr_aws::process::shutdown_signal().await;
     let _ = stop_tx.send(true);
     server.await??;
     if let Some(p) = poller {
         p.await?;
     }
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

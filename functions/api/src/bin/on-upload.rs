@@ -19,8 +19,9 @@ struct Config {
     max_upload_bytes: u64,
 }
 
-/// Reports only the messages whose handling failed retryably, so SQS redelivers
-/// just those (ReportBatchItemFailures).
+/// Reports every message whose handling failed (ReportBatchItemFailures), so SQS redelivers
+/// just those: one that failed retryably gets another try; one that failed for good comes
+/// back until maxReceiveCount moves it to the dead-letter queue, where an operator sees it.
 async fn handle(
     handler: &UploadHandler,
     event: LambdaEvent<SqsEvent>,

@@ -66,54 +66,9 @@ fn run() -> anyhow::Result<()> {
     let mut times = StageTimes::default();
     let total = args.files.len();
     let t_all = Instant::now();
-    let show_progress = total > 5;
     for (chunk_no, chunk) in args.files.chunks(args.batch.max(1)).enumerate() {
-        let t = Instant::now();
-        let cpu0 = process_cpu_seconds();
-        let mut read: Vec<Result<Vec<u8>, String>> = Vec::with_capacity(chunk.len());
-        for f in chunk {
-            read.push(std::fs::read(f).map_err(|e| format!("cannot read {}: {e}", f.display())));
-        }
-        let bytes: Vec<&[u8]> = read.iter().filter_map(|r| r.as_deref().ok()).collect();
-        let (pages, t_call) = engine.recognize_bytes_timed(&bytes);
-        times.add(&t_call);
-        // Wall time of the call, shared equally by its images (their work overlaps).
-        let per_image = t.elapsed().as_secs_f64() / chunk.len() as f64;
-        let cpu_per_image = (process_cpu_seconds() - cpu0) / chunk.len() as f64;
-        let mut pages = pages.into_iter();
-        for (f, r) in chunk.iter().zip(read) {
-            let res: Result<Page, String> = match r {
-                Err(e) => Err(e),
-                Ok(_) => pages.next().expect("one page per input").map_err(|e| e.to_string()),
-            };
-            let file = f.display().to_string();
-            match (&res, args.format) {
-                (Ok(page), Format::Text) => {
-                    writeln!(out, "{}", page.text())?;
-                }
-                (Ok(page), Format::Json) => {
-                    let v = serde_json::json!({
-                        "file": file,
-                        "text": page.text(),
-                        "lines": page.lines,
-                        "rotation": page.rotation,
-                        "seconds": per_image,
-                        "cpu_seconds": cpu_per_image,
-                    });
-                    writeln!(out, "{v}")?;
-                }
-                (Err(e), Format::Json) => {
-                    writeln!(out, "{}", serde_json::json!({"file": file, "error": e}))?;
-                }
-                (Err(_), Format::Text) => {}
-            }
-            if let Err(e) = res {
-                failures += 1;
-                eprintln!("ocr: {file}: {e}");
-            }
-        }
-        out.flush()?;
-        if show_progress {
+        failures += read_chunk(&engine, chunk, args.format, &mut times, &mut out)?;
+        if total > 5 {
             let done = ((chunk_no + 1) * args.batch.max(1)).min(total);
             eprintln!("ocr: {done}/{total} files, {:.1}s", t_all.elapsed().as_secs_f64());
         }
@@ -135,6 +90,57 @@ fn run() -> anyhow::Result<()> {
         anyhow::bail!("{failures} of {total} inputs could not be recognised");
     }
     Ok(())
+}
+
+/// Reads one engine call's worth of files and writes their results; returns how many failed.
+fn read_chunk(
+    engine: &Engine,
+    chunk: &[PathBuf],
+    format: Format,
+    times: &mut StageTimes,
+    out: &mut impl Write,
+) -> anyhow::Result<usize> {
+    let t = Instant::now();
+    let cpu0 = process_cpu_seconds();
+    let read: Vec<Result<Vec<u8>, String>> =
+        chunk.iter().map(|f| std::fs::read(f).map_err(|e| format!("cannot read {}: {e}", f.display()))).collect();
+    let bytes: Vec<&[u8]> = read.iter().filter_map(|r| r.as_deref().ok()).collect();
+    let (pages, t_call) = engine.recognize_bytes_timed(&bytes);
+    times.add(&t_call);
+    // Wall time of the call, shared equally by its images (their work overlaps).
+    let per_image = t.elapsed().as_secs_f64() / chunk.len() as f64;
+    let cpu_per_image = (process_cpu_seconds() - cpu0) / chunk.len() as f64;
+    let mut pages = pages.into_iter();
+    let mut failures = 0;
+    for (f, r) in chunk.iter().zip(read) {
+        let res: Result<Page, String> = match r {
+            Err(e) => Err(e),
+            Ok(_) => pages.next().expect("one page per input").map_err(|e| e.to_string()),
+        };
+        let file = f.display().to_string();
+        match (&res, format) {
+            (Ok(page), Format::Text) => writeln!(out, "{}", page.text())?,
+            (Ok(page), Format::Json) => {
+                let v = serde_json::json!({
+                    "file": file,
+                    "text": page.text(),
+                    "lines": page.lines,
+                    "rotation": page.rotation,
+                    "seconds": per_image,
+                    "cpu_seconds": cpu_per_image,
+                });
+                writeln!(out, "{v}")?;
+            }
+            (Err(e), Format::Json) => writeln!(out, "{}", serde_json::json!({"file": file, "error": e}))?,
+            (Err(_), Format::Text) => {}
+        }
+        if let Err(e) = res {
+            failures += 1;
+            eprintln!("ocr: {file}: {e}");
+        }
+    }
+    out.flush()?;
+    Ok(failures)
 }
 
 /// User + system CPU time of this process, all threads (Linux `/proc/self/stat`, 10 ms ticks);

@@ -197,6 +197,14 @@ impl Bits {
 /// hand writes one. Every 8×8 block is flat: `block(bx, by)` gives its C, M, Y, K bytes
 /// (Adobe's inverted convention: 255 = no ink).
 pub fn cmyk_jpeg(w: u16, h: u16, block: impl Fn(u32, u32) -> [u8; 4]) -> Vec<u8> {
+    let mut out = cmyk_jpeg_headers(w, h);
+    out.extend_from_slice(&cmyk_jpeg_scan(w, h, block));
+    out.extend_from_slice(&[0xFF, 0xD9]);
+    out
+}
+
+/// SOI, APP14, DQT, SOF0, the two Huffman tables and SOS of [`cmyk_jpeg`].
+fn cmyk_jpeg_headers(w: u16, h: u16) -> Vec<u8> {
     let mut out = vec![0xFF, 0xD8];
     let mut segment = |marker: u8, data: &[u8]| {
         out.extend_from_slice(&[0xFF, marker]);
@@ -231,7 +239,12 @@ pub fn cmyk_jpeg(w: u16, h: u16, block: impl Fn(u32, u32) -> [u8; 4]) -> Vec<u8>
     }
     sos.extend_from_slice(&[0, 63, 0]);
     segment(0xDA, &sos);
-    // Canonical codes of the DC table above.
+    out
+}
+
+/// The entropy-coded scan of [`cmyk_jpeg`]: each flat block is its DC difference and an EOB.
+fn cmyk_jpeg_scan(w: u16, h: u16, block: impl Fn(u32, u32) -> [u8; 4]) -> Vec<u8> {
+    // Canonical codes of the DC table in the headers.
     let dc_code = |cat: u32| -> (u32, u32) {
         match cat {
             0 => (0b00, 2),
@@ -259,9 +272,7 @@ pub fn cmyk_jpeg(w: u16, h: u16, block: impl Fn(u32, u32) -> [u8; 4]) -> Vec<u8>
             }
         }
     }
-    out.extend_from_slice(&bits.finish());
-    out.extend_from_slice(&[0xFF, 0xD9]);
-    out
+    bits.finish()
 }
 
 /// RIFF chunk: tag, little-endian size, data, pad byte to even length.

@@ -1,170 +1,232 @@
-//! The GPU worker process: thin `main` — settings, adapters, engine, then the pipeline.
+//! The GPU worker process: settings, adapters and the engine, then a small supervisor: the
+//! pipeline in front, the periodic tasks in a `JoinSet` beside it, one stop signal for all.
+//! `gpu-worker dlq …` is the operators' dead-letter tool, run where the worker runs.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
 use gpu_worker::lifecycle::{self, Imds};
 use gpu_worker::metrics::Metrics;
-use gpu_worker::pipeline::{Pipeline, PipelineDeps, Settings};
+use gpu_worker::pipeline::{Pipeline, PipelineDeps};
 use gpu_worker::ssrf::{Policy, SystemResolver};
-use gpu_worker::webhook::{self, HttpConnector, Webhooks};
+use gpu_worker::webhook::{self, HttpConnector, Notification, Webhooks};
 use gpu_worker::{EngineRecognizer, WorkerConfig};
 use ocr_aws::{MySqlJobStore, S3ObjectStore, SqsDeadLetters, SqsJobSource};
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
 
-fn init_logs() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        // ONNX Runtime logs every session option at info: keep it to warnings.
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,ort=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false);
-    // JSON unless asked otherwise: CloudWatch Logs (via the agent) reads it.
-    if std::env::var("LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("text")) {
-        builder.init();
-    } else {
-        builder.json().flatten_event(true).with_current_span(true).with_span_list(false).init();
-    }
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "ocr-fleet GPU worker: SQS batches in, OCR, results in MySQL, webhooks out",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    worker: Option<WorkerConfig>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// List or redrive the dead-letter queues (operators; see `gpu-worker dlq --help`).
+    Dlq(gpu_worker::dlq::DlqArgs),
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    init_logs();
-    let config = WorkerConfig::parse();
-    tracing::info!(?config, "starting");
+    // JSON unless asked otherwise: CloudWatch Logs (via the agent) reads it. ONNX Runtime logs
+    // every session option at info: keep it to warnings.
+    ocr_aws::process::init_logs("info,ort=warn", true);
+    let cli = Cli::parse();
+    match (cli.command, cli.worker) {
+        (Some(Command::Dlq(args)), _) => gpu_worker::dlq::run(args).await,
+        (None, Some(config)) => serve(config).await,
+        (None, None) => unreachable!("clap requires the worker's settings when no subcommand is given"),
+    }
+}
 
-    // Models load once, before any message is taken; a GPU provider that cannot
-    // register is an error here, never a silent fall back to CPU.
+/// Where the process's parts meet.
+struct Worker {
+    config: WorkerConfig,
+    aws: ocr_aws::SdkConfig,
+    store: Arc<MySqlJobStore>,
+    metrics: Metrics,
+    stop: watch::Sender<bool>,
+    /// Tasks that run until `stop` (metrics server, sweeps, signals, CloudWatch).
+    tasks: JoinSet<&'static str>,
+}
+
+async fn serve(config: WorkerConfig) -> anyhow::Result<()> {
+    tracing::info!(?config, "starting");
+    // Models load once, before any message is taken; a GPU provider that cannot register is
+    // an error here, never a silent fall back to CPU.
     let engine_args = config.engine.clone();
-    let loading = std::time::Instant::now();
+    let loading = Instant::now();
     let recognizer = tokio::task::spawn_blocking(move || EngineRecognizer::load(&engine_args))
         .await?
         .context("loading the OCR engine")?;
     tracing::info!(seconds = loading.elapsed().as_secs_f64(), model_set = %config.engine.model_set, "engine ready");
 
-    let aws = ocr_aws::aws_config_from_env().await;
-    let store = Arc::new(MySqlJobStore::new(&config.database_url, config.db_pool_max)?);
+    let store = Arc::new(config.db.store()?);
     if config.db_migrate {
         store.migrate().await.context("database migrations")?;
     }
-    let metrics = Metrics::new();
-    let (stop_tx, stop_rx) = watch::channel(false);
-
-    let listener = tokio::net::TcpListener::bind(config.metrics_addr)
-        .await
-        .with_context(|| format!("binding the metrics port {}", config.metrics_addr))?;
-    tracing::info!(addr = %listener.local_addr()?, "metrics listening");
-    let metrics_server = tokio::spawn(gpu_worker::metrics::serve(listener, metrics.clone(), stop_rx.clone()));
-
-    let (notify_tx, notify_rx) = mpsc::channel(10_000);
-    let webhooks = Arc::new(Webhooks {
-        policy: Policy::new(&config.webhook_allow_hosts),
-        resolver: Arc::new(SystemResolver),
-        connector: Arc::new(HttpConnector { timeout: Duration::from_secs(10) }),
-        store: store.clone(),
-        metrics: metrics.clone(),
-        secret: config.webhook_secret.as_bytes().to_vec(),
-        max_attempts: config.webhook_max_attempts,
-        backoff: Duration::from_secs(1),
-        result_url_base: config.result_url_base.clone(),
+    let (stop, _) = watch::channel(false);
+    let aws = ocr_aws::aws_config_from_env().await;
+    let mut worker = Worker { config, aws, store, metrics: Metrics::new(), stop, tasks: JoinSet::new() };
+    worker.start_metrics_server().await?;
+    let (notify, webhooks) = worker.start_webhooks();
+    worker.start_periodic_tasks(&notify);
+    let departure = worker.config.ec2_lifecycle.then(|| {
+        let drain = worker.stop.clone();
+        tokio::spawn(async move { lifecycle::watch(&Imds::new(), Duration::from_secs(5), drain).await })
     });
-    let webhook_task = tokio::spawn(webhook::run(webhooks, notify_rx, 16));
-    if config.webhook_sweep_secs > 0 {
-        tokio::spawn(webhook::sweep(
-            store.clone(),
-            notify_tx.clone(),
-            Duration::from_secs(config.webhook_sweep_secs),
-            Duration::from_secs(config.webhook_lease_secs),
-            stop_rx.clone(),
-        ));
-    }
 
-    match (&config.express_dlq_url, &config.bulk_dlq_url) {
-        (Some(express), Some(bulk)) if config.dlq_sweep_secs > 0 => {
-            tokio::spawn(gpu_worker::dead_letters::run(
-                Arc::new(SqsDeadLetters::new(&aws, express, bulk)),
-                store.clone(),
-                metrics.clone(),
-                Duration::from_secs(config.dlq_sweep_secs),
-                stop_rx.clone(),
-            ));
-        }
-        _ if config.dlq_sweep_secs > 0 => tracing::warn!(
-            "dead-letter sweep off: EXPRESS_DLQ_URL and BULK_DLQ_URL are not both set, so a job whose worker dies on its last attempt stays processing"
-        ),
-        _ => {}
-    }
-
-    if config.cloudwatch_interval_secs > 0 {
-        tokio::spawn(gpu_worker::cloudwatch::run(
-            aws_sdk_cloudwatch::Client::new(&aws),
-            metrics.clone(),
-            config.cloudwatch_namespace.clone(),
-            config.fleet_name.clone(),
-            Duration::from_secs(config.cloudwatch_interval_secs),
-            stop_rx.clone(),
-        ));
-    }
-
-    let signal_stop = stop_tx.clone();
-    tokio::spawn(async move {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
-            _ = term.recv() => tracing::info!("SIGTERM: draining"),
-        }
-        let _ = signal_stop.send(true);
-    });
-    let departure = if config.ec2_lifecycle {
-        let drain = stop_tx.clone();
-        Some(tokio::spawn(async move { lifecycle::watch(&Imds::new(), Duration::from_secs(5), drain).await }))
-    } else {
-        None
-    };
-
-    let deps = PipelineDeps {
-        source: Arc::new(SqsJobSource::new(&aws, &config.express_queue_url, &config.bulk_queue_url)),
-        store: store.clone(),
-        objects: Arc::new(S3ObjectStore::new(&aws, &config.upload_bucket)),
-        metrics: metrics.clone(),
-        notify: notify_tx,
-    };
-    let settings = Settings {
-        batch_max: config.batch_max,
-        batch_wait: Duration::from_millis(config.batch_wait_ms),
-        bulk_share: config.bulk_share,
-        receive_wait: Duration::from_secs(config.receive_wait_secs),
-        visibility: config.visibility_timeout(),
-        max_attempts: config.max_attempts,
-        prefetch_concurrency: config.prefetch_concurrency,
-        decode_concurrency: config.decode_concurrency,
-        max_pixels: config.engine.max_pixels,
-        bucket: config.upload_bucket.clone(),
-        shutdown_grace: Duration::from_secs(config.shutdown_grace_secs),
-        retry_backoff: Duration::from_millis(config.retry_backoff_ms),
-    };
-    let started = std::time::Instant::now();
-    Pipeline::new(deps, settings).run(recognizer, stop_rx.clone()).await;
+    let started = Instant::now();
+    worker.run_pipeline(recognizer, notify).await;
     // The pipeline dropped its sender: the webhook task ends once queued calls are made,
     // bounded by what is left of the grace period.
-    let left = Duration::from_secs(config.shutdown_grace_secs)
-        .saturating_sub(started.elapsed().min(Duration::from_secs(config.shutdown_grace_secs)));
-    if tokio::time::timeout(left.max(Duration::from_secs(1)), webhook_task).await.is_err() {
+    let left = worker.config.shutdown_grace().saturating_sub(started.elapsed()).max(Duration::from_secs(1));
+    if tokio::time::timeout(left, webhooks).await.is_err() {
         tracing::warn!("webhooks still pending at exit");
     }
-    let _ = stop_tx.send(true);
-    let _ = metrics_server.await;
+    worker.stop_tasks().await;
+    if let Some(departure) = departure {
+        worker.complete_lifecycle(departure).await;
+    }
+    worker.store.as_ref().clone().disconnect().await;
+    tracing::info!("stopped");
+    Ok(())
+}
 
-    if let Some(task) = departure
-        && let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(1), task).await.unwrap_or(Ok(None))
-    {
-        let client = aws_sdk_autoscaling::Client::new(&aws);
+impl Worker {
+    async fn start_metrics_server(&mut self) -> anyhow::Result<()> {
+        let addr = self.config.metrics_addr;
+        let listener =
+            tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding the metrics port {addr}"))?;
+        tracing::info!(addr = %listener.local_addr()?, "metrics listening");
+        let (metrics, stop) = (self.metrics.clone(), self.stop.subscribe());
+        self.tasks.spawn(async move {
+            gpu_worker::metrics::serve(listener, metrics, stop).await;
+            "metrics server"
+        });
+        Ok(())
+    }
+
+    /// The delivery task (ends when every sender is gone) and the sender for the pipeline.
+    fn start_webhooks(&self) -> (mpsc::Sender<Notification>, tokio::task::JoinHandle<()>) {
+        let c = &self.config;
+        let webhooks = Arc::new(Webhooks {
+            policy: Policy::new(c.webhook_allow_hosts.clone()),
+            resolver: Arc::new(SystemResolver),
+            connector: Arc::new(HttpConnector { timeout: Duration::from_secs(10) }),
+            store: self.store.clone(),
+            metrics: self.metrics.clone(),
+            secret: c.webhook_secret.clone(),
+            max_attempts: c.webhook_max_attempts,
+            backoff: Duration::from_secs(1),
+            result_url_base: c.result_url_base.clone(),
+        });
+        let (tx, rx) = mpsc::channel(10_000);
+        (tx, tokio::spawn(webhook::run(webhooks, rx, 16)))
+    }
+
+    /// The outbox and dead-letter sweeps, CloudWatch, and the stop signals, each until `stop`.
+    fn start_periodic_tasks(&mut self, notify: &mpsc::Sender<Notification>) {
+        let c = &self.config;
+        let secs = Duration::from_secs;
+        if c.webhook_sweep_secs > 0 {
+            let (store, tx) = (self.store.clone(), notify.clone());
+            let (every, lease) = (secs(c.webhook_sweep_secs), secs(c.webhook_lease_secs));
+            let stop = self.stop.subscribe();
+            self.tasks.spawn(async move {
+                webhook::sweep(store, tx, every, lease, stop).await;
+                "webhook sweep"
+            });
+        }
+        match (&c.express_dlq_url, &c.bulk_dlq_url) {
+            (Some(express), Some(bulk)) if c.dlq_sweep_secs > 0 => {
+                let dead = Arc::new(SqsDeadLetters::new(&self.aws, express, bulk));
+                let (store, metrics, stop) = (self.store.clone(), self.metrics.clone(), self.stop.subscribe());
+                let every = secs(c.dlq_sweep_secs);
+                self.tasks.spawn(async move {
+                    gpu_worker::dead_letters::run(dead, store, metrics, every, stop).await;
+                    "dead-letter sweep"
+                });
+            }
+            _ if c.dlq_sweep_secs > 0 => tracing::warn!(
+                "dead-letter sweep off: EXPRESS_DLQ_URL and BULK_DLQ_URL are not both set, so a job whose worker dies on its last attempt stays processing"
+            ),
+            _ => {}
+        }
+        if c.cloudwatch_interval_secs > 0 {
+            let client = aws_sdk_cloudwatch::Client::new(&self.aws);
+            let (metrics, stop) = (self.metrics.clone(), self.stop.subscribe());
+            let (namespace, fleet, every) =
+                (c.cloudwatch_namespace.clone(), c.fleet_name.clone(), secs(c.cloudwatch_interval_secs));
+            self.tasks.spawn(async move {
+                gpu_worker::cloudwatch::run(client, metrics, namespace, fleet, every, stop).await;
+                "cloudwatch"
+            });
+        }
+        let (drain, mut stopped) = (self.stop.clone(), self.stop.subscribe());
+        self.tasks.spawn(async move {
+            tokio::select! {
+                _ = ocr_aws::process::shutdown_signal() => { let _ = drain.send(true); }
+                _ = stopped.wait_for(|s| *s) => {}
+            }
+            "signals"
+        });
+    }
+
+    /// Runs the pipeline until a stop signal, or until a periodic task ends before it was asked
+    /// to (then the worker drains and exits, and its unit or Auto Scaling restarts it).
+    async fn run_pipeline(&mut self, recognizer: EngineRecognizer, notify: mpsc::Sender<Notification>) {
+        let c = &self.config;
+        let deps = PipelineDeps {
+            source: Arc::new(SqsJobSource::new(&self.aws, &c.resources.express_queue_url, &c.resources.bulk_queue_url)),
+            store: self.store.clone(),
+            objects: Arc::new(S3ObjectStore::new(&self.aws, &c.resources.upload_bucket)),
+            metrics: self.metrics.clone(),
+            notify,
+        };
+        let pipeline = Pipeline::new(deps, c.pipeline_settings()).run(recognizer, self.stop.subscribe());
+        tokio::pin!(pipeline);
+        loop {
+            tokio::select! {
+                _ = &mut pipeline => return,
+                Some(ended) = self.tasks.join_next(), if !*self.stop.borrow() => {
+                    tracing::error!(task = ?ended, "a background task ended early: draining");
+                    let _ = self.stop.send(true);
+                }
+            }
+        }
+    }
+
+    /// Tells the periodic tasks to stop and waits for them.
+    async fn stop_tasks(&mut self) {
+        let _ = self.stop.send(true);
+        while let Some(ended) = self.tasks.join_next().await {
+            if let Err(e) = ended {
+                tracing::error!(error = %e, "a background task panicked");
+            }
+        }
+    }
+
+    /// On a scale-in or spot interruption: lets Auto Scaling terminate the drained instance.
+    async fn complete_lifecycle(&self, departure: tokio::task::JoinHandle<Option<lifecycle::Departure>>) {
+        let Ok(Ok(Some(_))) = tokio::time::timeout(Duration::from_secs(1), departure).await else { return };
+        let client = aws_sdk_autoscaling::Client::new(&self.aws);
+        let c = &self.config;
         match lifecycle::complete_lifecycle_action(
             &client,
             &Imds::new(),
-            &config.lifecycle_hook_name,
-            &config.autoscaling_group_name,
+            &c.lifecycle_hook_name,
+            &c.autoscaling_group_name,
         )
         .await
         {
@@ -172,7 +234,4 @@ async fn main() -> anyhow::Result<()> {
             Err(e) => tracing::error!(error = %e, "completing the lifecycle action failed"),
         }
     }
-    store.as_ref().clone().disconnect().await;
-    tracing::info!("stopped");
-    Ok(())
 }

@@ -1,0 +1,70 @@
+//! The settings every process that reaches the queues, the bucket or the database reads (the API
+//! and on-upload functions, `api-local`, the worker): one declaration, one default, one name
+//! per setting, the names template.yaml, infra/ and the README use.
+
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::MySqlJobStore;
+
+/// Where the job queues and the bucket are.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ResourceArgs {
+    /// Bucket that receives uploads under `uploads/`; job messages naming another are refused.
+    #[arg(long, env = "UPLOAD_BUCKET")]
+    pub upload_bucket: String,
+    /// URL of the express job queue.
+    #[arg(long, env = "EXPRESS_QUEUE_URL")]
+    pub express_queue_url: String,
+    /// URL of the bulk job queue.
+    #[arg(long, env = "BULK_QUEUE_URL")]
+    pub bulk_queue_url: String,
+}
+
+/// The database connection.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DbArgs {
+    /// `mysql://user:password@host:port/database` (never shown: it carries the password).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: SecretString,
+    /// Most connections this process opens (the template sets 2 on Lambda, where one
+    /// instance serves one request at a time).
+    #[arg(long, env = "DB_POOL_MAX", default_value_t = 4)]
+    pub db_pool_max: usize,
+}
+
+impl DbArgs {
+    /// The store on this database (connections open on first use).
+    pub fn store(&self) -> Result<MySqlJobStore, ocr_core::PortError> {
+        MySqlJobStore::new(self.database_url.expose_secret(), self.db_pool_max)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(clap::Parser, Debug)]
+    struct Both {
+        #[command(flatten)]
+        resources: ResourceArgs,
+        #[command(flatten)]
+        db: DbArgs,
+    }
+
+    #[test]
+    fn the_password_never_shows_in_debug() {
+        let args = Both::parse_from([
+            "x",
+            "--upload-bucket=b",
+            "--express-queue-url=e",
+            "--bulk-queue-url=q",
+            "--database-url=mysql://u:hunter2@db:3306/ocr",
+        ]);
+        let shown = format!("{args:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert_eq!(args.db.database_url.expose_secret(), "mysql://u:hunter2@db:3306/ocr");
+        assert_eq!(args.db.db_pool_max, 4);
+    }
+}
