@@ -14,6 +14,8 @@ TEMPLATE = ROOT / "template.yaml"
 CONFIG_RS = ROOT / "gpu-worker" / "worker" / "src" / "config.rs"
 # The engine's settings, shared by the worker (flattened into its config) and the `ocr` tool.
 ENGINE_SETTINGS_RS = ROOT / "gpu-worker" / "engine" / "src" / "settings.rs"
+AWS_CONFIG_RS = ROOT / "functions" / "aws" / "src" / "config.rs"
+AWS_PROCESS_RS = ROOT / "functions" / "aws" / "src" / "process.rs"
 METRICS_RS = ROOT / "gpu-worker" / "worker" / "src" / "metrics.rs"
 CLOUDWATCH_RS = ROOT / "gpu-worker" / "worker" / "src" / "cloudwatch.rs"
 BOOTSTRAP = ROOT / "infra" / "worker" / "bootstrap.sh"
@@ -93,13 +95,14 @@ def substitute(text: str, values: dict[str, str] | None = None) -> str:
 
 
 def config_env_names() -> set[str]:
-    """Every env name the worker reads: clap `env = "..."` in config.rs and in the engine settings
-    it flattens, plus the few its binary reads directly (`env::var("LOG_FORMAT")`)."""
+    """Every env name the worker reads: clap `env = "..."` in config.rs, in the engine settings and
+    the shared resource/database settings (ocr_aws::config) it flattens, plus the few read directly
+    (`env::var("LOG_FORMAT")` in ocr_aws::process, which the binary's logging uses)."""
     names = set()
-    for f in (CONFIG_RS, ENGINE_SETTINGS_RS):
+    for f in (CONFIG_RS, ENGINE_SETTINGS_RS, AWS_CONFIG_RS):
         names |= set(re.findall(r'env\s*=\s*"([A-Z0-9_]+)"', f.read_text()))
     assert len(names) > 30, names
-    for f in (CONFIG_RS.parent / "bin").glob("*.rs"):
+    for f in [*(CONFIG_RS.parent / "bin").glob("*.rs"), AWS_PROCESS_RS]:
         names |= set(re.findall(r'env::var\("([A-Z0-9_]+)"\)', f.read_text()))
     return names
 

@@ -17,6 +17,7 @@ use anyhow::Context;
 use ocr_aws::config::DbArgs;
 use ocr_aws::{DeadLetterAdmin, ReceivedMessage};
 use ocr_core::{JobId, JobMessage};
+use secrecy::SecretString;
 
 /// Which dead-letter queue.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,8 +72,9 @@ enum Action {
         /// Most messages moved per second (default: as fast as SQS moves them).
         #[arg(long)]
         rate: Option<i32>,
-        #[command(flatten)]
-        db: Option<DbArgs>,
+        /// The database, for `--reset-jobs` (`mysql://user:password@host:port/database`).
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: Option<SecretString>,
     },
 }
 
@@ -93,12 +95,12 @@ pub async fn run(args: DlqArgs) -> anyhow::Result<()> {
         let dlq = admin.url(&dlq_name).await.with_context(|| format!("finding queue {dlq_name}"))?;
         match &args.action {
             Action::List { max } => list(&admin, &dlq_name, &dlq, *max).await?,
-            Action::Redrive { reset_jobs, rate, db } => {
+            Action::Redrive { reset_jobs, rate, database_url } => {
                 let source_name = format!("{prefix}-{}", queue.name());
                 let source = admin.url(&source_name).await.with_context(|| format!("finding queue {source_name}"))?;
                 if *reset_jobs && queue != Queue::UploadEvents {
-                    let db = db.as_ref().context("--reset-jobs needs DATABASE_URL")?;
-                    reset_jobs_of(&admin, &dlq, db).await?;
+                    let database_url = database_url.clone().context("--reset-jobs needs DATABASE_URL")?;
+                    reset_jobs_of(&admin, &dlq, &DbArgs { database_url, db_pool_max: 1 }).await?;
                 }
                 let moved = admin.move_back(&dlq, &source, *rate).await?;
                 println!("{dlq_name}: redrove {moved} message(s) to {source_name}");

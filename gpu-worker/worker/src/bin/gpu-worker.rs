@@ -17,23 +17,26 @@ use ocr_aws::{MySqlJobStore, S3ObjectStore, SqsDeadLetters, SqsJobSource};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
+/// The worker (the default) …
 #[derive(Parser, Debug)]
 #[command(
     version,
     about = "ocr-fleet GPU worker: SQS batches in, OCR, results in MySQL, webhooks out",
-    args_conflicts_with_subcommands = true
+    after_help = "`gpu-worker dlq --help`: the operators' dead-letter tool."
 )]
 struct Cli {
-    #[command(subcommand)]
-    command: Option<Command>,
     #[command(flatten)]
-    worker: Option<WorkerConfig>,
+    worker: WorkerConfig,
 }
 
-#[derive(clap::Subcommand, Debug)]
-enum Command {
-    /// List or redrive the dead-letter queues (operators; see `gpu-worker dlq --help`).
-    Dlq(gpu_worker::dlq::DlqArgs),
+/// … or `gpu-worker dlq …`. Two parsers rather than one with an optional subcommand: the
+/// worker's required settings come from the environment, which clap's optional argument
+/// groups do not count as given.
+#[derive(Parser, Debug)]
+#[command(name = "gpu-worker dlq", about = "List or redrive the dead-letter queues")]
+struct DlqCli {
+    #[command(flatten)]
+    dlq: gpu_worker::dlq::DlqArgs,
 }
 
 #[tokio::main]
@@ -41,12 +44,12 @@ async fn main() -> anyhow::Result<()> {
     // JSON unless asked otherwise: CloudWatch Logs (via the agent) reads it. ONNX Runtime logs
     // every session option at info: keep it to warnings.
     ocr_aws::process::init_logs("info,ort=warn", true);
-    let cli = Cli::parse();
-    match (cli.command, cli.worker) {
-        (Some(Command::Dlq(args)), _) => gpu_worker::dlq::run(args).await,
-        (None, Some(config)) => serve(config).await,
-        (None, None) => unreachable!("clap requires the worker's settings when no subcommand is given"),
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == "dlq") {
+        args.remove(1);
+        return gpu_worker::dlq::run(DlqCli::parse_from(args).dlq).await;
     }
+    serve(Cli::parse_from(args).worker).await
 }
 
 /// Where the process's parts meet.
