@@ -17,7 +17,7 @@ start=$(date +%s)
 
 # util-linux gives setsid, procps gives ps (both in Debian's base system, but be sure).
 # fonts-dejavu-core: the fonts the demo, bench and chaos scripts render sample images with.
-apt_install ca-certificates curl util-linux procps fonts-dejavu-core
+apt_install ca-certificates curl util-linux procps fonts-dejavu-core openssl
 mariadb_install
 
 venv_ensure

@@ -2,7 +2,8 @@
 # The one test command (CI runs it through .ci/run). From a fresh Debian 12 machine it:
 #   1. installs what is missing (scripts/setup.sh: Debian packages, .venv/localstack)
 #   2. ensures MariaDB on 127.0.0.1:3306 and LocalStack on 127.0.0.1:4566 (starting each only if
-#      none answers, and stopping at exit only what it started)
+#      none answers, and stopping at exit only what it started), and starts a private MariaDB
+#      that requires TLS on 127.0.0.1:3307 (scripts/lib/mariadb-tls.sh)
 #   3. fetches the OCR models when scripts/fetch-models.sh exists (exports ORT_DYLIB_PATH,
 #      OCR_MODEL_DIR and OCR_REQUIRE_MODELS=1)
 #   4. runs cargo fmt --check, cargo clippy -D warnings, a check that the fuzz targets compile,
@@ -26,6 +27,8 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 # shellcheck source=scripts/lib/mariadb.sh
 source "$ROOT/scripts/lib/mariadb.sh"
+# shellcheck source=scripts/lib/mariadb-tls.sh
+source "$ROOT/scripts/lib/mariadb-tls.sh"
 # shellcheck source=scripts/lib/localstack.sh
 source "$ROOT/scripts/lib/localstack.sh"
 cd "$ROOT"
@@ -40,6 +43,7 @@ cleanup() {
     set +e
     if [[ $LOCALSTACK_STARTED == 1 ]]; then localstack_stop test; fi
     if [[ $MARIADB_STARTED == 1 ]]; then mariadb_stop test; fi
+    mariadb_tls_stop
     print_timings
     printf '%-34s %8s\n' "total" "$(($(date +%s) - T0))" >&2
     if ((${#FAILED[@]})); then
@@ -63,6 +67,9 @@ rm -f "$TEST_SUMMARY"
 
 step "setup" "$ROOT/scripts/setup.sh"
 step "mariadb" mariadb_ensure test
+# A second, private MariaDB that requires TLS with its own CA (the production connection shape):
+# exports TEST_TLS_DATABASE_URL and TEST_DATABASE_CA_FILE for tests/integration/tls.rs.
+step "mariadb (TLS)" mariadb_tls_start
 step "localstack start" localstack_start test
 
 export AWS_ENDPOINT_URL="$LOCALSTACK_URL"

@@ -2,6 +2,8 @@
 //! Start the services with `scripts/test.sh` (which runs these) or `scripts/dev.sh up`.
 
 mod dlq;
+mod pinning;
 mod producer;
 mod store;
+mod tls;
 mod worker;

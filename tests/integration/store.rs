@@ -70,10 +70,10 @@ async fn status_changes_are_compare_and_set() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn an_unreachable_database_is_a_retryable_error() {
-    let store = ocr_aws::MySqlJobStore::new("mysql://root@127.0.0.1:1/none", 1).expect("valid url");
+    let store = ocr_aws::MySqlJobStore::new("mysql://root@127.0.0.1:1/none", 1, None).expect("valid url");
     let err = store.get(&JobId::new()).await.expect_err("nothing listens on port 1");
     assert!(err.is_retryable(), "{err}");
-    assert!(ocr_aws::MySqlJobStore::new("postgres://x", 1).is_err());
+    assert!(ocr_aws::MySqlJobStore::new("postgres://x", 1, None).is_err());
 }
 
 /// The webhook outbox: ending a job with a callback owes a webhook in the same transaction;

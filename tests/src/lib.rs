@@ -29,6 +29,8 @@ use rand::Rng;
 use tokio::sync::watch;
 
 pub mod images;
+pub mod lambda;
+pub mod wire;
 pub mod worker;
 
 pub const ALICE_TOKEN: &str = "alice-integration-token-0001";
@@ -44,6 +46,8 @@ pub struct Options {
     pub poller: bool,
     /// Visibility timeout of the express and bulk queues, in seconds.
     pub job_visibility_secs: u32,
+    /// The server the test's database is made on.
+    pub database: DatabaseServer,
 }
 
 impl Default for Options {
@@ -53,6 +57,7 @@ impl Default for Options {
             handler_max_upload_bytes: 20_000_000,
             poller: true,
             job_visibility_secs: 30,
+            database: DatabaseServer::plain(),
         }
     }
 }
@@ -74,6 +79,8 @@ pub struct TestEnv {
     pub bucket: String,
     pub queues: Queues,
     pub database_url: String,
+    /// The server `database_url` is on (its CA, for a TLS one).
+    pub database: DatabaseServer,
     pub store: Arc<MySqlJobStore>,
     pub objects: Arc<S3ObjectStore>,
     pub job_queue: Arc<SqsJobQueue>,
@@ -90,8 +97,53 @@ pub fn aws_endpoint() -> String {
     std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| "http://127.0.0.1:4566".into())
 }
 
-fn server_database_url() -> String {
-    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into())
+/// A MySQL-compatible server the tests make their databases on.
+#[derive(Debug, Clone)]
+pub struct DatabaseServer {
+    /// `mysql://root@host:port`, with its query (`?require_ssl=true`) but no database.
+    pub url: String,
+    /// The private CA that signed a TLS server's certificate.
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+impl DatabaseServer {
+    /// `TEST_DATABASE_URL` (default `mysql://root@127.0.0.1:3306`): no TLS.
+    pub fn plain() -> Self {
+        let url = std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into());
+        DatabaseServer { url, ca_file: None }
+    }
+
+    /// The private MariaDB that requires TLS (`TEST_TLS_DATABASE_URL`, `TEST_DATABASE_CA_FILE`;
+    /// scripts/test.sh starts it, see scripts/lib/mariadb-tls.sh).
+    pub fn tls() -> Self {
+        let url = std::env::var("TEST_TLS_DATABASE_URL")
+            .unwrap_or_else(|_| "mysql://root@127.0.0.1:3307?require_ssl=true".into());
+        let ca = std::env::var_os("TEST_DATABASE_CA_FILE")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.run/mariadb-tls/ca.pem"));
+        DatabaseServer { url, ca_file: Some(ca) }
+    }
+
+    /// The URL of database `db` on this server.
+    pub fn database_url(&self, db: &str) -> String {
+        match self.url.split_once('?') {
+            Some((server, query)) => format!("{}/{db}?{query}", server.trim_end_matches('/')),
+            None => format!("{}/{db}", self.url.trim_end_matches('/')),
+        }
+    }
+
+    /// A connection (to `db`, or to no database), trusting the server's CA.
+    pub async fn connect(&self, db: Option<&str>) -> anyhow::Result<mysql_async::Conn> {
+        ocr_aws::process::install_crypto_provider();
+        let url = db.map_or_else(|| self.url.clone(), |db| self.database_url(db));
+        let opts = mysql_async::Opts::from_url(&url)?;
+        let ssl = match (opts.ssl_opts(), &self.ca_file) {
+            (Some(ssl), Some(ca)) => Some(ssl.clone().with_root_certs(vec![ca.clone().into()])),
+            (ssl, _) => ssl.cloned(),
+        };
+        let opts = mysql_async::OptsBuilder::from_opts(opts).ssl_opts(ssl);
+        mysql_async::Conn::new(opts).await.with_context(|| format!("connecting to {url}"))
+    }
 }
 
 /// Shared AWS config pointing at LocalStack with its fixed credentials.
@@ -129,8 +181,9 @@ impl TestEnv {
         let s3 = aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&aws).force_path_style(true).build());
         let sqs = aws_sdk_sqs::Client::new(&aws);
 
-        let (database_url, db_name) = create_database(&name).await?;
-        let store = Arc::new(MySqlJobStore::new(&database_url, 4)?);
+        let database = options.database.clone();
+        let (database_url, db_name) = create_database(&database, &name).await?;
+        let store = Arc::new(MySqlJobStore::new(&database_url, 4, database.ca_file.as_deref())?);
         store.migrate().await?;
 
         let queues = create_queues(&sqs, &name, options.job_visibility_secs).await?;
@@ -164,6 +217,7 @@ impl TestEnv {
             bucket,
             queues,
             database_url,
+            database,
             store,
             objects,
             job_queue,
@@ -215,6 +269,11 @@ impl TestEnv {
         }
     }
 
+    /// A connection to this test's database (TLS and its CA when the server wants them).
+    pub async fn db(&self) -> anyhow::Result<mysql_async::Conn> {
+        self.database.connect(Some(&self.server_db)).await
+    }
+
     /// Number of jobs rows in this test's database.
     pub async fn job_rows(&self) -> anyhow::Result<u64> {
         let mut conn = self.store.conn().await?;
@@ -222,14 +281,13 @@ impl TestEnv {
     }
 }
 
-/// A fresh database on the test server (`TEST_DATABASE_URL`): its URL and name.
-async fn create_database(name: &str) -> anyhow::Result<(String, String)> {
+/// A fresh database on `server`: its URL and name.
+async fn create_database(server: &DatabaseServer, name: &str) -> anyhow::Result<(String, String)> {
     let db_name = format!("ocr_test_{}", name.replace('-', "_"));
-    let server_db = server_database_url();
-    let mut admin = mysql_async::Conn::from_url(&server_db).await.context("connecting to MariaDB")?;
+    let mut admin = server.connect(None).await?;
     admin.query_drop(format!("CREATE DATABASE `{db_name}`")).await?;
     admin.disconnect().await?;
-    Ok((format!("{}/{db_name}", server_db.trim_end_matches('/')), db_name))
+    Ok((server.database_url(&db_name), db_name))
 }
 
 /// The real router on a random loopback port until `stop`; returns its base URL.
@@ -322,7 +380,7 @@ impl Drop for TestEnv {
         let _ = self.stop.send(true);
         // Async clean-up from a synchronous Drop: a short-lived runtime on its own thread.
         let db = self.server_db.clone();
-        let server = server_database_url();
+        let server = self.database.clone();
         let s3 = self.s3.clone();
         let sqs = self.sqs.clone();
         let bucket = self.bucket.clone();
@@ -331,7 +389,7 @@ impl Drop for TestEnv {
         let _ = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
             rt.block_on(async move {
-                if let Ok(mut conn) = mysql_async::Conn::from_url(&server).await {
+                if let Ok(mut conn) = server.connect(None).await {
                     let _ = conn.query_drop(format!("DROP DATABASE IF EXISTS `{db}`")).await;
                     let _ = conn.disconnect().await;
                 }

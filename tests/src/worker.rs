@@ -33,17 +33,23 @@ pub fn models_available() -> bool {
 
 /// The `gpu-worker` binary built beside this test (`cargo build --bins` first), or `GPU_WORKER_BIN`.
 pub fn worker_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("GPU_WORKER_BIN") {
-        return PathBuf::from(p);
+    match std::env::var_os("GPU_WORKER_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => binary("gpu-worker"),
     }
+}
+
+/// A binary of the workspace built beside this test (`cargo build --workspace --bins` first).
+pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
-    // target/<profile>/deps/integration-<hash> → target/<profile>/gpu-worker
-    let bin = exe.parent().and_then(|d| d.parent()).expect("target dir").join("gpu-worker");
+    // target/<profile>/deps/integration-<hash> → target/<profile>/<name>
+    let bin = exe.parent().and_then(|d| d.parent()).expect("target dir").join(name);
     assert!(bin.is_file(), "{} is missing: run `cargo build --workspace --bins` first", bin.display());
     bin
 }
 
-/// A running worker process. Killed (SIGKILL) when dropped if still running.
+/// A running process of one of the binaries (usually the worker). Killed (SIGKILL) when dropped
+/// if still running.
 pub struct WorkerProcess {
     pub child: Child,
     pub log: PathBuf,
@@ -85,13 +91,13 @@ impl Drop for WorkerProcess {
 }
 
 impl TestEnv {
-    /// Starts the worker binary on this environment's queues, bucket and database.
-    /// `extra` overrides or adds environment variables.
-    pub fn spawn_worker(&self, extra: &[(&str, String)]) -> anyhow::Result<WorkerProcess> {
-        let log = std::env::temp_dir().join(format!("{}-worker-{}.log", self.name, rand::random::<u32>()));
+    /// Starts one of the workspace's binaries with this environment's queues, bucket, database
+    /// and LocalStack; `extra` overrides or adds variables. Its output goes to a log file.
+    pub fn spawn(&self, name: &str, extra: &[(&str, String)]) -> anyhow::Result<WorkerProcess> {
+        let log = std::env::temp_dir().join(format!("{}-{name}-{}.log", self.name, rand::random::<u32>()));
         let file = std::fs::File::create(&log)?;
-        let visibility = self.job_visibility_secs.to_string();
-        let mut cmd = Command::new(worker_binary());
+        let program = if name == "gpu-worker" { worker_binary() } else { binary(name) };
+        let mut cmd = Command::new(program);
         cmd.env("EXPRESS_QUEUE_URL", &self.queues.express)
             .env("BULK_QUEUE_URL", &self.queues.bulk)
             .env("UPLOAD_BUCKET", &self.bucket)
@@ -101,24 +107,36 @@ impl TestEnv {
             .env("AWS_SECRET_ACCESS_KEY", "test")
             .env("AWS_REGION", std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into()))
             .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("METRICS_ADDR", "127.0.0.1:0")
-            .env("CLOUDWATCH_INTERVAL_SECS", "0")
-            .env("VISIBILITY_TIMEOUT_SECS", &visibility)
-            .env("RETRY_BACKOFF_MS", "300")
-            .env("RECEIVE_WAIT_SECS", "1")
-            .env("BATCH_WAIT_MS", "100")
-            .env("OCR_MODEL_SET", std::env::var("TEST_MODEL_SET").unwrap_or_else(|_| "ppocrv6-tiny".into()))
-            .env("OCR_THREADS", "1")
-            .env("RESULT_URL_BASE", &self.api)
             .env("LOG_FORMAT", "json")
             .env("RUST_LOG", "info,ort=warn")
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file);
+        if let Some(ca) = &self.database.ca_file {
+            cmd.env("DATABASE_CA_FILE", ca);
+        }
         for (k, v) in extra {
             cmd.env(k, v);
         }
-        Ok(WorkerProcess { child: cmd.spawn().context("starting gpu-worker")?, log })
+        Ok(WorkerProcess { child: cmd.spawn().with_context(|| format!("starting {name}"))?, log })
+    }
+
+    /// Starts the worker binary on this environment, with test timings (short polls and
+    /// backoffs, the tiny model set, one thread). `extra` overrides or adds variables.
+    pub fn spawn_worker(&self, extra: &[(&str, String)]) -> anyhow::Result<WorkerProcess> {
+        let mut env: Vec<(&str, String)> = vec![
+            ("METRICS_ADDR", "127.0.0.1:0".into()),
+            ("CLOUDWATCH_INTERVAL_SECS", "0".into()),
+            ("VISIBILITY_TIMEOUT_SECS", self.job_visibility_secs.to_string()),
+            ("RETRY_BACKOFF_MS", "300".into()),
+            ("RECEIVE_WAIT_SECS", "1".into()),
+            ("BATCH_WAIT_MS", "100".into()),
+            ("OCR_MODEL_SET", std::env::var("TEST_MODEL_SET").unwrap_or_else(|_| "ppocrv6-tiny".into())),
+            ("OCR_THREADS", "1".into()),
+            ("RESULT_URL_BASE", self.api.clone()),
+        ];
+        env.extend(extra.iter().cloned());
+        self.spawn("gpu-worker", &env)
     }
 }
 

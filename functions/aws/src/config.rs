@@ -2,6 +2,8 @@
 //! and on-upload functions, `api-local`, the worker): one declaration, one default, one name
 //! per setting, the names template.yaml, infra/ and the README use.
 
+use std::path::PathBuf;
+
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::MySqlJobStore;
@@ -30,12 +32,17 @@ pub struct DbArgs {
     /// instance serves one request at a time).
     #[arg(long, env = "DB_POOL_MAX", default_value_t = 4)]
     pub db_pool_max: usize,
+    /// PEM file of a private CA to trust for the database's TLS certificate, besides the public
+    /// roots (tests: a MariaDB with its own CA). Production leaves it unset: RDS Proxy presents
+    /// a certificate from a public CA.
+    #[arg(long, env = "DATABASE_CA_FILE")]
+    pub database_ca_file: Option<PathBuf>,
 }
 
 impl DbArgs {
     /// The store on this database (connections open on first use).
     pub fn store(&self) -> Result<MySqlJobStore, ocr_core::PortError> {
-        MySqlJobStore::new(self.database_url.expose_secret(), self.db_pool_max)
+        MySqlJobStore::new(self.database_url.expose_secret(), self.db_pool_max, self.database_ca_file.as_deref())
     }
 }
 

@@ -12,6 +12,7 @@ pub mod mysql;
 pub mod process;
 mod results;
 pub mod s3;
+mod sql;
 pub mod sqs;
 
 pub use aws_config::SdkConfig;

@@ -1,11 +1,15 @@
 //! [`JobStore`] on MySQL 8 / MariaDB 10.6+.
 
 use async_trait::async_trait;
-use mysql_async::prelude::{Query, Queryable, WithParams};
+use std::path::Path;
+
+use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, Row, params};
 use ocr_core::job::Idempotency;
 use ocr_core::ports::{JobStore, StatusChange};
 use ocr_core::{Job, JobId, JobStatus, NewJob, OcrResult, PortError};
+
+use crate::sql::bind;
 
 /// Schema changes, applied in order, each once. Never edit an applied one: add a new one.
 const MIGRATIONS: &[(u32, &str)] = &[
@@ -90,16 +94,30 @@ pub(crate) fn db_error(err: mysql_async::Error) -> PortError {
 }
 
 impl MySqlJobStore {
-    /// A pool of at most `max_connections` (1–2 on Lambda; RDS Proxy multiplexes).
-    /// Connections open lazily; call [`MySqlJobStore::migrate`] once at start.
-    pub fn new(database_url: &str, max_connections: usize) -> Result<Self, PortError> {
+    /// A pool of at most `max_connections` (1 on Lambda; RDS Proxy multiplexes). Connections
+    /// open lazily; call [`MySqlJobStore::migrate`] once at start.
+    ///
+    /// TLS when the URL says `require_ssl=true` (production: RDS Proxy), verified against the
+    /// public roots and, when given, the PEM certificates in `extra_ca` (a private CA: tests).
+    /// No statement changes session state on a new connection and nothing is prepared (see
+    /// [`crate::sql`]), so a connection is never pinned by the proxy; returning one to the pool
+    /// therefore needs no `COM_RESET_CONNECTION` round trip either.
+    pub fn new(database_url: &str, max_connections: usize, extra_ca: Option<&Path>) -> Result<Self, PortError> {
+        crate::process::install_crypto_provider();
         let opts = Opts::from_url(database_url).map_err(|e| PortError::permanent("mysql", e))?;
+        let ssl = match (opts.ssl_opts(), extra_ca) {
+            (Some(ssl), Some(ca)) => Some(ssl.clone().with_root_certs(vec![ca.to_path_buf().into()])),
+            (ssl, _) => ssl.cloned(),
+        };
         let max = max_connections.max(1);
         let constraints = PoolConstraints::new(0, max).expect("0 <= max");
         let opts = OptsBuilder::from_opts(opts)
-            .pool_opts(PoolOpts::default().with_constraints(constraints))
-            // Times are stored as epoch milliseconds; UTC keeps server-side NOW() sane too.
-            .init(vec!["SET time_zone = '+00:00'"]);
+            // Connect where the URL says: mysql_async would otherwise switch a TCP connection
+            // to the server's Unix socket when the server is on this machine, past any proxy
+            // in between (the tests' fault-injecting proxies were bypassed that way).
+            .prefer_socket(false)
+            .ssl_opts(ssl)
+            .pool_opts(PoolOpts::default().with_constraints(constraints).with_reset_connection(false));
         Ok(Self { pool: Pool::new(opts) })
     }
 
@@ -127,6 +145,8 @@ impl MySqlJobStore {
         }
         let result = apply_migrations(&mut conn).await;
         let _ = conn.query_drop("DO RELEASE_LOCK('ocr_fleet_migrations')").await;
+        // A named lock pins this connection behind RDS Proxy: close it rather than pool it.
+        let _ = conn.disconnect().await;
         result
     }
 
@@ -142,11 +162,12 @@ async fn apply_migrations(conn: &mut Conn) -> Result<(), PortError> {
             continue;
         }
         conn.query_drop(*sql).await.map_err(db_error)?;
-        "INSERT INTO schema_migrations (version, applied_at_ms) VALUES (:version, :at)"
-            .with(params! { "version" => version, "at" => ocr_core::ports::now_ms() })
-            .ignore(&mut *conn)
-            .await
-            .map_err(db_error)?;
+        bind(
+            "INSERT INTO schema_migrations (version, applied_at_ms) VALUES (:version, :at)",
+            params! { "version" => version, "at" => ocr_core::ports::now_ms() },
+        )?
+        .ignore(&mut *conn)
+        .await?;
         tracing::info!(version, "applied database migration");
     }
     Ok(())
@@ -208,11 +229,12 @@ impl JobStore for MySqlJobStore {
             Some(i) => (Some(i.key.clone()), Some(i.request_hash.clone())),
             None => (None, None),
         };
-        r"INSERT INTO jobs (id, owner, status, priority, content_type, content_length, callback_url, metadata,
+        bind(
+            r"INSERT INTO jobs (id, owner, status, priority, content_type, content_length, callback_url, metadata,
               idempotency_key, request_hash, attempts, created_at_ms, updated_at_ms)
           VALUES (:id, :owner, :status, :priority, :content_type, :content_length, :callback_url, :metadata,
-              :idem_key, :idem_hash, 0, :created, :created)"
-            .with(params! {
+              :idem_key, :idem_hash, 0, :created, :created)",
+            params! {
                 "id" => job.id.to_string(),
                 "owner" => &job.owner,
                 "status" => job.status.as_str(),
@@ -224,41 +246,36 @@ impl JobStore for MySqlJobStore {
                 "idem_key" => idem_key,
                 "idem_hash" => idem_hash,
                 "created" => job.created_at_ms,
-            })
-            .ignore(&mut conn)
-            .await
-            .map_err(db_error)?;
+            },
+        )?
+        .ignore(&mut conn)
+        .await?;
         Ok(job)
     }
 
     async fn get(&self, id: &JobId) -> Result<Option<Job>, PortError> {
         let mut conn = self.conn().await?;
-        let row: Option<Row> = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = :id")
-            .with(params! { "id" => id.to_string() })
-            .first(&mut conn)
-            .await
-            .map_err(db_error)?;
+        let row: Option<Row> =
+            bind(format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = :id"), params! { "id" => id.to_string() })?
+                .first(&mut conn)
+                .await?;
         row.map(job_from_row).transpose()
     }
 
     async fn find_by_idempotency_key(&self, owner: &str, key: &str) -> Result<Option<Job>, PortError> {
         let mut conn = self.conn().await?;
-        let row: Option<Row> =
-            format!("SELECT {JOB_COLUMNS} FROM jobs WHERE owner = :owner AND idempotency_key = :key")
-                .with(params! { "owner" => owner, "key" => key })
-                .first(&mut conn)
-                .await
-                .map_err(db_error)?;
+        let row: Option<Row> = bind(
+            format!("SELECT {JOB_COLUMNS} FROM jobs WHERE owner = :owner AND idempotency_key = :key"),
+            params! { "owner" => owner, "key" => key },
+        )?
+        .first(&mut conn)
+        .await?;
         row.map(job_from_row).transpose()
     }
 
     async fn remove(&self, id: &JobId) -> Result<(), PortError> {
         let mut conn = self.conn().await?;
-        "DELETE FROM jobs WHERE id = :id"
-            .with(params! { "id" => id.to_string() })
-            .ignore(&mut conn)
-            .await
-            .map_err(db_error)
+        bind("DELETE FROM jobs WHERE id = :id", params! { "id" => id.to_string() })?.ignore(&mut conn).await
     }
 
     async fn set_status(
@@ -283,57 +300,53 @@ impl JobStore for MySqlJobStore {
              WHERE id = :id AND status = :from"
         );
         let mut conn = self.conn().await?;
-        sql.with(params! {
-            "to" => to.as_str(),
-            "from" => from.as_str(),
-            "at" => change.at_ms,
-            "error" => change.error,
-            "id" => id.to_string(),
-        })
+        bind(
+            sql,
+            params! {
+                "to" => to.as_str(),
+                "from" => from.as_str(),
+                "at" => change.at_ms,
+                "error" => change.error,
+                "id" => id.to_string(),
+            },
+        )?
         .ignore(&mut conn)
-        .await
-        .map_err(db_error)?;
+        .await?;
         Ok(conn.affected_rows() == 1)
     }
 
     async fn mark_enqueued(&self, id: &JobId, at_ms: i64) -> Result<(), PortError> {
         let mut conn = self.conn().await?;
-        "UPDATE jobs SET enqueued_at_ms = :at WHERE id = :id"
-            .with(params! { "at" => at_ms, "id" => id.to_string() })
+        bind("UPDATE jobs SET enqueued_at_ms = :at WHERE id = :id", params! { "at" => at_ms, "id" => id.to_string() })?
             .ignore(&mut conn)
             .await
-            .map_err(db_error)
     }
 
     async fn get_result(&self, id: &JobId) -> Result<Option<OcrResult>, PortError> {
         let mut conn = self.conn().await?;
-        let json: Option<String> = "SELECT result FROM job_results WHERE job_id = :id"
-            .with(params! { "id" => id.to_string() })
-            .first(&mut conn)
-            .await
-            .map_err(db_error)?;
+        let json: Option<String> =
+            bind("SELECT result FROM job_results WHERE job_id = :id", params! { "id" => id.to_string() })?
+                .first(&mut conn)
+                .await?;
         json.map(|j| serde_json::from_str(&j).map_err(|_| corrupt("result"))).transpose()
     }
 
     async fn mark_deleted(&self, id: &JobId, at_ms: i64) -> Result<(), PortError> {
         let mut conn = self.conn().await?;
         let mut tx = conn.start_transaction(Default::default()).await.map_err(db_error)?;
-        "DELETE FROM job_results WHERE job_id = :id"
-            .with(params! { "id" => id.to_string() })
-            .ignore(&mut tx)
-            .await
-            .map_err(db_error)?;
+        bind("DELETE FROM job_results WHERE job_id = :id", params! { "id" => id.to_string() })?.ignore(&mut tx).await?;
         // The row stays (as `deleted`) so the id keeps answering "deleted", but what the
         // caller sent with it goes.
-        format!(
-            "UPDATE jobs SET status = 'deleted', updated_at_ms = :at, metadata = NULL, callback_url = NULL \
+        bind(
+            format!(
+                "UPDATE jobs SET status = 'deleted', updated_at_ms = :at, metadata = NULL, callback_url = NULL \
              WHERE id = :id AND status IN ({})",
-            may_become(JobStatus::Deleted)
-        )
-        .with(params! { "at" => at_ms, "id" => id.to_string() })
+                may_become(JobStatus::Deleted)
+            ),
+            params! { "at" => at_ms, "id" => id.to_string() },
+        )?
         .ignore(&mut tx)
-        .await
-        .map_err(db_error)?;
+        .await?;
         tx.commit().await.map_err(db_error)
     }
 }

@@ -1,4 +1,4 @@
-//! What every long-running binary does the same way: logs and stop signals.
+//! What every binary does the same way: the TLS crypto provider, logs and stop signals.
 
 use tracing_subscriber::EnvFilter;
 
@@ -25,4 +25,16 @@ pub async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
         _ = term.recv() => tracing::info!("SIGTERM: stopping"),
     }
+}
+
+/// Makes aws-lc-rs the process's rustls crypto provider, unless one is installed already.
+///
+/// The dependency graph enables both of rustls' providers (`ring` through reqwest, `aws-lc-rs`
+/// through mysql_async and the AWS SDK), so rustls cannot pick one by itself, and mysql_async
+/// builds its TLS configuration with the process default: without this, the first TLS
+/// connection to the database panics. aws-lc-rs is the one the AWS SDK already uses (and the
+/// one with a FIPS build). Every binary calls this first; the MySQL adapter calls it too.
+pub fn install_crypto_provider() {
+    // Err means another caller installed one first: fine, there is a provider.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }

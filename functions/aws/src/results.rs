@@ -1,12 +1,12 @@
 //! [`ResultStore`] on MySQL: the worker's batch writes.
 
 use async_trait::async_trait;
-use mysql_async::prelude::{Query, WithParams};
 use mysql_async::{Params, Row, TxOpts, Value, params};
 use ocr_core::worker::{OwedNotification, ResultStore, TakenJob, WebhookRecord};
 use ocr_core::{JobId, JobStatus, OcrResult, PortError};
 
 use crate::mysql::{MySqlJobStore, db_error, may_become};
+use crate::sql::bind;
 
 /// `?, ?, ?` for `n` values.
 fn placeholders(n: usize) -> String {
@@ -26,16 +26,17 @@ impl MySqlJobStore {
     /// `:reason` and the old `error`), and records its webhook as owed when it has a callback.
     async fn end_failed(&self, id: &JobId, error_sql: &str, reason: &str, at_ms: i64) -> Result<bool, PortError> {
         let mut conn = self.conn().await?;
-        format!(
-            "UPDATE jobs SET status = 'failed', error = {error_sql}, finished_at_ms = :at, updated_at_ms = :at, \
+        bind(
+            format!(
+                "UPDATE jobs SET status = 'failed', error = {error_sql}, finished_at_ms = :at, updated_at_ms = :at, \
              notify_since_ms = IF(callback_url IS NULL, NULL, :at) \
              WHERE id = :id AND status IN ({})",
-            may_become(JobStatus::Failed)
-        )
-        .with(params! { "reason" => reason, "at" => at_ms, "id" => id.to_string() })
+                may_become(JobStatus::Failed)
+            ),
+            params! { "reason" => reason, "at" => at_ms, "id" => id.to_string() },
+        )?
         .ignore(&mut conn)
-        .await
-        .map_err(db_error)?;
+        .await?;
         Ok(conn.affected_rows() == 1)
     }
 }
@@ -53,15 +54,11 @@ impl MySqlJobStore {
         params.extend(id_values(ids));
         params.push(Value::from(from.as_str()));
         let mut conn = self.conn().await?;
-        format!(
+        bind(format!(
             "UPDATE jobs SET status = ?, attempts = 0, error = NULL, finished_at_ms = NULL, notify_since_ms = NULL, \
              queued_at_ms = ?, updated_at_ms = ? WHERE id IN ({}) AND status = ?",
             placeholders(ids.len())
-        )
-        .with(Params::Positional(params))
-        .ignore(&mut conn)
-        .await
-        .map_err(db_error)?;
+        ), Params::Positional(params))?.ignore(&mut conn).await?;
         Ok(conn.affected_rows())
     }
 }
@@ -76,12 +73,12 @@ impl ResultStore for MySqlJobStore {
         let mut tx = conn.start_transaction(TxOpts::default()).await.map_err(db_error)?;
         let list = placeholders(ids.len());
         // Row locks keep a concurrent `complete` or delete from slipping between read and write.
-        let rows: Vec<Row> =
-            format!("SELECT id, owner, status, callback_url, queued_at_ms FROM jobs WHERE id IN ({list}) FOR UPDATE")
-                .with(Params::Positional(id_values(ids)))
-                .fetch(&mut tx)
-                .await
-                .map_err(db_error)?;
+        let rows: Vec<Row> = bind(
+            format!("SELECT id, owner, status, callback_url, queued_at_ms FROM jobs WHERE id IN ({list}) FOR UPDATE"),
+            Params::Positional(id_values(ids)),
+        )?
+        .fetch(&mut tx)
+        .await?;
         let mut taken = Vec::with_capacity(rows.len());
         for mut row in rows {
             let id: String = row.take(0).ok_or_else(|| unreadable("id"))?;
@@ -96,15 +93,16 @@ impl ResultStore for MySqlJobStore {
         }
         let mut params = vec![Value::from(at_ms), Value::from(at_ms)];
         params.extend(id_values(ids));
-        format!(
-            "UPDATE jobs SET status = 'processing', attempts = attempts + 1, started_at_ms = ?, updated_at_ms = ? \
+        bind(
+            format!(
+                "UPDATE jobs SET status = 'processing', attempts = attempts + 1, started_at_ms = ?, updated_at_ms = ? \
              WHERE id IN ({list}) AND status IN ({})",
-            may_become(JobStatus::Processing)
-        )
-        .with(Params::Positional(params))
+                may_become(JobStatus::Processing)
+            ),
+            Params::Positional(params),
+        )?
         .ignore(&mut tx)
-        .await
-        .map_err(db_error)?;
+        .await?;
         tx.commit().await.map_err(db_error)?;
         Ok(taken)
     }
@@ -116,15 +114,16 @@ impl ResultStore for MySqlJobStore {
         let ids: Vec<JobId> = results.iter().map(|(id, _)| *id).collect();
         let mut conn = self.conn().await?;
         let mut tx = conn.start_transaction(TxOpts::default()).await.map_err(db_error)?;
-        let eligible: Vec<String> = format!(
-            "SELECT id FROM jobs WHERE id IN ({}) AND status IN ({}) FOR UPDATE",
-            placeholders(ids.len()),
-            may_become(JobStatus::Succeeded)
-        )
-        .with(Params::Positional(id_values(&ids)))
+        let eligible: Vec<String> = bind(
+            format!(
+                "SELECT id FROM jobs WHERE id IN ({}) AND status IN ({}) FOR UPDATE",
+                placeholders(ids.len()),
+                may_become(JobStatus::Succeeded)
+            ),
+            Params::Positional(id_values(&ids)),
+        )?
         .fetch(&mut tx)
-        .await
-        .map_err(db_error)?;
+        .await?;
         let written: Vec<JobId> = ids.iter().copied().filter(|id| eligible.contains(&id.to_string())).collect();
         if !written.is_empty() {
             let mut values = Vec::with_capacity(written.len() * 3);
@@ -133,28 +132,30 @@ impl ResultStore for MySqlJobStore {
                 values.extend([Value::from(id.to_string()), Value::from(json), Value::from(at_ms)]);
             }
             // One multi-row insert per batch; a result already there is kept (first wins).
-            format!(
-                "INSERT INTO job_results (job_id, result, created_at_ms) VALUES {} \
+            bind(
+                format!(
+                    "INSERT INTO job_results (job_id, result, created_at_ms) VALUES {} \
                  ON DUPLICATE KEY UPDATE job_id = job_id",
-                vec!["(?, ?, ?)"; written.len()].join(", ")
-            )
-            .with(Params::Positional(values))
+                    vec!["(?, ?, ?)"; written.len()].join(", ")
+                ),
+                Params::Positional(values),
+            )?
             .ignore(&mut tx)
-            .await
-            .map_err(db_error)?;
+            .await?;
             let mut params = vec![Value::from(at_ms), Value::from(at_ms), Value::from(at_ms)];
             params.extend(id_values(&written));
-            format!(
-                "UPDATE jobs SET status = 'succeeded', finished_at_ms = ?, updated_at_ms = ?, error = NULL, \
+            bind(
+                format!(
+                    "UPDATE jobs SET status = 'succeeded', finished_at_ms = ?, updated_at_ms = ?, error = NULL, \
                  notify_since_ms = IF(callback_url IS NULL, NULL, ?) \
                  WHERE id IN ({}) AND status IN ({})",
-                placeholders(written.len()),
-                may_become(JobStatus::Succeeded)
-            )
-            .with(Params::Positional(params))
+                    placeholders(written.len()),
+                    may_become(JobStatus::Succeeded)
+                ),
+                Params::Positional(params),
+            )?
             .ignore(&mut tx)
-            .await
-            .map_err(db_error)?;
+            .await?;
         }
         tx.commit().await.map_err(db_error)?;
         Ok(written)
@@ -172,22 +173,24 @@ impl ResultStore for MySqlJobStore {
     async fn note_attempt_error(&self, id: &JobId, reason: &str, at_ms: i64) -> Result<(), PortError> {
         let mut conn = self.conn().await?;
         // Only while the job is still being worked on (it may be taken again).
-        format!(
-            "UPDATE jobs SET error = :reason, updated_at_ms = :at WHERE id = :id AND status IN ({})",
-            may_become(JobStatus::Processing)
-        )
-        .with(params! { "reason" => reason, "at" => at_ms, "id" => id.to_string() })
+        bind(
+            format!(
+                "UPDATE jobs SET error = :reason, updated_at_ms = :at WHERE id = :id AND status IN ({})",
+                may_become(JobStatus::Processing)
+            ),
+            params! { "reason" => reason, "at" => at_ms, "id" => id.to_string() },
+        )?
         .ignore(&mut conn)
         .await
-        .map_err(db_error)
     }
 
     async fn record_webhook(&self, r: &WebhookRecord) -> Result<(), PortError> {
         let mut conn = self.conn().await?;
         let mut tx = conn.start_transaction(TxOpts::default()).await.map_err(db_error)?;
-        "INSERT INTO webhook_deliveries (job_id, url, outcome, attempts, status_code, error, at_ms) \
-         VALUES (:job_id, :url, :outcome, :attempts, :status_code, :error, :at)"
-            .with(params! {
+        bind(
+            "INSERT INTO webhook_deliveries (job_id, url, outcome, attempts, status_code, error, at_ms) \
+         VALUES (:job_id, :url, :outcome, :attempts, :status_code, :error, :at)",
+            params! {
                 "job_id" => r.job_id.to_string(),
                 "url" => &r.url,
                 "outcome" => &r.outcome,
@@ -195,15 +198,13 @@ impl ResultStore for MySqlJobStore {
                 "status_code" => r.status_code,
                 "error" => &r.error,
                 "at" => r.at_ms,
-            })
+            },
+        )?
+        .ignore(&mut tx)
+        .await?;
+        bind("UPDATE jobs SET notify_since_ms = NULL WHERE id = :id", params! { "id" => r.job_id.to_string() })?
             .ignore(&mut tx)
-            .await
-            .map_err(db_error)?;
-        "UPDATE jobs SET notify_since_ms = NULL WHERE id = :id"
-            .with(params! { "id" => r.job_id.to_string() })
-            .ignore(&mut tx)
-            .await
-            .map_err(db_error)?;
+            .await?;
         tx.commit().await.map_err(db_error)
     }
 
@@ -216,12 +217,13 @@ impl ResultStore for MySqlJobStore {
         let mut conn = self.conn().await?;
         let mut tx = conn.start_transaction(TxOpts::default()).await.map_err(db_error)?;
         // SKIP LOCKED: workers sweeping at the same moment take disjoint rows.
-        let rows: Vec<(String, String, Option<String>)> = "SELECT id, status, callback_url FROM jobs \
-             WHERE notify_since_ms <= :before ORDER BY notify_since_ms LIMIT :max FOR UPDATE SKIP LOCKED"
-            .with(params! { "before" => owed_before_ms, "max" => max as u64 })
-            .fetch(&mut tx)
-            .await
-            .map_err(db_error)?;
+        let rows: Vec<(String, String, Option<String>)> = bind(
+            "SELECT id, status, callback_url FROM jobs \
+             WHERE notify_since_ms <= :before ORDER BY notify_since_ms LIMIT :max FOR UPDATE SKIP LOCKED",
+            params! { "before" => owed_before_ms, "max" => max as u64 },
+        )?
+        .fetch(&mut tx)
+        .await?;
         let mut claimed = Vec::with_capacity(rows.len());
         let mut ids = Vec::with_capacity(rows.len());
         for (id, status, url) in rows {
@@ -236,14 +238,15 @@ impl ResultStore for MySqlJobStore {
             let mut params = vec![Value::from(now_ms)];
             params.extend(id_values(&ids));
             // A row without a callback URL owes nothing: settle it.
-            format!(
-                "UPDATE jobs SET notify_since_ms = IF(callback_url IS NULL, NULL, ?) WHERE id IN ({})",
-                placeholders(ids.len())
-            )
-            .with(Params::Positional(params))
+            bind(
+                format!(
+                    "UPDATE jobs SET notify_since_ms = IF(callback_url IS NULL, NULL, ?) WHERE id IN ({})",
+                    placeholders(ids.len())
+                ),
+                Params::Positional(params),
+            )?
             .ignore(&mut tx)
-            .await
-            .map_err(db_error)?;
+            .await?;
         }
         tx.commit().await.map_err(db_error)?;
         Ok(claimed)

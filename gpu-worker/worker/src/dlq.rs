@@ -75,6 +75,9 @@ enum Action {
         /// The database, for `--reset-jobs` (`mysql://user:password@host:port/database`).
         #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
         database_url: Option<SecretString>,
+        /// A private CA for the database's TLS certificate (tests; see the worker's settings).
+        #[arg(long, env = "DATABASE_CA_FILE")]
+        database_ca_file: Option<std::path::PathBuf>,
     },
 }
 
@@ -95,12 +98,13 @@ pub async fn run(args: DlqArgs) -> anyhow::Result<()> {
         let dlq = admin.url(&dlq_name).await.with_context(|| format!("finding queue {dlq_name}"))?;
         match &args.action {
             Action::List { max } => list(&admin, &dlq_name, &dlq, *max).await?,
-            Action::Redrive { reset_jobs, rate, database_url } => {
+            Action::Redrive { reset_jobs, rate, database_url, database_ca_file } => {
                 let source_name = format!("{prefix}-{}", queue.name());
                 let source = admin.url(&source_name).await.with_context(|| format!("finding queue {source_name}"))?;
                 if *reset_jobs && queue != Queue::UploadEvents {
                     let database_url = database_url.clone().context("--reset-jobs needs DATABASE_URL")?;
-                    reset_jobs_of(&admin, &dlq, &DbArgs { database_url, db_pool_max: 1 }).await?;
+                    let db = DbArgs { database_url, db_pool_max: 1, database_ca_file: database_ca_file.clone() };
+                    reset_jobs_of(&admin, &dlq, &db).await?;
                 }
                 let moved = admin.move_back(&dlq, &source, *rate).await?;
                 println!("{dlq_name}: redrove {moved} message(s) to {source_name}");

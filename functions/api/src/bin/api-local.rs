@@ -28,6 +28,7 @@ struct Config {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    ocr_aws::process::install_crypto_provider();
     ocr_api::telemetry::init();
     let config = Config::parse();
     let ProducerArgs { resources, db, api } = &config.producer;

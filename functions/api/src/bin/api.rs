@@ -13,6 +13,7 @@ struct Config {
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
+    ocr_aws::process::install_crypto_provider();
     ocr_api::telemetry::init();
     let config = Config::parse();
     let ProducerArgs { resources, db, api } = &config.producer;

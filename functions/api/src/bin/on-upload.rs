@@ -42,6 +42,7 @@ async fn handle(
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
+    ocr_aws::process::install_crypto_provider();
     ocr_api::telemetry::init();
     let config = Config::parse();
     let services = Services::new(&config.resources, &config.db).await?;

@@ -44,6 +44,7 @@ async fn main() -> anyhow::Result<()> {
     // JSON unless asked otherwise: CloudWatch Logs (via the agent) reads it. ONNX Runtime logs
     // every session option at info: keep it to warnings.
     ocr_aws::process::init_logs("info,ort=warn", true);
+    ocr_aws::process::install_crypto_provider();
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if args.get(1).is_some_and(|a| a == "dlq") {
         args.remove(1);
