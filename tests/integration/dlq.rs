@@ -27,7 +27,11 @@ async fn ended_job(env: &TestEnv, end: JobStatus) -> anyhow::Result<(JobId, Stri
         (JobStatus::Queued, JobStatus::Processing),
         (JobStatus::Processing, end),
     ] {
-        let change = StatusChange { at_ms: 2, error: (to == JobStatus::Failed).then(|| "bad pixels".to_owned()) };
+        let change = StatusChange {
+            at_ms: 2,
+            error: (to == JobStatus::Failed).then(|| "bad pixels".to_owned()),
+            ..Default::default()
+        };
         assert!(env.store.set_status(&id, from, to, change).await?, "{from} -> {to}");
     }
     let message = JobMessage::for_job(&Job { status: end, ..job }, &env.bucket, 10, 2);

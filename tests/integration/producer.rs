@@ -5,7 +5,9 @@ use std::time::Duration;
 use ocr_api::config::Limits;
 use ocr_api::upload::UploadOutcome;
 use ocr_core::{JobMessage, Priority};
-use ocr_integration_tests::{ALICE_TOKEN, BOB_TOKEN, Options, TestEnv, tiny_png};
+use ocr_integration_tests::{
+    ALICE_ACCENT_TOKEN, ALICE_TOKEN, ALICE_UPPER_TOKEN, BOB_TOKEN, Options, TestEnv, tiny_png,
+};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -228,6 +230,35 @@ async fn idempotency_keys_are_per_caller() -> anyhow::Result<()> {
     let path = format!("/v1/jobs/{}", alice["job_id"].as_str().unwrap());
     assert_eq!(env.request(Method::GET, &path, BOB_TOKEN).send().await?.status(), StatusCode::NOT_FOUND);
     assert_eq!(env.job_rows().await?, 2);
+    Ok(())
+}
+
+/// `alice`, `Alice` and `alicé` are three callers: under the database's default collation the
+/// second found the first's idempotency key and was answered her job (metadata, callback, a
+/// fresh PUT URL into her object). Keys differing in case are different keys too.
+#[tokio::test]
+async fn callers_differing_only_in_case_or_accent_are_kept_apart() -> anyhow::Result<()> {
+    let env = TestEnv::with(Options { poller: false, ..Options::default() }).await?;
+    let body = json!({"content_type": "image/png", "content_length": 10, "metadata": {"who": "alice"}});
+    let send = |token: &'static str, key: &'static str| {
+        env.request(Method::POST, "/v1/jobs", token).header("idempotency-key", key).json(&body).send()
+    };
+    let alice: Value = send(ALICE_TOKEN, "order-1").await?.json().await?;
+    let alice_id = alice["job_id"].as_str().unwrap().to_owned();
+    for token in [ALICE_UPPER_TOKEN, ALICE_ACCENT_TOKEN] {
+        let r = send(token, "order-1").await?;
+        assert_eq!(r.status(), StatusCode::CREATED, "{token}: its own new job");
+        let theirs: Value = r.json().await?;
+        assert_ne!(theirs["job_id"], alice["job_id"], "{token} got alice's job");
+        let path = format!("/v1/jobs/{alice_id}");
+        assert_eq!(env.request(Method::GET, &path, token).send().await?.status(), StatusCode::NOT_FOUND, "{token}");
+        assert_eq!(env.request(Method::DELETE, &path, token).send().await?.status(), StatusCode::NOT_FOUND, "{token}");
+    }
+    let other_key: Value = send(ALICE_TOKEN, "ORDER-1").await?.json().await?;
+    assert_ne!(other_key["job_id"], alice["job_id"], "keys differing in case are two keys");
+    let replay: Value = send(ALICE_TOKEN, "order-1").await?.json().await?;
+    assert_eq!(replay["job_id"], alice["job_id"], "alice's own replay still answers her job");
+    assert_eq!(env.job_rows().await?, 4);
     Ok(())
 }
 

@@ -38,7 +38,7 @@ async fn migrations_are_idempotent_and_rows_round_trip() -> anyhow::Result<()> {
 async fn status_changes_are_compare_and_set() -> anyhow::Result<()> {
     let env = TestEnv::with(Options { poller: false, ..Options::default() }).await?;
     let job = env.store.insert(new_job("alice", None)).await?;
-    let at = |ms| StatusChange { at_ms: ms, error: None };
+    let at = |ms| StatusChange { at_ms: ms, error: None, ..Default::default() };
     // Ten racers, one winner.
     let mut racers = Vec::new();
     for _ in 0..10 {
@@ -54,7 +54,7 @@ async fn status_changes_are_compare_and_set() -> anyhow::Result<()> {
     }
     assert_eq!(wins, 1);
     assert!(env.store.set_status(&job.id, JobStatus::Queued, JobStatus::Processing, at(6)).await?);
-    let failed = StatusChange { at_ms: 7, error: Some("engine exploded".into()) };
+    let failed = StatusChange { at_ms: 7, error: Some("engine exploded".into()), ..Default::default() };
     assert!(env.store.set_status(&job.id, JobStatus::Processing, JobStatus::Failed, failed).await?);
     let read = env.store.get(&job.id).await?.expect("stored");
     assert_eq!(read.status, JobStatus::Failed);
@@ -93,7 +93,7 @@ async fn owed_webhooks_are_kept_until_recorded() -> anyhow::Result<()> {
             new.callback_url = None;
         }
         let job = store.insert(new).await?;
-        let queued = StatusChange { at_ms: 1_000, error: None };
+        let queued = StatusChange { at_ms: 1_000, error: None, ..Default::default() };
         assert!(store.set_status(&job.id, JobStatus::AwaitingUpload, JobStatus::Queued, queued).await?);
         ids.push(job.id);
     }
@@ -146,7 +146,7 @@ async fn giving_up_keeps_the_last_attempts_error() -> anyhow::Result<()> {
     let mut ids = Vec::new();
     for _ in 0..2 {
         let job = store.insert(new_job("alice", None)).await?;
-        let queued = StatusChange { at_ms: 1_000, error: None };
+        let queued = StatusChange { at_ms: 1_000, error: None, ..Default::default() };
         assert!(store.set_status(&job.id, JobStatus::AwaitingUpload, JobStatus::Queued, queued).await?);
         ids.push(job.id);
     }
@@ -162,5 +162,23 @@ async fn giving_up_keeps_the_last_attempts_error() -> anyhow::Result<()> {
     assert!(!store.give_up(&ids[0], "again", 4_000).await?);
     let owed = store.claim_notifications(3_000, 5_000, 10).await?;
     assert_eq!(owed.len(), 2, "{owed:?}");
+    Ok(())
+}
+
+/// S3 (LocalStack) honours the version a read asks for: after a second PUT, a read of the
+/// first version is `Changed`, not the new bytes.
+#[tokio::test]
+async fn reads_of_a_replaced_object_version_fail() -> anyhow::Result<()> {
+    use ocr_core::ports::ObjectStore;
+    let env = TestEnv::new().await?;
+    let key = "uploads/bulk/versioned";
+    env.objects.put(key, ocr_core::ContentType::Png, bytes::Bytes::from_static(b"first")).await?;
+    let first = env.objects.head(key).await?.and_then(|i| i.etag).expect("an ETag");
+    assert_eq!(env.objects.get(key, Some(&first)).await?.as_ref(), b"first");
+    assert_eq!(env.objects.read_range(key, 1, 3, Some(&first)).await?.as_ref(), b"irs");
+    env.objects.put(key, ocr_core::ContentType::Png, bytes::Bytes::from_static(b"other")).await?;
+    assert!(matches!(env.objects.get(key, Some(&first)).await, Err(ocr_core::PortError::Changed)));
+    assert!(matches!(env.objects.read_range(key, 0, 5, Some(&first)).await, Err(ocr_core::PortError::Changed)));
+    assert_eq!(env.objects.get(key, None).await?.as_ref(), b"other");
     Ok(())
 }

@@ -312,3 +312,36 @@ async fn sigterm_mid_batch_exits_zero_and_loses_nothing() -> anyhow::Result<()> 
     assert_eq!(results(&env).await?, 12);
     Ok(())
 }
+
+/// A presigned URL stays valid for minutes after the upload check passed: a second PUT of the
+/// same type and length replaces the object. The worker reads only the version the check
+/// passed, and fails the job (with the reason) instead of reading unchecked bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_put_after_the_check_fails_the_job_unread() -> anyhow::Result<()> {
+    if !models_available() {
+        return Ok(());
+    }
+    let env = TestEnv::with(Options { job_visibility_secs: 5, ..Options::default() }).await?;
+    let (checked, _) = line_images(1)?.remove(0);
+    let body = json!({"content_type": "image/png", "content_length": checked.len(), "priority": "express"});
+    let job: Value = env.request(Method::POST, "/v1/jobs", ALICE_TOKEN).json(&body).send().await?.json().await?;
+    let id = job["job_id"].as_str().unwrap().to_owned();
+    let put = |bytes: Vec<u8>| {
+        let mut request = env.http.put(job["upload"]["url"].as_str().unwrap()).body(bytes);
+        for (k, v) in job["upload"]["headers"].as_object().unwrap() {
+            if k != "content-length" {
+                request = request.header(k, v.as_str().unwrap());
+            }
+        }
+        request.send()
+    };
+    assert_eq!(put(checked.clone()).await?.status(), StatusCode::OK);
+    env.wait_for_status(&id, "queued", Duration::from_secs(30)).await?;
+    // The same URL, the same type and length, other bytes: what the check never saw.
+    assert_eq!(put(corrupt_png(&checked)).await?.status(), StatusCode::OK);
+    let worker = env.spawn_worker(&[])?;
+    let failed = env.wait_for_status(&id, "failed", Duration::from_secs(90)).await;
+    let failed = failed.map_err(|e| anyhow::anyhow!("{e}\nworker log:\n{}", worker.logs()))?;
+    assert!(failed["error"].as_str().is_some_and(|e| e.contains("replaced after its upload was checked")), "{failed}");
+    Ok(())
+}

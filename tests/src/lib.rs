@@ -35,6 +35,9 @@ pub mod worker;
 
 pub const ALICE_TOKEN: &str = "alice-integration-token-0001";
 pub const BOB_TOKEN: &str = "bob-integration-token-000002";
+/// Callers whose names differ from `alice` only in case or accent: someone else entirely.
+pub const ALICE_UPPER_TOKEN: &str = "Alice-integration-token-003";
+pub const ALICE_ACCENT_TOKEN: &str = "alice-accent-integration-token-4";
 
 /// What a test may change about its environment.
 #[derive(Debug, Clone)]
@@ -192,8 +195,10 @@ impl TestEnv {
 
         let objects = Arc::new(S3ObjectStore::new(&aws, &bucket));
         let job_queue = Arc::new(SqsJobQueue::new(&aws, &queues.express, &queues.bulk));
-        let auth = Authenticator::from_static_tokens(&format!("{ALICE_TOKEN}:alice,{BOB_TOKEN}:bob"))
-            .map_err(anyhow::Error::msg)?;
+        let auth = Authenticator::from_static_tokens(&format!(
+            "{ALICE_TOKEN}:alice,{BOB_TOKEN}:bob,{ALICE_UPPER_TOKEN}:Alice,{ALICE_ACCENT_TOKEN}:alicé"
+        ))
+        .map_err(anyhow::Error::msg)?;
         let ports = Ports {
             store: store.clone(),
             objects: objects.clone(),

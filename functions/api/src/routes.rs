@@ -96,7 +96,7 @@ async fn create(
     if let Some(idem) = &idempotency
         && let Some(existing) = state.ports.store.find_by_idempotency_key(&caller.0, &idem.key).await?
     {
-        return replay(state, existing, idem, direct).await;
+        return replay(state, &caller, existing, idem, direct).await;
     }
     let depth = state.depth.depth(spec.priority).await;
     if depth > state.limits.queue_depth_limit {
@@ -128,7 +128,7 @@ async fn create(
                 .find_by_idempotency_key(&caller.0, &idem.key)
                 .await?
                 .ok_or_else(|| ApiError::Unavailable("idempotency key conflict without a job".into()))?;
-            return replay(state, existing, idem, direct).await;
+            return replay(state, &caller, existing, idem, direct).await;
         }
         Err(e) => return Err(e.into()),
     };
@@ -186,8 +186,19 @@ async fn upload_view(state: &AppState, job: &Job) -> Result<JobView, ApiError> {
 
 /// Answers a repeated request as the first one was answered: same job, same status code.
 /// A URL is presigned again (the first one's signature is never stored).
-async fn replay(state: &AppState, job: Job, idem: &Idempotency, direct: bool) -> Result<Response, ApiError> {
-    if job.idempotency.as_ref().is_none_or(|i| i.request_hash != idem.request_hash) {
+async fn replay(
+    state: &AppState,
+    caller: &Caller,
+    job: Job,
+    idem: &Idempotency,
+    direct: bool,
+) -> Result<Response, ApiError> {
+    // The store looked the key up for this caller; a job of anyone else is never answered
+    // (whatever the database's collation thought equal).
+    if job.owner != caller.0 {
+        return Err(ApiError::IdempotencyConflict);
+    }
+    if job.idempotency.as_ref().is_none_or(|i| i.key != idem.key || i.request_hash != idem.request_hash) {
         return Err(ApiError::IdempotencyConflict);
     }
     tracing::info!(job_id = %job.id, "idempotent replay");
@@ -231,7 +242,11 @@ async fn expire_if_due(state: &AppState, job: Job) -> Result<Job, ApiError> {
     if job.status != JobStatus::AwaitingUpload || now < upload_deadline_ms(state, &job) + EVENT_MARGIN_MS {
         return Ok(job);
     }
-    let change = StatusChange { at_ms: now, error: Some("no upload arrived before the upload URL expired".into()) };
+    let change = StatusChange {
+        at_ms: now,
+        error: Some("no upload arrived before the upload URL expired".into()),
+        ..Default::default()
+    };
     state.ports.store.set_status(&job.id, JobStatus::AwaitingUpload, JobStatus::Expired, change).await?;
     Ok(state.ports.store.get(&job.id).await?.unwrap_or(job))
 }

@@ -6,7 +6,7 @@
 use aws_lambda_events::s3::S3Event;
 use ocr_core::content::{TAIL_LEN, check_shape};
 use ocr_core::job::parse_object_key;
-use ocr_core::ports::StatusChange;
+use ocr_core::ports::{ObjectInfo, StatusChange};
 use ocr_core::{ContentType, JobId, JobMessage, JobStatus, PortError};
 
 use crate::state::Ports;
@@ -88,23 +88,24 @@ impl UploadHandler {
         let Some(info) = self.ports.objects.head(key).await? else {
             return Ok(UploadOutcome::Ignored("object is gone".into()));
         };
-        let refusal = match self.refusal(&job.content_type, job.content_length, key, info.size).await {
+        let refusal = match self.refusal(&job.content_type, job.content_length, key, &info).await {
             Ok(refusal) => refusal,
             // Deleted between the HEAD and the reads (the job's DELETE came in between, or the
             // expiry rule): nothing is left to check and no retry can bring it back, so the event
             // is acknowledged rather than left to land in the DLQ.
             Err(PortError::NotFound) => return Ok(UploadOutcome::Ignored("object is gone".into())),
+            // Written again while it was checked (a second PUT): check the new bytes next time.
+            Err(PortError::Changed) => {
+                return Err(PortError::unavailable("s3", "the upload was replaced while it was checked"));
+            }
             Err(e) => return Err(e),
         };
         if let Some(reason) = refusal {
             return self.reject(&job.id, job.status, key, reason).await;
         }
-        let now = self.ports.clock.now_ms();
-        let won = self
-            .ports
-            .store
-            .set_status(&id, job.status, JobStatus::Queued, StatusChange { at_ms: now, error: None })
-            .await?;
+        // The worker reads exactly the version checked here: a later PUT fails the job.
+        let change = StatusChange { at_ms: self.ports.clock.now_ms(), error: None, checked_etag: info.etag.clone() };
+        let won = self.ports.store.set_status(&id, job.status, JobStatus::Queued, change).await?;
         if !won {
             return Ok(UploadOutcome::Ignored("another handler took this upload".into()));
         }
@@ -117,22 +118,24 @@ impl UploadHandler {
         declared: &ContentType,
         declared_len: u64,
         key: &str,
-        size: u64,
+        info: &ObjectInfo,
     ) -> Result<Option<String>, PortError> {
+        let (size, version) = (info.size, info.etag.as_deref());
         if size > self.max_upload_bytes {
             return Ok(Some(format!("the upload is {size} bytes, over the limit of {}", self.max_upload_bytes)));
         }
         if size != declared_len {
             return Ok(Some(format!("the upload is {size} bytes, but {declared_len} were declared")));
         }
-        let head = self.ports.objects.read_range(key, 0, ContentType::SNIFF_LEN).await?;
+        let head = self.ports.objects.read_range(key, 0, ContentType::SNIFF_LEN, version).await?;
         let tail_start = size.saturating_sub(TAIL_LEN as u64);
-        let tail = self.ports.objects.read_range(key, tail_start, TAIL_LEN).await?;
+        let tail = self.ports.objects.read_range(key, tail_start, TAIL_LEN, version).await?;
         Ok(check_shape(*declared, size, &head, &tail).err().map(|e| e.to_string()))
     }
 
     async fn reject(&self, id: &JobId, from: JobStatus, key: &str, reason: String) -> Result<UploadOutcome, PortError> {
-        let change = StatusChange { at_ms: self.ports.clock.now_ms(), error: Some(reason.clone()) };
+        let change =
+            StatusChange { at_ms: self.ports.clock.now_ms(), error: Some(reason.clone()), ..Default::default() };
         // Failed first, then the object: a crash in between leaves a failed job whose
         // repeated event deletes the object (see the Failed arm above).
         self.ports.store.set_status(id, from, JobStatus::Failed, change).await?;

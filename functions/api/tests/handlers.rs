@@ -366,7 +366,7 @@ async fn get_shows_the_result_and_delete_removes_it() {
     let h = harness();
     let (_, _, json) = h.call(direct(ALICE, "image/png", "", png_bytes())).await;
     let id: JobId = json["job_id"].as_str().unwrap().parse().unwrap();
-    let change = |at| StatusChange { at_ms: at, error: None };
+    let change = |at| StatusChange { at_ms: at, error: None, ..Default::default() };
     h.store.set_status(&id, JobStatus::AwaitingUpload, JobStatus::Queued, change(1)).await.unwrap();
     h.store.set_status(&id, JobStatus::Queued, JobStatus::Processing, change(2)).await.unwrap();
     h.store.set_status(&id, JobStatus::Processing, JobStatus::Succeeded, change(3)).await.unwrap();
@@ -499,11 +499,17 @@ impl ObjectStore for VanishingObjects {
         self.0.delete(key).await?;
         info
     }
-    async fn read_range(&self, key: &str, offset: u64, len: usize) -> Result<bytes::Bytes, PortError> {
-        self.0.read_range(key, offset, len).await
+    async fn read_range(
+        &self,
+        key: &str,
+        offset: u64,
+        len: usize,
+        if_match: Option<&str>,
+    ) -> Result<bytes::Bytes, PortError> {
+        self.0.read_range(key, offset, len, if_match).await
     }
-    async fn get(&self, key: &str) -> Result<bytes::Bytes, PortError> {
-        self.0.get(key).await
+    async fn get(&self, key: &str, if_match: Option<&str>) -> Result<bytes::Bytes, PortError> {
+        self.0.get(key, if_match).await
     }
     async fn delete(&self, key: &str) -> Result<(), PortError> {
         self.0.delete(key).await

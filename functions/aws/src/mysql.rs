@@ -66,6 +66,21 @@ const MIGRATIONS: &[(u32, &str)] = &[
         // outcome is recorded. Indexed for the sweep; NULL for every settled job.
         r"ALTER TABLE jobs ADD COLUMN notify_since_ms BIGINT NULL, ADD KEY ix_jobs_notify (notify_since_ms)",
     ),
+    (
+        5,
+        // Callers and their keys are compared byte for byte: under the default collation
+        // `Alice` found `alice`'s idempotency key (and with it her job). Only the collation
+        // changes: code of any version reads the columns as before.
+        r"ALTER TABLE jobs
+            MODIFY owner VARCHAR(191) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+            MODIFY idempotency_key VARCHAR(191) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL",
+    ),
+    (
+        6,
+        // The version (S3 ETag) of the image the on-upload check passed: the worker reads that
+        // version or fails the job, so a second PUT to a still-valid URL is never read unchecked.
+        r"ALTER TABLE jobs ADD COLUMN checked_etag VARCHAR(128) CHARACTER SET ascii NULL",
+    ),
 ];
 
 const JOB_COLUMNS: &str = "id, owner, status, priority, content_type, content_length, callback_url, metadata, \
@@ -296,8 +311,8 @@ impl JobStore for MySqlJobStore {
             JobStatus::AwaitingUpload | JobStatus::Deleted => "",
         };
         let sql = format!(
-            "UPDATE jobs SET status = :to, updated_at_ms = :at, error = COALESCE(:error, error){timestamp_column} \
-             WHERE id = :id AND status = :from"
+            "UPDATE jobs SET status = :to, updated_at_ms = :at, error = COALESCE(:error, error), \
+             checked_etag = COALESCE(:etag, checked_etag){timestamp_column} WHERE id = :id AND status = :from"
         );
         let mut conn = self.conn().await?;
         bind(
@@ -307,6 +322,7 @@ impl JobStore for MySqlJobStore {
                 "from" => from.as_str(),
                 "at" => change.at_ms,
                 "error" => change.error,
+                "etag" => change.checked_etag,
                 "id" => id.to_string(),
             },
         )?

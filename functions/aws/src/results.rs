@@ -74,7 +74,10 @@ impl ResultStore for MySqlJobStore {
         let list = placeholders(ids.len());
         // Row locks keep a concurrent `complete` or delete from slipping between read and write.
         let rows: Vec<Row> = bind(
-            format!("SELECT id, owner, status, callback_url, queued_at_ms FROM jobs WHERE id IN ({list}) FOR UPDATE"),
+            format!(
+                "SELECT id, owner, status, callback_url, queued_at_ms, checked_etag FROM jobs WHERE id IN ({list}) \
+                 FOR UPDATE"
+            ),
             Params::Positional(id_values(ids)),
         )?
         .fetch(&mut tx)
@@ -89,6 +92,7 @@ impl ResultStore for MySqlJobStore {
                 status: status.parse().map_err(|_| unreadable("status"))?,
                 callback_url: row.take(3).ok_or_else(|| unreadable("callback_url"))?,
                 queued_at_ms: row.take(4).ok_or_else(|| unreadable("queued_at_ms"))?,
+                checked_etag: row.take(5).ok_or_else(|| unreadable("checked_etag"))?,
             });
         }
         let mut params = vec![Value::from(at_ms), Value::from(at_ms)];

@@ -87,44 +87,64 @@ impl ObjectStore for S3ObjectStore {
             Ok(out) => Ok(Some(ObjectInfo {
                 size: out.content_length().unwrap_or(0).max(0) as u64,
                 content_type: out.content_type().map(str::to_owned),
+                etag: out.e_tag().map(str::to_owned),
             })),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
             Err(e) => Err(sdk_error("s3", e)),
         }
     }
 
-    async fn read_range(&self, key: &str, offset: u64, len: usize) -> Result<Bytes, PortError> {
+    async fn read_range(&self, key: &str, offset: u64, len: usize, if_match: Option<&str>) -> Result<Bytes, PortError> {
         if len == 0 {
             return Ok(Bytes::new());
         }
-        let result = self
+        let range = format!("bytes={offset}-{}", offset + len as u64 - 1);
+        let request = self
             .client
             .get_object()
             .bucket(&self.bucket)
             .key(key)
-            .range(format!("bytes={offset}-{}", offset + len as u64 - 1))
-            .send()
-            .await;
-        match result {
+            .range(range)
+            .set_if_match(if_match.map(str::to_owned));
+        match request.send().await {
             Ok(out) => collect(out.body).await,
             // A range past the end (e.g. on an empty object) is "not satisfiable": nothing there.
-            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 416) => Ok(Bytes::new()),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Err(PortError::NotFound),
-            Err(e) => Err(sdk_error("s3", e)),
+            Err(e) if status(&e) == Some(416) => Ok(Bytes::new()),
+            Err(e) => Err(get_error(e)),
         }
     }
 
-    async fn get(&self, key: &str) -> Result<Bytes, PortError> {
-        match self.client.get_object().bucket(&self.bucket).key(key).send().await {
+    async fn get(&self, key: &str, if_match: Option<&str>) -> Result<Bytes, PortError> {
+        let request = self.client.get_object().bucket(&self.bucket).key(key).set_if_match(if_match.map(str::to_owned));
+        match request.send().await {
             Ok(out) => collect(out.body).await,
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Err(PortError::NotFound),
-            Err(e) => Err(sdk_error("s3", e)),
+            Err(e) => Err(get_error(e)),
         }
     }
 
     async fn delete(&self, key: &str) -> Result<(), PortError> {
         self.client.delete_object().bucket(&self.bucket).key(key).send().await.map_err(|e| sdk_error("s3", e))?;
         Ok(())
+    }
+}
+
+type GetError = aws_sdk_s3::error::SdkError<
+    aws_sdk_s3::operation::get_object::GetObjectError,
+    aws_sdk_s3::config::http::HttpResponse,
+>;
+
+fn status(e: &GetError) -> Option<u16> {
+    e.raw_response().map(|r| r.status().as_u16())
+}
+
+/// A missing object is `NotFound`; a failed `If-Match` (412) is `Changed`: it was written again.
+fn get_error(e: GetError) -> PortError {
+    if e.as_service_error().is_some_and(|s| s.is_no_such_key()) {
+        PortError::NotFound
+    } else if status(&e) == Some(412) {
+        PortError::Changed
+    } else {
+        sdk_error("s3", e)
     }
 }
 

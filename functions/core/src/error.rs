@@ -15,6 +15,9 @@ pub enum PortError {
     /// The request conflicts with the stored state (e.g. a unique key).
     #[error("conflict: {0}")]
     Conflict(String),
+    /// The object is no longer the version asked for (`If-Match` failed): it was written again.
+    #[error("the object changed")]
+    Changed,
     /// A permanent failure: retrying the same call will fail the same way.
     #[error("{service} failed: {message}")]
     Permanent { service: &'static str, message: String },

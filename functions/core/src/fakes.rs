@@ -44,6 +44,8 @@ pub struct InMemoryJobStore {
     webhooks: Mutex<Vec<WebhookRecord>>,
     /// Jobs that owe a webhook, and since when (the outbox).
     owed: Mutex<HashMap<JobId, i64>>,
+    /// The image version each queued job's check passed.
+    checked: Mutex<HashMap<JobId, String>>,
 }
 
 impl InMemoryJobStore {
@@ -110,6 +112,9 @@ impl JobStore for InMemoryJobStore {
         }
         job.status = to;
         job.updated_at_ms = change.at_ms;
+        if let Some(etag) = change.checked_etag {
+            self.checked.lock().unwrap().insert(*id, etag);
+        }
         match to {
             JobStatus::Queued => job.queued_at_ms = Some(change.at_ms),
             JobStatus::Processing => {
@@ -220,23 +225,26 @@ impl ObjectStore for InMemoryObjectStore {
 
     async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, PortError> {
         self.check()?;
-        Ok(self
-            .objects
-            .lock()
-            .unwrap()
-            .get(key)
-            .map(|(ct, body)| ObjectInfo { size: body.len() as u64, content_type: Some(ct.as_str().into()) }))
+        Ok(self.objects.lock().unwrap().get(key).map(|(ct, body)| ObjectInfo {
+            size: body.len() as u64,
+            content_type: Some(ct.as_str().into()),
+            etag: Some(etag(body)),
+        }))
     }
 
-    async fn read_range(&self, key: &str, offset: u64, len: usize) -> Result<Bytes, PortError> {
-        let body = self.get(key).await?;
+    async fn read_range(&self, key: &str, offset: u64, len: usize, if_match: Option<&str>) -> Result<Bytes, PortError> {
+        let body = self.get(key, if_match).await?;
         let start = (offset as usize).min(body.len());
         Ok(body.slice(start..(start + len).min(body.len())))
     }
 
-    async fn get(&self, key: &str) -> Result<Bytes, PortError> {
+    async fn get(&self, key: &str, if_match: Option<&str>) -> Result<Bytes, PortError> {
         self.check()?;
-        self.objects.lock().unwrap().get(key).map(|(_, b)| b.clone()).ok_or(PortError::NotFound)
+        let body = self.objects.lock().unwrap().get(key).map(|(_, b)| b.clone()).ok_or(PortError::NotFound)?;
+        match if_match {
+            Some(want) if want != etag(&body) => Err(PortError::Changed),
+            _ => Ok(body),
+        }
     }
 
     async fn delete(&self, key: &str) -> Result<(), PortError> {
@@ -244,6 +252,12 @@ impl ObjectStore for InMemoryObjectStore {
         self.objects.lock().unwrap().remove(key);
         Ok(())
     }
+}
+
+/// A version tag of an object's bytes (S3 uses their MD5 for a single PUT; a digest will do).
+fn etag(body: &[u8]) -> String {
+    use sha2::Digest;
+    format!("\"{}\"", hex::encode(&sha2::Sha256::digest(body)[..16]))
 }
 
 /// Two queues as vectors; the reported depth can be forced for backpressure tests.
@@ -291,6 +305,7 @@ impl ResultStore for InMemoryJobStore {
                 status: job.status,
                 callback_url: job.callback_url.clone(),
                 queued_at_ms: job.queued_at_ms,
+                checked_etag: self.checked.lock().unwrap().get(id).cloned(),
             });
             if job.status.can_become(JobStatus::Processing) {
                 job.status = JobStatus::Processing;

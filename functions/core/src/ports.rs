@@ -41,6 +41,9 @@ pub struct StatusChange {
     pub at_ms: i64,
     /// Why the job failed (only with `Failed`).
     pub error: Option<String>,
+    /// The version of the image the on-upload check read (with `Queued`): the worker reads
+    /// that version or fails the job.
+    pub checked_etag: Option<String>,
 }
 
 /// Where jobs are kept.
@@ -97,6 +100,9 @@ pub struct PresignedPut {
 pub struct ObjectInfo {
     pub size: u64,
     pub content_type: Option<String>,
+    /// The version of the object's bytes (S3's ETag): reads with `if_match` get exactly these
+    /// bytes or [`PortError::Changed`].
+    pub etag: Option<String>,
 }
 
 /// Where images are kept.
@@ -119,11 +125,13 @@ pub trait ObjectStore: Send + Sync {
     /// Size and type of the object, or `None` when it does not exist.
     async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, PortError>;
 
-    /// Up to `len` bytes of the object starting at byte `offset` (fewer at its end).
-    async fn read_range(&self, key: &str, offset: u64, len: usize) -> Result<Bytes, PortError>;
+    /// Up to `len` bytes of the object starting at byte `offset` (fewer at its end); with
+    /// `if_match`, only from that version ([`PortError::Changed`] otherwise).
+    async fn read_range(&self, key: &str, offset: u64, len: usize, if_match: Option<&str>) -> Result<Bytes, PortError>;
 
-    /// The whole object; [`PortError::NotFound`] when missing.
-    async fn get(&self, key: &str) -> Result<Bytes, PortError>;
+    /// The whole object; [`PortError::NotFound`] when missing; with `if_match`, only that
+    /// version ([`PortError::Changed`] when the object was written again).
+    async fn get(&self, key: &str, if_match: Option<&str>) -> Result<Bytes, PortError>;
 
     /// Deletes the object; deleting a missing object succeeds.
     async fn delete(&self, key: &str) -> Result<(), PortError>;

@@ -63,6 +63,9 @@ pub struct TakenJob {
     pub callback_url: Option<String>,
     /// Time the job was queued (for queue-to-result latency), epoch milliseconds.
     pub queued_at_ms: Option<i64>,
+    /// The version of the image the on-upload check passed ([`crate::ports::StatusChange`]):
+    /// the worker reads exactly it.
+    pub checked_etag: Option<String>,
 }
 
 /// A webhook call's outcome, as recorded.

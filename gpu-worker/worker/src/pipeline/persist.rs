@@ -232,6 +232,7 @@ mod tests {
             status: JobStatus::Processing,
             callback_url: None,
             queued_at_ms: None,
+            checked_etag: None,
         };
         Item { delivery, job: Some(job), state }
     }

@@ -61,7 +61,10 @@ pub(super) async fn prepare(
     for (index, (item, message)) in batch.items.iter_mut().zip(messages).enumerate() {
         let Some(message) = message.filter(|_| still_open(item)) else { continue };
         let (objects, permits, max_pixels) = (deps.objects.clone(), decode_permits.clone(), settings.max_pixels);
-        downloads.push(async move { (index, fetch(objects.as_ref(), &message.key, &permits, max_pixels).await) });
+        let version = item.job.as_ref().and_then(|j| j.checked_etag.clone());
+        downloads.push(async move {
+            (index, fetch(objects.as_ref(), &message.key, version.as_deref(), &permits, max_pixels).await)
+        });
     }
     let mut results = futures::stream::iter(downloads).buffer_unordered(settings.prefetch_concurrency.max(1));
     while let Some((index, state)) = results.next().await {
@@ -103,12 +106,26 @@ fn still_open(item: &mut Item) -> bool {
     false
 }
 
-/// Downloads and decodes one image (at most `permits` decodes at once, on blocking threads).
-async fn fetch(objects: &dyn ObjectStore, key: &str, permits: &Arc<Semaphore>, max_pixels: u64) -> State {
-    let bytes = match objects.get(key).await {
+/// Why a job fails when its image is not the one its upload check passed.
+pub const CHANGED_REASON: &str =
+    "the image was replaced after its upload was checked (a second PUT to the upload URL); create a new job for it";
+
+/// Downloads (exactly the version the upload check passed, when known) and decodes one image,
+/// at most `permits` decodes at once, on blocking threads.
+async fn fetch(
+    objects: &dyn ObjectStore,
+    key: &str,
+    version: Option<&str>,
+    permits: &Arc<Semaphore>,
+    max_pixels: u64,
+) -> State {
+    let bytes = match objects.get(key, version).await {
         Ok(bytes) => bytes,
         Err(PortError::NotFound) => {
             return State::Failed(ImageFailure { reason: "the image is not in storage".into(), retryable: false });
+        }
+        Err(PortError::Changed) => {
+            return State::Failed(ImageFailure { reason: CHANGED_REASON.into(), retryable: false });
         }
         Err(e) => {
             return State::Failed(ImageFailure {
