@@ -14,6 +14,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib/common.sh"
 cd "$ROOT"
 
 "$ROOT/infra/setup.sh"
+ensure_run_dir # deploy.sh --dry-run's output goes there; a fresh clone has no .run/
 VENV="$ROOT/.venv/infra"
 export SAM_CLI_TELEMETRY=0 SAM_CLI_CONTEXT_BROWSER=false
 # sam validate needs a region and some credentials to start; it calls no AWS API with --lint.
