@@ -32,6 +32,13 @@ def bootstrap_constant(name: str) -> str:
     return m.group(1)
 
 
+def bootstrap_env_value(name: str) -> str:
+    """A fixed value the bootstrap writes into worker.env (`NAME=value` in its heredoc)."""
+    m = re.search(rf"^{name}=([^$\s]+)$", BOOTSTRAP.read_text(), re.M)
+    assert m, name
+    return m.group(1)
+
+
 def unit_settings() -> dict[str, str]:
     return dict(re.findall(r"^([A-Za-z]+)=(.*)$", UNIT.read_text(), re.M))
 
