@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from conftest import iam_statements, resolve, stack_env, substitute, user_data
+from conftest import ROOT, iam_statements, resolve, stack_env, substitute, user_data
 
 SENSITIVE_SERVICES = ("s3", "sqs", "secretsmanager", "rds", "kms", "dynamodb", "logs")
 
@@ -21,15 +21,27 @@ def test_parameter_defaults(tpl, defaults):
     p = tpl["Parameters"]
     assert defaults["StageName"] == "prod"
     assert defaults["GpuInstanceType"] == "g4dn.xlarge"
-    assert p["WorkerAmiId"]["Type"] == "AWS::SSM::Parameter::Value<AWS::EC2::Image::Id>"
-    assert defaults["WorkerAmiId"].startswith("/aws/service/deeplearning/ami/x86_64/")
-    assert "base-oss-nvidia-driver-gpu-amazon-linux-2023" in defaults["WorkerAmiId"]
+    assert p["WorkerAmiId"]["Type"] == "AWS::EC2::Image::Id"
     assert int(defaults["MinWorkers"]) == 2 and int(defaults["MaxWorkers"]) == 4
     assert defaults["DatabaseEngineVersion"].startswith("8.")
     assert defaults["VpcId"] == "" and defaults["DatabaseInstanceClass"].startswith("db.")
     for name in ("JwtIssuer", "JwtAudience", "SpotSharePercent", "ScaleOutQueueDepth",
                  "ScaleInQueueDepth", "BacklogPerWorkerTarget", "PrivateSubnetIds"):
         assert name in p
+
+
+def test_worker_ami_is_pinned(tpl):
+    """A concrete AMI id the stack keeps, never an SSM path CloudFormation would resolve again on
+    every update (a new AMI is a new NVIDIA driver); deploy.sh pins and bumps it (test_deploy.py)."""
+    p = tpl["Parameters"]["WorkerAmiId"]
+    assert p["Type"] == "AWS::EC2::Image::Id" and "Default" not in p
+    assert not any("SSM::Parameter" in q["Type"] for q in tpl["Parameters"].values())
+    assert "/latest/ami-id" not in json.dumps(tpl) and "deeplearning/ami" not in json.dumps(tpl)
+    assert "{{resolve:ssm:" not in json.dumps(tpl)
+    lt = tpl["Resources"]["WorkerLaunchTemplate"]["Properties"]["LaunchTemplateData"]
+    assert lt["ImageId"] == {"Ref": "WorkerAmiId"}
+    from test_deploy import DLAMI
+    assert f"DLAMI_PARAMETER={DLAMI}" in (ROOT / "scripts" / "deploy.sh").read_text()
 
 
 def test_spot_share_mapping_covers_every_choice(tpl):
