@@ -160,8 +160,12 @@ def test_worker_role_is_least_privilege(tpl):
         "autoScalingGroupName/ocr-${StageName}-workers")
     assert set(acts["WorkerLogs"]) <= {"logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"}
     assert acts["SignalStack"] == ["cloudformation:SignalResource"]
+    # The crash-loop handler marks an instance of its own group, no other group's.
+    assert acts["MarkOwnGroupUnhealthy"] == ["autoscaling:SetInstanceHealth"]
+    assert stmts["MarkOwnGroupUnhealthy"]["Resource"] == stmts["CompleteOwnLifecycleActions"]["Resource"]
     assert set(stmts) == {"JobQueues", "ReadJobDeadLetterQueues", "ReadUploads", "ReadArtifacts", "Secrets",
-                          "OwnMetrics", "CompleteOwnLifecycleActions", "WorkerLogs", "SignalStack"}
+                          "OwnMetrics", "CompleteOwnLifecycleActions", "MarkOwnGroupUnhealthy", "WorkerLogs",
+                          "SignalStack"}
 
 
 def test_encryption_and_no_public_data(tpl):
@@ -239,8 +243,8 @@ def test_worker_group(tpl, defaults):
     assert dist["OnDemandBaseCapacity"] == {"Ref": "OnDemandBaseWorkers"}
     assert "FindInMap" in json.dumps(dist["OnDemandPercentageAboveBaseCapacity"])
     assert p["MetricsCollection"] == [{"Granularity": "1Minute"}]
-    (hook,) = p["LifecycleHookSpecificationList"]
-    assert hook["LifecycleTransition"] == "autoscaling:EC2_INSTANCE_TERMINATING"
+    hooks = {h["LifecycleTransition"]: h for h in p["LifecycleHookSpecificationList"]}
+    assert set(hooks) == {"autoscaling:EC2_INSTANCE_TERMINATING", "autoscaling:EC2_INSTANCE_LAUNCHING"}
     assert g["CreationPolicy"]["ResourceSignal"]["Count"] == {"Ref": "MinWorkers"}
     assert g["UpdatePolicy"]["AutoScalingRollingUpdate"]["WaitOnResourceSignals"] is True
     tags = {t["Key"]: t["Value"] for t in p["Tags"]}
@@ -251,7 +255,9 @@ def test_user_data_matches_group_hook_and_queues(tpl):
     env = stack_env(tpl)
     p = tpl["Resources"]["WorkerGroup"]["Properties"]
     assert env["AUTOSCALING_GROUP_NAME"] == p["AutoScalingGroupName"]["Fn::Sub"]
-    assert env["LIFECYCLE_HOOK_NAME"] == p["LifecycleHookSpecificationList"][0]["LifecycleHookName"]["Fn::Sub"]
+    hooks = {h["LifecycleTransition"]: h["LifecycleHookName"]["Fn::Sub"] for h in p["LifecycleHookSpecificationList"]}
+    assert env["LIFECYCLE_HOOK_NAME"] == hooks["autoscaling:EC2_INSTANCE_TERMINATING"]
+    assert env["LAUNCH_HOOK_NAME"] == hooks["autoscaling:EC2_INSTANCE_LAUNCHING"]
     assert env["CFN_LOGICAL_ID"] == "WorkerGroup"
     for q in ("ExpressQueue", "BulkQueue"):
         qp = tpl["Resources"][q]["Properties"]
@@ -268,8 +274,29 @@ def test_user_data_matches_group_hook_and_queues(tpl):
 def test_lifecycle_hook_outlasts_the_drain(tpl):
     from test_worker import bootstrap_constant
     grace = int(bootstrap_constant("SHUTDOWN_GRACE_SECS"))
-    hook = tpl["Resources"]["WorkerGroup"]["Properties"]["LifecycleHookSpecificationList"][0]
+    (hook,) = [h for h in tpl["Resources"]["WorkerGroup"]["Properties"]["LifecycleHookSpecificationList"]
+               if h["LifecycleTransition"] == "autoscaling:EC2_INSTANCE_TERMINATING"]
     assert int(hook["HeartbeatTimeout"]) >= grace + 60
+
+
+def test_only_serving_workers_count_as_capacity(tpl):
+    """The backlog-per-worker policy divides by GroupInServiceInstances. A new worker enters service
+    only through the launching hook, which its bootstrap completes (CONTINUE) once /healthz answers
+    and abandons on failure; the hook's own timeout abandons a bootstrap that never reports."""
+    g = tpl["Resources"]["WorkerGroup"]
+    (hook,) = [h for h in g["Properties"]["LifecycleHookSpecificationList"]
+               if h["LifecycleTransition"] == "autoscaling:EC2_INSTANCE_LAUNCHING"]
+    assert hook["DefaultResult"] == "ABANDON"
+    text = (ROOT / "infra" / "worker" / "bootstrap.sh").read_text()
+    health_wait = int(re.search(r'HEALTH_TIMEOUT_SECS="\$\{OCR_HEALTH_TIMEOUT_SECS:-(\d+)\}"', text).group(1))
+    assert int(hook["HeartbeatTimeout"]) >= health_wait + 300  # + boot and downloads
+    # ... and within the rolling update's wait for a new worker's signal.
+    pause = g["UpdatePolicy"]["AutoScalingRollingUpdate"]["PauseTime"]
+    assert int(hook["HeartbeatTimeout"]) <= int(re.fullmatch(r"PT(\d+)M", pause).group(1)) * 60
+    metrics = tpl["Resources"]["BacklogPerWorkerPolicy"]["Properties"]["TargetTrackingConfiguration"][
+        "CustomizedMetricSpecification"]["Metrics"]
+    (workers,) = [m for m in metrics if m["Id"] == "workers"]
+    assert workers["MetricStat"]["Metric"]["MetricName"] == "GroupInServiceInstances"
 
 
 def test_user_data_is_valid_bash(tpl, tmp_path):
