@@ -69,6 +69,7 @@ stage_artifacts() {
         gzip -n >"$out/models.tar.gz"
     install -m 0644 infra/worker/ocr-fleet-worker.service infra/worker/ocr-fleet-unhealthy.service "$out/systemd/"
     install -m 0755 infra/worker/ocr-fleet-unhealthy.sh "$out/bin/ocr-fleet-unhealthy"
+    install -m 0755 infra/worker/ocr-fleet-dlq.sh "$out/bin/ocr-fleet-dlq"
     install -m 0755 infra/worker/bootstrap.sh "$out/bootstrap.sh"
     install -m 0644 infra/worker/amazon-cloudwatch-agent.json infra/worker/logrotate.conf "$out/"
     local files
@@ -567,7 +568,7 @@ DOING="pip download onnxruntime-gpu==$ORT_GPU_VERSION (manylinux_2_28_x86_64); e
 run ort_gpu
 
 ARTIFACT_DIR="$WORK/artifact"
-DOING="lay out bin/gpu-worker and bin/ocr-fleet-unhealthy, lib/, models.tar.gz ($MODEL_SET + orientation), systemd/ (worker and its crash-loop handler), bootstrap.sh, agent and logrotate configs, SHA256SUMS"
+DOING="lay out bin/gpu-worker, bin/ocr-fleet-unhealthy and bin/ocr-fleet-dlq, lib/, models.tar.gz ($MODEL_SET + orientation), systemd/ (worker and its crash-loop handler), bootstrap.sh, agent and logrotate configs, SHA256SUMS"
 run stage_artifacts "$WORKER_BIN_DIR/gpu-worker" "$ORT_DIR" "${OCR_MODEL_DIR:-$ROOT/models}" "$MODEL_SET" "$ARTIFACT_DIR"
 if ((DRY_RUN)); then
     VERSION="<sha256(SHA256SUMS):16>"

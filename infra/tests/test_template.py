@@ -54,6 +54,12 @@ def test_spot_share_mapping_covers_every_choice(tpl):
 # What Lambda needs to attach a function to the VPC; it requires Resource "*" for these.
 VPC_ENI_ACTIONS = {"ec2:CreateNetworkInterface", "ec2:DescribeNetworkInterfaces", "ec2:DescribeSubnets",
                    "ec2:DeleteNetworkInterface", "ec2:AssignPrivateIpAddresses", "ec2:UnassignPrivateIpAddresses"}
+# What the SSM agent needs for Session Manager and Run Command; these take no resource ARN.
+SESSION_MANAGER_ACTIONS = {"ssm:UpdateInstanceInformation", "ssmmessages:CreateControlChannel",
+                           "ssmmessages:CreateDataChannel", "ssmmessages:OpenControlChannel",
+                           "ssmmessages:OpenDataChannel", "ec2messages:AcknowledgeMessage", "ec2messages:DeleteMessage",
+                           "ec2messages:FailMessage", "ec2messages:GetEndpoint", "ec2messages:GetMessages",
+                           "ec2messages:SendReply"}
 
 
 def actions_of(st) -> list[str]:
@@ -74,10 +80,12 @@ def test_no_wildcard_actions_and_scoped_resources(tpl, transformed, form):
         res = st.get("Resource")
         res = res if isinstance(res, list) else [res]
         if "*" in res:
-            # Only actions without resource types: metrics (with a namespace condition) and the
-            # functions' VPC network interfaces; never a queue, bucket, secret, log or database.
+            # Only actions without resource types: metrics (with a namespace condition), the
+            # functions' VPC network interfaces and the workers' SSM agent; never a queue, bucket,
+            # secret, log or database.
             assert (actions == ["cloudwatch:PutMetricData"] and st.get("Condition")) or \
-                set(actions) <= VPC_ENI_ACTIONS, f"{rid}: {st}"
+                set(actions) <= VPC_ENI_ACTIONS or \
+                (rid == "WorkerRole" and set(actions) <= SESSION_MANAGER_ACTIONS), f"{rid}: {st}"
 
 
 def test_no_managed_policies_after_the_sam_transform(tpl, transformed):
@@ -145,10 +153,15 @@ def test_worker_role_is_least_privilege(tpl):
     assert acts["JobQueues"] == sorted(["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility",
                                         "sqs:GetQueueAttributes"])
     assert stmts["JobQueues"]["Resource"] == [{"Fn::GetAtt": ["ExpressQueue", "Arn"]}, {"Fn::GetAtt": ["BulkQueue", "Arn"]}]
-    # The dead-letter sweep only reads the job DLQs; operators' tools delete and redrive.
-    assert acts["ReadJobDeadLetterQueues"] == ["sqs:ReceiveMessage"]
-    assert stmts["ReadJobDeadLetterQueues"]["Resource"] == [{"Fn::GetAtt": ["ExpressDeadLetterQueue", "Arn"]},
-                                                            {"Fn::GetAtt": ["BulkDeadLetterQueue", "Arn"]}]
+    # The dead-letter queues (the sweep, and the operators' gpu-worker dlq run on a worker) and
+    # the queues they redrive to: exactly the stage's three pairs (test_dlq_tool_permissions).
+    dlqs = [{"Fn::GetAtt": [q, "Arn"]} for q in ("ExpressDeadLetterQueue", "BulkDeadLetterQueue",
+                                                 "UploadEventsDeadLetterQueue")]
+    assert stmts["DeadLetterQueues"]["Resource"] == dlqs
+    sources = [{"Fn::GetAtt": [q, "Arn"]} for q in ("ExpressQueue", "BulkQueue", "UploadEventsQueue")]
+    assert stmts["RedriveTargets"]["Resource"] == sources
+    assert acts["RedriveTargets"] == sorted(["sqs:GetQueueUrl", "sqs:GetQueueAttributes", "sqs:SendMessage"])
+    assert set(acts["SessionManager"]) == SESSION_MANAGER_ACTIONS
     assert acts["ReadUploads"] == ["s3:GetObject"]
     assert stmts["ReadUploads"]["Resource"] == {"Fn::Sub": "${UploadBucket.Arn}/uploads/*"}
     assert acts["ReadArtifacts"] == ["s3:GetObject"]
@@ -163,9 +176,42 @@ def test_worker_role_is_least_privilege(tpl):
     # The crash-loop handler marks an instance of its own group, no other group's.
     assert acts["MarkOwnGroupUnhealthy"] == ["autoscaling:SetInstanceHealth"]
     assert stmts["MarkOwnGroupUnhealthy"]["Resource"] == stmts["CompleteOwnLifecycleActions"]["Resource"]
-    assert set(stmts) == {"JobQueues", "ReadJobDeadLetterQueues", "ReadUploads", "ReadArtifacts", "Secrets",
-                          "OwnMetrics", "CompleteOwnLifecycleActions", "MarkOwnGroupUnhealthy", "WorkerLogs",
-                          "SignalStack"}
+    assert set(stmts) == {"JobQueues", "DeadLetterQueues", "RedriveTargets", "ReadUploads", "ReadArtifacts",
+                          "Secrets", "OwnMetrics", "CompleteOwnLifecycleActions", "MarkOwnGroupUnhealthy",
+                          "WorkerLogs", "SignalStack", "SessionManager"}
+
+
+# The SQS calls the dlq tool makes (functions/aws/src/sqs.rs, DeadLetterAdmin) -> IAM actions. A
+# message-move task runs with its caller's permissions: receive and delete on the source (the
+# DLQ), send on the destination.
+SDK_TO_IAM = {"get_queue_url": "sqs:GetQueueUrl", "get_queue_attributes": "sqs:GetQueueAttributes",
+              "receive_with": "sqs:ReceiveMessage", "change_visibility": "sqs:ChangeMessageVisibility",
+              "start_message_move_task": "sqs:StartMessageMoveTask",
+              "list_message_move_tasks": "sqs:ListMessageMoveTasks"}
+
+
+def test_dlq_tool_permissions(tpl):
+    sqs_rs = (ROOT / "functions" / "aws" / "src" / "sqs.rs").read_text()
+    admin = sqs_rs.split("impl DeadLetterAdmin", 1)[1]
+    called = {m for m in SDK_TO_IAM if re.search(rf"\.{m}\(", admin)}
+    assert {"get_queue_url", "start_message_move_task", "list_message_move_tasks", "receive_with"} <= called, called
+    needed_on_dlq = {SDK_TO_IAM[m] for m in called} | {"sqs:DeleteMessage"}  # the move task's
+    stmts = {st["Sid"]: st for rid, st in iam_statements(tpl) if rid == "WorkerRole"}
+    on_dlq = set(actions_of(stmts["DeadLetterQueues"]))
+    assert needed_on_dlq <= on_dlq, needed_on_dlq - on_dlq
+    assert on_dlq - needed_on_dlq == set(), "more than the tool and the sweep use"
+    # Each DLQ's redrive target is the queue that dead-letters into it.
+    res = tpl["Resources"]
+    pairs = {res[q]["Properties"]["RedrivePolicy"]["deadLetterTargetArn"]["Fn::GetAtt"][0]: q
+             for q in ("ExpressQueue", "BulkQueue", "UploadEventsQueue")}
+    dlqs = [r["Fn::GetAtt"][0] for r in stmts["DeadLetterQueues"]["Resource"]]
+    targets = [r["Fn::GetAtt"][0] for r in stmts["RedriveTargets"]["Resource"]]
+    assert [pairs[d] for d in dlqs] == targets
+    # The tool finds them by name: ocr-<stage>-<queue>-dlq, the template's names.
+    dlq_rs = (ROOT / "gpu-worker" / "worker" / "src" / "dlq.rs").read_text()
+    assert 'format!("{prefix}-{}-dlq", queue.name())' in dlq_rs
+    for d, q in zip(dlqs, ("express", "bulk", "upload-events")):
+        assert res[d]["Properties"]["QueueName"]["Fn::If"][2]["Fn::Sub"] == "ocr-${StageName}-" + q + "-dlq"
 
 
 def test_encryption_and_no_public_data(tpl):
@@ -224,6 +270,11 @@ def test_network_endpoints(tpl):
                 for r in resources_of(tpl, "AWS::EC2::VPCEndpoint").values()
                 if r["Properties"]["VpcEndpointType"] == "Interface"}
     assert {"sqs", "monitoring", "logs", "secretsmanager", "autoscaling"} <= services
+    # Session Manager to the workers without a NAT.
+    assert {"ssm", "ssmmessages", "ec2messages"} <= services
+    ready = json.dumps(res["NetworkReady"]["Metadata"])
+    for rid, r in resources_of(tpl, "AWS::EC2::VPCEndpoint").items():
+        assert f'"Ref": "{rid}"' in ready, f"workers do not wait for {rid}"
     assert res["NatGateway"]["Condition"] == "CreateNat"
     for fn in resources_of(tpl, "AWS::Serverless::Function"):
         assert "VpcConfig" in tpl["Globals"]["Function"], fn

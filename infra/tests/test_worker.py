@@ -127,6 +127,7 @@ esac
                  '[[ "$1" == show ]] && echo "${SANDBOX_UNIT_RESULT:-success}"\nexit 0\n',
     "id": "#!/bin/bash\nexit 0\n",
     "useradd": '#!/bin/bash\necho "useradd $*" >>"$SANDBOX_CALLS"\n',
+    "runuser": '#!/bin/bash\necho "runuser $*" >>"$SANDBOX_CALLS"\nwhile [[ "$1" != -- ]]; do shift; done\nshift\nexec "$@"\n',
     "chown": "#!/bin/bash\nexit 0\n",
     "dnf": '#!/bin/bash\necho "dnf $*" >>"$SANDBOX_CALLS"\nexit 1\n',
     "sleep": "#!/bin/bash\nexit 0\n",
@@ -232,13 +233,37 @@ def test_bootstrap_writes_every_worker_setting(sandbox):
     assert (root / "etc/systemd/system/ocr-fleet-worker.service").read_text() == UNIT.read_text()
     assert (root / "etc/systemd/system/ocr-fleet-unhealthy.service").read_text() == UNHEALTHY_UNIT.read_text()
     assert os.access(root / "opt/ocr-fleet/bin/ocr-fleet-unhealthy", os.X_OK)
+    assert os.access(root / "usr/local/bin/ocr-fleet-dlq", os.X_OK)
     calls = (tmp / "calls").read_text()
     assert "systemctl enable --now ocr-fleet-worker.service" in calls
+    assert "systemctl enable --now amazon-ssm-agent.service" in calls  # Session Manager
     # The device nodes before the worker starts.
     assert calls.index("nvidia-modprobe -u -c=0") < calls.index("systemctl enable --now ocr-fleet-worker.service")
     # In service only once healthy: the launching hook completed, then the stack told.
     assert (tmp / "lifecycle").read_text().split() == ["CONTINUE"]
     assert (tmp / "signals").read_text().split() == ["SUCCESS"]
+
+
+def test_operators_dlq_tool_runs_with_the_workers_settings(sandbox):
+    """sudo ocr-fleet-dlq ... on a worker: gpu-worker dlq as the worker's user, with worker.env's
+    DATABASE_URL and the stage's queue names (STAGE)."""
+    root, env, tmp = sandbox
+    r = run_bootstrap(env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    fake = root / "opt" / "ocr-fleet" / "bin" / "gpu-worker"
+    fake.write_text('#!/bin/bash\necho "args=$*"\necho "STAGE=$STAGE"\necho "DATABASE_URL=$DATABASE_URL"\n'
+                    'echo "LOG_FORMAT=$LOG_FORMAT"\n')
+    fake.chmod(0o755)
+    out = subprocess.run([str(root / "usr/local/bin/ocr-fleet-dlq"), "redrive", "--queue", "express", "--reset-jobs"],
+                         env=env, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    got = dict(line.split("=", 1) for line in out.stdout.splitlines())
+    assert got["args"] == "dlq redrive --queue express --reset-jobs"
+    assert got["STAGE"] == "prod" and got["LOG_FORMAT"] == "text"
+    assert got["DATABASE_URL"] == read_env(root / "etc" / "ocr-fleet" / "worker.env")["DATABASE_URL"]
+    assert "runuser -u ocr-fleet --" in (tmp / "calls").read_text()
+    # The tool's STAGE flag is what names the queues ocr-<stage>-<queue>-dlq.
+    assert 'env = "STAGE"' in (ROOT / "gpu-worker" / "worker" / "src" / "dlq.rs").read_text()
 
 
 def without_cuda_bundle(root: Path) -> None:
@@ -347,7 +372,7 @@ def test_artifacts_are_reproducible(tmp_path):
         versions.append(r.stdout.strip())
     assert versions[0] == versions[1] and re.fullmatch(r"[0-9a-f]{16}", versions[0])
     sums = (tmp_path / "a" / "SHA256SUMS").read_text()
-    for f in ("bin/gpu-worker", "bin/ocr-fleet-unhealthy", "lib/libonnxruntime.so.1", "models.tar.gz",
+    for f in ("bin/gpu-worker", "bin/ocr-fleet-unhealthy", "bin/ocr-fleet-dlq", "lib/libonnxruntime.so.1", "models.tar.gz",
               "systemd/ocr-fleet-worker.service", "systemd/ocr-fleet-unhealthy.service",
               "bootstrap.sh", "amazon-cloudwatch-agent.json", "logrotate.conf"):
         assert f"  {f}\n" in sums, f
@@ -363,6 +388,7 @@ def test_cloudwatch_agent_config():
 
 @pytest.mark.skipif(not shutil.which("shellcheck"), reason="shellcheck not installed")
 def test_scripts_pass_shellcheck():
-    files = [ROOT / "infra/worker/bootstrap.sh", UNHEALTHY, ROOT / "scripts/deploy.sh", ROOT / "infra/setup.sh",
+    files = [ROOT / "infra/worker/bootstrap.sh", UNHEALTHY, ROOT / "infra/worker/ocr-fleet-dlq.sh",
+             ROOT / "scripts/deploy.sh", ROOT / "infra/setup.sh",
              ROOT / "infra/sam-build.sh", ROOT / "infra/check.sh"]
     subprocess.run(["shellcheck", "-x", *map(str, files)], check=True, cwd=ROOT)

@@ -11,8 +11,8 @@
 #   3. writes /etc/ocr-fleet/worker.env (mode 600): every setting of
 #      gpu-worker/worker/src/config.rs, by its env name
 #   4. creates the GPU device nodes (nvidia-modprobe), installs the worker unit and its
-#      crash-loop handler (ocr-fleet-unhealthy.service), starts the CloudWatch agent (worker and
-#      bootstrap logs) and the worker service
+#      crash-loop handler (ocr-fleet-unhealthy.service) and the operators' ocr-fleet-dlq, starts
+#      the CloudWatch agent (worker and bootstrap logs), the SSM agent and the worker service
 #   5. waits for the worker's /healthz (models loaded, migrations applied: DB_MIGRATE=true), then
 #      completes the group's launching hook (CONTINUE: only now is the worker InService, counted
 #      as capacity) and signals the creation/update policy; on any error ABANDON (Auto Scaling
@@ -191,6 +191,7 @@ done
 chown ocr-fleet:ocr-fleet "$LOGS"
 install -m 0644 "$OPT/systemd/ocr-fleet-worker.service" "$OPT/systemd/ocr-fleet-unhealthy.service" "$UNITS/"
 chmod 0755 "$OPT/bin/ocr-fleet-unhealthy"
+install -D -m 0755 "$OPT/bin/ocr-fleet-dlq" "$R/usr/local/bin/ocr-fleet-dlq"
 install -D -m 0644 "$OPT/logrotate.conf" "$R/etc/logrotate.d/ocr-fleet"
 if ! command -v amazon-cloudwatch-agent-ctl >/dev/null 2>&1; then
     dnf install -y -q amazon-cloudwatch-agent || log "could not install the CloudWatch agent; logs stay local"
@@ -199,6 +200,12 @@ if command -v amazon-cloudwatch-agent-ctl >/dev/null 2>&1; then
     sed "s|@LOG_GROUP@|$LOG_GROUP|g" "$OPT/amazon-cloudwatch-agent.json" >"$ETC/amazon-cloudwatch-agent.json"
     amazon-cloudwatch-agent-ctl -a fetch-config -m ec2 -s -c "file:$ETC/amazon-cloudwatch-agent.json" ||
         log "CloudWatch agent did not start; logs stay local"
+fi
+# Session Manager is how an operator reaches a worker (ocr-fleet-dlq): the AMI ships the agent.
+if ! systemctl enable --now amazon-ssm-agent.service; then
+    if ! { dnf install -y -q amazon-ssm-agent && systemctl enable --now amazon-ssm-agent.service; }; then
+        log "no SSM agent: Session Manager cannot reach this worker"
+    fi
 fi
 systemctl daemon-reload
 systemctl enable --now ocr-fleet-worker.service
