@@ -20,11 +20,15 @@
 #      WorkerVersion, WorkerModelSet, CudaLibsVersion, DatabaseDeletionProtection (+ --param ones);
 #      a new version rolls the workers one by one
 #
+# Rollback: scripts/deploy.sh --rollback [--stage S] [--function api|on-upload] points the
+# functions' `live` alias at their previous published version (both functions unless --function).
+#
 # Usage:
 #   scripts/deploy.sh [--stage prod] [--config-env default] [--region R] [--artifact-bucket B]
 #                     [--artifact-prefix ocr-fleet] [--model-set ppocrv6-small]
 #                     [--param Key=Value]... [--capacity "--images-per-sec 6 ..."]
 #                     [--no-bundle-cuda] [--skip-build] [--bump-ami] [--dry-run] [-- extra sam deploy args]
+#   scripts/deploy.sh --rollback [--stage prod] [--region R] [--function api|on-upload]... [--dry-run]
 #   scripts/deploy.sh stage-artifacts --worker-binary F --onnxruntime-dir D --models-dir D
 #                     --model-set M --out DIR        (step 2's layout only; tests use it)
 #   scripts/deploy.sh stage-cuda WHEELS_DIR OUT     (the CUDA bundle from downloaded wheels)
@@ -127,6 +131,8 @@ QUOTA_ON_DEMAND_G=L-DB2E81BA
 QUOTA_SPOT_G=L-3819A6DF
 # AWS refuses a reservation that leaves fewer unreserved concurrent executions than this.
 LAMBDA_UNRESERVED_FLOOR=100
+# The functions' alias (template.yaml AutoPublishAlias): what API Gateway and the SQS mapping call.
+LAMBDA_ALIAS=live
 
 # A dry run prints on fd 3, this script's stdout, also from inside $(...) where stdout is captured.
 exec 3>&1
@@ -438,6 +444,37 @@ protect_database() {
     run aws "${REGION_ARGS[@]}" cloudformation wait stack-update-complete --stack-name "$STACK"
 }
 
+# ------------------------------------------------------------------ rollback
+ROLLBACK_FUNCTIONS=()
+
+# rollback_function NAME: points NAME's alias at the newest published version before the one it
+# serves now (Lambda keeps every version SAM published).
+rollback_function() {
+    local fn="ocr-$STAGE-$1" current versions prev
+    if ((DRY_RUN)); then
+        ask lambda get-alias --function-name "$fn" --name "$LAMBDA_ALIAS" --query FunctionVersion --output text || true
+        ask lambda list-versions-by-function --function-name "$fn" --query 'Versions[].Version' --output text || true
+        note "the newest numbered version below the alias's becomes $LAMBDA_ALIAS:"
+        run aws "${REGION_ARGS[@]}" lambda update-alias --function-name "$fn" --name "$LAMBDA_ALIAS" --function-version "<previous>"
+        return 0
+    fi
+    current=$(ask lambda get-alias --function-name "$fn" --name "$LAMBDA_ALIAS" --query FunctionVersion --output text)
+    versions=$(ask lambda list-versions-by-function --function-name "$fn" --query 'Versions[].Version' --output text)
+    prev=$(tr -s '[:space:]' '\n' <<<"$versions" | grep -E '^[0-9]+$' | sort -n |
+        awk -v c="$current" '$1 < c + 0' | tail -n 1 || true)
+    [[ -n "$prev" ]] || die "$fn: no version before $current to roll back to"
+    ask lambda update-alias --function-name "$fn" --name "$LAMBDA_ALIAS" --function-version "$prev" \
+        --query FunctionVersion --output text >/dev/null
+    log "$fn: $LAMBDA_ALIAS $current -> $prev"
+}
+
+rollback() {
+    local f
+    ((${#ROLLBACK_FUNCTIONS[@]})) || ROLLBACK_FUNCTIONS=(api on-upload)
+    for f in "${ROLLBACK_FUNCTIONS[@]}"; do rollback_function "$f"; done
+    log "rolled back. The next scripts/deploy.sh points $LAMBDA_ALIAS at the version it publishes (a new one only when the code or configuration changed); the database schema and the workers stay as they are"
+}
+
 # Sourced (infra/tests): the functions only.
 [[ "${BASH_SOURCE[0]}" == "$0" ]] || return 0
 
@@ -468,7 +505,7 @@ if [[ "${1:-}" == stage-artifacts ]]; then
 fi
 
 CONFIG_ENV="" REGION="${AWS_REGION:-${AWS_DEFAULT_REGION:-}}" ARTIFACT_BUCKET="" ARTIFACT_PREFIX=ocr-fleet
-MODEL_SET=ppocrv6-small SKIP_BUILD=0 CAPACITY="" BUNDLE_CUDA=1
+MODEL_SET=ppocrv6-small SKIP_BUILD=0 CAPACITY="" BUNDLE_CUDA=1 ROLLBACK=0
 PARAMS=() SAM_ARGS=()
 while (($#)); do
     case $1 in
@@ -484,6 +521,10 @@ while (($#)); do
         --no-bundle-cuda) BUNDLE_CUDA=0; shift ;;
         --dry-run) DRY_RUN=1; shift ;;
         --bump-ami) BUMP_AMI=1; shift ;;
+        --rollback) ROLLBACK=1; shift ;;
+        --function)
+            [[ "$2" == api || "$2" == on-upload ]] || die "--function is api or on-upload"
+            ROLLBACK_FUNCTIONS+=("$2"); shift 2 ;;
         -h | --help) usage; exit 0 ;;
         --) shift; SAM_ARGS=("$@"); break ;;
         *) die "unknown argument $1 (see --help)" ;;
@@ -496,6 +537,14 @@ fi
 STACK="ocr-fleet-$STAGE"
 REGION_ARGS=()
 [[ -n "$REGION" ]] && REGION_ARGS=(--region "$REGION")
+
+if ((ROLLBACK)); then
+    ((DRY_RUN)) || command -v aws >/dev/null 2>&1 || die "aws not found"
+    log "rolling back stage $STAGE's functions to their previous versions$( ((DRY_RUN)) && echo ' [dry run]')"
+    rollback
+    exit 0
+fi
+((${#ROLLBACK_FUNCTIONS[@]} == 0)) || die "--function goes with --rollback"
 
 if ((!DRY_RUN)); then
     for t in aws cargo python3 sha256sum tar gzip; do

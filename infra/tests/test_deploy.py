@@ -1,7 +1,7 @@
 """scripts/deploy.sh before and after `sam deploy`, with a stand-in `aws`: the preflight (G/VT vCPU
 quotas split on-demand/spot as the group splits them, Lambda's unreserved concurrency, MaxWorkers
 above MinWorkers), the first create (no deletion protection until created, then on; a failed
-first create in ROLLBACK_COMPLETE deleted so it can be retried), and the pinned AMI."""
+first create in ROLLBACK_COMPLETE deleted so it can be retried), the pinned AMI, and --rollback."""
 
 from __future__ import annotations
 
@@ -283,3 +283,53 @@ def test_a_stack_that_followed_latest_keeps_the_ami_it_runs(deploy):
     r = deploy.run(state, PRINT)
     assert r.returncode == 0, r.stderr
     assert "WorkerAmiId=ami-0ccccccccccccccccc" in overrides_of(r.stdout)
+
+
+# ------------------------------------------------------------------ rollback
+def test_rollback_points_the_alias_at_the_previous_version(deploy):
+    state = with_(alias={"ocr-prod-api": "7", "ocr-prod-on-upload": "3"},
+                  versions={"ocr-prod-api": ["$LATEST", "5", "6", "7", "8"], "ocr-prod-on-upload": ["$LATEST", "1", "3"]})
+    r = deploy.run(state, "rollback")
+    assert r.returncode == 0, r.stderr
+    updates = [c for c in deploy.calls() if c[:2] == ["lambda", "update-alias"]]
+    assert [(c[c.index("--function-name") + 1], c[c.index("--name") + 1], c[c.index("--function-version") + 1])
+            for c in updates] == [("ocr-prod-api", "live", "6"), ("ocr-prod-on-upload", "live", "1")]
+    r = deploy.run(state, "ROLLBACK_FUNCTIONS=(api); rollback")
+    assert len([c for c in deploy.calls() if c[:2] == ["lambda", "update-alias"]]) == 1
+
+
+def test_rollback_without_an_earlier_version_fails(deploy):
+    state = with_(alias={"ocr-prod-api": "1"}, versions={"ocr-prod-api": ["$LATEST", "1"]})
+    r = deploy.run(state, "ROLLBACK_FUNCTIONS=(api); rollback")
+    assert r.returncode != 0 and "no version before 1" in r.stderr
+    assert not [c for c in deploy.calls() if c[:2] == ["lambda", "update-alias"]]
+
+
+def test_rollback_command_line(tmp_path):
+    r = subprocess.run([str(DEPLOY), "--rollback", "--dry-run", "--function", "api", "--region", "eu-west-1"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "+ aws --region eu-west-1 lambda get-alias --function-name ocr-prod-api --name live" in r.stdout
+    assert "+ aws --region eu-west-1 lambda update-alias --function-name ocr-prod-api --name live" in r.stdout
+    assert "on-upload" not in r.stdout
+
+
+def test_the_alias_is_the_templates(tpl, transformed):
+    """--rollback moves the alias that API Gateway and the SQS event source call, and the versions
+    it moves between are kept."""
+    assert "LAMBDA_ALIAS=live" in DEPLOY.read_text()
+    assert tpl["Globals"]["Function"]["AutoPublishAlias"] == "live"
+    res = transformed["Resources"]
+    aliases = {r["Properties"]["FunctionName"]["Ref"]: k for k, r in res.items() if r["Type"] == "AWS::Lambda::Alias"}
+    assert set(aliases) == {"ApiFunction", "OnUploadFunction"}
+    assert all(res[a]["Properties"]["Name"] == "live" for a in aliases.values())
+    for k, r in res.items():
+        if r["Type"] == "AWS::Lambda::Version":
+            assert r.get("DeletionPolicy") == "Retain", k  # the previous version outlives a deploy
+        if r["Type"] == "AWS::Lambda::Permission":
+            assert r["Properties"]["FunctionName"] == {"Ref": aliases["ApiFunction"]}, k
+    (mapping,) = [r for r in res.values() if r["Type"] == "AWS::Lambda::EventSourceMapping"]
+    assert mapping["Properties"]["FunctionName"] == {"Ref": aliases["OnUploadFunction"]}
+    body = json.dumps(res["HttpApi"]["Properties"]["Body"])
+    uris = [m for m in __import__("re").findall(r"functions/\$\{(\w+)\}/invocations", body)]
+    assert uris and set(uris) == {aliases["ApiFunction"]}, uris

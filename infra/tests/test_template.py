@@ -123,7 +123,7 @@ def test_on_upload_role_is_least_privilege(tpl, transformed):
     # ... which is the queue the function's event source mapping reads.
     (mapping,) = [r for r in transformed["Resources"].values() if r["Type"] == "AWS::Lambda::EventSourceMapping"]
     assert mapping["Properties"]["EventSourceArn"] == consume["Resource"]
-    assert mapping["Properties"]["FunctionName"] == {"Ref": "OnUploadFunction"}
+    assert mapping["Properties"]["FunctionName"] == {"Ref": "OnUploadFunctionAliaslive"}  # the alias
     assert actions_of(stmts["EnqueueJobs"]) == ["sqs:SendMessage"]
     assert stmts["EnqueueJobs"]["Resource"] == [{"Fn::GetAtt": ["ExpressQueue", "Arn"]},
                                                 {"Fn::GetAtt": ["BulkQueue", "Arn"]}]
