@@ -129,8 +129,8 @@ def plain_cfn(template_path: Path) -> dict:
         if not _refs(out) & dropped:
             outputs[key] = out
     tpl["Outputs"] = outputs
-    # Keep only the conditions and parameters something kept uses (e.g. WorkerAmiId, an SSM
-    # parameter type LocalStack would try to resolve, goes).
+    # Keep only the conditions and parameters something kept uses (e.g. WorkerAmiId, an AMI id
+    # LocalStack would check and that has no default, goes).
     conds = tpl.get("Conditions", {})
     used = _refs(res) | _refs(outputs) | {r.get("Condition") for r in res.values()} - {None}
     while True:
