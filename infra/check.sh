@@ -14,6 +14,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib/common.sh"
 cd "$ROOT"
 
 "$ROOT/infra/setup.sh"
+ensure_run_dir # deploy.sh --dry-run's output goes there; a fresh clone has no .run/
 VENV="$ROOT/.venv/infra"
 export SAM_CLI_TELEMETRY=0 SAM_CLI_CONTEXT_BROWSER=false
 # sam validate needs a region and some credentials to start; it calls no AWS API with --lint.
@@ -35,8 +36,12 @@ fi
 log "scripts/deploy.sh --dry-run"
 "$ROOT/scripts/deploy.sh" --dry-run --param JwtIssuer=https://issuer.example.com --param JwtAudience=ocr \
     --capacity "--images-per-sec 6" >"$RUN_DIR/deploy-dry-run.txt" || failed+=("deploy.sh --dry-run")
-grep -q -- "sam deploy --config-env default --stack-name ocr-fleet-prod" "$RUN_DIR/deploy-dry-run.txt" ||
-    failed+=("deploy.sh --dry-run output")
+# The dry run shows the preflight (quotas, Lambda concurrency, first create) and the deploy.
+for want in "sam deploy --config-env default --stack-name ocr-fleet-prod" "--quota-code L-DB2E81BA" \
+    "--quota-code L-3819A6DF" "lambda get-account-settings" "DatabaseDeletionProtection=false" \
+    "ParameterKey=DatabaseDeletionProtection\\,ParameterValue=true"; do
+    grep -qF -- "$want" "$RUN_DIR/deploy-dry-run.txt" || failed+=("deploy.sh --dry-run output lacks $want")
+done
 log "checkov (template.yaml; deliberate findings carry Metadata checkov skip comments)"
 "$ROOT/.venv/checkov/bin/checkov" -f template.yaml --framework cloudformation --compact --quiet --skip-download ||
     failed+=("checkov")

@@ -18,7 +18,9 @@ dropped resource goes). Parameters and conditions nothing kept uses are dropped 
   - the bucket blocks public access and encrypts,
   - the alarms exist with the intended thresholds: every DLQ > 0, queue
     depth high/low at the template's ScaleOutQueueDepth / ScaleInQueueDepth over both queues,
-    oldest express message at ExpressMaxAgeSecs,
+    oldest express message at ExpressMaxAgeSecs, and the database's (proxy pinning > 0,
+    connections > DatabaseConnectionsAlarmThreshold, CPU > 80%, free storage < 5 GiB) on the
+    stage's instance and proxy names,
   - an object put under uploads/ reaches the upload-events queue as ObjectCreated:Put.
 Then deletes the stack. Used by scripts/test.sh; needs .venv/localstack (boto3, cfn-lint).
 """
@@ -127,8 +129,8 @@ def plain_cfn(template_path: Path) -> dict:
         if not _refs(out) & dropped:
             outputs[key] = out
     tpl["Outputs"] = outputs
-    # Keep only the conditions and parameters something kept uses (e.g. WorkerAmiId, an SSM
-    # parameter type LocalStack would try to resolve, goes).
+    # Keep only the conditions and parameters something kept uses (e.g. WorkerAmiId, an AMI id
+    # LocalStack would check and that has no default, goes).
     conds = tpl.get("Conditions", {})
     used = _refs(res) | _refs(outputs) | {r.get("Condition") for r in res.values()} - {None}
     while True:
@@ -276,8 +278,9 @@ def check_alarms(cw, stage: str, defaults: dict, out: dict) -> list[str]:
     failures = []
     alarms = {a["AlarmName"]: a for page in cw.get_paginator("describe_alarms").paginate(
         AlarmNamePrefix=f"ocr-{stage}-") for a in page["MetricAlarms"]}
-    queue = {k: v.rsplit("/", 1)[-1] for k, v in out.items() if k.endswith("QueueUrl")}
-    # name -> (comparison, threshold, metric names or the queues the alarm watches)
+    queue = {k: ("QueueName", v.rsplit("/", 1)[-1]) for k, v in out.items() if k.endswith("QueueUrl")}
+    db, proxy = ("DBInstanceIdentifier", f"ocr-{stage}-db"), ("ProxyName", f"ocr-{stage}-db-proxy")
+    # name -> (comparison, threshold, the (dimension, value) pairs the alarm watches)
     want = {
         f"ocr-{stage}-express-dlq-not-empty": ("GreaterThanThreshold", 0, [queue["ExpressDeadLetterQueueUrl"]]),
         f"ocr-{stage}-bulk-dlq-not-empty": ("GreaterThanThreshold", 0, [queue["BulkDeadLetterQueueUrl"]]),
@@ -289,20 +292,24 @@ def check_alarms(cw, stage: str, defaults: dict, out: dict) -> list[str]:
                                           [queue["ExpressQueueUrl"], queue["BulkQueueUrl"]]),
         f"ocr-{stage}-queue-depth-low": ("LessThanThreshold", float(defaults["ScaleInQueueDepth"]),
                                          [queue["ExpressQueueUrl"], queue["BulkQueueUrl"]]),
+        f"ocr-{stage}-db-proxy-pinned": ("GreaterThanThreshold", 0, [proxy]),
+        f"ocr-{stage}-db-connections-high": ("GreaterThanThreshold",
+                                             float(defaults["DatabaseConnectionsAlarmThreshold"]), [db]),
+        f"ocr-{stage}-db-cpu-high": ("GreaterThanThreshold", 80, [db]),
+        f"ocr-{stage}-db-free-storage-low": ("LessThanThreshold", 5 * 2**30, [db]),
     }
-    for name, (op, threshold, queues) in want.items():
+    for name, (op, threshold, dims) in want.items():
         a = alarms.get(name)
         if a is None:
             failures.append(f"alarm {name} missing (have {sorted(alarms)})")
             continue
         if a["ComparisonOperator"] != op or float(a["Threshold"]) != threshold:
             failures.append(f"alarm {name}: {a['ComparisonOperator']} {a['Threshold']}, want {op} {threshold}")
-        watched = {d["Value"] for d in a.get("Dimensions", []) if d["Name"] == "QueueName"}
+        watched = {(d["Name"], d["Value"]) for d in a.get("Dimensions", [])}
         for m in a.get("Metrics", []):
-            watched |= {d["Value"] for d in m.get("MetricStat", {}).get("Metric", {}).get("Dimensions", [])
-                        if d["Name"] == "QueueName"}
-        if watched != set(queues):
-            failures.append(f"alarm {name} watches {sorted(watched)}, want {sorted(queues)}")
+            watched |= {(d["Name"], d["Value"]) for d in m.get("MetricStat", {}).get("Metric", {}).get("Dimensions", [])}
+        if watched != set(dims):
+            failures.append(f"alarm {name} watches {sorted(watched)}, want {sorted(dims)}")
     return failures
 
 

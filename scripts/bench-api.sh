@@ -7,7 +7,7 @@
 #      the first "next event" request against a stand-in Runtime API), as a proxy for init.
 # Options: --duration SECS (default 15), --connections N (default 32), --runs N (init, default 20)
 # Env: BENCH_DB_POOL_MAX (default 8: one local process serves many requests at once; a Lambda
-#      instance serves one, hence DB_POOL_MAX=2 there)
+#      instance serves one, hence DB_POOL_MAX=1 there)
 set -euo pipefail
 # shellcheck source=scripts/lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"

@@ -1,5 +1,11 @@
 #!/usr/bin/env bash
 # Ship ocr-fleet to AWS: one stack, everything in it (template.yaml).
+#   0. preflight, before anything is built: the stack's state (a failed first create in
+#      ROLLBACK_COMPLETE is deleted so it can be retried; a first create runs without database
+#      deletion protection and turns it on once created), the worker AMI pinned on a first
+#      create, MaxWorkers > MinWorkers, the account's G/VT vCPU quotas (on-demand L-DB2E81BA, spot
+#      L-3819A6DF) for MaxWorkers as the group splits them, and Lambda's unreserved concurrency
+#      after ApiReservedConcurrency; exits non-zero saying what is short
 #   1. sam build: the api and on-upload functions (cargo-lambda, arm64; infra/sam-build.sh)
 #   2. the worker artifacts: gpu-worker (release, x86_64 for g4dn, against glibc 2.34 with
 #      cargo-zigbuild, CUDA provider on), libonnxruntime + CUDA provider from the onnxruntime-gpu
@@ -11,19 +17,27 @@
 #   3. uploads them to s3://<artifact bucket>/<prefix>/worker/<version>/ (creating the private,
 #      encrypted artifact bucket ocr-fleet-artifacts-<account>-<region> when none is given)
 #   4. sam deploy --stack-name ocr-fleet-<stage> with StageName, ArtifactBucket, ArtifactPrefix,
-#      WorkerVersion, WorkerModelSet, CudaLibsVersion (+ --param ones); a new version rolls the workers one by one.
+#      WorkerVersion, WorkerModelSet, CudaLibsVersion, DatabaseDeletionProtection (+ --param ones);
+#      a new version rolls the workers one by one
+#
+# Rollback: scripts/deploy.sh --rollback [--stage S] [--function api|on-upload] points the
+# functions' `live` alias at their previous published version (both functions unless --function).
 #
 # Usage:
 #   scripts/deploy.sh [--stage prod] [--config-env default] [--region R] [--artifact-bucket B]
 #                     [--artifact-prefix ocr-fleet] [--model-set ppocrv6-small]
 #                     [--param Key=Value]... [--capacity "--images-per-sec 6 ..."]
-#                     [--no-bundle-cuda] [--skip-build] [--dry-run] [-- extra sam deploy args]
+#                     [--no-bundle-cuda] [--skip-build] [--bump-ami] [--dry-run] [-- extra sam deploy args]
+#   scripts/deploy.sh --rollback [--stage prod] [--region R] [--function api|on-upload]... [--dry-run]
 #   scripts/deploy.sh stage-artifacts --worker-binary F --onnxruntime-dir D --models-dir D
 #                     --model-set M --out DIR        (step 2's layout only; tests use it)
 #   scripts/deploy.sh stage-cuda WHEELS_DIR OUT     (the CUDA bundle from downloaded wheels)
 # First deploy of a stage: --param JwtIssuer=https://... --param JwtAudience=... (or `-- --guided`).
 # --capacity passes scripts/capacity's thresholds (MinWorkers, MaxWorkers, ScaleOut...) as params.
-# --dry-run prints every command instead of running it (no AWS, no build).
+# --bump-ami moves the workers to the AMI the DLAMI's `latest` parameter names today (a rolling
+# update); without it the stack keeps the AMI pinned at its first create (or --param WorkerAmiId=).
+# --dry-run prints every command instead of running it (no AWS, no build), the preflight's
+# arithmetic included, as for a first create.
 # Needs: AWS credentials, the aws CLI, cargo, python3 with pip; .venv/infra comes from infra/setup.sh.
 set -euo pipefail
 # shellcheck source=scripts/lib/common.sh
@@ -57,7 +71,9 @@ stage_artifacts() {
     # Reproducible tarball: the same models give the same hash, so the same WorkerVersion.
     tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$models_dir" -cf - "${sets[@]}" |
         gzip -n >"$out/models.tar.gz"
-    install -m 0644 infra/worker/ocr-fleet-worker.service "$out/systemd/"
+    install -m 0644 infra/worker/ocr-fleet-worker.service infra/worker/ocr-fleet-unhealthy.service "$out/systemd/"
+    install -m 0755 infra/worker/ocr-fleet-unhealthy.sh "$out/bin/ocr-fleet-unhealthy"
+    install -m 0755 infra/worker/ocr-fleet-dlq.sh "$out/bin/ocr-fleet-dlq"
     install -m 0755 infra/worker/bootstrap.sh "$out/bootstrap.sh"
     install -m 0644 infra/worker/amazon-cloudwatch-agent.json infra/worker/logrotate.conf "$out/"
     local files
@@ -96,6 +112,372 @@ PY
     (cd "$out" && xargs sha256sum <<<"$files" >SHA256SUMS)
 }
 
+# ------------------------------------------------------------------ before deploying
+# What the functions below read; the argument parsing at the end sets them (tests source this
+# file, which stops before the parsing, and set them themselves).
+STAGE=prod STACK=ocr-fleet-prod DRY_RUN=0
+REGION_ARGS=()
+# KEY=VALUE template parameters given by --capacity and --param (a later one wins).
+USER_OVERRIDES=()
+# The stack's current parameters (KEY -> value) when it exists; empty for a first create.
+declare -A STACK_PARAMS=() STACK_RESOLVED=() TEMPLATE_DEFAULTS=() VCPUS=()
+PREFLIGHT_FAILED=()
+# AWS's public parameter of its Deep Learning Base OSS Nvidia Driver GPU AMI (Amazon Linux 2023):
+# read once, on a first create or with --bump-ami, never followed by a deploy on its own.
+DLAMI_PARAMETER=/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-amazon-linux-2023/latest/ami-id
+# Service Quotas codes (vCPUs, per region): "Running On-Demand G and VT instances" and "All G and
+# VT Spot Instance Requests".
+QUOTA_ON_DEMAND_G=L-DB2E81BA
+QUOTA_SPOT_G=L-3819A6DF
+# AWS refuses a reservation that leaves fewer unreserved concurrent executions than this.
+LAMBDA_UNRESERVED_FLOOR=100
+# The functions' alias (template.yaml AutoPublishAlias): what API Gateway and the SQS mapping call.
+LAMBDA_ALIAS=live
+
+# A dry run prints on fd 3, this script's stdout, also from inside $(...) where stdout is captured.
+exec 3>&1
+
+# run CMD...: run it, or print it with --dry-run (with what a shell function does, from DOING).
+DOING=""
+run() {
+    if ((DRY_RUN)); then
+        [[ -n "$DOING" ]] && printf '# %s\n' "$DOING" >&3
+        DOING=
+        { printf '+'; printf ' %q' "$@"; printf '\n'; } >&3
+    else
+        "$@"
+    fi
+}
+
+# note TEXT: a step's reasoning: logged, or with --dry-run printed among the commands.
+note() {
+    if ((DRY_RUN)); then printf '# %s\n' "$*" >&3; else log "$*"; fi
+}
+
+# ask ARGS...: a read-only `aws ARGS` whose answer a check needs. With --dry-run it prints the
+# command and fails (no answer), so callers fall back to showing the arithmetic alone.
+ask() {
+    if ((DRY_RUN)); then
+        { printf '+ aws'; printf ' %q' "${REGION_ARGS[@]}" "$@"; printf '\n'; } >&3
+        return 1
+    fi
+    aws "${REGION_ARGS[@]}" "$@"
+}
+
+# stack_status: the stack's status, NONE when it does not exist (a dry run assumes that).
+stack_status() {
+    local out
+    if ((DRY_RUN)); then
+        ask cloudformation describe-stacks --stack-name "$STACK" --query 'Stacks[0].StackStatus' --output text || true
+        printf 'NONE\n'
+        return 0
+    fi
+    if out=$(aws "${REGION_ARGS[@]}" cloudformation describe-stacks --stack-name "$STACK" \
+        --query 'Stacks[0].StackStatus' --output text 2>&1); then
+        printf '%s\n' "$out"
+    elif [[ "$out" == *"does not exist"* ]]; then
+        printf 'NONE\n'
+    else
+        die "cannot read stack $STACK: $out"
+    fi
+}
+
+# load_stack_params: STACK_PARAMS (and STACK_RESOLVED, for SSM-typed ones) from the stack.
+load_stack_params() {
+    local k v r
+    while IFS=$'\t' read -r k v r; do
+        [[ -n "$k" ]] || continue
+        STACK_PARAMS[$k]=$v
+        if [[ -n "$r" && "$r" != None ]]; then STACK_RESOLVED[$k]=$r; fi
+    done < <(ask cloudformation describe-stacks --stack-name "$STACK" \
+        --query 'Stacks[0].Parameters[].[ParameterKey,ParameterValue,ResolvedValue]' --output text || true)
+}
+
+# load_template_defaults: TEMPLATE_DEFAULTS from template.yaml's Parameters section.
+load_template_defaults() {
+    local k v
+    while IFS=$'\t' read -r k v; do TEMPLATE_DEFAULTS[$k]=$v; done < <(python3 - "$ROOT/template.yaml" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+section = re.search(r"^Parameters:\n(.*?)^\S", text, re.M | re.S).group(1)
+for name, body in re.findall(r"^  (\w+):\n((?:    .*\n|\s*\n)*)", section, re.M):
+    m = re.search(r"^    Default: *(.*?) *$", body, re.M)
+    if m:
+        print(f"{name}\t{m.group(1).strip(chr(34))}")
+PY
+    )
+}
+
+# param NAME: the value the deploy will give NAME: --param/--capacity, else the stack's current
+# value (sam deploy keeps it), else the template's default.
+param() {
+    local kv v="" found=0
+    for kv in ${USER_OVERRIDES[@]+"${USER_OVERRIDES[@]}"}; do
+        if [[ "${kv%%=*}" == "$1" ]]; then v=${kv#*=}; found=1; fi
+    done
+    if ((!found)) && [[ -n "${STACK_PARAMS[$1]+set}" ]]; then v=${STACK_PARAMS[$1]}; found=1; fi
+    if ((found)); then printf '%s\n' "$v"; else template_default "$1"; fi
+}
+
+# template_default NAME: NAME's default in template.yaml.
+template_default() {
+    ((${#TEMPLATE_DEFAULTS[@]})) || load_template_defaults
+    [[ -n "${TEMPLATE_DEFAULTS[$1]+set}" ]] || die "template parameter $1 has no default and no value"
+    printf '%s\n' "${TEMPLATE_DEFAULTS[$1]}"
+}
+
+# given NAME: true when --param or --capacity names NAME.
+given() {
+    local kv
+    for kv in ${USER_OVERRIDES[@]+"${USER_OVERRIDES[@]}"}; do [[ "${kv%%=*}" == "$1" ]] && return 0; done
+    return 1
+}
+
+# load_vcpus TYPE...: VCPUS[type] from EC2; a dry run reads the size name (xlarge = 4, 2xlarge = 8).
+load_vcpus() {
+    local t n out
+    if out=$(ask ec2 describe-instance-types --instance-types "$@" \
+        --query 'InstanceTypes[].[InstanceType,VCpuInfo.DefaultVCpus]' --output text); then
+        while IFS=$'\t' read -r t n; do if [[ -n "$t" ]]; then VCPUS[$t]=$n; fi; done <<<"$out"
+    else
+        ((DRY_RUN)) || die "cannot describe instance types $*"
+        for t in "$@"; do
+            case ${t#*.} in
+                xlarge) VCPUS[$t]=4 ;;
+                large) VCPUS[$t]=2 ;;
+                *xlarge) n=${t#*.}; n=${n%xlarge}; if [[ "$n" =~ ^[0-9]+$ ]]; then VCPUS[$t]=$((4 * n)); fi ;;
+            esac
+        done
+        note "  (dry run: vCPUs from the size names)"
+    fi
+    for t in "$@"; do [[ -n "${VCPUS[$t]:-}" ]] || die "no vCPU count for instance type $t"; done
+}
+
+# quota CODE: an EC2 quota's value (vCPUs), whole; fails when it cannot be read.
+quota() {
+    local v
+    v=$(ask service-quotas get-service-quota --service-code ec2 --quota-code "$1" --query Quota.Value --output text) ||
+        return 1
+    [[ "$v" =~ ^[0-9]+(\.[0-9]+)?$ ]] || return 1
+    printf '%s\n' "${v%%.*}"
+}
+
+# check_worker_bounds: MaxWorkers above MinWorkers (the rolling update's room; the template's
+# rule refuses only equality, since Rules cannot compare numbers).
+check_worker_bounds() {
+    local min max
+    min=$(param MinWorkers) max=$(param MaxWorkers)
+    note "workers: MinWorkers $min < MaxWorkers $max (the rolling update keeps MinWorkers in service and adds one)"
+    ((max > min)) || PREFLIGHT_FAILED+=("MaxWorkers ($max) must be above MinWorkers ($min): the rolling update keeps MinWorkers in service and needs room for one more worker (scripts/capacity prints such a pair)")
+}
+
+# check_gpu_quotas: the account's G/VT vCPU quotas cover MaxWorkers, split as the Auto Scaling
+# group splits them: the first OnDemandBaseWorkers on-demand, then (100 - SpotSharePercent)% of
+# the rest (rounded up, as Auto Scaling rounds in favour of on-demand); on-demand launches
+# GpuInstanceType first, spot may get either type, so spot counts the larger.
+check_gpu_quotas() {
+    local max base spot_pct main alt od spot v_od v_spot need_od need_spot have
+    max=$(param MaxWorkers) base=$(param OnDemandBaseWorkers) spot_pct=$(param SpotSharePercent)
+    main=$(param GpuInstanceType) alt=$(param SpotAlternativeInstanceType)
+    ((base > max)) && base=$max
+    od=$((base + ((max - base) * (100 - spot_pct) + 99) / 100))
+    spot=$((max - od))
+    note "GPU quotas (vCPUs): MaxWorkers $max = $od on-demand (OnDemandBaseWorkers $base, then $((100 - spot_pct))% of the rest) + $spot spot (SpotSharePercent $spot_pct)"
+    load_vcpus "$main" ${alt:+"$alt"}
+    v_od=${VCPUS[$main]} v_spot=${VCPUS[$main]}
+    [[ -n "$alt" ]] && ((VCPUS[$alt] > v_spot)) && v_spot=${VCPUS[$alt]}
+    need_od=$((od * v_od)) need_spot=$((spot * v_spot))
+    note "  on-demand needs $od x $v_od ($main) = $need_od vCPUs of quota $QUOTA_ON_DEMAND_G (Running On-Demand G and VT instances)"
+    if have=$(quota "$QUOTA_ON_DEMAND_G"); then
+        log "  on-demand G/VT quota: $have vCPUs, need $need_od"
+        ((need_od <= have)) || PREFLIGHT_FAILED+=("on-demand G/VT quota $QUOTA_ON_DEMAND_G is $have vCPUs; $od on-demand $main workers need $need_od. Ask for more (aws service-quotas request-service-quota-increase --service-code ec2 --quota-code $QUOTA_ON_DEMAND_G --desired-value $need_od) or lower MaxWorkers / OnDemandBaseWorkers / raise SpotSharePercent. Other G/VT instances in the region share this quota.")
+    elif ((!DRY_RUN)); then
+        warn "could not read quota $QUOTA_ON_DEMAND_G (servicequotas:GetServiceQuota): on-demand capacity not checked"
+    fi
+    ((spot > 0)) || return 0
+    note "  spot needs $spot x $v_spot (the larger of $main${alt:+ and $alt}) = $need_spot vCPUs of quota $QUOTA_SPOT_G (All G and VT Spot Instance Requests)"
+    if have=$(quota "$QUOTA_SPOT_G"); then
+        log "  spot G/VT quota: $have vCPUs, need $need_spot"
+        ((need_spot <= have)) || PREFLIGHT_FAILED+=("spot G/VT quota $QUOTA_SPOT_G is $have vCPUs; $spot spot workers need up to $need_spot. Ask for more (aws service-quotas request-service-quota-increase --service-code ec2 --quota-code $QUOTA_SPOT_G --desired-value $need_spot) or lower MaxWorkers / SpotSharePercent.")
+    elif ((!DRY_RUN)); then
+        warn "could not read quota $QUOTA_SPOT_G (servicequotas:GetServiceQuota): spot capacity not checked"
+    fi
+}
+
+# check_lambda_concurrency: the API function's reservation leaves the account at least 100
+# unreserved concurrent executions (AWS refuses less), and enough for on-upload's cap. A
+# redeploy gives back what the function reserves now.
+check_lambda_concurrency() {
+    local api upload fn settings limit unreserved held=0 left floor
+    api=$(param ApiReservedConcurrency) upload=$(param OnUploadMaxConcurrency) fn="ocr-$STAGE-api"
+    floor=$LAMBDA_UNRESERVED_FLOOR
+    ((upload > floor)) && floor=$upload
+    note "Lambda concurrency: unreserved + what $fn holds now - ApiReservedConcurrency $api must stay >= $floor (AWS keeps $LAMBDA_UNRESERVED_FLOOR unreserved; on-upload draws up to OnUploadMaxConcurrency $upload from them)"
+    settings=$(ask lambda get-account-settings \
+        --query 'AccountLimit.[ConcurrentExecutions,UnreservedConcurrentExecutions]' --output text) || settings=""
+    if ((${#STACK_PARAMS[@]} || DRY_RUN)); then
+        note "  (a redeploy gives back what $fn reserves now:)"
+        held=$(ask lambda get-function-concurrency --function-name "$fn" \
+            --query ReservedConcurrentExecutions --output text) || held=0
+        [[ "$held" =~ ^[0-9]+$ ]] || held=0
+    fi
+    if [[ -z "$settings" ]]; then
+        ((DRY_RUN)) || warn "could not read the Lambda account settings: concurrency not checked"
+        return 0
+    fi
+    read -r limit unreserved <<<"$settings"
+    left=$((unreserved + held - api))
+    log "  account limit $limit, unreserved $unreserved + $held held by $fn - $api = $left left, need >= $floor"
+    ((left >= floor)) || PREFLIGHT_FAILED+=("Lambda concurrency: the account allows $limit concurrent executions, $unreserved unreserved; reserving $api for $fn leaves $left, below $floor. Ask for a higher \"Concurrent executions\" quota (Service Quotas, AWS Lambda, L-B99A9384) or lower ApiReservedConcurrency.")
+}
+
+# preflight: every check above; dies listing what is short (a dry run only shows them).
+preflight() {
+    PREFLIGHT_FAILED=()
+    # Here, not in param's $(...) subshells, which would read the template again each time.
+    ((${#TEMPLATE_DEFAULTS[@]})) || load_template_defaults
+    check_worker_bounds
+    check_gpu_quotas
+    check_lambda_concurrency
+    if ((${#PREFLIGHT_FAILED[@]})); then
+        local f
+        for f in "${PREFLIGHT_FAILED[@]}"; do printf '[%s] SHORT: %s\n' "$(date -u +%H:%M:%S)" "$f" >&2; done
+        die "stack $STACK not deployed: ${#PREFLIGHT_FAILED[@]} preflight check(s) failed (above)"
+    fi
+    note "preflight checks passed"
+}
+
+# ------------------------------------------------------------------ first create, AMI, protection
+# Deletion protection on the database makes a failed first create unrecoverable: the rollback
+# cannot delete the protected instance, the stack ends in ROLLBACK_FAILED and must be taken apart
+# by hand. So a first create runs with DatabaseDeletionProtection=false and, once the stack is
+# CREATE_COMPLETE, protect_database turns it on (the only change of that update); every later
+# deploy passes DatabaseDeletionProtection itself (--param, else true), so sam deploy's "previous
+# value" never leaves it off by accident. A stack in ROLLBACK_COMPLETE (a failed first create
+# holds no resources) is deleted so the create can be retried.
+FIRST_CREATE=0 WANT_PROTECTION=true BUMP_AMI=0
+CREATE_OVERRIDES=()
+
+# prepare_stack: reads the stack's state; sets FIRST_CREATE, STACK_PARAMS, CREATE_OVERRIDES.
+prepare_stack() {
+    local status
+    ((${#TEMPLATE_DEFAULTS[@]})) || load_template_defaults
+    status=$(stack_status)
+    ((DRY_RUN)) && note "dry run: assuming stack $STACK does not exist yet (a first create)"
+    case $status in
+        NONE | REVIEW_IN_PROGRESS) FIRST_CREATE=1 ;;
+        ROLLBACK_COMPLETE)
+            log "stack $STACK is ROLLBACK_COMPLETE (a failed first create; it holds no resources): deleting it to create it again"
+            run aws "${REGION_ARGS[@]}" cloudformation delete-stack --stack-name "$STACK"
+            run aws "${REGION_ARGS[@]}" cloudformation wait stack-delete-complete --stack-name "$STACK"
+            FIRST_CREATE=1 ;;
+        ROLLBACK_FAILED | DELETE_FAILED)
+            die "stack $STACK is $status: some resources could not be deleted (aws cloudformation describe-stack-events --stack-name $STACK). Delete the stack (aws cloudformation delete-stack, with --retain-resources for those), remove what it kept, then run this again" ;;
+        UPDATE_ROLLBACK_FAILED)
+            die "stack $STACK is UPDATE_ROLLBACK_FAILED: aws cloudformation continue-update-rollback --stack-name $STACK, then run this again" ;;
+        *_IN_PROGRESS) die "stack $STACK is $status: wait until it finishes" ;;
+        *) load_stack_params ;;
+    esac
+    # Never the stack's previous value: that may be the first create's temporary "false".
+    if given DatabaseDeletionProtection; then
+        WANT_PROTECTION=$(param DatabaseDeletionProtection)
+    else
+        WANT_PROTECTION=$(template_default DatabaseDeletionProtection)
+    fi
+    CREATE_OVERRIDES=()
+    if ((FIRST_CREATE)); then
+        note "first create of $STACK: DatabaseDeletionProtection=false until it is CREATE_COMPLETE (a failed create then rolls back cleanly), then $WANT_PROTECTION"
+        CREATE_OVERRIDES+=("DatabaseDeletionProtection=false")
+    else
+        CREATE_OVERRIDES+=("DatabaseDeletionProtection=$WANT_PROTECTION")
+    fi
+    pin_ami
+}
+
+# pin_ami: WorkerAmiId is a concrete AMI id the stack keeps (a new AMI means a new NVIDIA driver,
+# so it changes only on purpose): resolved from DLAMI_PARAMETER on a first create or with
+# --bump-ami; a stack from before the pin keeps the AMI its parameter resolves to today.
+pin_ami() {
+    local ami
+    given WorkerAmiId && return 0
+    if ((FIRST_CREATE || BUMP_AMI)); then
+        note "WorkerAmiId: the AMI $DLAMI_PARAMETER names today, pinned in the stack from now on"
+        ami=$(ask ssm get-parameter --name "$DLAMI_PARAMETER" --query Parameter.Value --output text) ||
+            ami="<ami-id of $DLAMI_PARAMETER>"
+        ((DRY_RUN)) || [[ "$ami" =~ ^ami-[0-9a-f]+$ ]] || die "no AMI id in $DLAMI_PARAMETER: $ami"
+        if ((BUMP_AMI)) && [[ "${STACK_PARAMS[WorkerAmiId]:-}" == "$ami" ]]; then
+            log "WorkerAmiId is already $ami"
+        elif ((BUMP_AMI)); then
+            log "WorkerAmiId ${STACK_PARAMS[WorkerAmiId]:-?} -> $ami: the workers roll to the new AMI one by one"
+        fi
+        CREATE_OVERRIDES+=("WorkerAmiId=$ami")
+    elif [[ "${STACK_PARAMS[WorkerAmiId]:-}" == /* ]]; then
+        ami=${STACK_RESOLVED[WorkerAmiId]:-}
+        [[ "$ami" =~ ^ami-[0-9a-f]+$ ]] || die "stack $STACK follows ${STACK_PARAMS[WorkerAmiId]} but no AMI id was resolved from it; pass --param WorkerAmiId=ami-..."
+        log "WorkerAmiId: pinning $ami, the AMI the workers run now (the stack followed ${STACK_PARAMS[WorkerAmiId]})"
+        CREATE_OVERRIDES+=("WorkerAmiId=$ami")
+    fi
+}
+
+# protect_database: after a first create, turn on the deletion protection the create ran without,
+# changing nothing else (the template and every other parameter as they are).
+protect_database() {
+    local status keys k params=()
+    ((FIRST_CREATE)) && [[ "$WANT_PROTECTION" == true ]] || return 0
+    if ((!DRY_RUN)); then
+        status=$(stack_status)
+        if [[ "$status" != CREATE_COMPLETE ]]; then
+            warn "stack $STACK is $status, not CREATE_COMPLETE: database deletion protection left off; the next scripts/deploy.sh turns it on"
+            return 0
+        fi
+        keys=$(ask cloudformation describe-stacks --stack-name "$STACK" --query 'Stacks[0].Parameters[].ParameterKey' --output text)
+    else
+        keys="<each-other-parameter>"
+    fi
+    for k in $keys; do
+        [[ "$k" == DatabaseDeletionProtection ]] || params+=("ParameterKey=$k,UsePreviousValue=true")
+    done
+    note "the stack is created: turning on the database's deletion protection (DatabaseDeletionProtection=true, nothing else changes)"
+    run aws "${REGION_ARGS[@]}" cloudformation update-stack --stack-name "$STACK" --use-previous-template \
+        --capabilities CAPABILITY_IAM CAPABILITY_AUTO_EXPAND \
+        --parameters ParameterKey=DatabaseDeletionProtection,ParameterValue=true "${params[@]}"
+    run aws "${REGION_ARGS[@]}" cloudformation wait stack-update-complete --stack-name "$STACK"
+}
+
+# ------------------------------------------------------------------ rollback
+ROLLBACK_FUNCTIONS=()
+
+# rollback_function NAME: points NAME's alias at the newest published version before the one it
+# serves now (Lambda keeps every version SAM published).
+rollback_function() {
+    local fn="ocr-$STAGE-$1" current versions prev
+    if ((DRY_RUN)); then
+        ask lambda get-alias --function-name "$fn" --name "$LAMBDA_ALIAS" --query FunctionVersion --output text || true
+        ask lambda list-versions-by-function --function-name "$fn" --query 'Versions[].Version' --output text || true
+        note "the newest numbered version below the alias's becomes $LAMBDA_ALIAS:"
+        run aws "${REGION_ARGS[@]}" lambda update-alias --function-name "$fn" --name "$LAMBDA_ALIAS" --function-version "<previous>"
+        return 0
+    fi
+    current=$(ask lambda get-alias --function-name "$fn" --name "$LAMBDA_ALIAS" --query FunctionVersion --output text)
+    versions=$(ask lambda list-versions-by-function --function-name "$fn" --query 'Versions[].Version' --output text)
+    prev=$(tr -s '[:space:]' '\n' <<<"$versions" | grep -E '^[0-9]+$' | sort -n |
+        awk -v c="$current" '$1 < c + 0' | tail -n 1 || true)
+    [[ -n "$prev" ]] || die "$fn: no version before $current to roll back to"
+    ask lambda update-alias --function-name "$fn" --name "$LAMBDA_ALIAS" --function-version "$prev" \
+        --query FunctionVersion --output text >/dev/null
+    log "$fn: $LAMBDA_ALIAS $current -> $prev"
+}
+
+rollback() {
+    local f
+    ((${#ROLLBACK_FUNCTIONS[@]})) || ROLLBACK_FUNCTIONS=(api on-upload)
+    for f in "${ROLLBACK_FUNCTIONS[@]}"; do rollback_function "$f"; done
+    log "rolled back. The next scripts/deploy.sh points $LAMBDA_ALIAS at the version it publishes (a new one only when the code or configuration changed); the database schema and the workers stay as they are"
+}
+
+# Sourced (infra/tests): the functions only.
+[[ "${BASH_SOURCE[0]}" == "$0" ]] || return 0
+
 if [[ "${1:-}" == stage-cuda ]]; then
     [[ $# == 3 ]] || die "usage: scripts/deploy.sh stage-cuda WHEELS_DIR OUT"
     stage_cuda "$2" "$3"
@@ -122,8 +504,8 @@ if [[ "${1:-}" == stage-artifacts ]]; then
     exit 0
 fi
 
-STAGE=prod CONFIG_ENV="" REGION="${AWS_REGION:-${AWS_DEFAULT_REGION:-}}" ARTIFACT_BUCKET="" ARTIFACT_PREFIX=ocr-fleet
-MODEL_SET=ppocrv6-small DRY_RUN=0 SKIP_BUILD=0 CAPACITY="" BUNDLE_CUDA=1
+CONFIG_ENV="" REGION="${AWS_REGION:-${AWS_DEFAULT_REGION:-}}" ARTIFACT_BUCKET="" ARTIFACT_PREFIX=ocr-fleet
+MODEL_SET=ppocrv6-small SKIP_BUILD=0 CAPACITY="" BUNDLE_CUDA=1 ROLLBACK=0
 PARAMS=() SAM_ARGS=()
 while (($#)); do
     case $1 in
@@ -138,6 +520,11 @@ while (($#)); do
         --skip-build) SKIP_BUILD=1; shift ;;
         --no-bundle-cuda) BUNDLE_CUDA=0; shift ;;
         --dry-run) DRY_RUN=1; shift ;;
+        --bump-ami) BUMP_AMI=1; shift ;;
+        --rollback) ROLLBACK=1; shift ;;
+        --function)
+            [[ "$2" == api || "$2" == on-upload ]] || die "--function is api or on-upload"
+            ROLLBACK_FUNCTIONS+=("$2"); shift 2 ;;
         -h | --help) usage; exit 0 ;;
         --) shift; SAM_ARGS=("$@"); break ;;
         *) die "unknown argument $1 (see --help)" ;;
@@ -148,30 +535,37 @@ if [[ -z "$CONFIG_ENV" ]]; then
     if grep -q "^\[$STAGE\.deploy\.parameters\]" samconfig.toml; then CONFIG_ENV=$STAGE; else CONFIG_ENV=default; fi
 fi
 STACK="ocr-fleet-$STAGE"
+REGION_ARGS=()
+[[ -n "$REGION" ]] && REGION_ARGS=(--region "$REGION")
 
-# run CMD...: run it, or print it with --dry-run (with what a shell function does, from DOING).
-DOING=""
-run() {
-    if ((DRY_RUN)); then
-        [[ -n "$DOING" ]] && printf '# %s\n' "$DOING"
-        DOING=
-        printf '+'
-        printf ' %q' "$@"
-        printf '\n'
-    else
-        "$@"
-    fi
-}
+if ((ROLLBACK)); then
+    ((DRY_RUN)) || command -v aws >/dev/null 2>&1 || die "aws not found"
+    log "rolling back stage $STAGE's functions to their previous versions$( ((DRY_RUN)) && echo ' [dry run]')"
+    rollback
+    exit 0
+fi
+((${#ROLLBACK_FUNCTIONS[@]} == 0)) || die "--function goes with --rollback"
 
 if ((!DRY_RUN)); then
     for t in aws cargo python3 sha256sum tar gzip; do
         command -v "$t" >/dev/null 2>&1 || die "$t not found"
     done
 fi
-REGION_ARGS=()
-[[ -n "$REGION" ]] && REGION_ARGS=(--region "$REGION")
 WORK="$RUN_DIR/deploy-$STAGE"
 log "deploying stage $STAGE (stack $STACK, samconfig env $CONFIG_ENV)$( ((DRY_RUN)) && echo ' [dry run]')"
+
+# ------------------------------------------------------------------ 0. preflight
+# Before the long build: the parameters this deploy gives (--capacity, then --param), the stack's
+# state (first create?), then what the account must allow for them.
+if [[ -n "$CAPACITY" ]]; then
+    # shellcheck disable=SC2206 # word splitting of the capacity arguments is intended
+    cap_args=($CAPACITY)
+    read -r -a cap_params <<<"$("$ROOT/scripts/capacity" "${cap_args[@]}" --format params)"
+    USER_OVERRIDES+=("${cap_params[@]}")
+fi
+USER_OVERRIDES+=(${PARAMS[@]+"${PARAMS[@]}"})
+prepare_stack
+preflight
 
 # ------------------------------------------------------------------ 1. functions
 if ((!SKIP_BUILD)); then
@@ -223,7 +617,7 @@ DOING="pip download onnxruntime-gpu==$ORT_GPU_VERSION (manylinux_2_28_x86_64); e
 run ort_gpu
 
 ARTIFACT_DIR="$WORK/artifact"
-DOING="lay out bin/gpu-worker, lib/, models.tar.gz ($MODEL_SET + orientation), systemd/, bootstrap.sh, agent and logrotate configs, SHA256SUMS"
+DOING="lay out bin/gpu-worker, bin/ocr-fleet-unhealthy and bin/ocr-fleet-dlq, lib/, models.tar.gz ($MODEL_SET + orientation), systemd/ (worker and its crash-loop handler), bootstrap.sh, agent and logrotate configs, SHA256SUMS"
 run stage_artifacts "$WORKER_BIN_DIR/gpu-worker" "$ORT_DIR" "${OCR_MODEL_DIR:-$ROOT/models}" "$MODEL_SET" "$ARTIFACT_DIR"
 if ((DRY_RUN)); then
     VERSION="<sha256(SHA256SUMS):16>"
@@ -290,16 +684,21 @@ if [[ -n "$CUDA_VERSION" ]]; then
 fi
 
 # ------------------------------------------------------------------ 4. deploy
+# The user's --capacity/--param values win, except the first create's DatabaseDeletionProtection
+# (see prepare_stack), which goes last.
 OVERRIDES=("StageName=$STAGE" "ArtifactBucket=$ARTIFACT_BUCKET" "ArtifactPrefix=$ARTIFACT_PREFIX"
     "WorkerVersion=$VERSION" "WorkerModelSet=$MODEL_SET" "CudaLibsVersion=$CUDA_VERSION")
-if [[ -n "$CAPACITY" ]]; then
-    # shellcheck disable=SC2206 # word splitting of the capacity arguments is intended
-    cap_args=($CAPACITY)
-    read -r -a cap_params <<<"$("$ROOT/scripts/capacity" "${cap_args[@]}" --format params)"
-    OVERRIDES+=("${cap_params[@]}")
-fi
-OVERRIDES+=(${PARAMS[@]+"${PARAMS[@]}"})
+for kv in ${CREATE_OVERRIDES[@]+"${CREATE_OVERRIDES[@]}"}; do
+    [[ "${kv%%=*}" == DatabaseDeletionProtection ]] || OVERRIDES+=("$kv")
+done
+for kv in ${USER_OVERRIDES[@]+"${USER_OVERRIDES[@]}"}; do
+    [[ "${kv%%=*}" == DatabaseDeletionProtection ]] || OVERRIDES+=("$kv")
+done
+for kv in ${CREATE_OVERRIDES[@]+"${CREATE_OVERRIDES[@]}"}; do
+    [[ "${kv%%=*}" != DatabaseDeletionProtection ]] || OVERRIDES+=("$kv")
+done
 run env PATH="$ROOT/.venv/infra/bin:$PATH" SAM_CLI_TELEMETRY=0 \
     sam deploy --config-env "$CONFIG_ENV" --stack-name "$STACK" "${REGION_ARGS[@]}" \
     --capabilities CAPABILITY_IAM --parameter-overrides "${OVERRIDES[@]}" ${SAM_ARGS[@]+"${SAM_ARGS[@]}"}
+protect_database
 log "done: see the stack outputs (ApiUrl, DashboardUrl, ...): aws cloudformation describe-stacks --stack-name $STACK"

@@ -120,3 +120,50 @@ def iam_statements(tpl: dict):
                 if isinstance(pol, dict) and "Statement" in pol:
                     for st in pol["Statement"]:
                         yield rid, st
+
+
+def _rule_value(node, values: dict):
+    """Evaluates a Rules expression (the rule functions CloudFormation has) over parameter values."""
+    if isinstance(node, dict):
+        ((fn, arg),) = node.items()
+        if fn == "Ref":
+            return values[arg]
+        args = [_rule_value(a, values) for a in arg] if isinstance(arg, list) else _rule_value(arg, values)
+        if fn == "Fn::Equals":
+            return str(args[0]) == str(args[1])
+        if fn == "Fn::Not":
+            return not args[0]
+        if fn == "Fn::And":
+            return all(args)
+        if fn == "Fn::Or":
+            return any(args)
+        if fn == "Fn::Contains":
+            return str(args[1]) in [str(v) for v in args[0]]
+        if fn == "Fn::EachMemberIn":
+            return all(str(v) in [str(w) for w in args[1]] for v in args[0])
+        if fn == "Fn::EachMemberEquals":
+            return all(str(v) == str(args[1]) for v in args[0])
+        if fn == "Fn::Join":
+            return args[0].join(str(v) for v in args[1])
+        raise AssertionError(f"rule function {fn} not modelled")
+    if isinstance(node, list):
+        return [_rule_value(v, values) for v in node]
+    return node
+
+
+def broken_rules(tpl: dict, overrides: dict) -> list[str]:
+    """Names of the template's Rules whose assertions fail for the defaults plus `overrides`,
+    as CloudFormation evaluates them before it changes anything."""
+    values = {}
+    for k, p in tpl["Parameters"].items():
+        v = overrides.get(k, p.get("Default"))
+        if p["Type"] == "CommaDelimitedList" and isinstance(v, str):
+            v = v.split(",") if v else [""]
+        values[k] = v
+    broken = []
+    for name, rule in tpl.get("Rules", {}).items():
+        if "RuleCondition" in rule and not _rule_value(rule["RuleCondition"], values):
+            continue
+        if not all(_rule_value(a["Assert"], values) for a in rule["Assertions"]):
+            broken.append(name)
+    return broken

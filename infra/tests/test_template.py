@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from conftest import iam_statements, resolve, stack_env, substitute, user_data
+from conftest import ROOT, iam_statements, resolve, stack_env, substitute, user_data
 
 SENSITIVE_SERVICES = ("s3", "sqs", "secretsmanager", "rds", "kms", "dynamodb", "logs")
 
@@ -21,15 +21,27 @@ def test_parameter_defaults(tpl, defaults):
     p = tpl["Parameters"]
     assert defaults["StageName"] == "prod"
     assert defaults["GpuInstanceType"] == "g4dn.xlarge"
-    assert p["WorkerAmiId"]["Type"] == "AWS::SSM::Parameter::Value<AWS::EC2::Image::Id>"
-    assert defaults["WorkerAmiId"].startswith("/aws/service/deeplearning/ami/x86_64/")
-    assert "base-oss-nvidia-driver-gpu-amazon-linux-2023" in defaults["WorkerAmiId"]
+    assert p["WorkerAmiId"]["Type"] == "AWS::EC2::Image::Id"
     assert int(defaults["MinWorkers"]) == 2 and int(defaults["MaxWorkers"]) == 4
     assert defaults["DatabaseEngineVersion"].startswith("8.")
     assert defaults["VpcId"] == "" and defaults["DatabaseInstanceClass"].startswith("db.")
     for name in ("JwtIssuer", "JwtAudience", "SpotSharePercent", "ScaleOutQueueDepth",
                  "ScaleInQueueDepth", "BacklogPerWorkerTarget", "PrivateSubnetIds"):
         assert name in p
+
+
+def test_worker_ami_is_pinned(tpl):
+    """A concrete AMI id the stack keeps, never an SSM path CloudFormation would resolve again on
+    every update (a new AMI is a new NVIDIA driver); deploy.sh pins and bumps it (test_deploy.py)."""
+    p = tpl["Parameters"]["WorkerAmiId"]
+    assert p["Type"] == "AWS::EC2::Image::Id" and "Default" not in p
+    assert not any("SSM::Parameter" in q["Type"] for q in tpl["Parameters"].values())
+    assert "/latest/ami-id" not in json.dumps(tpl) and "deeplearning/ami" not in json.dumps(tpl)
+    assert "{{resolve:ssm:" not in json.dumps(tpl)
+    lt = tpl["Resources"]["WorkerLaunchTemplate"]["Properties"]["LaunchTemplateData"]
+    assert lt["ImageId"] == {"Ref": "WorkerAmiId"}
+    from test_deploy import DLAMI
+    assert f"DLAMI_PARAMETER={DLAMI}" in (ROOT / "scripts" / "deploy.sh").read_text()
 
 
 def test_spot_share_mapping_covers_every_choice(tpl):
@@ -42,6 +54,12 @@ def test_spot_share_mapping_covers_every_choice(tpl):
 # What Lambda needs to attach a function to the VPC; it requires Resource "*" for these.
 VPC_ENI_ACTIONS = {"ec2:CreateNetworkInterface", "ec2:DescribeNetworkInterfaces", "ec2:DescribeSubnets",
                    "ec2:DeleteNetworkInterface", "ec2:AssignPrivateIpAddresses", "ec2:UnassignPrivateIpAddresses"}
+# What the SSM agent needs for Session Manager and Run Command; these take no resource ARN.
+SESSION_MANAGER_ACTIONS = {"ssm:UpdateInstanceInformation", "ssmmessages:CreateControlChannel",
+                           "ssmmessages:CreateDataChannel", "ssmmessages:OpenControlChannel",
+                           "ssmmessages:OpenDataChannel", "ec2messages:AcknowledgeMessage", "ec2messages:DeleteMessage",
+                           "ec2messages:FailMessage", "ec2messages:GetEndpoint", "ec2messages:GetMessages",
+                           "ec2messages:SendReply"}
 
 
 def actions_of(st) -> list[str]:
@@ -62,10 +80,12 @@ def test_no_wildcard_actions_and_scoped_resources(tpl, transformed, form):
         res = st.get("Resource")
         res = res if isinstance(res, list) else [res]
         if "*" in res:
-            # Only actions without resource types: metrics (with a namespace condition) and the
-            # functions' VPC network interfaces; never a queue, bucket, secret, log or database.
+            # Only actions without resource types: metrics (with a namespace condition), the
+            # functions' VPC network interfaces and the workers' SSM agent; never a queue, bucket,
+            # secret, log or database.
             assert (actions == ["cloudwatch:PutMetricData"] and st.get("Condition")) or \
-                set(actions) <= VPC_ENI_ACTIONS, f"{rid}: {st}"
+                set(actions) <= VPC_ENI_ACTIONS or \
+                (rid == "WorkerRole" and set(actions) <= SESSION_MANAGER_ACTIONS), f"{rid}: {st}"
 
 
 def test_no_managed_policies_after_the_sam_transform(tpl, transformed):
@@ -103,7 +123,7 @@ def test_on_upload_role_is_least_privilege(tpl, transformed):
     # ... which is the queue the function's event source mapping reads.
     (mapping,) = [r for r in transformed["Resources"].values() if r["Type"] == "AWS::Lambda::EventSourceMapping"]
     assert mapping["Properties"]["EventSourceArn"] == consume["Resource"]
-    assert mapping["Properties"]["FunctionName"] == {"Ref": "OnUploadFunction"}
+    assert mapping["Properties"]["FunctionName"] == {"Ref": "OnUploadFunctionAliaslive"}  # the alias
     assert actions_of(stmts["EnqueueJobs"]) == ["sqs:SendMessage"]
     assert stmts["EnqueueJobs"]["Resource"] == [{"Fn::GetAtt": ["ExpressQueue", "Arn"]},
                                                 {"Fn::GetAtt": ["BulkQueue", "Arn"]}]
@@ -133,10 +153,15 @@ def test_worker_role_is_least_privilege(tpl):
     assert acts["JobQueues"] == sorted(["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility",
                                         "sqs:GetQueueAttributes"])
     assert stmts["JobQueues"]["Resource"] == [{"Fn::GetAtt": ["ExpressQueue", "Arn"]}, {"Fn::GetAtt": ["BulkQueue", "Arn"]}]
-    # The dead-letter sweep only reads the job DLQs; operators' tools delete and redrive.
-    assert acts["ReadJobDeadLetterQueues"] == ["sqs:ReceiveMessage"]
-    assert stmts["ReadJobDeadLetterQueues"]["Resource"] == [{"Fn::GetAtt": ["ExpressDeadLetterQueue", "Arn"]},
-                                                            {"Fn::GetAtt": ["BulkDeadLetterQueue", "Arn"]}]
+    # The dead-letter queues (the sweep, and the operators' gpu-worker dlq run on a worker) and
+    # the queues they redrive to: exactly the stage's three pairs (test_dlq_tool_permissions).
+    dlqs = [{"Fn::GetAtt": [q, "Arn"]} for q in ("ExpressDeadLetterQueue", "BulkDeadLetterQueue",
+                                                 "UploadEventsDeadLetterQueue")]
+    assert stmts["DeadLetterQueues"]["Resource"] == dlqs
+    sources = [{"Fn::GetAtt": [q, "Arn"]} for q in ("ExpressQueue", "BulkQueue", "UploadEventsQueue")]
+    assert stmts["RedriveTargets"]["Resource"] == sources
+    assert acts["RedriveTargets"] == sorted(["sqs:GetQueueUrl", "sqs:GetQueueAttributes", "sqs:SendMessage"])
+    assert set(acts["SessionManager"]) == SESSION_MANAGER_ACTIONS
     assert acts["ReadUploads"] == ["s3:GetObject"]
     assert stmts["ReadUploads"]["Resource"] == {"Fn::Sub": "${UploadBucket.Arn}/uploads/*"}
     assert acts["ReadArtifacts"] == ["s3:GetObject"]
@@ -148,8 +173,45 @@ def test_worker_role_is_least_privilege(tpl):
         "autoScalingGroupName/ocr-${StageName}-workers")
     assert set(acts["WorkerLogs"]) <= {"logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"}
     assert acts["SignalStack"] == ["cloudformation:SignalResource"]
-    assert set(stmts) == {"JobQueues", "ReadJobDeadLetterQueues", "ReadUploads", "ReadArtifacts", "Secrets",
-                          "OwnMetrics", "CompleteOwnLifecycleActions", "WorkerLogs", "SignalStack"}
+    # The crash-loop handler marks an instance of its own group, no other group's.
+    assert acts["MarkOwnGroupUnhealthy"] == ["autoscaling:SetInstanceHealth"]
+    assert stmts["MarkOwnGroupUnhealthy"]["Resource"] == stmts["CompleteOwnLifecycleActions"]["Resource"]
+    assert set(stmts) == {"JobQueues", "DeadLetterQueues", "RedriveTargets", "ReadUploads", "ReadArtifacts",
+                          "Secrets", "OwnMetrics", "CompleteOwnLifecycleActions", "MarkOwnGroupUnhealthy",
+                          "WorkerLogs", "SignalStack", "SessionManager"}
+
+
+# The SQS calls the dlq tool makes (functions/aws/src/sqs.rs, DeadLetterAdmin) -> IAM actions. A
+# message-move task runs with its caller's permissions: receive and delete on the source (the
+# DLQ), send on the destination.
+SDK_TO_IAM = {"get_queue_url": "sqs:GetQueueUrl", "get_queue_attributes": "sqs:GetQueueAttributes",
+              "receive_with": "sqs:ReceiveMessage", "change_visibility": "sqs:ChangeMessageVisibility",
+              "start_message_move_task": "sqs:StartMessageMoveTask",
+              "list_message_move_tasks": "sqs:ListMessageMoveTasks"}
+
+
+def test_dlq_tool_permissions(tpl):
+    sqs_rs = (ROOT / "functions" / "aws" / "src" / "sqs.rs").read_text()
+    admin = sqs_rs.split("impl DeadLetterAdmin", 1)[1]
+    called = {m for m in SDK_TO_IAM if re.search(rf"\.{m}\(", admin)}
+    assert {"get_queue_url", "start_message_move_task", "list_message_move_tasks", "receive_with"} <= called, called
+    needed_on_dlq = {SDK_TO_IAM[m] for m in called} | {"sqs:DeleteMessage"}  # the move task's
+    stmts = {st["Sid"]: st for rid, st in iam_statements(tpl) if rid == "WorkerRole"}
+    on_dlq = set(actions_of(stmts["DeadLetterQueues"]))
+    assert needed_on_dlq <= on_dlq, needed_on_dlq - on_dlq
+    assert on_dlq - needed_on_dlq == set(), "more than the tool and the sweep use"
+    # Each DLQ's redrive target is the queue that dead-letters into it.
+    res = tpl["Resources"]
+    pairs = {res[q]["Properties"]["RedrivePolicy"]["deadLetterTargetArn"]["Fn::GetAtt"][0]: q
+             for q in ("ExpressQueue", "BulkQueue", "UploadEventsQueue")}
+    dlqs = [r["Fn::GetAtt"][0] for r in stmts["DeadLetterQueues"]["Resource"]]
+    targets = [r["Fn::GetAtt"][0] for r in stmts["RedriveTargets"]["Resource"]]
+    assert [pairs[d] for d in dlqs] == targets
+    # The tool finds them by name: ocr-<stage>-<queue>-dlq, the template's names.
+    dlq_rs = (ROOT / "gpu-worker" / "worker" / "src" / "dlq.rs").read_text()
+    assert 'format!("{prefix}-{}-dlq", queue.name())' in dlq_rs
+    for d, q in zip(dlqs, ("express", "bulk", "upload-events")):
+        assert res[d]["Properties"]["QueueName"]["Fn::If"][2]["Fn::Sub"] == "ocr-${StageName}-" + q + "-dlq"
 
 
 def test_encryption_and_no_public_data(tpl):
@@ -208,6 +270,11 @@ def test_network_endpoints(tpl):
                 for r in resources_of(tpl, "AWS::EC2::VPCEndpoint").values()
                 if r["Properties"]["VpcEndpointType"] == "Interface"}
     assert {"sqs", "monitoring", "logs", "secretsmanager", "autoscaling"} <= services
+    # Session Manager to the workers without a NAT.
+    assert {"ssm", "ssmmessages", "ec2messages"} <= services
+    ready = json.dumps(res["NetworkReady"]["Metadata"])
+    for rid, r in resources_of(tpl, "AWS::EC2::VPCEndpoint").items():
+        assert f'"Ref": "{rid}"' in ready, f"workers do not wait for {rid}"
     assert res["NatGateway"]["Condition"] == "CreateNat"
     for fn in resources_of(tpl, "AWS::Serverless::Function"):
         assert "VpcConfig" in tpl["Globals"]["Function"], fn
@@ -227,8 +294,8 @@ def test_worker_group(tpl, defaults):
     assert dist["OnDemandBaseCapacity"] == {"Ref": "OnDemandBaseWorkers"}
     assert "FindInMap" in json.dumps(dist["OnDemandPercentageAboveBaseCapacity"])
     assert p["MetricsCollection"] == [{"Granularity": "1Minute"}]
-    (hook,) = p["LifecycleHookSpecificationList"]
-    assert hook["LifecycleTransition"] == "autoscaling:EC2_INSTANCE_TERMINATING"
+    hooks = {h["LifecycleTransition"]: h for h in p["LifecycleHookSpecificationList"]}
+    assert set(hooks) == {"autoscaling:EC2_INSTANCE_TERMINATING", "autoscaling:EC2_INSTANCE_LAUNCHING"}
     assert g["CreationPolicy"]["ResourceSignal"]["Count"] == {"Ref": "MinWorkers"}
     assert g["UpdatePolicy"]["AutoScalingRollingUpdate"]["WaitOnResourceSignals"] is True
     tags = {t["Key"]: t["Value"] for t in p["Tags"]}
@@ -239,7 +306,9 @@ def test_user_data_matches_group_hook_and_queues(tpl):
     env = stack_env(tpl)
     p = tpl["Resources"]["WorkerGroup"]["Properties"]
     assert env["AUTOSCALING_GROUP_NAME"] == p["AutoScalingGroupName"]["Fn::Sub"]
-    assert env["LIFECYCLE_HOOK_NAME"] == p["LifecycleHookSpecificationList"][0]["LifecycleHookName"]["Fn::Sub"]
+    hooks = {h["LifecycleTransition"]: h["LifecycleHookName"]["Fn::Sub"] for h in p["LifecycleHookSpecificationList"]}
+    assert env["LIFECYCLE_HOOK_NAME"] == hooks["autoscaling:EC2_INSTANCE_TERMINATING"]
+    assert env["LAUNCH_HOOK_NAME"] == hooks["autoscaling:EC2_INSTANCE_LAUNCHING"]
     assert env["CFN_LOGICAL_ID"] == "WorkerGroup"
     for q in ("ExpressQueue", "BulkQueue"):
         qp = tpl["Resources"][q]["Properties"]
@@ -256,8 +325,29 @@ def test_user_data_matches_group_hook_and_queues(tpl):
 def test_lifecycle_hook_outlasts_the_drain(tpl):
     from test_worker import bootstrap_constant
     grace = int(bootstrap_constant("SHUTDOWN_GRACE_SECS"))
-    hook = tpl["Resources"]["WorkerGroup"]["Properties"]["LifecycleHookSpecificationList"][0]
+    (hook,) = [h for h in tpl["Resources"]["WorkerGroup"]["Properties"]["LifecycleHookSpecificationList"]
+               if h["LifecycleTransition"] == "autoscaling:EC2_INSTANCE_TERMINATING"]
     assert int(hook["HeartbeatTimeout"]) >= grace + 60
+
+
+def test_only_serving_workers_count_as_capacity(tpl):
+    """The backlog-per-worker policy divides by GroupInServiceInstances. A new worker enters service
+    only through the launching hook, which its bootstrap completes (CONTINUE) once /healthz answers
+    and abandons on failure; the hook's own timeout abandons a bootstrap that never reports."""
+    g = tpl["Resources"]["WorkerGroup"]
+    (hook,) = [h for h in g["Properties"]["LifecycleHookSpecificationList"]
+               if h["LifecycleTransition"] == "autoscaling:EC2_INSTANCE_LAUNCHING"]
+    assert hook["DefaultResult"] == "ABANDON"
+    text = (ROOT / "infra" / "worker" / "bootstrap.sh").read_text()
+    health_wait = int(re.search(r'HEALTH_TIMEOUT_SECS="\$\{OCR_HEALTH_TIMEOUT_SECS:-(\d+)\}"', text).group(1))
+    assert int(hook["HeartbeatTimeout"]) >= health_wait + 300  # + boot and downloads
+    # ... and within the rolling update's wait for a new worker's signal.
+    pause = g["UpdatePolicy"]["AutoScalingRollingUpdate"]["PauseTime"]
+    assert int(hook["HeartbeatTimeout"]) <= int(re.fullmatch(r"PT(\d+)M", pause).group(1)) * 60
+    metrics = tpl["Resources"]["BacklogPerWorkerPolicy"]["Properties"]["TargetTrackingConfiguration"][
+        "CustomizedMetricSpecification"]["Metrics"]
+    (workers,) = [m for m in metrics if m["Id"] == "workers"]
+    assert workers["MetricStat"]["Metric"]["MetricName"] == "GroupInServiceInstances"
 
 
 def test_user_data_is_valid_bash(tpl, tmp_path):

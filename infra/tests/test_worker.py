@@ -32,8 +32,19 @@ def bootstrap_constant(name: str) -> str:
     return m.group(1)
 
 
+def bootstrap_env_value(name: str) -> str:
+    """A fixed value the bootstrap writes into worker.env (`NAME=value` in its heredoc)."""
+    m = re.search(rf"^{name}=([^$\s]+)$", BOOTSTRAP.read_text(), re.M)
+    assert m, name
+    return m.group(1)
+
+
 def unit_settings() -> dict[str, str]:
     return dict(re.findall(r"^([A-Za-z]+)=(.*)$", UNIT.read_text(), re.M))
+
+
+UNHEALTHY_UNIT = ROOT / "infra" / "worker" / "ocr-fleet-unhealthy.service"
+UNHEALTHY = ROOT / "infra" / "worker" / "ocr-fleet-unhealthy.sh"
 
 
 def test_unit_restarts_and_stops_gracefully():
@@ -46,13 +57,38 @@ def test_unit_restarts_and_stops_gracefully():
     assert "PrivateDevices" not in u  # the GPU device nodes must stay visible
 
 
+def test_a_crash_loop_ends_in_the_unhealthy_handler():
+    """Restart=always, but not forever: a crash loop hits the start limit, the unit fails and its
+    OnFailure= marks the instance Unhealthy (it used to restart forever: StartLimitIntervalSec=0)."""
+    u = unit_settings()
+    interval, burst, pause = int(u["StartLimitIntervalSec"]), int(u["StartLimitBurst"]), int(u["RestartSec"])
+    assert interval > 0 and 2 <= burst <= 10
+    # A worker that dies at start (seconds, plus model loading: allow a minute) hits the limit.
+    assert burst * (pause + 60) < interval
+    assert u["OnFailure"] == UNHEALTHY_UNIT.name
+    h = dict(re.findall(r"^([A-Za-z]+)=(.*)$", UNHEALTHY_UNIT.read_text(), re.M))
+    assert h["Type"] == "oneshot"
+    assert h["ExecStart"] == f"/opt/ocr-fleet/bin/ocr-fleet-unhealthy {UNIT.name}"
+    assert "User" not in h  # root: reads stack.env, asks IMDS
+
+
+def test_gpu_device_nodes_are_made_for_the_unprivileged_worker():
+    u = unit_settings()
+    assert u["User"] == "ocr-fleet" and u["NoNewPrivileges"] == "true"
+    # "+": with full privileges, before the unprivileged ExecStart; the bootstrap's path.
+    assert u["ExecStartPre"] == f"+{bootstrap_constant('NVIDIA_MODPROBE')} -u -c=0"
+
+
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze not installed")
-def test_unit_file_is_valid(tmp_path):
-    unit = tmp_path / UNIT.name
-    unit.write_text(UNIT.read_text())
-    r = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+def test_unit_files_are_valid(tmp_path):
+    units = []
+    for f in (UNIT, UNHEALTHY_UNIT):
+        (tmp_path / f.name).write_text(f.read_text())
+        units.append(str(tmp_path / f.name))
+    r = subprocess.run(["systemd-analyze", "verify", *units], capture_output=True, text=True)
+    # The binaries are not installed here; anything else (unknown keys, a missing OnFailure= unit) counts.
     problems = [line for line in (r.stdout + r.stderr).splitlines()
-                if "gpu-worker is not executable" not in line and line.strip()]  # not installed here
+                if line.strip() and not re.search(r"Command /(opt/ocr-fleet/bin|usr/bin)/[\w.-]+ is not executable", line)]
     assert not problems, problems
 
 
@@ -70,6 +106,11 @@ case "$1 $2" in
     else echo "webhook-key-123"; fi ;;
   "cloudformation signal-resource")
     for ((i = 1; i <= $#; i++)); do [[ ${!i} == --status ]] && { j=$((i + 1)); echo "${!j}" >>"$SANDBOX_SIGNALS"; }; done ;;
+  "autoscaling complete-lifecycle-action")
+    for ((i = 1; i <= $#; i++)); do
+      [[ ${!i} == --lifecycle-action-result ]] && { j=$((i + 1)); echo "${!j}" >>"$SANDBOX_LIFECYCLE"; }
+    done ;;
+  "autoscaling set-instance-health") ;;
   *) echo "unexpected aws $*" >&2; exit 1 ;;
 esac
 """,
@@ -82,9 +123,11 @@ case "$*" in
   *) exit 7 ;;
 esac
 """,
-    "systemctl": '#!/bin/bash\necho "systemctl $*" >>"$SANDBOX_CALLS"\n',
+    "systemctl": '#!/bin/bash\necho "systemctl $*" >>"$SANDBOX_CALLS"\n'
+                 '[[ "$1" == show ]] && echo "${SANDBOX_UNIT_RESULT:-success}"\nexit 0\n',
     "id": "#!/bin/bash\nexit 0\n",
     "useradd": '#!/bin/bash\necho "useradd $*" >>"$SANDBOX_CALLS"\n',
+    "runuser": '#!/bin/bash\necho "runuser $*" >>"$SANDBOX_CALLS"\nwhile [[ "$1" != -- ]]; do shift; done\nshift\nexec "$@"\n',
     "chown": "#!/bin/bash\nexit 0\n",
     "dnf": '#!/bin/bash\necho "dnf $*" >>"$SANDBOX_CALLS"\nexit 1\n',
     "sleep": "#!/bin/bash\nexit 0\n",
@@ -138,11 +181,19 @@ def sandbox(tpl, tmp_path):
               "WebhookSecret": "arn:aws:secretsmanager:us-east-1:1:secret:webhook-secret-XyZ",
               "HttpApi": "abc123", "WorkerModelSet": "ppocrv6-small", "WorkerLogGroup": "/ocr-fleet/prod/worker",
               "CudaLibsUri": "s3://artifacts/ocr-fleet/worker/cuda/0123456789abcdef"}
+    # The NVIDIA driver AMI's nvidia-modprobe: makes the device nodes (plain files here).
+    modprobe = root / "usr" / "bin" / "nvidia-modprobe"
+    modprobe.parent.mkdir(parents=True)
+    modprobe.write_text('#!/bin/bash\necho "nvidia-modprobe $*" >>"$SANDBOX_CALLS"\n'
+                        'mkdir -p "$OCR_BOOTSTRAP_ROOT/dev"\n'
+                        '[[ -n "${SANDBOX_NO_GPU:-}" ]] || touch "$OCR_BOOTSTRAP_ROOT"/dev/{nvidia0,nvidiactl,nvidia-uvm}\n')
+    modprobe.chmod(0o755)
     etc = root / "etc" / "ocr-fleet"
     etc.mkdir(parents=True)
     (etc / "stack.env").write_text("".join(f"{k}={substitute(v, values)}\n" for k, v in stack_env(tpl).items()))
     env = {**os.environ, "PATH": f"{stubs}:{os.environ['PATH']}", "OCR_BOOTSTRAP_ROOT": str(root),
            "FAKE_S3": str(s3), "SANDBOX_CALLS": str(tmp_path / "calls"), "SANDBOX_SIGNALS": str(tmp_path / "signals"),
+           "SANDBOX_LIFECYCLE": str(tmp_path / "lifecycle"),
            "OCR_HEALTH_TIMEOUT_SECS": "30"}
     return root, env, tmp_path
 
@@ -180,9 +231,39 @@ def test_bootstrap_writes_every_worker_setting(sandbox):
     # Installed and started; the models unpacked; the stack told.
     assert (root / "opt/ocr-fleet/models/ppocrv6-small/manifest.json").exists()
     assert (root / "etc/systemd/system/ocr-fleet-worker.service").read_text() == UNIT.read_text()
+    assert (root / "etc/systemd/system/ocr-fleet-unhealthy.service").read_text() == UNHEALTHY_UNIT.read_text()
+    assert os.access(root / "opt/ocr-fleet/bin/ocr-fleet-unhealthy", os.X_OK)
+    assert os.access(root / "usr/local/bin/ocr-fleet-dlq", os.X_OK)
     calls = (tmp / "calls").read_text()
     assert "systemctl enable --now ocr-fleet-worker.service" in calls
+    assert "systemctl enable --now amazon-ssm-agent.service" in calls  # Session Manager
+    # The device nodes before the worker starts.
+    assert calls.index("nvidia-modprobe -u -c=0") < calls.index("systemctl enable --now ocr-fleet-worker.service")
+    # In service only once healthy: the launching hook completed, then the stack told.
+    assert (tmp / "lifecycle").read_text().split() == ["CONTINUE"]
     assert (tmp / "signals").read_text().split() == ["SUCCESS"]
+
+
+def test_operators_dlq_tool_runs_with_the_workers_settings(sandbox):
+    """sudo ocr-fleet-dlq ... on a worker: gpu-worker dlq as the worker's user, with worker.env's
+    DATABASE_URL and the stage's queue names (STAGE)."""
+    root, env, tmp = sandbox
+    r = run_bootstrap(env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    fake = root / "opt" / "ocr-fleet" / "bin" / "gpu-worker"
+    fake.write_text('#!/bin/bash\necho "args=$*"\necho "STAGE=$STAGE"\necho "DATABASE_URL=$DATABASE_URL"\n'
+                    'echo "LOG_FORMAT=$LOG_FORMAT"\n')
+    fake.chmod(0o755)
+    out = subprocess.run([str(root / "usr/local/bin/ocr-fleet-dlq"), "redrive", "--queue", "express", "--reset-jobs"],
+                         env=env, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    got = dict(line.split("=", 1) for line in out.stdout.splitlines())
+    assert got["args"] == "dlq redrive --queue express --reset-jobs"
+    assert got["STAGE"] == "prod" and got["LOG_FORMAT"] == "text"
+    assert got["DATABASE_URL"] == read_env(root / "etc" / "ocr-fleet" / "worker.env")["DATABASE_URL"]
+    assert "runuser -u ocr-fleet --" in (tmp / "calls").read_text()
+    # The tool's STAGE flag is what names the queues ocr-<stage>-<queue>-dlq.
+    assert 'env = "STAGE"' in (ROOT / "gpu-worker" / "worker" / "src" / "dlq.rs").read_text()
 
 
 def without_cuda_bundle(root: Path) -> None:
@@ -221,6 +302,7 @@ def test_bootstrap_fails_without_cuda_13(sandbox):
     assert r.returncode != 0
     assert "no CUDA toolkit with libcublasLt.so.13" in r.stdout
     assert (tmp / "signals").read_text().split() == ["FAILURE"]
+    assert (tmp / "lifecycle").read_text().split() == ["ABANDON"]
 
 
 def test_bootstrap_signals_failure_when_the_worker_never_gets_healthy(sandbox):
@@ -228,6 +310,38 @@ def test_bootstrap_signals_failure_when_the_worker_never_gets_healthy(sandbox):
     r = run_bootstrap(env, SANDBOX_HEALTH_RC="7", OCR_HEALTH_TIMEOUT_SECS="0")
     assert r.returncode != 0
     assert (tmp / "signals").read_text().split() == ["FAILURE"]
+    # Never InService: abandoned, so Auto Scaling replaces it rather than counting it.
+    assert (tmp / "lifecycle").read_text().split() == ["ABANDON"]
+
+
+def test_bootstrap_fails_without_gpu_device_nodes(sandbox):
+    root, env, tmp = sandbox
+    r = run_bootstrap(env, SANDBOX_NO_GPU="1")
+    assert r.returncode != 0
+    assert "/dev/nvidia0 missing after nvidia-modprobe" in r.stdout
+    assert "enable --now ocr-fleet-worker" not in (tmp / "calls").read_text()
+    assert (tmp / "lifecycle").read_text().split() == ["ABANDON"]
+    (root / "usr" / "bin" / "nvidia-modprobe").unlink()
+    r = run_bootstrap(env)
+    assert r.returncode != 0 and "no /usr/bin/nvidia-modprobe" in r.stdout
+
+
+@pytest.mark.parametrize("result,marks", [("start-limit-hit", True), ("exit-code", False), ("success", False)])
+def test_unhealthy_handler_acts_only_on_a_crash_loop(sandbox, result, marks):
+    root, env, tmp = sandbox
+    r = subprocess.run(["bash", str(UNHEALTHY), "ocr-fleet-worker.service"],
+                       env={**env, "SANDBOX_UNIT_RESULT": result}, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    calls = (tmp / "calls").read_text() if (tmp / "calls").exists() else ""
+    assert "systemctl show --property=Result --value ocr-fleet-worker.service" in calls
+    health = [line for line in calls.splitlines() if "set-instance-health" in line]
+    if marks:
+        (call,) = health
+        assert ("--instance-id i-0123456789abcdef0 --health-status Unhealthy --no-should-respect-grace-period"
+                in call)
+        assert call.startswith("aws autoscaling set-instance-health")
+    else:
+        assert health == []
 
 
 def test_bootstrap_refuses_tampered_artifacts(sandbox):
@@ -258,7 +372,8 @@ def test_artifacts_are_reproducible(tmp_path):
         versions.append(r.stdout.strip())
     assert versions[0] == versions[1] and re.fullmatch(r"[0-9a-f]{16}", versions[0])
     sums = (tmp_path / "a" / "SHA256SUMS").read_text()
-    for f in ("bin/gpu-worker", "lib/libonnxruntime.so.1", "models.tar.gz", "systemd/ocr-fleet-worker.service",
+    for f in ("bin/gpu-worker", "bin/ocr-fleet-unhealthy", "bin/ocr-fleet-dlq", "lib/libonnxruntime.so.1", "models.tar.gz",
+              "systemd/ocr-fleet-worker.service", "systemd/ocr-fleet-unhealthy.service",
               "bootstrap.sh", "amazon-cloudwatch-agent.json", "logrotate.conf"):
         assert f"  {f}\n" in sums, f
 
@@ -273,6 +388,7 @@ def test_cloudwatch_agent_config():
 
 @pytest.mark.skipif(not shutil.which("shellcheck"), reason="shellcheck not installed")
 def test_scripts_pass_shellcheck():
-    files = [ROOT / "infra/worker/bootstrap.sh", ROOT / "scripts/deploy.sh", ROOT / "infra/setup.sh",
+    files = [ROOT / "infra/worker/bootstrap.sh", UNHEALTHY, ROOT / "infra/worker/ocr-fleet-dlq.sh",
+             ROOT / "scripts/deploy.sh", ROOT / "infra/setup.sh",
              ROOT / "infra/sam-build.sh", ROOT / "infra/check.sh"]
     subprocess.run(["shellcheck", "-x", *map(str, files)], check=True, cwd=ROOT)

@@ -10,12 +10,17 @@
 #      builds DATABASE_URL (through RDS Proxy, TLS)
 #   3. writes /etc/ocr-fleet/worker.env (mode 600): every setting of
 #      gpu-worker/worker/src/config.rs, by its env name
-#   4. starts the CloudWatch agent (worker and bootstrap logs) and the worker service
-#   5. waits for the worker's /healthz (models loaded, migrations applied: DB_MIGRATE=true) and
-#      signals the Auto Scaling group's creation/update policy; FAILURE on any error.
+#   4. creates the GPU device nodes (nvidia-modprobe), installs the worker unit and its
+#      crash-loop handler (ocr-fleet-unhealthy.service) and the operators' ocr-fleet-dlq, starts
+#      the CloudWatch agent (worker and bootstrap logs), the SSM agent and the worker service
+#   5. waits for the worker's /healthz (models loaded, migrations applied: DB_MIGRATE=true), then
+#      completes the group's launching hook (CONTINUE: only now is the worker InService, counted
+#      as capacity) and signals the creation/update policy; on any error ABANDON (Auto Scaling
+#      replaces the instance) and FAILURE.
 #
 # Test hooks (infra/tests/test_worker.py runs this in a sandbox): OCR_BOOTSTRAP_ROOT prefixes
-# every path; aws, curl, systemctl, useradd, dnf... are found on PATH, so stubs can stand in.
+# every path (/usr/bin/nvidia-modprobe and /dev/nvidia* too); aws, curl, systemctl, useradd, dnf...
+# are found on PATH, so stubs can stand in.
 set -euo pipefail
 
 R="${OCR_BOOTSTRAP_ROOT:-}"
@@ -27,6 +32,8 @@ HEALTH_TIMEOUT_SECS="${OCR_HEALTH_TIMEOUT_SECS:-1200}"
 # The worker's settings that the fleet fixes (the others come from stack.env).
 SHUTDOWN_GRACE_SECS=60
 METRICS_PORT=9100
+# The unit's ExecStartPre runs the same one.
+NVIDIA_MODPROBE=/usr/bin/nvidia-modprobe
 
 mkdir -p "$LOGS"
 exec > >(tee -a "$LOGS/bootstrap.log") 2>&1
@@ -36,7 +43,8 @@ log() { printf '%s bootstrap: %s\n' "$(date -u +%FT%TZ)" "$*"; }
 set -a && . "$ETC/stack.env" && set +a
 for v in AWS_REGION STACK_NAME CFN_LOGICAL_ID STAGE ARTIFACT_URI EXPRESS_QUEUE_URL BULK_QUEUE_URL \
     EXPRESS_DLQ_URL BULK_DLQ_URL UPLOAD_BUCKET VISIBILITY_TIMEOUT_SECS MAX_ATTEMPTS DB_HOST DB_PORT DB_NAME DB_SECRET_ARN \
-    WEBHOOK_SECRET_ARN RESULT_URL_BASE AUTOSCALING_GROUP_NAME LIFECYCLE_HOOK_NAME OCR_MODEL_SET LOG_GROUP; do
+    WEBHOOK_SECRET_ARN RESULT_URL_BASE AUTOSCALING_GROUP_NAME LIFECYCLE_HOOK_NAME LAUNCH_HOOK_NAME OCR_MODEL_SET \
+    LOG_GROUP; do
     [[ -n "${!v:-}" ]] || { log "stack.env lacks $v"; exit 1; }
 done
 export AWS_DEFAULT_REGION="$AWS_REGION"
@@ -53,11 +61,19 @@ signal() {
     aws cloudformation signal-resource --stack-name "$STACK_NAME" --logical-resource-id "$CFN_LOGICAL_ID" \
         --unique-id "$INSTANCE_ID" --status "$1" || log "signal failed (a stack that is not updating ignores it)"
 }
+# launched CONTINUE|ABANDON: completes the launching hook (Pending:Wait -> InService, or replaced).
+launched() {
+    log "launching hook $LAUNCH_HOOK_NAME: $1"
+    aws autoscaling complete-lifecycle-action --auto-scaling-group-name "$AUTOSCALING_GROUP_NAME" \
+        --lifecycle-hook-name "$LAUNCH_HOOK_NAME" --instance-id "$INSTANCE_ID" --lifecycle-action-result "$1" ||
+        log "completing the launching hook failed (its timeout abandons the instance)"
+}
 on_exit() {
     local rc=$?
     if ((rc != 0)); then
         log "failed (exit $rc)"
         signal FAILURE
+        launched ABANDON
     fi
 }
 trap on_exit EXIT
@@ -165,8 +181,17 @@ mv "$ETC/worker.env.tmp" "$ETC/worker.env"
 umask 022
 
 # ------------------------------------------------------------------ 4. services
+# The worker runs unprivileged, so the driver cannot create the GPU device nodes on its first CUDA
+# call: create them now (and the unit's ExecStartPre at every start). No nodes: no usable GPU.
+[[ -x "$R$NVIDIA_MODPROBE" ]] || { log "no $NVIDIA_MODPROBE: not an NVIDIA driver AMI"; exit 1; }
+"$R$NVIDIA_MODPROBE" -u -c=0
+for node in nvidia0 nvidiactl nvidia-uvm; do
+    [[ -e "$R/dev/$node" ]] || { log "/dev/$node missing after nvidia-modprobe: no NVIDIA GPU or driver"; exit 1; }
+done
 chown ocr-fleet:ocr-fleet "$LOGS"
-install -m 0644 "$OPT/systemd/ocr-fleet-worker.service" "$UNITS/ocr-fleet-worker.service"
+install -m 0644 "$OPT/systemd/ocr-fleet-worker.service" "$OPT/systemd/ocr-fleet-unhealthy.service" "$UNITS/"
+chmod 0755 "$OPT/bin/ocr-fleet-unhealthy"
+install -D -m 0755 "$OPT/bin/ocr-fleet-dlq" "$R/usr/local/bin/ocr-fleet-dlq"
 install -D -m 0644 "$OPT/logrotate.conf" "$R/etc/logrotate.d/ocr-fleet"
 if ! command -v amazon-cloudwatch-agent-ctl >/dev/null 2>&1; then
     dnf install -y -q amazon-cloudwatch-agent || log "could not install the CloudWatch agent; logs stay local"
@@ -175,6 +200,12 @@ if command -v amazon-cloudwatch-agent-ctl >/dev/null 2>&1; then
     sed "s|@LOG_GROUP@|$LOG_GROUP|g" "$OPT/amazon-cloudwatch-agent.json" >"$ETC/amazon-cloudwatch-agent.json"
     amazon-cloudwatch-agent-ctl -a fetch-config -m ec2 -s -c "file:$ETC/amazon-cloudwatch-agent.json" ||
         log "CloudWatch agent did not start; logs stay local"
+fi
+# Session Manager is how an operator reaches a worker (ocr-fleet-dlq): the AMI ships the agent.
+if ! systemctl enable --now amazon-ssm-agent.service; then
+    if ! { dnf install -y -q amazon-ssm-agent && systemctl enable --now amazon-ssm-agent.service; }; then
+        log "no SSM agent: Session Manager cannot reach this worker"
+    fi
 fi
 systemctl daemon-reload
 systemctl enable --now ocr-fleet-worker.service
@@ -191,4 +222,5 @@ until curl -sf -o /dev/null "http://127.0.0.1:$METRICS_PORT/healthz"; do
     sleep 5
 done
 log "worker healthy"
+launched CONTINUE
 signal SUCCESS
