@@ -92,6 +92,9 @@ async fn the_api_and_its_upload_check_never_pin_a_proxy_connection() -> anyhow::
     let seen = counter.commands();
     assert!(seen.queries >= 10, "the counter saw the traffic: {seen:?}");
     assert_eq!((seen.prepares, seen.sets.len(), seen.locks), (0, 0, 0), "nothing would pin: {seen:?}");
+    // Connections are kept and reused (DB_POOL_MAX 4 here), not opened per request: each one
+    // costs a TCP, TLS and authentication round trip through the proxy.
+    assert!(seen.connections <= 4, "connections reused: {seen:?}");
     Ok(())
 }
 

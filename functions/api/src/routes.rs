@@ -92,11 +92,10 @@ async fn create(
     idempotency: Option<Idempotency>,
     direct_body: Option<Bytes>,
 ) -> Result<Response, ApiError> {
-    let direct = direct_body.is_some();
     if let Some(idem) = &idempotency
         && let Some(existing) = state.ports.store.find_by_idempotency_key(&caller.0, &idem.key).await?
     {
-        return replay(state, &caller, existing, idem, direct).await;
+        return replay(state, &caller, existing, idem, direct_body).await;
     }
     let depth = state.depth.depth(spec.priority).await;
     if depth > state.limits.queue_depth_limit {
@@ -128,11 +127,12 @@ async fn create(
                 .find_by_idempotency_key(&caller.0, &idem.key)
                 .await?
                 .ok_or_else(|| ApiError::Unavailable("idempotency key conflict without a job".into()))?;
-            return replay(state, &caller, existing, idem, direct).await;
+            return replay(state, &caller, existing, idem, direct_body).await;
         }
         Err(e) => return Err(e.into()),
     };
-    let span = tracing::info_span!("create_job", job_id = %job.id, priority = %job.priority, direct);
+    let span =
+        tracing::info_span!("create_job", job_id = %job.id, priority = %job.priority, direct = direct_body.is_some());
     let _enter = span.enter();
     match direct_body {
         Some(body) => store_direct_upload(state, &job, body).await,
@@ -150,11 +150,14 @@ async fn create(
 }
 
 /// A direct upload's image goes to the job's key; the S3 event then queues it like any upload.
+/// When storing fails the caller gets 500 (retryable). Without an idempotency key no retry can
+/// reach this job, so it goes; with one it stays, and the retry stores the image into it.
 async fn store_direct_upload(state: &AppState, job: &Job, body: Bytes) -> Result<Response, ApiError> {
     if let Err(e) = state.ports.objects.put(&job.object_key(), job.content_type, body).await {
-        // The caller will retry; leave no job behind that can never be uploaded.
         tracing::error!(error = %e, "storing the image failed");
-        let _ = state.ports.store.remove(&job.id).await;
+        if job.idempotency.is_none() {
+            let _ = state.ports.store.remove(&job.id).await;
+        }
         return Err(ApiError::Unavailable(format!("storing the image failed: {e}")));
     }
     tracing::info!("job created with its image");
@@ -191,7 +194,7 @@ async fn replay(
     caller: &Caller,
     job: Job,
     idem: &Idempotency,
-    direct: bool,
+    direct_body: Option<Bytes>,
 ) -> Result<Response, ApiError> {
     // The store looked the key up for this caller; a job of anyone else is never answered
     // (whatever the database's collation thought equal).
@@ -202,12 +205,18 @@ async fn replay(
         return Err(ApiError::IdempotencyConflict);
     }
     tracing::info!(job_id = %job.id, "idempotent replay");
-    if direct {
-        return Ok(job_response(StatusCode::ACCEPTED, JobView::new(&job)));
+    match direct_body {
+        // The first request may have failed to store the image, or may still be storing it:
+        // 202 promises the image is stored, so store it (the same bytes, the same key) first.
+        Some(body) if matches!(job.status, JobStatus::AwaitingUpload | JobStatus::Expired) => {
+            store_direct_upload(state, &job, body).await
+        }
+        Some(_) => Ok(job_response(StatusCode::ACCEPTED, JobView::new(&job))),
+        None if job.status == JobStatus::AwaitingUpload => {
+            Ok(job_response(StatusCode::CREATED, upload_view(state, &job).await?))
+        }
+        None => Ok(job_response(StatusCode::CREATED, JobView::new(&job))),
     }
-    let view =
-        if job.status == JobStatus::AwaitingUpload { upload_view(state, &job).await? } else { JobView::new(&job) };
-    Ok(job_response(StatusCode::CREATED, view))
 }
 
 fn job_response(status: StatusCode, view: JobView) -> Response {

@@ -361,6 +361,43 @@ async fn storage_failure_is_a_retryable_500_without_a_job() {
     assert!(h.store.is_empty());
 }
 
+/// A direct upload is never answered 202 without its image stored: a replay (same key, same
+/// body) of a request whose storing failed, or is still under way, stores the image itself.
+#[tokio::test]
+async fn a_direct_upload_replay_stores_the_image_before_answering() {
+    let h = harness();
+    let with_key = || {
+        let mut r = direct(ALICE, "image/png", "?priority=bulk", png_bytes());
+        r.headers_mut().insert("idempotency-key", "upload-7".parse().unwrap());
+        r
+    };
+    h.objects.set_failing(true);
+    let (status, _, json) = h.call(with_key()).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{json}");
+    assert_eq!(json["error"]["retryable"], true);
+    // With a key the job stays for the retry (without one it goes, see above).
+    assert_eq!(h.store.len(), 1);
+    let id = h.store.all()[0].id;
+    let key = format!("uploads/bulk/{id}");
+    assert!(!h.objects.contains(&key));
+
+    h.objects.set_failing(false);
+    let (status, _, json) = h.call(with_key()).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{json}");
+    assert_eq!(json["job_id"], id.to_string());
+    assert!(h.objects.contains(&key), "202 only once the image is stored");
+    // Still failing at the replay: 500 again, never a 202 for a missing image.
+    h.objects.delete(&key).await.unwrap();
+    h.objects.set_failing(true);
+    let (status, _, _) = h.call(with_key()).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    h.objects.set_failing(false);
+    let (status, _, json) = h.call(with_key()).await;
+    assert_eq!((status, json["job_id"].as_str()), (StatusCode::ACCEPTED, Some(id.to_string().as_str())));
+    assert!(h.objects.contains(&key));
+    assert_eq!(h.store.len(), 1, "one job throughout");
+}
+
 #[tokio::test]
 async fn get_shows_the_result_and_delete_removes_it() {
     let h = harness();

@@ -28,8 +28,8 @@ pub struct DbArgs {
     /// `mysql://user:password@host:port/database` (never shown: it carries the password).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: SecretString,
-    /// Most connections this process opens (the template sets 2 on Lambda, where one
-    /// instance serves one request at a time).
+    /// Most connections this process opens (the template sets 1 on Lambda, where one
+    /// environment serves one request at a time).
     #[arg(long, env = "DB_POOL_MAX", default_value_t = 4)]
     pub db_pool_max: usize,
     /// PEM file of a private CA to trust for the database's TLS certificate, besides the public

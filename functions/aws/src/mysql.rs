@@ -87,6 +87,9 @@ const JOB_COLUMNS: &str = "id, owner, status, priority, content_type, content_le
      idempotency_key, request_hash, attempts, error, created_at_ms, updated_at_ms, queued_at_ms, \
      enqueued_at_ms, started_at_ms, finished_at_ms";
 
+/// How long a pooled connection may stay idle: under RDS Proxy's client idle timeout (600 s).
+const IDLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// Jobs and results in MySQL.
 #[derive(Debug, Clone)]
 pub struct MySqlJobStore {
@@ -132,7 +135,19 @@ impl MySqlJobStore {
             // in between (the tests' fault-injecting proxies were bypassed that way).
             .prefer_socket(false)
             .ssl_opts(ssl)
-            .pool_opts(PoolOpts::default().with_constraints(constraints).with_reset_connection(false));
+            // A connection idle longer than this is not used again but replaced: RDS Proxy closes
+            // client connections idle for 10 minutes (a Lambda environment sits frozen that long),
+            // and a closed one would fail its next request.
+            .conn_ttl(Some(IDLE_LIMIT))
+            .pool_opts(
+                PoolOpts::default()
+                    .with_constraints(constraints)
+                    .with_reset_connection(false)
+                    // Keep idle connections (up to the maximum) instead of closing each one as it
+                    // comes back, which mysql_async does with its default TTL of 0: every request
+                    // would reconnect (TCP, TLS, authentication).
+                    .with_inactive_connection_ttl(IDLE_LIMIT),
+            );
         Ok(Self { pool: Pool::new(opts) })
     }
 
