@@ -416,3 +416,51 @@ def test_checkov_skips_carry_reasons(tpl):
             assert len(s.get("comment", "").split()) >= 5, f"{rid}: skip {s['id']} needs a written reason"
             skips += 1
     assert skips
+
+
+# ------------------------------------------------------------------ authentication
+# The only routes any caller may reach without a token: liveness and the API's own description.
+PUBLIC_ROUTES = {("GET", "/healthz"), ("GET", "/v1/openapi.json")}
+
+
+def test_every_route_but_health_and_openapi_needs_the_jwt(tpl, transformed):
+    """AUTH_MODE=jwt trusts the claims API Gateway's JWT authorizer puts in the request: a route
+    without the authorizer would reach the function with no claims (401 there, but only because
+    the code holds), or, worse, with a route someone adds later that skips it."""
+    api = tpl["Resources"]["HttpApi"]["Properties"]
+    assert api["Auth"]["DefaultAuthorizer"] == "JwtAuthorizer"
+    jwt = api["Auth"]["Authorizers"]["JwtAuthorizer"]
+    assert jwt["IdentitySource"] == "$request.header.Authorization"
+    assert set(jwt["JwtConfiguration"]) == {"issuer", "audience"}, jwt
+    assert "DefinitionBody" not in api and "DefinitionUri" not in api, "routes come only from function events"
+    seen = set()
+    for name, fn in resources_of(tpl, "AWS::Serverless::Function").items():
+        for event_name, event in fn["Properties"].get("Events", {}).items():
+            if event["Type"] != "HttpApi":
+                continue
+            props = event["Properties"]
+            route = (props["Method"].upper(), props["Path"])
+            seen.add(route)
+            authorizer = props.get("Auth", {}).get("Authorizer", "JwtAuthorizer")
+            if route in PUBLIC_ROUTES:
+                assert authorizer == "NONE", f"{name}.{event_name}: {route} is public on purpose"
+            else:
+                assert authorizer == "JwtAuthorizer", f"{name}.{event_name}: {route} must need the JWT"
+    assert PUBLIC_ROUTES <= seen and ("ANY", "/v1/{proxy+}") in seen, seen
+    # After SAM's transform (an OpenAPI body on the HTTP API): the same, operation by operation.
+    body = transformed["Resources"]["HttpApi"]["Properties"]["Body"]
+    scheme = body["components"]["securitySchemes"]["JwtAuthorizer"]["x-amazon-apigateway-authorizer"]
+    assert scheme["type"] == "jwt" and scheme["identitySource"] == "$request.header.Authorization"
+    ops = 0
+    for path, methods in body["paths"].items():
+        for method, op in methods.items():
+            method = "ANY" if method == "x-amazon-apigateway-any-method" else method.upper()
+            want = [{"NONE": []}] if (method, path) in PUBLIC_ROUTES else [{"JwtAuthorizer": []}]
+            assert op.get("security") == want, (method, path, op.get("security"))
+            ops += 1
+    assert ops == len(seen)
+
+
+def test_functions_run_in_jwt_mode(tpl):
+    env = tpl["Resources"]["ApiFunction"]["Properties"]["Environment"]["Variables"]
+    assert env["AUTH_MODE"] == "jwt" and "API_TOKENS" not in env

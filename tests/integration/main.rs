@@ -2,6 +2,7 @@
 //! Start the services with `scripts/test.sh` (which runs these) or `scripts/dev.sh up`.
 
 mod dlq;
+mod lambda_api;
 mod pinning;
 mod producer;
 mod store;

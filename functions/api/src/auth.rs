@@ -76,13 +76,18 @@ fn digest(token: &str) -> [u8; 32] {
 /// Longest owner the jobs table holds (`owner VARCHAR(191)`, the most utf8mb4 an index takes).
 pub const MAX_OWNER_CHARS: usize = 191;
 
+/// What a hashed owner key starts with.
+const HASHED: &str = "sha256:";
+
 /// The owner key of a JWT subject: the subject itself, or for a longer one (the JWT spec sets
-/// no limit) `sha256:` and its digest in hex, so every valid token still gets its own jobs.
+/// no limit) `sha256:` and its digest in hex, so every valid token still gets its own jobs. A
+/// subject that itself starts with `sha256:` is hashed too: where callers choose their subject
+/// (a user name), one could otherwise name the key of someone else's long subject.
 pub fn owner_key(subject: &str) -> String {
-    if subject.chars().count() <= MAX_OWNER_CHARS {
+    if subject.chars().count() <= MAX_OWNER_CHARS && !subject.starts_with(HASHED) {
         return subject.to_owned();
     }
-    format!("sha256:{}", hex::encode(digest(subject)))
+    format!("{HASHED}{}", hex::encode(digest(subject)))
 }
 
 /// The `sub` claim the HTTP API's JWT authorizer validated, from the Lambda request context.
@@ -136,5 +141,8 @@ mod tests {
         assert_eq!(key, owner_key(&long));
         assert!(key.starts_with("sha256:") && key.len() == 71, "{key}");
         assert_ne!(key, owner_key(&"x".repeat(4_999)));
+        // Naming that key as one's subject does not reach its jobs.
+        assert_ne!(owner_key(&key), key);
+        assert!(owner_key(&key).starts_with("sha256:"));
     }
 }
