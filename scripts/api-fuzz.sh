@@ -98,18 +98,20 @@ ADDR="127.0.0.1:$PORT"
     source "$ENV_FILE"
     set +a
     export DATABASE_URL="mysql://root@$MARIADB_HOST:$MARIADB_PORT/$DB" AUTH_MODE=static \
-        API_TOKENS="$ALICE:alice,$BOB:bob" BIND_ADDR="$ADDR" LOG_FORMAT=json RUST_LOG="${RUST_LOG:-info}"
+        API_TOKENS="$ALICE:alice,$BOB:Alice" BIND_ADDR="$ADDR" LOG_FORMAT=json RUST_LOG="${RUST_LOG:-info}" \
+        WEBHOOK_SECRET="$(token)"
     exec setsid "$BIN"
 ) </dev/null >"$LOG" 2>&1 &
 echo "$!" >"$PIDFILE"
 for ((i = 0; i < 120; i++)); do http_ok "http://$ADDR/healthz" && break; sleep 0.25; done
 http_ok "http://$ADDR/healthz" || { tail -n 20 "$LOG" >&2; die "api-local did not start (log: $LOG)"; }
 
-# Web Fuzzing Commons auth file: the two callers (read by scripts/lib/api-fuzz.toml).
+# Web Fuzzing Commons auth file: the two callers, whose names differ only in case (read by
+# scripts/lib/api-fuzz.toml): each must stay out of the other's jobs.
 (umask 077 && cat >"$AUTH_FILE" <<JSON
 {"auth": [
   {"name": "alice", "fixedHeaders": [{"name": "Authorization", "value": "Bearer $ALICE"}]},
-  {"name": "bob", "fixedHeaders": [{"name": "Authorization", "value": "Bearer $BOB"}]}
+  {"name": "Alice", "fixedHeaders": [{"name": "Authorization", "value": "Bearer $BOB"}]}
 ]}
 JSON
 )

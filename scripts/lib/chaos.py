@@ -262,7 +262,8 @@ class DbProxy:
 
 
 # ---------------------------------------------------------------------------------------------
-# Webhook receiver: verifies the signature and records each delivery.
+# Webhook receiver: records each delivery; signatures are checked after the run, with each
+# caller's own key as the API shows it (GET /v1/webhook-secret).
 
 
 @dataclass
@@ -270,12 +271,22 @@ class Hook:
     job_id: str
     status: str
     at_ms: int
-    valid: bool
+    signature: str
+    body: bytes
+
+
+def verify(key: str | None, signature: str, body: bytes) -> bool:
+    """Whether one `v1=` of `t=<t>,v1=<hex>[,v1=…]` is HMAC-SHA256(key, "<t>.<body>")."""
+    if not key:
+        return False
+    parts = [p.split("=", 1) for p in signature.split(",") if "=" in p]
+    t = next((v for k, v in parts if k == "t"), "")
+    want = hmac.new(key.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+    return any(k == "v1" and hmac.compare_digest(want, v) for k, v in parts)
 
 
 class Receiver:
-    def __init__(self, secret: bytes):
-        self.secret = secret
+    def __init__(self):
         self.hooks: list[Hook] = []
         self.lock = threading.Lock()
         receiver = self
@@ -284,14 +295,11 @@ class Receiver:
             def do_POST(self):  # noqa: N802 (http.server's name)
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 sig = self.headers.get("Ocr-Signature", "")
-                parts = dict(p.split("=", 1) for p in sig.split(",") if "=" in p)
-                want = hmac.new(receiver.secret, f"{parts.get('t', '')}.".encode() + body, hashlib.sha256).hexdigest()
-                valid = hmac.compare_digest(want, parts.get("v1", ""))
                 try:
                     doc = json.loads(body)
-                    hook = Hook(doc["job_id"], doc["status"], now_ms(), valid)
+                    hook = Hook(doc["job_id"], doc["status"], now_ms(), sig, body)
                 except (ValueError, KeyError):
-                    hook = Hook("?", "?", now_ms(), False)
+                    hook = Hook("?", "?", now_ms(), sig, body)
                 with receiver.lock:
                     receiver.hooks.append(hook)
                 self.send_response(200)
@@ -412,17 +420,19 @@ class Client:
             time.sleep(wait * random.uniform(0.8, 1.2))
             delay = min(delay * 2, 3.0)
 
-    def submit(self, spec: Spec, run: str, callback: str):
+    def create_args(self, spec: Spec, run: str, callback: str):
+        """The request that creates `spec`'s job (with its Idempotency-Key)."""
         key = f"{run}-{spec.index}"
         ctype = f"image/{spec.fmt}"
         if spec.direct:
             q = urllib.parse.urlencode({"priority": spec.priority, "callback_url": callback})
-            args = ("POST", f"{self.api}/v1/jobs?{q}", spec.data, {"Content-Type": ctype, "Idempotency-Key": key})
-        else:
-            body = json.dumps({"content_type": ctype, "content_length": len(spec.data), "priority": spec.priority,
-                               "callback_url": callback}).encode()
-            args = ("POST", f"{self.api}/v1/jobs", body,
-                    {"Content-Type": "application/json", "Idempotency-Key": key})
+            return ("POST", f"{self.api}/v1/jobs?{q}", spec.data, {"Content-Type": ctype, "Idempotency-Key": key})
+        body = json.dumps({"content_type": ctype, "content_length": len(spec.data), "priority": spec.priority,
+                           "callback_url": callback}).encode()
+        return ("POST", f"{self.api}/v1/jobs", body, {"Content-Type": "application/json", "Idempotency-Key": key})
+
+    def submit(self, spec: Spec, run: str, callback: str):
+        args = self.create_args(spec, run, callback)
         status, raw = self.request(*args, what=f"create #{spec.index}")
         if status not in (200, 201, 202):
             spec.submit_error = f"create answered {status}: {raw[:200]!r}"
@@ -532,7 +542,7 @@ def main() -> int:
     specs = make_specs(args.jobs, args.seed)
 
     proxy = DbProxy(("127.0.0.1", 3306))
-    receiver = Receiver(secret.encode())
+    receiver = Receiver()
     callback = f"http://127.0.0.1:{receiver.port}/hook"
     db_url = f"mysql://{args.db_user}:{args.db_password}@127.0.0.1:{proxy.port}/{args.db}"
     base_env = {k: v for k, v in os.environ.items() if not k.startswith(("API_", "WEBHOOK_"))}
@@ -541,7 +551,7 @@ def main() -> int:
 
     api_env = dict(base_env, AUTH_MODE="static", API_TOKENS=f"{tokens[0]}:alice,{tokens[1]}:bob",
                    BIND_ADDR=f"127.0.0.1:{args.api_port}", QUEUE_DEPTH_LIMIT="1000000", DB_POOL_MAX="8",
-                   WEBHOOK_ALLOW_HOSTS=f"127.0.0.1:{receiver.port}")
+                   WEBHOOK_ALLOW_HOSTS=f"127.0.0.1:{receiver.port}", WEBHOOK_SECRET=secret)
     api = Proc("api-local", [f"{args.bin_dir}/api-local"], api_env, logs / "api.log")
     api.start()
     wait_http(f"http://127.0.0.1:{args.api_port}/healthz", api)
@@ -685,6 +695,25 @@ def main() -> int:
             break
         time.sleep(1)
 
+    # Callers kept apart: each one's webhook key, and the other caller can neither read a job
+    # nor get it by replaying its Idempotency-Key and body (that makes its own new job).
+    keys = []
+    for c in clients:
+        st, raw = c.request("GET", f"{c.api}/v1/webhook-secret", what="webhook secret")
+        keys.append(json.loads(raw)["secret"] if st == 200 else None)
+    sample = [s for s in specs if s.job_id][:20]
+    foreign_reads = sum(1 for s in sample
+                        if clients[(s.index + 1) % 2].request("GET", f"{clients[0].api}/v1/jobs/{s.job_id}")[0] != 404)
+    foreign_replays = cross_jobs = 0
+    replayed = [s for s in sample if not s.direct][:10]
+    for s in replayed:
+        other = clients[(s.index + 1) % 2]
+        st, raw = other.request(*other.create_args(s, run, callback), what=f"foreign replay #{s.index}")
+        if st in (200, 201, 202):
+            again = json.loads(raw).get("job_id")
+            cross_jobs += again != s.job_id
+            foreign_replays += again == s.job_id
+
     shutdown()
 
     # ---- The ledger check.
@@ -732,9 +761,15 @@ def main() -> int:
     hooks = receiver.snapshot()
     final_hooks = {}
     repeated = 0
-    bad_sig = sum(1 for h in hooks if not h.valid)
+    # A job's webhook verifies with its caller's key (alice submits the even specs, bob the
+    # odd ones) and never with the other caller's.
+    owner_of = {j: s.index % 2 for j, s in ledger.items()}
+    valid = {id(h): h.job_id in owner_of and verify(keys[owner_of[h.job_id]], h.signature, h.body) for h in hooks}
+    bad_sig = sum(1 for h in hooks if not valid[id(h)])
+    foreign_sig = sum(1 for h in hooks
+                      if h.job_id in owner_of and verify(keys[1 - owner_of[h.job_id]], h.signature, h.body))
     for h in hooks:
-        if h.valid and h.job_id in ledger and h.status == status.get(h.job_id):
+        if valid[id(h)] and h.job_id in ledger and h.status == status.get(h.job_id):
             if h.job_id in final_hooks:
                 repeated += 1
             final_hooks.setdefault(h.job_id, h)
@@ -743,7 +778,7 @@ def main() -> int:
 
     # Secrets in logs: the webhook secret, both API tokens, the database password, and every
     # presigned URL signature handed out during the run.
-    secrets = [secret, args.db_password, *tokens]
+    secrets = [secret, args.db_password, *tokens, *(k for k in keys if k)]
     for c in clients:
         secrets.extend(c.signatures)
     leaks = 0
@@ -780,6 +815,9 @@ def main() -> int:
         ("webhooks_repeated", repeated),
         ("webhooks_resent_by_sweep", swept),
         ("webhooks_bad_signature", bad_sig),
+        ("webhooks_verified_by_another_caller", foreign_sig),
+        ("jobs_read_by_another_caller", foreign_reads),
+        ("jobs_replayed_by_another_caller", foreign_replays),
         ("idempotent_resubmissions", stats.get("idempotent_resubmissions", 0)),
         ("idempotency_mismatches", stats.get("idempotency_mismatches", 0)),
         ("jobs_rows_total", all_jobs),
@@ -821,7 +859,10 @@ def main() -> int:
         "failed without a reason": len(failed_no_reason), "failed but not in a DLQ": len(failed_not_in_dlq),
         "mixed-up results": len(mixed_up), "missing webhooks": len(missing_hooks),
         "bad webhook signatures": bad_sig, "idempotency mismatches": stats.get("idempotency_mismatches", 0),
-        "secrets in logs": leaks, "jobs beyond the ledger": all_jobs - len(ledger),
+        "webhooks verified by another caller's key": foreign_sig,
+        "jobs read by another caller": foreign_reads, "jobs replayed by another caller": foreign_replays,
+        "foreign replays that made no job": len(replayed) - cross_jobs - foreign_replays,
+        "secrets in logs": leaks, "jobs beyond the ledger": all_jobs - len(ledger) - cross_jobs,
         "faults not all injected": int(faults.kills < 3 or faults.db_cut_s == 0 or faults.localstack_pause_s == 0),
     }
     bad = {k: v for k, v in problems.items() if v}

@@ -3,16 +3,15 @@
 
 use std::time::Duration;
 
-use hmac::{Hmac, Mac};
 use mysql_async::prelude::Queryable;
 use ocr_api::config::Limits;
+use ocr_core::signing::verify;
 use ocr_integration_tests::worker::{DbProxy, WebhookReceiver, line_images, models_available};
-use ocr_integration_tests::{ALICE_TOKEN, Options, TestEnv};
+use ocr_integration_tests::{ALICE_TOKEN, BOB_TOKEN, Options, TestEnv};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use sha2::Sha256;
 
-const SECRET: &str = "integration-webhook-secret";
+use ocr_integration_tests::WEBHOOK_SECRET as SECRET;
 
 /// Creates a job and uploads `bytes` with its presigned URL, as a phone does.
 async fn upload(env: &TestEnv, bytes: &[u8], priority: &str, callback: Option<&str>) -> anyhow::Result<String> {
@@ -122,12 +121,17 @@ async fn images_become_text_and_signed_webhooks() -> anyhow::Result<()> {
         Ok(hooks.received.lock().unwrap().len() >= jobs.len())
     })
     .await?;
+    // Each caller reads its own key from the API; alice's verifies her webhooks, bob's never.
+    let env = &env;
+    let secret = |token: &'static str| async move {
+        let view: Value = env.request(Method::GET, "/v1/webhook-secret", token).send().await?.json().await?;
+        anyhow::Ok(view["secret"].as_str().expect("secret").to_owned())
+    };
+    let (alice_key, bob_key) = (secret(ALICE_TOKEN).await?, secret(BOB_TOKEN).await?);
+    assert_ne!(alice_key, bob_key);
     for hook in hooks.received.lock().unwrap().iter() {
-        let (t, v1) = hook.signature.split_once(",v1=").expect("t=…,v1=…");
-        let t = t.strip_prefix("t=").expect("t=");
-        let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes())?;
-        mac.update(format!("{t}.{}", hook.body).as_bytes());
-        assert_eq!(hex::encode(mac.finalize().into_bytes()), v1, "signature of {}", hook.body);
+        assert!(verify(&alice_key, &hook.signature, hook.body.as_bytes()), "alice's key: {}", hook.body);
+        assert!(!verify(&bob_key, &hook.signature, hook.body.as_bytes()), "bob's key verified alice's webhook");
         let body: Value = serde_json::from_str(&hook.body)?;
         assert_eq!(body["status"], "succeeded");
         assert!(body["result_url"].as_str().unwrap().ends_with(body["job_id"].as_str().unwrap()));
@@ -343,5 +347,57 @@ async fn a_second_put_after_the_check_fails_the_job_unread() -> anyhow::Result<(
     let failed = env.wait_for_status(&id, "failed", Duration::from_secs(90)).await;
     let failed = failed.map_err(|e| anyhow::anyhow!("{e}\nworker log:\n{}", worker.logs()))?;
     assert!(failed["error"].as_str().is_some_and(|e| e.contains("replaced after its upload was checked")), "{failed}");
+    Ok(())
+}
+
+/// One caller's receiver that never answers does not hold up another's webhooks; a receiver
+/// that is down keeps getting retried through the outbox and gets its webhook when it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_receiver_stalls_no_one_and_a_returning_one_gets_its_webhooks() -> anyhow::Result<()> {
+    if !models_available() {
+        return Ok(());
+    }
+    let (hanging, down, healthy) =
+        (WebhookReceiver::start().await?, WebhookReceiver::start().await?, WebhookReceiver::start().await?);
+    hanging.answer(0);
+    down.answer(503);
+    let allow: Vec<String> = [&hanging, &down, &healthy].iter().map(|r| r.addr.to_string()).collect();
+    let limits = Limits { webhook_allow_hosts: allow.iter().collect(), ..Limits::default() };
+    let env = TestEnv::with(Options { limits, ..Options::default() }).await?;
+    let images = line_images(9)?;
+    let mut ids = Vec::new();
+    for (i, (bytes, _)) in images.iter().enumerate() {
+        let receiver = [&hanging, &down, &healthy][i % 3];
+        ids.push((upload(&env, bytes, "express", Some(&receiver.url())).await?, i % 3));
+    }
+    let worker = env.spawn_worker(&[
+        ("WEBHOOK_SECRET", SECRET.into()),
+        ("WEBHOOK_ALLOW_HOSTS", allow.join(",")),
+        ("WEBHOOK_MAX_ATTEMPTS", "1".into()),
+        ("WEBHOOK_PER_HOST", "1".into()),
+        ("WEBHOOK_SWEEP_SECS", "1".into()),
+        ("WEBHOOK_LEASE_SECS", "1".into()),
+        ("WEBHOOK_RETRY_WINDOW_SECS", "240".into()),
+    ])?;
+    wait_until("the healthy receiver's webhooks", Duration::from_secs(60), || async {
+        Ok(healthy.received.lock().unwrap().len() >= 3)
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", worker.logs()))?;
+    assert!(hanging.received.lock().unwrap().is_empty() && down.received.lock().unwrap().is_empty());
+    // The down receiver comes back: the outbox retries reach it.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    down.answer(200);
+    wait_until("the returning receiver's webhooks", Duration::from_secs(60), || async {
+        Ok(down.received.lock().unwrap().len() >= 3)
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", worker.logs()))?;
+    let mut conn = mysql_async::Conn::from_url(&env.database_url).await?;
+    let retried: Vec<(String, String)> =
+        conn.query("SELECT job_id, outcome FROM webhook_deliveries WHERE outcome = 'retrying'").await?;
+    conn.disconnect().await?;
+    let down_jobs: Vec<&String> = ids.iter().filter(|(_, r)| *r == 1).map(|(id, _)| id).collect();
+    assert!(down_jobs.iter().all(|id| retried.iter().any(|(j, _)| j == *id)), "each was retried: {retried:?}");
     Ok(())
 }

@@ -33,6 +33,8 @@ pub mod lambda;
 pub mod wire;
 pub mod worker;
 
+/// The webhooks' master key in tests (the API shows each caller the key derived from it).
+pub const WEBHOOK_SECRET: &str = "integration-webhook-secret";
 pub const ALICE_TOKEN: &str = "alice-integration-token-0001";
 pub const BOB_TOKEN: &str = "bob-integration-token-000002";
 /// Callers whose names differ from `alice` only in case or accent: someone else entirely.
@@ -204,8 +206,10 @@ impl TestEnv {
             objects: objects.clone(),
             queue: job_queue.clone(),
             clock: Arc::new(SystemClock),
+            keys: store.clone(),
         };
-        let state = AppState::new(ports.clone(), auth, options.limits.clone());
+        let state = AppState::new(ports.clone(), auth, options.limits.clone())
+            .with_signing(ocr_core::signing::MasterKey::new(WEBHOOK_SECRET));
         let uploads = UploadHandler { ports, max_upload_bytes: options.handler_max_upload_bytes };
 
         let (stop, stop_rx) = watch::channel(false);

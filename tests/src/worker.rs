@@ -147,25 +147,36 @@ pub struct ReceivedHook {
     pub body: String,
 }
 
-/// A loopback HTTP server that records webhook POSTs and answers 200.
+/// A loopback HTTP server that records webhook POSTs and answers 200, or what [`answer`]
+/// set: another status, or nothing at all (0: the request hangs, as a dead receiver's would).
+///
+/// [`answer`]: WebhookReceiver::answer
 pub struct WebhookReceiver {
     pub addr: std::net::SocketAddr,
     pub received: Arc<Mutex<Vec<ReceivedHook>>>,
+    status: Arc<std::sync::atomic::AtomicU16>,
 }
 
 impl WebhookReceiver {
     pub async fn start() -> anyhow::Result<Self> {
         let received: Arc<Mutex<Vec<ReceivedHook>>> = Arc::default();
-        let sink = received.clone();
+        let status = Arc::new(std::sync::atomic::AtomicU16::new(200));
+        let (sink, answer) = (received.clone(), status.clone());
         let app = axum::Router::new().route(
             "/hook",
             axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
-                let sink = sink.clone();
+                let (sink, answer) = (sink.clone(), answer.clone());
                 async move {
+                    let code = answer.load(std::sync::atomic::Ordering::SeqCst);
+                    if code == 0 {
+                        std::future::pending::<()>().await;
+                    }
                     let signature =
                         headers.get("ocr-signature").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
-                    sink.lock().unwrap().push(ReceivedHook { signature, body });
-                    "ok"
+                    if code == 200 {
+                        sink.lock().unwrap().push(ReceivedHook { signature, body });
+                    }
+                    axum::http::StatusCode::from_u16(code).unwrap_or(axum::http::StatusCode::OK)
                 }
             }),
         );
@@ -174,11 +185,16 @@ impl WebhookReceiver {
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Ok(WebhookReceiver { addr, received })
+        Ok(WebhookReceiver { addr, received, status })
     }
 
     pub fn url(&self) -> String {
         format!("http://{}/hook", self.addr)
+    }
+
+    /// What it answers from now on: a status code, or 0 for no answer at all.
+    pub fn answer(&self, status: u16) {
+        self.status.store(status, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

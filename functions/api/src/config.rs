@@ -56,6 +56,10 @@ pub struct ApiArgs {
     /// reads the same variable for where it may send.
     #[arg(long, env = "WEBHOOK_ALLOW_HOSTS", default_value = "")]
     pub webhook_allow_hosts: AllowHosts,
+    /// Master key of webhook signatures (the worker's `WEBHOOK_SECRET`): the API derives each
+    /// caller's key from it to show the caller (`GET /v1/webhook-secret`).
+    #[arg(long, env = "WEBHOOK_SECRET", hide_env_values = true, default_value = "")]
+    pub webhook_secret: SecretString,
 }
 
 /// Largest body accepted for a direct (server-to-server) upload: Lambda's payload limit.

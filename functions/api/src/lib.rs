@@ -12,6 +12,7 @@ pub mod config;
 pub mod error;
 pub mod poller;
 pub mod routes;
+pub mod signing;
 pub mod startup;
 pub mod state;
 pub mod telemetry;

@@ -29,6 +29,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/openapi.json", get(openapi))
         .route("/v1/jobs", axum::routing::post(create_job))
         .route("/v1/jobs/{id}", get(get_job).delete(delete_job))
+        .route("/v1/webhook-secret", get(crate::signing::get_secret))
+        .route("/v1/webhook-secret/rotate", axum::routing::post(crate::signing::rotate_secret))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // Direct uploads carry the image; a little headroom for the framing.

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use ocr_aws::{MySqlJobStore, S3ObjectStore, SqsJobQueue};
 use ocr_core::PortError;
 use ocr_core::ports::SystemClock;
+use ocr_core::signing::MasterKey;
 use secrecy::ExposeSecret;
 
 use crate::auth::Authenticator;
@@ -50,7 +51,8 @@ impl Services {
                 Authenticator::from_static_tokens(api.api_tokens.expose_secret()).map_err(StartupError::Config)?
             }
         };
-        Ok(AppState::new(self.ports(), auth, Limits::from(api)))
+        let signing = MasterKey::new(api.webhook_secret.expose_secret());
+        Ok(AppState::new(self.ports(), auth, Limits::from(api)).with_signing(signing))
     }
 
     pub fn upload_handler(&self, max_upload_bytes: u64) -> UploadHandler {
@@ -64,6 +66,7 @@ impl Services {
             objects: self.objects.clone(),
             queue: self.queue.clone(),
             clock: Arc::new(SystemClock),
+            keys: self.store.clone(),
         }
     }
 }

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use ocr_core::ports::{Clock, JobQueue, JobStore, ObjectStore};
+use ocr_core::signing::{MasterKey, WebhookKeys};
 
 use crate::auth::Authenticator;
 use crate::backpressure::DepthGauge;
@@ -15,6 +16,8 @@ pub struct Ports {
     pub objects: Arc<dyn ObjectStore>,
     pub queue: Arc<dyn JobQueue>,
     pub clock: Arc<dyn Clock>,
+    /// Each caller's webhook key generation.
+    pub keys: Arc<dyn WebhookKeys>,
 }
 
 /// Ports, limits and the authenticator; cheap to clone (all behind `Arc`).
@@ -24,11 +27,19 @@ pub struct AppState {
     pub depth: DepthGauge,
     pub auth: Authenticator,
     pub limits: Arc<Limits>,
+    /// The master key of webhook signatures (`WEBHOOK_SECRET`), to show each caller its own.
+    pub signing: MasterKey,
 }
 
 impl AppState {
     pub fn new(ports: Ports, auth: Authenticator, limits: Limits) -> Self {
         let depth = DepthGauge::new(ports.queue.clone(), limits.queue_depth_refresh);
-        Self { ports, depth, auth, limits: Arc::new(limits) }
+        Self { ports, depth, auth, limits: Arc::new(limits), signing: MasterKey::new("") }
+    }
+
+    /// With the webhooks' master key (without one, the webhook-secret routes answer 500).
+    pub fn with_signing(mut self, signing: MasterKey) -> Self {
+        self.signing = signing;
+        self
     }
 }

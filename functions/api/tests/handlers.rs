@@ -12,6 +12,7 @@ use ocr_api::state::Ports;
 use ocr_api::upload::{UploadHandler, UploadOutcome};
 use ocr_core::fakes::{InMemoryJobQueue, InMemoryJobStore, InMemoryObjectStore, ManualClock};
 use ocr_core::ports::{JobStore, ObjectInfo, ObjectStore, PresignedPut, StatusChange};
+use ocr_core::signing::MasterKey;
 use ocr_core::{ContentType, JobId, JobStatus, OcrLine, OcrResult, PortError, Priority};
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -34,8 +35,14 @@ fn harness() -> Harness {
     let auth = Authenticator::from_static_tokens(&format!("{ALICE}:alice,{BOB}:bob")).unwrap();
     let limits = Limits { queue_depth_limit: 100, queue_depth_refresh: std::time::Duration::ZERO, ..Limits::default() };
     let clock = Arc::new(ManualClock::new(1_700_000_000_000));
-    let ports = Ports { store: store.clone(), objects: objects.clone(), queue: queue.clone(), clock: clock.clone() };
-    let state = AppState::new(ports, auth, limits);
+    let ports = Ports {
+        store: store.clone(),
+        objects: objects.clone(),
+        queue: queue.clone(),
+        clock: clock.clone(),
+        keys: store.clone(),
+    };
+    let state = AppState::new(ports, auth, limits).with_signing(MasterKey::new("test-master-key"));
     Harness { clock, store, objects, queue, state }
 }
 
@@ -55,6 +62,7 @@ impl Harness {
             objects: self.objects.clone(),
             queue: self.queue.clone(),
             clock: Arc::new(ManualClock::new(1_700_000_001_000)),
+            keys: self.store.clone(),
         };
         UploadHandler { ports, max_upload_bytes: 20_000_000 }
     }
@@ -630,4 +638,53 @@ async fn an_upload_never_made_expires_but_a_late_event_still_counts() {
     let job_id: JobId = id.parse().unwrap();
     assert_eq!(h.uploads().handle_object(&key).await.unwrap(), UploadOutcome::Enqueued(job_id));
     assert_eq!(h.store.get(&job_id).await.unwrap().unwrap().status, JobStatus::Queued);
+}
+
+fn post(token: &str, path: &str, body: &str) -> Request<Body> {
+    Request::post(path)
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_owned()))
+        .unwrap()
+}
+
+/// Each caller reads its own webhook key, and rotates it with an overlap in which both sign.
+#[tokio::test]
+async fn each_caller_reads_and_rotates_only_its_own_webhook_key() {
+    let h = harness();
+    let (status, _, alice) = h.call(get(ALICE, "/v1/webhook-secret")).await;
+    assert_eq!(status, StatusCode::OK, "{alice}");
+    let (_, _, bob) = h.call(get(BOB, "/v1/webhook-secret")).await;
+    assert_ne!(alice["secret"], bob["secret"], "no two callers share a key");
+    assert_eq!((alice["generation"].as_u64(), alice["previous"].is_null()), (Some(1), true));
+    assert!(alice["secret"].as_str().unwrap().starts_with("whsec_"));
+    let (status, _, _) = h.call(Request::get("/v1/webhook-secret").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    let (status, _, rotated) = h.call(post(ALICE, "/v1/webhook-secret/rotate", r#"{"overlap_seconds": 3600}"#)).await;
+    assert_eq!(status, StatusCode::OK, "{rotated}");
+    assert_eq!(rotated["generation"], 2);
+    assert_ne!(rotated["secret"], alice["secret"]);
+    assert_eq!(rotated["previous"]["secret"], alice["secret"], "the old key signs during the overlap");
+    assert_eq!(rotated["previous"]["valid_until"], "2023-11-14T23:13:20Z");
+    let (_, _, bob_again) = h.call(get(BOB, "/v1/webhook-secret")).await;
+    assert_eq!(bob_again, bob, "alice's rotation leaves bob's key alone");
+    // Past the overlap only the new key is shown (and signs).
+    h.clock.advance(std::time::Duration::from_secs(3600));
+    let (_, _, now) = h.call(get(ALICE, "/v1/webhook-secret")).await;
+    assert_eq!((now["secret"].clone(), now["previous"].is_null()), (rotated["secret"].clone(), true));
+    // An empty body rotates with the default overlap; bad bodies are refused.
+    let (status, _, third) = h.call(post(ALICE, "/v1/webhook-secret/rotate", "")).await;
+    assert_eq!((status, third["generation"].as_u64()), (StatusCode::OK, Some(3)));
+    for (body, want) in [
+        ("{", StatusCode::BAD_REQUEST),
+        (r#"{"overlap_seconds": -1}"#, StatusCode::UNPROCESSABLE_ENTITY),
+        (r#"{"overlap_seconds": 604801}"#, StatusCode::UNPROCESSABLE_ENTITY),
+        (r#"{"overlap": 5}"#, StatusCode::UNPROCESSABLE_ENTITY),
+    ] {
+        let (status, _, json) = h.call(post(ALICE, "/v1/webhook-secret/rotate", body)).await;
+        assert_eq!(status, want, "{body}: {json}");
+    }
+    let (_, _, last) = h.call(get(ALICE, "/v1/webhook-secret")).await;
+    assert_eq!(last["generation"], 3, "refused rotations change nothing");
 }

@@ -165,6 +165,7 @@ fn harness() -> AppState {
         objects: Arc::new(InMemoryObjectStore::default()),
         queue: Arc::new(InMemoryJobQueue::default()),
         clock: Arc::new(ManualClock::new(1_700_000_000_000)),
+        keys: Arc::new(InMemoryJobStore::default()),
     };
     AppState::new(ports, auth, Limits::default())
 }

@@ -7,6 +7,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, Row, params};
 use ocr_core::job::Idempotency;
 use ocr_core::ports::{JobStore, StatusChange};
+use ocr_core::signing::{KeyState, WebhookKeys};
 use ocr_core::{Job, JobId, JobStatus, NewJob, OcrResult, PortError};
 
 use crate::sql::bind;
@@ -80,6 +81,22 @@ const MIGRATIONS: &[(u32, &str)] = &[
         // The version (S3 ETag) of the image the on-upload check passed: the worker reads that
         // version or fails the job, so a second PUT to a still-valid URL is never read unchecked.
         r"ALTER TABLE jobs ADD COLUMN checked_etag VARCHAR(128) CHARACTER SET ascii NULL",
+    ),
+    (
+        7,
+        // Each caller's webhook key generation (ocr_core::signing); no row: generation 1.
+        r"CREATE TABLE IF NOT EXISTS webhook_keys (
+            owner VARCHAR(191) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL PRIMARY KEY,
+            generation INT UNSIGNED NOT NULL,
+            previous_until_ms BIGINT NULL,
+            updated_at_ms BIGINT NOT NULL
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+    ),
+    (
+        8,
+        // When a job first owed its webhook: a failing receiver is retried through the outbox
+        // (notify_since_ms moves on) until a window counted from here has passed.
+        r"ALTER TABLE jobs ADD COLUMN notify_first_ms BIGINT NULL",
     ),
 ];
 
@@ -321,7 +338,10 @@ impl JobStore for MySqlJobStore {
             JobStatus::Processing => ", started_at_ms = :at, attempts = attempts + 1",
             // A job failed here (its upload was refused) never reaches a worker: record its
             // webhook as owed, so that a worker's sweep (webhook::sweep) sends it.
-            JobStatus::Failed => ", finished_at_ms = :at, notify_since_ms = IF(callback_url IS NULL, NULL, :at)",
+            JobStatus::Failed => {
+                ", finished_at_ms = :at, notify_since_ms = IF(callback_url IS NULL, NULL, :at), \
+                 notify_first_ms = IF(callback_url IS NULL, NULL, :at)"
+            }
             JobStatus::Succeeded | JobStatus::Expired => ", finished_at_ms = :at",
             JobStatus::AwaitingUpload | JobStatus::Deleted => "",
         };
@@ -379,5 +399,45 @@ impl JobStore for MySqlJobStore {
         .ignore(&mut tx)
         .await?;
         tx.commit().await.map_err(db_error)
+    }
+}
+
+#[async_trait]
+impl WebhookKeys for MySqlJobStore {
+    async fn key_state(&self, owner: &str) -> Result<KeyState, PortError> {
+        let mut conn = self.conn().await?;
+        let row: Option<(u32, Option<i64>)> = bind(
+            "SELECT generation, previous_until_ms FROM webhook_keys WHERE owner = :owner",
+            params! { "owner" => owner },
+        )?
+        .first(&mut conn)
+        .await?;
+        Ok(row.map_or_else(KeyState::default, |(generation, previous_until_ms)| KeyState {
+            generation,
+            previous_until_ms,
+        }))
+    }
+
+    async fn rotate_key(&self, owner: &str, overlap: std::time::Duration, now_ms: i64) -> Result<KeyState, PortError> {
+        let until = now_ms + overlap.as_millis() as i64;
+        let mut conn = self.conn().await?;
+        let mut tx = conn.start_transaction(Default::default()).await.map_err(db_error)?;
+        // One statement: two rotations at once are two generations, never one lost.
+        bind(
+            "INSERT INTO webhook_keys (owner, generation, previous_until_ms, updated_at_ms) VALUES (:owner, 2, :until, :at) \
+             ON DUPLICATE KEY UPDATE generation = generation + 1, previous_until_ms = :until, updated_at_ms = :at",
+            params! { "owner" => owner, "until" => until, "at" => now_ms },
+        )?
+        .ignore(&mut tx)
+        .await?;
+        let row: Option<(u32, Option<i64>)> = bind(
+            "SELECT generation, previous_until_ms FROM webhook_keys WHERE owner = :owner",
+            params! { "owner" => owner },
+        )?
+        .first(&mut tx)
+        .await?;
+        tx.commit().await.map_err(db_error)?;
+        let (generation, previous_until_ms) = row.ok_or_else(|| corrupt("webhook key"))?;
+        Ok(KeyState { generation, previous_until_ms })
     }
 }

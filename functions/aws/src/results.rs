@@ -29,7 +29,7 @@ impl MySqlJobStore {
         bind(
             format!(
                 "UPDATE jobs SET status = 'failed', error = {error_sql}, finished_at_ms = :at, updated_at_ms = :at, \
-             notify_since_ms = IF(callback_url IS NULL, NULL, :at) \
+             notify_since_ms = IF(callback_url IS NULL, NULL, :at), notify_first_ms = IF(callback_url IS NULL, NULL, :at) \
              WHERE id = :id AND status IN ({})",
                 may_become(JobStatus::Failed)
             ),
@@ -42,6 +42,34 @@ impl MySqlJobStore {
 }
 
 impl MySqlJobStore {
+    /// Records one webhook try (a `webhook_deliveries` row) and updates the job's debt with
+    /// `settle` (SQL assignments, which may use `:since`), in one transaction.
+    async fn webhook_attempt(&self, r: &WebhookRecord, settle: &str, since: Option<i64>) -> Result<(), PortError> {
+        let mut conn = self.conn().await?;
+        let mut tx = conn.start_transaction(TxOpts::default()).await.map_err(db_error)?;
+        bind(
+            "INSERT INTO webhook_deliveries (job_id, url, outcome, attempts, status_code, error, at_ms) \
+         VALUES (:job_id, :url, :outcome, :attempts, :status_code, :error, :at)",
+            params! {
+                "job_id" => r.job_id.to_string(),
+                "url" => &r.url,
+                "outcome" => &r.outcome,
+                "attempts" => r.attempts,
+                "status_code" => r.status_code,
+                "error" => &r.error,
+                "at" => r.at_ms,
+            },
+        )?
+        .ignore(&mut tx)
+        .await?;
+        let params = match since {
+            Some(since) => params! { "id" => r.job_id.to_string(), "since" => since },
+            None => params! { "id" => r.job_id.to_string() },
+        };
+        bind(format!("UPDATE jobs SET {settle} WHERE id = :id"), params)?.ignore(&mut tx).await?;
+        tx.commit().await.map_err(db_error)
+    }
+
     /// An operator's redrive ([`JobStatus::REDRIVE`]): the jobs that failed go back to `queued`
     /// with no attempts and no error, so that their redriven messages are really tried again
     /// (a worker acknowledges a message whose job has ended). Returns how many changed.
@@ -55,7 +83,7 @@ impl MySqlJobStore {
         params.push(Value::from(from.as_str()));
         let mut conn = self.conn().await?;
         bind(format!(
-            "UPDATE jobs SET status = ?, attempts = 0, error = NULL, finished_at_ms = NULL, notify_since_ms = NULL, \
+            "UPDATE jobs SET status = ?, attempts = 0, error = NULL, finished_at_ms = NULL, notify_since_ms = NULL, notify_first_ms = NULL, \
              queued_at_ms = ?, updated_at_ms = ? WHERE id IN ({}) AND status = ?",
             placeholders(ids.len())
         ), Params::Positional(params))?.ignore(&mut conn).await?;
@@ -146,12 +174,12 @@ impl ResultStore for MySqlJobStore {
             )?
             .ignore(&mut tx)
             .await?;
-            let mut params = vec![Value::from(at_ms), Value::from(at_ms), Value::from(at_ms)];
+            let mut params = vec![Value::from(at_ms); 4];
             params.extend(id_values(&written));
             bind(
                 format!(
                     "UPDATE jobs SET status = 'succeeded', finished_at_ms = ?, updated_at_ms = ?, error = NULL, \
-                 notify_since_ms = IF(callback_url IS NULL, NULL, ?) \
+                 notify_since_ms = IF(callback_url IS NULL, NULL, ?), notify_first_ms = IF(callback_url IS NULL, NULL, ?) \
                  WHERE id IN ({}) AND status IN ({})",
                     placeholders(written.len()),
                     may_become(JobStatus::Succeeded)
@@ -189,27 +217,19 @@ impl ResultStore for MySqlJobStore {
     }
 
     async fn record_webhook(&self, r: &WebhookRecord) -> Result<(), PortError> {
-        let mut conn = self.conn().await?;
-        let mut tx = conn.start_transaction(TxOpts::default()).await.map_err(db_error)?;
-        bind(
-            "INSERT INTO webhook_deliveries (job_id, url, outcome, attempts, status_code, error, at_ms) \
-         VALUES (:job_id, :url, :outcome, :attempts, :status_code, :error, :at)",
-            params! {
-                "job_id" => r.job_id.to_string(),
-                "url" => &r.url,
-                "outcome" => &r.outcome,
-                "attempts" => r.attempts,
-                "status_code" => r.status_code,
-                "error" => &r.error,
-                "at" => r.at_ms,
-            },
-        )?
-        .ignore(&mut tx)
-        .await?;
-        bind("UPDATE jobs SET notify_since_ms = NULL WHERE id = :id", params! { "id" => r.job_id.to_string() })?
-            .ignore(&mut tx)
-            .await?;
-        tx.commit().await.map_err(db_error)
+        self.webhook_attempt(r, "notify_since_ms = NULL, notify_first_ms = NULL", None).await
+    }
+
+    async fn defer_webhook(&self, r: &WebhookRecord, owed_since_ms: i64) -> Result<(), PortError> {
+        // Only while it is still owed: a delivery by another worker meanwhile settled it.
+        self.webhook_attempt(
+            r,
+            // In this order: MySQL assigns left to right, the second reads the first's result.
+            "notify_first_ms = IF(notify_since_ms IS NULL, NULL, COALESCE(notify_first_ms, notify_since_ms)), \
+             notify_since_ms = IF(notify_since_ms IS NULL, NULL, :since)",
+            Some(owed_since_ms),
+        )
+        .await
     }
 
     async fn claim_notifications(
@@ -221,8 +241,8 @@ impl ResultStore for MySqlJobStore {
         let mut conn = self.conn().await?;
         let mut tx = conn.start_transaction(TxOpts::default()).await.map_err(db_error)?;
         // SKIP LOCKED: workers sweeping at the same moment take disjoint rows.
-        let rows: Vec<(String, String, Option<String>)> = bind(
-            "SELECT id, status, callback_url FROM jobs \
+        let rows: Vec<(String, String, String, Option<String>, i64)> = bind(
+            "SELECT id, owner, status, callback_url, COALESCE(notify_first_ms, notify_since_ms) FROM jobs \
              WHERE notify_since_ms <= :before ORDER BY notify_since_ms LIMIT :max FOR UPDATE SKIP LOCKED",
             params! { "before" => owed_before_ms, "max" => max as u64 },
         )?
@@ -230,12 +250,12 @@ impl ResultStore for MySqlJobStore {
         .await?;
         let mut claimed = Vec::with_capacity(rows.len());
         let mut ids = Vec::with_capacity(rows.len());
-        for (id, status, url) in rows {
+        for (id, owner, status, url, first_owed_ms) in rows {
             let job_id: JobId = id.parse().map_err(|_| unreadable("id"))?;
             ids.push(job_id);
             if let Some(callback_url) = url {
                 let status = status.parse().map_err(|_| unreadable("status"))?;
-                claimed.push(OwedNotification { job_id, status, callback_url });
+                claimed.push(OwedNotification { job_id, owner, status, callback_url, first_owed_ms });
             }
         }
         if !ids.is_empty() {

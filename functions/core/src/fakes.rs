@@ -15,6 +15,7 @@ use crate::job::{Job, JobStatus, NewJob, Priority};
 use crate::message::JobMessage;
 use crate::ports::{Clock, JobQueue, JobStore, ObjectInfo, ObjectStore, PresignedPut, StatusChange};
 use crate::result::OcrResult;
+use crate::signing::{KeyState, WebhookKeys};
 use crate::worker::{DeadLetters, Delivery, JobSource, OwedNotification, ResultStore, TakenJob, WebhookRecord};
 
 /// A clock that moves only when told.
@@ -43,9 +44,27 @@ pub struct InMemoryJobStore {
     results: Mutex<HashMap<JobId, OcrResult>>,
     webhooks: Mutex<Vec<WebhookRecord>>,
     /// Jobs that owe a webhook, and since when (the outbox).
-    owed: Mutex<HashMap<JobId, i64>>,
+    /// Per job: owed since (the sweep's clock) and first owed (the retry window's).
+    owed: Mutex<HashMap<JobId, (i64, i64)>>,
     /// The image version each queued job's check passed.
     checked: Mutex<HashMap<JobId, String>>,
+    /// Webhook key generations per caller.
+    keys: Mutex<HashMap<String, KeyState>>,
+}
+
+#[async_trait]
+impl WebhookKeys for InMemoryJobStore {
+    async fn key_state(&self, owner: &str) -> Result<KeyState, PortError> {
+        Ok(self.keys.lock().unwrap().get(owner).copied().unwrap_or_default())
+    }
+
+    async fn rotate_key(&self, owner: &str, overlap: Duration, now_ms: i64) -> Result<KeyState, PortError> {
+        let mut keys = self.keys.lock().unwrap();
+        let state = keys.entry(owner.to_owned()).or_default();
+        *state =
+            KeyState { generation: state.generation + 1, previous_until_ms: Some(now_ms + overlap.as_millis() as i64) };
+        Ok(*state)
+    }
 }
 
 impl InMemoryJobStore {
@@ -125,7 +144,7 @@ impl JobStore for InMemoryJobStore {
                 job.finished_at_ms = Some(change.at_ms);
                 // As in MySQL: a job failed outside a worker still owes its webhook.
                 if job.callback_url.is_some() {
-                    self.owed.lock().unwrap().insert(*id, change.at_ms);
+                    self.owed.lock().unwrap().insert(*id, (change.at_ms, change.at_ms));
                 }
             }
             JobStatus::Succeeded | JobStatus::Expired => job.finished_at_ms = Some(change.at_ms),
@@ -331,7 +350,7 @@ impl ResultStore for InMemoryJobStore {
             job.finished_at_ms = Some(at_ms);
             job.error = None;
             if job.callback_url.is_some() {
-                self.owed.lock().unwrap().insert(*id, at_ms);
+                self.owed.lock().unwrap().insert(*id, (at_ms, at_ms));
             }
             written.push(*id);
         }
@@ -348,7 +367,7 @@ impl ResultStore for InMemoryJobStore {
         job.error = Some(reason.to_owned());
         job.finished_at_ms = Some(at_ms);
         if job.callback_url.is_some() {
-            self.owed.lock().unwrap().insert(*id, at_ms);
+            self.owed.lock().unwrap().insert(*id, (at_ms, at_ms));
         }
         Ok(true)
     }
@@ -377,6 +396,14 @@ impl ResultStore for InMemoryJobStore {
         Ok(())
     }
 
+    async fn defer_webhook(&self, record: &WebhookRecord, owed_since_ms: i64) -> Result<(), PortError> {
+        self.webhooks.lock().unwrap().push(record.clone());
+        if let Some((since, _)) = self.owed.lock().unwrap().get_mut(&record.job_id) {
+            *since = owed_since_ms;
+        }
+        Ok(())
+    }
+
     async fn claim_notifications(
         &self,
         owed_before_ms: i64,
@@ -385,15 +412,25 @@ impl ResultStore for InMemoryJobStore {
     ) -> Result<Vec<OwedNotification>, PortError> {
         let jobs = self.jobs.lock().unwrap();
         let mut owed = self.owed.lock().unwrap();
-        let mut due: Vec<(i64, JobId)> =
-            owed.iter().filter(|(_, since)| **since <= owed_before_ms).map(|(id, since)| (*since, *id)).collect();
+        let mut due: Vec<(i64, JobId)> = owed
+            .iter()
+            .filter(|(_, (since, _))| *since <= owed_before_ms)
+            .map(|(id, (since, _))| (*since, *id))
+            .collect();
         due.sort();
         let mut claimed = Vec::new();
         for (_, id) in due.into_iter().take(max) {
             let Some(job) = jobs.get(&id) else { continue };
             let Some(url) = &job.callback_url else { continue };
-            owed.insert(id, now_ms);
-            claimed.push(OwedNotification { job_id: id, status: job.status, callback_url: url.clone() });
+            let first = owed.get(&id).map_or(now_ms, |(_, first)| *first);
+            owed.insert(id, (now_ms, first));
+            claimed.push(OwedNotification {
+                job_id: id,
+                owner: job.owner.clone(),
+                status: job.status,
+                callback_url: url.clone(),
+                first_owed_ms: first,
+            });
         }
         Ok(claimed)
     }

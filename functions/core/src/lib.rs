@@ -17,6 +17,7 @@ pub mod ports;
 pub mod request;
 pub mod result;
 pub mod retry;
+pub mod signing;
 pub mod worker;
 
 #[cfg(any(test, feature = "test-util"))]

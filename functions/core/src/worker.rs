@@ -85,8 +85,12 @@ pub struct WebhookRecord {
 #[derive(Debug, Clone, PartialEq)]
 pub struct OwedNotification {
     pub job_id: JobId,
+    /// The job's caller, whose key signs the webhook.
+    pub owner: String,
     pub status: JobStatus,
     pub callback_url: String,
+    /// When the job first owed it (epoch ms): the retry window counts from here.
+    pub first_owed_ms: i64,
 }
 
 /// Where the worker records progress and results. Every call is idempotent.
@@ -119,6 +123,10 @@ pub trait ResultStore: Send + Sync {
 
     /// Records a webhook call's outcome and settles the notification owed for its job.
     async fn record_webhook(&self, record: &WebhookRecord) -> Result<(), PortError>;
+
+    /// Records a failed try and leaves the notification owed, as if since `owed_since_ms` (so
+    /// the sweep takes it again one lease after that); when it was first owed is kept.
+    async fn defer_webhook(&self, record: &WebhookRecord, owed_since_ms: i64) -> Result<(), PortError>;
 
     /// Takes up to `max` notifications owed since `owed_before_ms` or earlier (their worker
     /// died or dropped them) and marks them owed since `now_ms`, so that no other caller

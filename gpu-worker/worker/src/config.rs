@@ -67,7 +67,8 @@ pub struct WorkerConfig {
     #[arg(long, env = "FLEET_NAME", default_value = "local")]
     pub fleet_name: String,
 
-    /// Secret for the webhooks' HMAC-SHA256 signature.
+    /// Master key of the webhooks' signatures: each caller's signing key derives from it
+    /// (`ocr_core::signing`).
     #[arg(long, env = "WEBHOOK_SECRET", hide_env_values = true, default_value = "")]
     pub webhook_secret: SecretString,
     /// Attempts per webhook before giving up.
@@ -77,6 +78,13 @@ pub struct WorkerConfig {
     /// died or dropped it). Must exceed one delivery with all its retries (about 65 s).
     #[arg(long, env = "WEBHOOK_LEASE_SECS", default_value_t = 300)]
     pub webhook_lease_secs: u64,
+    /// How long a failing webhook keeps being retried through the outbox (farther apart each
+    /// time, at most an hour) before it is recorded as failed, in seconds.
+    #[arg(long, env = "WEBHOOK_RETRY_WINDOW_SECS", default_value_t = 86_400)]
+    pub webhook_retry_window_secs: u64,
+    /// Most deliveries to one host at once: a receiver that never answers holds no more.
+    #[arg(long, env = "WEBHOOK_PER_HOST", default_value_t = 2)]
+    pub webhook_per_host: usize,
     /// How often each worker looks for owed notifications; 0 turns the sweep off.
     #[arg(long, env = "WEBHOOK_SWEEP_SECS", default_value_t = 30)]
     pub webhook_sweep_secs: u64,

@@ -15,13 +15,19 @@ pub trait Resolver: Send + Sync {
     async fn resolve(&self, host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>>;
 }
 
-/// The system resolver.
-pub struct SystemResolver;
+/// The system resolver, with a time limit: a name server that does not answer must not hold
+/// a delivery slot for the resolver's own (long) retries.
+pub struct SystemResolver {
+    pub timeout: std::time::Duration,
+}
 
 #[async_trait]
 impl Resolver for SystemResolver {
     async fn resolve(&self, host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
-        Ok(tokio::net::lookup_host((host, port)).await?.collect())
+        match tokio::time::timeout(self.timeout, tokio::net::lookup_host((host, port))).await {
+            Ok(found) => Ok(found?.collect()),
+            Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "name look-up timed out")),
+        }
     }
 }
 

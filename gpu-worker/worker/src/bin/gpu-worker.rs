@@ -14,6 +14,8 @@ use gpu_worker::ssrf::{Policy, SystemResolver};
 use gpu_worker::webhook::{self, HttpConnector, Notification, Webhooks};
 use gpu_worker::{EngineRecognizer, WorkerConfig};
 use ocr_aws::{MySqlJobStore, S3ObjectStore, SqsDeadLetters, SqsJobSource};
+use ocr_core::signing::MasterKey;
+use secrecy::ExposeSecret;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
@@ -126,17 +128,20 @@ impl Worker {
         let c = &self.config;
         let webhooks = Arc::new(Webhooks {
             policy: Policy::new(c.webhook_allow_hosts.clone()),
-            resolver: Arc::new(SystemResolver),
+            resolver: Arc::new(SystemResolver { timeout: Duration::from_secs(5) }),
             connector: Arc::new(HttpConnector { timeout: Duration::from_secs(10) }),
             store: self.store.clone(),
             metrics: self.metrics.clone(),
-            secret: c.webhook_secret.clone(),
+            master: MasterKey::new(c.webhook_secret.expose_secret()),
+            keys: self.store.clone(),
             max_attempts: c.webhook_max_attempts,
             backoff: Duration::from_secs(1),
             result_url_base: c.result_url_base.clone(),
+            retry_window: Duration::from_secs(c.webhook_retry_window_secs),
+            lease: Duration::from_secs(c.webhook_lease_secs),
         });
         let (tx, rx) = mpsc::channel(10_000);
-        (tx, tokio::spawn(webhook::run(webhooks, rx, 16)))
+        (tx, tokio::spawn(webhook::run(webhooks, rx, 16, c.webhook_per_host)))
     }
 
     /// The outbox and dead-letter sweeps, CloudWatch, and the stop signals, each until `stop`.

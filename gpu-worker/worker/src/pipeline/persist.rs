@@ -202,7 +202,13 @@ async fn hand_back(deps: &PipelineDeps, priority: Priority, items: &[(&Item, &De
 
 fn notify(deps: &PipelineDeps, job: &TakenJob, status: JobStatus) {
     let Some(url) = &job.callback_url else { return };
-    let n = Notification { job_id: job.id, status, callback_url: url.clone() };
+    let n = Notification {
+        job_id: job.id,
+        owner: job.owner.clone(),
+        status,
+        callback_url: url.clone(),
+        owed_since_ms: crate::now_ms(),
+    };
     // Never wait on webhooks here: a full queue drops the call (and says so); the outbox sweep
     // sends it later.
     if deps.notify.try_send(n).is_err() {
