@@ -5,6 +5,7 @@ mod dlq;
 mod lambda_api;
 mod pinning;
 mod producer;
+mod roles;
 mod store;
 mod tls;
 mod worker;

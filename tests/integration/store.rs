@@ -1,5 +1,6 @@
 //! The MySQL job store on a real server.
 
+use mysql_async::prelude::Queryable;
 use ocr_core::ports::{JobStore, StatusChange};
 use ocr_core::{ContentType, JobId, JobStatus, NewJob, PortError, Priority, job::Idempotency};
 use ocr_integration_tests::{Options, TestEnv};
@@ -180,5 +181,73 @@ async fn reads_of_a_replaced_object_version_fail() -> anyhow::Result<()> {
     assert!(matches!(env.objects.get(key, Some(&first)).await, Err(ocr_core::PortError::Changed)));
     assert!(matches!(env.objects.read_range(key, 0, 5, Some(&first)).await, Err(ocr_core::PortError::Changed)));
     assert_eq!(env.objects.get(key, None).await?.as_ref(), b"other");
+    Ok(())
+}
+
+/// Retention on MySQL: old jobs lose their result, webhook records and what the caller sent,
+/// then their rows, at most `max` per call; younger jobs are untouched.
+#[tokio::test]
+async fn the_purge_strips_then_deletes_old_jobs_in_bounded_batches() -> anyhow::Result<()> {
+    use ocr_core::worker::{Purged, ResultStore, WebhookRecord};
+    let env = TestEnv::with(Options { poller: false, ..Options::default() }).await?;
+    const DAY: i64 = 86_400_000;
+    let now = 1_000 * DAY;
+    let mut ids = Vec::new();
+    for age in [1, 8, 8, 9, 20, 21] {
+        let id = JobId::new();
+        let job = NewJob {
+            id,
+            owner: "alice".into(),
+            priority: Priority::Bulk,
+            content_type: ContentType::Png,
+            content_length: 1,
+            callback_url: Some("https://hooks.example.com/x".into()),
+            metadata: Some(serde_json::json!({"age": age})),
+            idempotency: None,
+            created_at_ms: now - age * DAY,
+        };
+        env.store.insert(job).await?;
+        let at = StatusChange { at_ms: now, ..Default::default() };
+        env.store.set_status(&id, JobStatus::AwaitingUpload, JobStatus::Queued, at.clone()).await?;
+        env.store.take(&[id], now).await?;
+        let result = ocr_core::OcrResult { text: "x".into(), lines: vec![], width: 1, height: 1, seconds: 0.0 };
+        env.store.complete(&[(id, result)], now).await?;
+        let record = WebhookRecord {
+            job_id: id,
+            url: "https://hooks.example.com/x".into(),
+            outcome: "delivered".into(),
+            attempts: 1,
+            status_code: Some(200),
+            error: None,
+            at_ms: now,
+        };
+        env.store.record_webhook(&record).await?;
+        ids.push((id, age));
+    }
+    let (strip, delete) = (now - 7 * DAY, now - 14 * DAY);
+    // Oldest first, two at a time: the 21- and 20-day-old jobs are stripped and deleted by the
+    // first call, then the 9- and 8-day-old ones stripped, then the last 8-day-old one.
+    assert_eq!(env.store.purge(strip, delete, 2, now).await?, Purged { stripped: 2, deleted: 2 }, "bounded");
+    assert_eq!(env.store.purge(strip, delete, 2, now).await?, Purged { stripped: 2, deleted: 0 });
+    assert_eq!(env.store.purge(strip, delete, 2, now).await?, Purged { stripped: 1, deleted: 0 });
+    assert_eq!(env.store.purge(strip, delete, 2, now).await?, Purged::default());
+    let mut conn = env.db().await?;
+    for (id, age) in ids {
+        let job = env.store.get(&id).await?;
+        let result = env.store.get_result(&id).await?;
+        let deliveries: Option<u64> =
+            conn.exec_first("SELECT COUNT(*) FROM webhook_deliveries WHERE job_id = ?", (id.to_string(),)).await?;
+        match age {
+            1 => assert!(job.is_some() && result.is_some() && deliveries == Some(1), "young: untouched"),
+            8 | 9 => {
+                let job = job.expect("kept a while");
+                assert!(
+                    job.metadata.is_none() && job.callback_url.is_none() && result.is_none() && deliveries == Some(0)
+                );
+            }
+            _ => assert!(job.is_none() && result.is_none() && deliveries == Some(0), "{age} days: gone"),
+        }
+    }
+    conn.disconnect().await?;
     Ok(())
 }

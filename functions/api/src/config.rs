@@ -56,6 +56,10 @@ pub struct ApiArgs {
     /// reads the same variable for where it may send.
     #[arg(long, env = "WEBHOOK_ALLOW_HOSTS", default_value = "")]
     pub webhook_allow_hosts: AllowHosts,
+    /// Days a job, its image and its result are kept: after that the job reads `expired` (the
+    /// workers purge it, the bucket's lifecycle deletes the image).
+    #[arg(long, env = "RETENTION_DAYS", default_value_t = 7)]
+    pub retention_days: u32,
     /// Master key of webhook signatures (the worker's `WEBHOOK_SECRET`): the API derives each
     /// caller's key from it to show the caller (`GET /v1/webhook-secret`).
     #[arg(long, env = "WEBHOOK_SECRET", hide_env_values = true, default_value = "")]
@@ -75,6 +79,8 @@ pub struct Limits {
     pub retry_after_secs: u64,
     /// `host:port` exempt from the callback target check (`WEBHOOK_ALLOW_HOSTS`).
     pub webhook_allow_hosts: AllowHosts,
+    /// Days a job is kept (`RETENTION_DAYS`).
+    pub retention_days: u32,
 }
 
 impl Default for Limits {
@@ -86,6 +92,7 @@ impl Default for Limits {
             queue_depth_refresh: Duration::from_secs(5),
             retry_after_secs: 30,
             webhook_allow_hosts: AllowHosts::default(),
+            retention_days: 7,
         }
     }
 }
@@ -99,6 +106,7 @@ impl From<&ApiArgs> for Limits {
             queue_depth_refresh: Duration::from_secs(a.queue_depth_refresh_secs),
             retry_after_secs: a.retry_after_secs,
             webhook_allow_hosts: a.webhook_allow_hosts.clone(),
+            retention_days: a.retention_days.max(1),
         }
     }
 }

@@ -269,6 +269,10 @@ async fn get_job(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let job = expire_if_due(&state, owned_job(&state, &caller, id).await?).await?;
+    let retention_ms = i64::from(state.limits.retention_days) * 86_400_000;
+    if job.status != JobStatus::Deleted && state.ports.clock.now_ms() - job.created_at_ms >= retention_ms {
+        return Ok(axum::Json(JobView::past_retention(&job, state.limits.retention_days)).into_response());
+    }
     let mut view = JobView::new(&job);
     if job.status == JobStatus::Succeeded {
         view.result = state.ports.store.get_result(&job.id).await?;

@@ -32,26 +32,29 @@ pub struct Services {
 }
 
 impl Services {
-    /// Builds clients without contacting anything: connections open on first use,
-    /// which keeps Lambda's init short.
+    /// Builds clients; only a password kept in Secrets Manager is read now (database
+    /// connections open on first use, which keeps Lambda's init short).
     pub async fn new(resources: &ResourceArgs, db: &DbArgs) -> Result<Self, StartupError> {
         let aws = ocr_aws::aws_config_from_env().await;
         Ok(Services {
-            store: Arc::new(db.store()?),
+            store: Arc::new(db.connect(&aws).await?),
             objects: Arc::new(S3ObjectStore::new(&aws, &resources.upload_bucket)),
             queue: Arc::new(SqsJobQueue::new(&aws, &resources.express_queue_url, &resources.bulk_queue_url)),
             aws,
         })
     }
 
-    pub fn app_state(&self, api: &ApiArgs) -> Result<AppState, StartupError> {
+    /// The handlers' state; the webhook master key is read from Secrets Manager when
+    /// `WEBHOOK_SECRET` names it.
+    pub async fn app_state(&self, api: &ApiArgs) -> Result<AppState, StartupError> {
         let auth = match api.auth_mode {
             AuthMode::Jwt => Authenticator::Jwt,
             AuthMode::Static => {
                 Authenticator::from_static_tokens(api.api_tokens.expose_secret()).map_err(StartupError::Config)?
             }
         };
-        let signing = MasterKey::new(api.webhook_secret.expose_secret());
+        let secret = ocr_aws::secrets::resolve(&api.webhook_secret, &self.aws).await?;
+        let signing = MasterKey::new(secret.expose_secret());
         Ok(AppState::new(self.ports(), auth, Limits::from(api)).with_signing(signing))
     }
 

@@ -1,7 +1,7 @@
 //! What the API shows of a job.
 
 use ocr_core::ports::PresignedPut;
-use ocr_core::{Job, OcrResult};
+use ocr_core::{Job, JobStatus, OcrResult};
 use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -63,6 +63,18 @@ pub struct JobView {
 }
 
 impl JobView {
+    /// A job past the retention period: `expired`, with nothing the caller sent or got (the
+    /// purge removes its result and then the job itself).
+    pub fn past_retention(job: &Job, retention_days: u32) -> Self {
+        JobView {
+            status: JobStatus::Expired.as_str(),
+            error: Some(format!("past the retention period of {retention_days} days: its image and result are gone")),
+            callback_url: None,
+            metadata: None,
+            ..JobView::new(job)
+        }
+    }
+
     pub fn new(job: &Job) -> Self {
         JobView {
             job_id: job.id.to_string(),

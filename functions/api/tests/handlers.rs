@@ -688,3 +688,27 @@ async fn each_caller_reads_and_rotates_only_its_own_webhook_key() {
     let (_, _, last) = h.call(get(ALICE, "/v1/webhook-secret")).await;
     assert_eq!(last["generation"], 3, "refused rotations change nothing");
 }
+
+/// A job past the retention period reads `expired`, without its result or what was sent with
+/// it, whatever its row still says (the purge has not reached it yet).
+#[tokio::test]
+async fn a_job_past_retention_reads_expired() {
+    let h = harness();
+    let body = r#"{"content_type":"image/png","content_length":10,"metadata":{"order":7},"callback_url":"https://hooks.example.com/x"}"#;
+    let (_, _, json) = h.call(post_json(Some(ALICE), body)).await;
+    let id: JobId = json["job_id"].as_str().unwrap().parse().unwrap();
+    let change = |at| StatusChange { at_ms: at, error: None, ..Default::default() };
+    h.store.set_status(&id, JobStatus::AwaitingUpload, JobStatus::Queued, change(1)).await.unwrap();
+    h.store.set_status(&id, JobStatus::Queued, JobStatus::Processing, change(2)).await.unwrap();
+    h.store.set_status(&id, JobStatus::Processing, JobStatus::Succeeded, change(3)).await.unwrap();
+    h.store.put_result(id, OcrResult { text: "x".into(), lines: vec![], width: 1, height: 1, seconds: 0.0 });
+    h.clock.advance(std::time::Duration::from_secs(7 * 86_400 - 1));
+    let (_, _, json) = h.call(get(ALICE, &format!("/v1/jobs/{id}"))).await;
+    assert_eq!((json["status"].as_str(), json["result"]["text"].as_str()), (Some("succeeded"), Some("x")));
+    h.clock.advance(std::time::Duration::from_secs(1));
+    let (status, _, json) = h.call(get(ALICE, &format!("/v1/jobs/{id}"))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(json["status"], "expired", "{json}");
+    assert!(json.get("result").is_none() && json.get("metadata").is_none() && json.get("callback_url").is_none());
+    assert!(json["error"].as_str().unwrap().contains("retention"));
+}

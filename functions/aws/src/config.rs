@@ -28,6 +28,11 @@ pub struct DbArgs {
     /// `mysql://user:password@host:port/database` (never shown: it carries the password).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: SecretString,
+    /// The password, when the URL has none: the password itself, or where Secrets Manager keeps
+    /// it (`arn:aws:secretsmanager:…:secret:<name>#password`, read at start; see
+    /// [`crate::secrets`]). On AWS it is always the latter, so no configuration holds it.
+    #[arg(long, env = "DATABASE_PASSWORD", hide_env_values = true)]
+    pub database_password: Option<SecretString>,
     /// Most connections this process opens (the template sets 1 on Lambda, where one
     /// environment serves one request at a time).
     #[arg(long, env = "DB_POOL_MAX", default_value_t = 4)]
@@ -40,9 +45,19 @@ pub struct DbArgs {
 }
 
 impl DbArgs {
-    /// The store on this database (connections open on first use).
-    pub fn store(&self) -> Result<MySqlJobStore, ocr_core::PortError> {
-        MySqlJobStore::new(self.database_url.expose_secret(), self.db_pool_max, self.database_ca_file.as_deref())
+    /// The store on this database (connections open on first use), its password read from
+    /// Secrets Manager first when `DATABASE_PASSWORD` names it.
+    pub async fn connect(&self, aws: &aws_config::SdkConfig) -> Result<MySqlJobStore, ocr_core::PortError> {
+        let password = match &self.database_password {
+            Some(p) => Some(crate::secrets::resolve(p, aws).await?),
+            None => None,
+        };
+        MySqlJobStore::open(
+            self.database_url.expose_secret(),
+            password.as_ref().map(ExposeSecret::expose_secret),
+            self.db_pool_max,
+            self.database_ca_file.as_deref(),
+        )
     }
 }
 

@@ -11,7 +11,9 @@ mod errors;
 pub mod mysql;
 pub mod process;
 mod results;
+pub mod roles;
 pub mod s3;
+pub mod secrets;
 mod sql;
 pub mod sqs;
 

@@ -98,6 +98,12 @@ const MIGRATIONS: &[(u32, &str)] = &[
         // (notify_since_ms moves on) until a window counted from here has passed.
         r"ALTER TABLE jobs ADD COLUMN notify_first_ms BIGINT NULL",
     ),
+    (
+        9,
+        // Retention: when the purge stripped a job past it (results, webhook records, what the
+        // caller sent), and the index its batches walk.
+        r"ALTER TABLE jobs ADD COLUMN purged_at_ms BIGINT NULL, ADD KEY ix_jobs_created (created_at_ms)",
+    ),
 ];
 
 const JOB_COLUMNS: &str = "id, owner, status, priority, content_type, content_length, callback_url, metadata, \
@@ -138,8 +144,22 @@ impl MySqlJobStore {
     /// [`crate::sql`]), so a connection is never pinned by the proxy; returning one to the pool
     /// therefore needs no `COM_RESET_CONNECTION` round trip either.
     pub fn new(database_url: &str, max_connections: usize, extra_ca: Option<&Path>) -> Result<Self, PortError> {
+        Self::open(database_url, None, max_connections, extra_ca)
+    }
+
+    /// Like [`MySqlJobStore::new`], with the password given apart from the URL (read from
+    /// Secrets Manager: see [`crate::config::DbArgs`]).
+    pub fn open(
+        database_url: &str,
+        password: Option<&str>,
+        max_connections: usize,
+        extra_ca: Option<&Path>,
+    ) -> Result<Self, PortError> {
         crate::process::install_crypto_provider();
-        let opts = Opts::from_url(database_url).map_err(|e| PortError::permanent("mysql", e))?;
+        let mut opts = Opts::from_url(database_url).map_err(|e| PortError::permanent("mysql", e))?;
+        if let Some(password) = password {
+            opts = OptsBuilder::from_opts(opts).pass(Some(password)).into();
+        }
         let ssl = match (opts.ssl_opts(), extra_ca) {
             (Some(ssl), Some(ca)) => Some(ssl.clone().with_root_certs(vec![ca.to_path_buf().into()])),
             (ssl, _) => ssl.cloned(),

@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 use mysql_async::{Params, Row, TxOpts, Value, params};
-use ocr_core::worker::{OwedNotification, ResultStore, TakenJob, WebhookRecord};
+use ocr_core::worker::{OwedNotification, Purged, ResultStore, TakenJob, WebhookRecord};
 use ocr_core::{JobId, JobStatus, OcrResult, PortError};
 
 use crate::mysql::{MySqlJobStore, db_error, may_become};
@@ -218,6 +218,52 @@ impl ResultStore for MySqlJobStore {
 
     async fn record_webhook(&self, r: &WebhookRecord) -> Result<(), PortError> {
         self.webhook_attempt(r, "notify_since_ms = NULL, notify_first_ms = NULL", None).await
+    }
+
+    async fn purge(
+        &self,
+        strip_before_ms: i64,
+        delete_before_ms: i64,
+        max: usize,
+        at_ms: i64,
+    ) -> Result<Purged, PortError> {
+        let mut conn = self.conn().await?;
+        // Strip: one short transaction over at most `max` rows, walked by ix_jobs_created.
+        let mut tx = conn.start_transaction(TxOpts::default()).await.map_err(db_error)?;
+        let ids: Vec<String> = bind(
+            "SELECT id FROM jobs WHERE created_at_ms < :before AND purged_at_ms IS NULL \
+             ORDER BY created_at_ms LIMIT :max FOR UPDATE SKIP LOCKED",
+            params! { "before" => strip_before_ms, "max" => max as u64 },
+        )?
+        .fetch(&mut tx)
+        .await?;
+        if !ids.is_empty() {
+            let list = placeholders(ids.len());
+            let values = || Params::Positional(ids.iter().map(|i| Value::from(i.as_str())).collect());
+            bind(format!("DELETE FROM job_results WHERE job_id IN ({list})"), values())?.ignore(&mut tx).await?;
+            bind(format!("DELETE FROM webhook_deliveries WHERE job_id IN ({list})"), values())?.ignore(&mut tx).await?;
+            let mut params = vec![Value::from(at_ms), Value::from(at_ms)];
+            params.extend(ids.iter().map(|i| Value::from(i.as_str())));
+            bind(
+                format!(
+                    "UPDATE jobs SET purged_at_ms = ?, updated_at_ms = ?, metadata = NULL, callback_url = NULL, \
+                     notify_since_ms = NULL, notify_first_ms = NULL WHERE id IN ({list})"
+                ),
+                Params::Positional(params),
+            )?
+            .ignore(&mut tx)
+            .await?;
+        }
+        tx.commit().await.map_err(db_error)?;
+        // Delete: stripped rows only, oldest first, at most `max` (a single-table DELETE with
+        // ORDER BY … LIMIT locks no more than it removes).
+        bind(
+            "DELETE FROM jobs WHERE created_at_ms < :before AND purged_at_ms IS NOT NULL ORDER BY created_at_ms LIMIT :max",
+            params! { "before" => delete_before_ms, "max" => max as u64 },
+        )?
+        .ignore(&mut conn)
+        .await?;
+        Ok(Purged { stripped: ids.len(), deleted: conn.affected_rows() as usize })
     }
 
     async fn defer_webhook(&self, r: &WebhookRecord, owed_since_ms: i64) -> Result<(), PortError> {

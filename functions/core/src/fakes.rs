@@ -16,7 +16,7 @@ use crate::message::JobMessage;
 use crate::ports::{Clock, JobQueue, JobStore, ObjectInfo, ObjectStore, PresignedPut, StatusChange};
 use crate::result::OcrResult;
 use crate::signing::{KeyState, WebhookKeys};
-use crate::worker::{DeadLetters, Delivery, JobSource, OwedNotification, ResultStore, TakenJob, WebhookRecord};
+use crate::worker::{DeadLetters, Delivery, JobSource, OwedNotification, Purged, ResultStore, TakenJob, WebhookRecord};
 
 /// A clock that moves only when told.
 #[derive(Debug)]
@@ -50,6 +50,8 @@ pub struct InMemoryJobStore {
     checked: Mutex<HashMap<JobId, String>>,
     /// Webhook key generations per caller.
     keys: Mutex<HashMap<String, KeyState>>,
+    /// Jobs past retention whose payload the purge removed.
+    stripped: Mutex<std::collections::HashSet<JobId>>,
 }
 
 #[async_trait]
@@ -394,6 +396,44 @@ impl ResultStore for InMemoryJobStore {
         self.webhooks.lock().unwrap().push(record.clone());
         self.owed.lock().unwrap().remove(&record.job_id);
         Ok(())
+    }
+
+    async fn purge(
+        &self,
+        strip_before_ms: i64,
+        delete_before_ms: i64,
+        max: usize,
+        at_ms: i64,
+    ) -> Result<Purged, PortError> {
+        let mut jobs = self.jobs.lock().unwrap();
+        let mut purged = Purged::default();
+        // Oldest first, as MySQL's batches go.
+        let mut strip: Vec<(i64, JobId)> = jobs
+            .values()
+            .filter(|j| j.created_at_ms < strip_before_ms && !self.stripped.lock().unwrap().contains(&j.id))
+            .map(|j| (j.created_at_ms, j.id))
+            .collect();
+        strip.sort();
+        for (_, id) in strip.into_iter().take(max) {
+            let job = jobs.get_mut(&id).expect("listed");
+            (job.metadata, job.callback_url, job.updated_at_ms) = (None, None, at_ms);
+            self.results.lock().unwrap().remove(&id);
+            self.owed.lock().unwrap().remove(&id);
+            self.webhooks.lock().unwrap().retain(|w| w.job_id != id);
+            self.stripped.lock().unwrap().insert(id);
+            purged.stripped += 1;
+        }
+        let mut delete: Vec<(i64, JobId)> = jobs
+            .values()
+            .filter(|j| j.created_at_ms < delete_before_ms && self.stripped.lock().unwrap().contains(&j.id))
+            .map(|j| (j.created_at_ms, j.id))
+            .collect();
+        delete.sort();
+        for (_, id) in delete.into_iter().take(max) {
+            jobs.remove(&id);
+            purged.deleted += 1;
+        }
+        Ok(purged)
     }
 
     async fn defer_webhook(&self, record: &WebhookRecord, owed_since_ms: i64) -> Result<(), PortError> {

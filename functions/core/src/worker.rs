@@ -68,6 +68,15 @@ pub struct TakenJob {
     pub checked_etag: Option<String>,
 }
 
+/// What one [`ResultStore::purge`] call removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Purged {
+    /// Jobs whose results, webhook records, metadata and callback went.
+    pub stripped: usize,
+    /// Jobs deleted outright.
+    pub deleted: usize,
+}
+
 /// A webhook call's outcome, as recorded.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WebhookRecord {
@@ -123,6 +132,18 @@ pub trait ResultStore: Send + Sync {
 
     /// Records a webhook call's outcome and settles the notification owed for its job.
     async fn record_webhook(&self, record: &WebhookRecord) -> Result<(), PortError>;
+
+    /// Retention, in bounded batches (one short transaction each, rows taken with `SKIP LOCKED`
+    /// so that workers purging at once share the work): of at most `max` jobs created before
+    /// `strip_before_ms`, drops results, webhook records and what the caller sent (the job then
+    /// reads `expired`); then deletes at most `max` jobs created before `delete_before_ms`.
+    async fn purge(
+        &self,
+        strip_before_ms: i64,
+        delete_before_ms: i64,
+        max: usize,
+        at_ms: i64,
+    ) -> Result<Purged, PortError>;
 
     /// Records a failed try and leaves the notification owed, as if since `owed_since_ms` (so
     /// the sweep takes it again one lease after that); when it was first owed is kept.

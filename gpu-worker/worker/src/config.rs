@@ -16,6 +16,23 @@ pub struct WorkerConfig {
     /// The database: the same settings as the API's.
     #[command(flatten)]
     pub db: ocr_aws::config::DbArgs,
+    /// The account the migrations run as (`DB_MIGRATE`), when it is not `DATABASE_URL`'s: on AWS
+    /// the master user, while the worker itself connects as its own role.
+    #[arg(long, env = "MIGRATION_DATABASE_URL", hide_env_values = true)]
+    pub migration_database_url: Option<SecretString>,
+    /// Its password (the password itself, or a Secrets Manager reference read at start).
+    #[arg(long, env = "MIGRATION_DATABASE_PASSWORD", hide_env_values = true)]
+    pub migration_database_password: Option<SecretString>,
+    /// After migrating, create or update these users with their role's grants:
+    /// `api=<user>:<password>,upload=…,worker=…` (passwords may be Secrets Manager references).
+    #[arg(long, env = "DB_ROLE_USERS", hide_env_values = true, default_value = "")]
+    pub db_role_users: SecretString,
+    /// Days a job, its result and its image are kept; the purge deletes its row after twice that.
+    #[arg(long, env = "RETENTION_DAYS", default_value_t = 7)]
+    pub retention_days: u32,
+    /// How often each worker purges jobs past retention, in seconds; 0 turns it off.
+    #[arg(long, env = "PURGE_INTERVAL_SECS", default_value_t = 300)]
+    pub purge_interval_secs: u64,
     /// Apply database migrations at start (the AWS bootstrap sets it: workers migrate under a
     /// MySQL named lock before serving `/healthz`).
     #[arg(long, env = "DB_MIGRATE", default_value_t = false, action = clap::ArgAction::Set)]

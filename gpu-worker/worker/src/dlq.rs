@@ -75,6 +75,9 @@ enum Action {
         /// The database, for `--reset-jobs` (`mysql://user:password@host:port/database`).
         #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
         database_url: Option<SecretString>,
+        /// The password, when DATABASE_URL has none (or a Secrets Manager reference to it).
+        #[arg(long, env = "DATABASE_PASSWORD", hide_env_values = true)]
+        database_password: Option<SecretString>,
         /// A private CA for the database's TLS certificate (tests; see the worker's settings).
         #[arg(long, env = "DATABASE_CA_FILE")]
         database_ca_file: Option<std::path::PathBuf>,
@@ -87,7 +90,8 @@ const PEEK_HIDE: Duration = Duration::from_secs(30);
 const RESET_MAX: usize = 100_000;
 
 pub async fn run(args: DlqArgs) -> anyhow::Result<()> {
-    let admin = DeadLetterAdmin::new(&ocr_aws::aws_config_from_env().await);
+    let aws = ocr_aws::aws_config_from_env().await;
+    let admin = DeadLetterAdmin::new(&aws);
     let prefix = args.prefix.clone().unwrap_or_else(|| match args.stage.as_str() {
         "local" => "ocr".to_owned(),
         stage => format!("ocr-{stage}"),
@@ -98,13 +102,18 @@ pub async fn run(args: DlqArgs) -> anyhow::Result<()> {
         let dlq = admin.url(&dlq_name).await.with_context(|| format!("finding queue {dlq_name}"))?;
         match &args.action {
             Action::List { max } => list(&admin, &dlq_name, &dlq, *max).await?,
-            Action::Redrive { reset_jobs, rate, database_url, database_ca_file } => {
+            Action::Redrive { reset_jobs, rate, database_url, database_password, database_ca_file } => {
                 let source_name = format!("{prefix}-{}", queue.name());
                 let source = admin.url(&source_name).await.with_context(|| format!("finding queue {source_name}"))?;
                 if *reset_jobs && queue != Queue::UploadEvents {
                     let database_url = database_url.clone().context("--reset-jobs needs DATABASE_URL")?;
-                    let db = DbArgs { database_url, db_pool_max: 1, database_ca_file: database_ca_file.clone() };
-                    reset_jobs_of(&admin, &dlq, &db).await?;
+                    let db = DbArgs {
+                        database_url,
+                        database_password: database_password.clone(),
+                        db_pool_max: 1,
+                        database_ca_file: database_ca_file.clone(),
+                    };
+                    reset_jobs_of(&admin, &dlq, &db, &aws).await?;
                 }
                 let moved = admin.move_back(&dlq, &source, *rate).await?;
                 println!("{dlq_name}: redrove {moved} message(s) to {source_name}");
@@ -125,9 +134,14 @@ async fn list(admin: &DeadLetterAdmin, name: &str, url: &str, max: usize) -> any
     Ok(())
 }
 
-async fn reset_jobs_of(admin: &DeadLetterAdmin, dlq: &str, db: &DbArgs) -> anyhow::Result<()> {
+async fn reset_jobs_of(
+    admin: &DeadLetterAdmin,
+    dlq: &str,
+    db: &DbArgs,
+    aws: &ocr_aws::SdkConfig,
+) -> anyhow::Result<()> {
     let ids: Vec<JobId> = admin.peek(dlq, RESET_MAX, PEEK_HIDE).await?.iter().filter_map(job_of).collect();
-    let store = db.store()?;
+    let store = db.connect(aws).await?;
     let reset = store.requeue_failed(&ids, crate::now_ms()).await.context("resetting the failed jobs")?;
     store.disconnect().await;
     println!("  {reset} of {} job(s) were failed and go back to queued", ids.len());

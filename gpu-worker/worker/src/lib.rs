@@ -24,6 +24,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod pipeline;
 pub mod recognizer;
+pub mod retention;
 pub mod ssrf;
 pub mod webhook;
 

@@ -36,7 +36,7 @@ async fn main() -> anyhow::Result<()> {
     if config.db_migrate {
         services.store.migrate().await.context("database migrations")?;
     }
-    let app = ocr_api::routes::router(services.app_state(api)?);
+    let app = ocr_api::routes::router(services.app_state(api).await?);
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let poller = config.upload_events_queue_url.clone().map(|url| {

@@ -18,6 +18,6 @@ async fn main() -> Result<(), lambda_http::Error> {
     let config = Config::parse();
     let ProducerArgs { resources, db, api } = &config.producer;
     let services = Services::new(resources, db).await?;
-    let app = ocr_api::routes::router(services.app_state(api)?);
+    let app = ocr_api::routes::router(services.app_state(api).await?);
     lambda_http::run(app).await
 }

@@ -77,15 +77,16 @@ async fn serve(config: WorkerConfig) -> anyhow::Result<()> {
         .context("loading the OCR engine")?;
     tracing::info!(seconds = loading.elapsed().as_secs_f64(), model_set = %config.engine.model_set, "engine ready");
 
-    let store = Arc::new(config.db.store()?);
-    if config.db_migrate {
-        store.migrate().await.context("database migrations")?;
-    }
-    let (stop, _) = watch::channel(false);
     let aws = ocr_aws::aws_config_from_env().await;
+    if config.db_migrate {
+        migrate(&config, &aws).await?;
+    }
+    let store = Arc::new(config.db.connect(&aws).await?);
+    let master = ocr_aws::secrets::resolve(&config.webhook_secret, &aws).await.context("reading WEBHOOK_SECRET")?;
+    let (stop, _) = watch::channel(false);
     let mut worker = Worker { config, aws, store, metrics: Metrics::new(), stop, tasks: JoinSet::new() };
     worker.start_metrics_server().await?;
-    let (notify, webhooks) = worker.start_webhooks();
+    let (notify, webhooks) = worker.start_webhooks(MasterKey::new(master.expose_secret()));
     worker.start_periodic_tasks(&notify);
     let departure = worker.config.ec2_lifecycle.then(|| {
         let drain = worker.stop.clone();
@@ -109,6 +110,30 @@ async fn serve(config: WorkerConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Applies the migrations as the migration account (`MIGRATION_DATABASE_URL`, else the
+/// worker's own), then creates or updates the role users (`DB_ROLE_USERS`) with their grants.
+async fn migrate(config: &WorkerConfig, aws: &ocr_aws::SdkConfig) -> anyhow::Result<()> {
+    let admin = match &config.migration_database_url {
+        Some(url) => ocr_aws::config::DbArgs {
+            database_url: url.clone(),
+            database_password: config.migration_database_password.clone(),
+            db_pool_max: 1,
+            database_ca_file: config.db.database_ca_file.clone(),
+        },
+        None => config.db.clone(),
+    };
+    let store = admin.connect(aws).await?;
+    store.migrate().await.context("database migrations")?;
+    let mut users =
+        ocr_aws::roles::parse_role_users(config.db_role_users.expose_secret()).map_err(anyhow::Error::msg)?;
+    for user in &mut users {
+        user.password = ocr_aws::secrets::resolve(&user.password, aws).await?;
+    }
+    store.provision_roles(&users).await.context("provisioning the database users")?;
+    store.disconnect().await;
+    Ok(())
+}
+
 impl Worker {
     async fn start_metrics_server(&mut self) -> anyhow::Result<()> {
         let addr = self.config.metrics_addr;
@@ -124,7 +149,7 @@ impl Worker {
     }
 
     /// The delivery task (ends when every sender is gone) and the sender for the pipeline.
-    fn start_webhooks(&self) -> (mpsc::Sender<Notification>, tokio::task::JoinHandle<()>) {
+    fn start_webhooks(&self, master: MasterKey) -> (mpsc::Sender<Notification>, tokio::task::JoinHandle<()>) {
         let c = &self.config;
         let webhooks = Arc::new(Webhooks {
             policy: Policy::new(c.webhook_allow_hosts.clone()),
@@ -132,7 +157,7 @@ impl Worker {
             connector: Arc::new(HttpConnector { timeout: Duration::from_secs(10) }),
             store: self.store.clone(),
             metrics: self.metrics.clone(),
-            master: MasterKey::new(c.webhook_secret.expose_secret()),
+            master,
             keys: self.store.clone(),
             max_attempts: c.webhook_max_attempts,
             backoff: Duration::from_secs(1),
@@ -171,6 +196,15 @@ impl Worker {
                 "dead-letter sweep off: EXPRESS_DLQ_URL and BULK_DLQ_URL are not both set, so a job whose worker dies on its last attempt stays processing"
             ),
             _ => {}
+        }
+        if c.purge_interval_secs > 0 {
+            let (store, stop) = (self.store.clone(), self.stop.subscribe());
+            let retention = secs(u64::from(c.retention_days.max(1)) * 86_400);
+            let every = secs(c.purge_interval_secs);
+            self.tasks.spawn(async move {
+                gpu_worker::retention::run(store, retention, every, stop).await;
+                "retention purge"
+            });
         }
         if c.cloudwatch_interval_secs > 0 {
             let client = aws_sdk_cloudwatch::Client::new(&self.aws);
