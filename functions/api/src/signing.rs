@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::response::{IntoResponse, Response};
 use ocr_core::signing::{DEFAULT_OVERLAP, KeyState, MAX_OVERLAP};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -32,12 +32,25 @@ pub struct PreviousView {
     pub valid_until: String,
 }
 
-/// The body of a rotation (optional).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Rotate {
-    /// How long the current key keeps signing beside the new one (default a day, at most 7).
-    overlap_seconds: Option<u64>,
+/// The overlap a rotation asks for: an empty body, or `{"overlap_seconds": n}` with `n` an
+/// integer (JSON Schema's sense: `227.0` is one) from 0 to [`MAX_OVERLAP`]; anything else is
+/// refused.
+fn overlap_of(body: &[u8]) -> Result<Duration, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(DEFAULT_OVERLAP);
+    }
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
+    let invalid = |m: &str| ApiError::InvalidRequest(m.to_owned());
+    let object = value.as_object().ok_or_else(|| invalid("the body must be a JSON object"))?;
+    if let Some(unknown) = object.keys().find(|k| *k != "overlap_seconds") {
+        return Err(invalid(&format!("unknown field {unknown:?}: only overlap_seconds")));
+    }
+    let Some(n) = object.get("overlap_seconds") else { return Ok(DEFAULT_OVERLAP) };
+    let max = MAX_OVERLAP.as_secs();
+    match n.as_f64() {
+        Some(f) if f.fract() == 0.0 && (0.0..=max as f64).contains(&f) => Ok(Duration::from_secs(f as u64)),
+        _ => Err(invalid(&format!("overlap_seconds must be an integer from 0 to {max}"))),
+    }
 }
 
 pub async fn get_secret(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
@@ -51,20 +64,7 @@ pub async fn rotate_secret(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body.map_err(|e| ApiError::MalformedJson(format!("unreadable body: {e}")))?;
-    let request: Rotate = if body.iter().all(u8::is_ascii_whitespace) {
-        Rotate::default()
-    } else {
-        let value: serde_json::Value =
-            serde_json::from_slice(&body).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
-        serde_json::from_value(value).map_err(|e| ApiError::InvalidRequest(e.to_string()))?
-    };
-    let overlap = match request.overlap_seconds {
-        None => DEFAULT_OVERLAP,
-        Some(s) if s <= MAX_OVERLAP.as_secs() => Duration::from_secs(s),
-        Some(_) => {
-            return Err(ApiError::InvalidRequest(format!("overlap_seconds must be at most {}", MAX_OVERLAP.as_secs())));
-        }
-    };
+    let overlap = overlap_of(&body)?;
     signing_enabled(&state)?;
     let now = state.ports.clock.now_ms();
     let keys = state.ports.keys.rotate_key(&caller.0, overlap, now).await?;

@@ -676,17 +676,23 @@ async fn each_caller_reads_and_rotates_only_its_own_webhook_key() {
     // An empty body rotates with the default overlap; bad bodies are refused.
     let (status, _, third) = h.call(post(ALICE, "/v1/webhook-secret/rotate", "")).await;
     assert_eq!((status, third["generation"].as_u64()), (StatusCode::OK, Some(3)));
+    // 60.0 is an integer to JSON Schema.
+    let (status, _, fourth) = h.call(post(ALICE, "/v1/webhook-secret/rotate", r#"{"overlap_seconds": 60.0}"#)).await;
+    assert_eq!((status, fourth["generation"].as_u64()), (StatusCode::OK, Some(4)));
     for (body, want) in [
         ("{", StatusCode::BAD_REQUEST),
         (r#"{"overlap_seconds": -1}"#, StatusCode::UNPROCESSABLE_ENTITY),
         (r#"{"overlap_seconds": 604801}"#, StatusCode::UNPROCESSABLE_ENTITY),
         (r#"{"overlap": 5}"#, StatusCode::UNPROCESSABLE_ENTITY),
+        (r#"{"overlap_seconds": null}"#, StatusCode::UNPROCESSABLE_ENTITY),
+        (r#"{"overlap_seconds": 1.5}"#, StatusCode::UNPROCESSABLE_ENTITY),
+        ("[]", StatusCode::UNPROCESSABLE_ENTITY),
     ] {
         let (status, _, json) = h.call(post(ALICE, "/v1/webhook-secret/rotate", body)).await;
         assert_eq!(status, want, "{body}: {json}");
     }
     let (_, _, last) = h.call(get(ALICE, "/v1/webhook-secret")).await;
-    assert_eq!(last["generation"], 3, "refused rotations change nothing");
+    assert_eq!(last["generation"], 4, "refused rotations change nothing");
 }
 
 /// A job past the retention period reads `expired`, without its result or what was sent with
