@@ -9,18 +9,8 @@ use ocr_integration_tests::{Options, TestEnv};
 
 /// A bulk job taken through the life cycle to `end` (succeeded or failed), and its message.
 async fn ended_job(env: &TestEnv, end: JobStatus) -> anyhow::Result<(JobId, String)> {
-    let id = JobId::new();
-    let new = NewJob {
-        id,
-        owner: "alice".into(),
-        priority: Priority::Bulk,
-        content_type: ContentType::Png,
-        content_length: 10,
-        callback_url: None,
-        metadata: None,
-        idempotency: None,
-        created_at_ms: 1,
-    };
+    let new = NewJob::plain("alice", Priority::Bulk, ContentType::Png, 10, 1);
+    let id = new.id;
     let job = env.store.insert(new).await?;
     for (from, to) in [
         (JobStatus::AwaitingUpload, JobStatus::Queued),

@@ -44,43 +44,20 @@ where
     Ok(())
 }
 
-async fn put(env: &TestEnv, upload: &Value, bytes: Vec<u8>) -> anyhow::Result<StatusCode> {
-    let mut request = env.http.put(upload["url"].as_str().expect("url"));
-    for (name, value) in upload["headers"].as_object().expect("headers") {
-        if name != "content-length" {
-            request = request.header(name, value.as_str().expect("header"));
-        }
-    }
-    Ok(request.body(bytes).send().await?.status())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_and_its_upload_check_never_pin_a_proxy_connection() -> anyhow::Result<()> {
     let env = TestEnv::with(Options { poller: false, ..Options::default() }).await?;
     let counter = CommandCounter::start(&server_addr(&DatabaseServer::plain())).await?;
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-    let api = env.spawn(
-        "api-local",
-        &[
-            ("DATABASE_URL", through(&env, &counter)),
-            ("AUTH_MODE", "static".into()),
-            ("API_TOKENS", format!("{ALICE_TOKEN}:alice")),
-            ("BIND_ADDR", addr.to_string()),
-            ("UPLOAD_EVENTS_QUEUE_URL", env.queues.upload_events.clone()),
-            // The migrations take a named lock (one pinned connection, closed after): leave them
-            // out here; their own test is below.
-            ("DB_MIGRATE", "false".into()),
-        ],
-    )?;
-    let base = format!("http://{addr}");
-    until("api-local", &api, || async { Ok(env.http.get(format!("{base}/healthz")).send().await.is_ok()) }).await?;
+    // The migrations take a named lock (one pinned connection, closed after): left out here;
+    // the worker's test below covers them.
+    let (api, base) = env.spawn_api_local(&[("DATABASE_URL", through(&env, &counter))]).await?;
     for priority in ["express", "bulk"] {
         let png = tiny_png();
         let body = json!({"content_type": "image/png", "content_length": png.len(), "priority": priority});
         let response = env.http.post(format!("{base}/v1/jobs")).bearer_auth(ALICE_TOKEN).json(&body).send().await?;
         assert_eq!(response.status(), StatusCode::CREATED);
         let job: Value = response.json().await?;
-        assert_eq!(put(&env, &job["upload"], png).await?, StatusCode::OK);
+        assert_eq!(env.put(&job["upload"], png).await?, StatusCode::OK);
         let url = format!("{base}/v1/jobs/{}", job["job_id"].as_str().unwrap());
         until("the job queued", &api, || async {
             let view: Value = env.http.get(&url).bearer_auth(ALICE_TOKEN).send().await?.json().await?;
@@ -110,7 +87,7 @@ async fn the_worker_never_pins_a_proxy_connection_after_migrating() -> anyhow::R
         let body = json!({"content_type": "image/png", "content_length": image.len(), "callback_url": "https://hooks.example.com/x"});
         let job: Value =
             env.request(reqwest::Method::POST, "/v1/jobs", ALICE_TOKEN).json(&body).send().await?.json().await?;
-        assert_eq!(put(&env, &job["upload"], image).await?, StatusCode::OK);
+        assert_eq!(env.put(&job["upload"], image).await?, StatusCode::OK);
         ids.push(job["job_id"].as_str().unwrap().to_owned());
     }
     // Migrations (a named lock, on a connection closed afterwards), then work, webhooks owed

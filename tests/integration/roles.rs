@@ -134,13 +134,7 @@ async fn the_functions_run_as_their_own_users_with_passwords_from_secrets_manage
     let answer = answer.map_err(|e| anyhow::anyhow!("{e}\n{}", api_fn.logs()))?;
     assert_eq!(answer["statusCode"], 201, "{answer}\n{}", api_fn.logs());
     let job: Value = serde_json::from_str(answer["body"].as_str().unwrap())?;
-    let mut put = env.http.put(job["upload"]["url"].as_str().unwrap()).body(png);
-    for (k, v) in job["upload"]["headers"].as_object().unwrap() {
-        if k != "content-length" {
-            put = put.header(k, v.as_str().unwrap());
-        }
-    }
-    assert_eq!(put.send().await?.status(), StatusCode::OK);
+    assert_eq!(env.put(&job["upload"], png).await?, StatusCode::OK);
     let id = job["job_id"].as_str().unwrap();
     let answer = upload_runtime.invoke(sqs_s3_event(&env.bucket, &[format!("uploads/bulk/{id}")]), WAIT).await?;
     let answer = answer.map_err(|e| anyhow::anyhow!("{e}\n{}", upload_fn.logs()))?;
@@ -182,13 +176,7 @@ async fn the_worker_migrates_provisions_and_works_as_its_own_user() -> anyhow::R
         .await?
         .json()
         .await?;
-    let mut put = env.http.put(job["upload"]["url"].as_str().unwrap()).body(image);
-    for (k, v) in job["upload"]["headers"].as_object().unwrap() {
-        if k != "content-length" {
-            put = put.header(k, v.as_str().unwrap());
-        }
-    }
-    assert_eq!(put.send().await?.status(), StatusCode::OK);
+    assert_eq!(env.put(&job["upload"], image).await?, StatusCode::OK);
     let worker = env.spawn_worker(&[
         ("DB_MIGRATE", "true".into()),
         ("MIGRATION_DATABASE_URL", env.database_url.clone()),

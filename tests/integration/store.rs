@@ -194,18 +194,12 @@ async fn the_purge_strips_then_deletes_old_jobs_in_bounded_batches() -> anyhow::
     let now = 1_000 * DAY;
     let mut ids = Vec::new();
     for age in [1, 8, 8, 9, 20, 21] {
-        let id = JobId::new();
         let job = NewJob {
-            id,
-            owner: "alice".into(),
-            priority: Priority::Bulk,
-            content_type: ContentType::Png,
-            content_length: 1,
             callback_url: Some("https://hooks.example.com/x".into()),
             metadata: Some(serde_json::json!({"age": age})),
-            idempotency: None,
-            created_at_ms: now - age * DAY,
+            ..NewJob::plain("alice", Priority::Bulk, ContentType::Png, 1, now - age * DAY)
         };
+        let id = job.id;
         env.store.insert(job).await?;
         let at = StatusChange { at_ms: now, ..Default::default() };
         env.store.set_status(&id, JobStatus::AwaitingUpload, JobStatus::Queued, at.clone()).await?;

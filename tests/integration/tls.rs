@@ -22,17 +22,6 @@ fn tls_env_options() -> Options {
     Options { poller: false, database: DatabaseServer::tls(), ..Options::default() }
 }
 
-/// PUTs `bytes` to a job's presigned upload (the signed headers but Content-Length).
-async fn put(env: &TestEnv, upload: &Value, bytes: Vec<u8>) -> anyhow::Result<StatusCode> {
-    let mut request = env.http.put(upload["url"].as_str().expect("url"));
-    for (name, value) in upload["headers"].as_object().expect("headers") {
-        if name != "content-length" {
-            request = request.header(name, value.as_str().expect("header"));
-        }
-    }
-    Ok(request.body(bytes).send().await?.status())
-}
-
 /// The job's status, straight from the database (over TLS, trusting the test CA).
 async fn status(env: &TestEnv, id: &str) -> anyhow::Result<Option<String>> {
     let mut conn = env.db().await?;
@@ -75,23 +64,7 @@ async fn the_tls_server_refuses_plain_and_unverified_connections() -> anyhow::Re
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_local_and_its_upload_check_work_over_tls() -> anyhow::Result<()> {
     let env = TestEnv::with(tls_env_options()).await?;
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-    let api = env.spawn(
-        "api-local",
-        &[
-            ("AUTH_MODE", "static".into()),
-            ("API_TOKENS", format!("{ALICE_TOKEN}:alice")),
-            ("BIND_ADDR", addr.to_string()),
-            ("UPLOAD_EVENTS_QUEUE_URL", env.queues.upload_events.clone()),
-            ("DB_MIGRATE", "true".into()),
-        ],
-    )?;
-    let base = format!("http://{addr}");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while env.http.get(format!("{base}/healthz")).send().await.is_err() {
-        anyhow::ensure!(tokio::time::Instant::now() < deadline, "api-local did not start:\n{}", api.logs());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let (api, base) = env.spawn_api_local(&[("DB_MIGRATE", "true".into())]).await?;
     let png = tiny_png();
     let created = env
         .http
@@ -102,7 +75,7 @@ async fn api_local_and_its_upload_check_work_over_tls() -> anyhow::Result<()> {
         .await?;
     anyhow::ensure!(created.status() == StatusCode::CREATED, "{}\n{}", created.status(), api.logs());
     let job: Value = created.json().await?;
-    assert_eq!(put(&env, &job["upload"], png).await?, StatusCode::OK);
+    assert_eq!(env.put(&job["upload"], png).await?, StatusCode::OK);
     // api-local's poller runs the on-upload check over the same TLS connections.
     wait_for_status(&env, job["job_id"].as_str().unwrap(), "queued", &api).await?;
     assert!(!api.logs().contains("panicked"), "{}", api.logs());
@@ -126,7 +99,7 @@ async fn the_lambda_functions_work_over_tls() -> anyhow::Result<()> {
     let answer = answer.map_err(|e| anyhow::anyhow!("api failed: {e}\n{}", api.logs()))?;
     assert_eq!(answer["statusCode"], 201, "{answer}\n{}", api.logs());
     let job: Value = serde_json::from_str(answer["body"].as_str().expect("body"))?;
-    assert_eq!(put(&env, &job["upload"], png).await?, StatusCode::OK);
+    assert_eq!(env.put(&job["upload"], png).await?, StatusCode::OK);
 
     let id = job["job_id"].as_str().unwrap();
     let key = format!("uploads/bulk/{id}");
@@ -157,7 +130,7 @@ async fn the_worker_works_over_tls() -> anyhow::Result<()> {
         .await?;
     assert_eq!(created.status(), StatusCode::CREATED);
     let job: Value = created.json().await?;
-    assert_eq!(put(&env, &job["upload"], image).await?, StatusCode::OK);
+    assert_eq!(env.put(&job["upload"], image).await?, StatusCode::OK);
     let worker = env.spawn_worker(&[])?;
     let id = job["job_id"].as_str().unwrap();
     wait_for_status(&env, id, "succeeded", &worker).await?;

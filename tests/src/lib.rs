@@ -278,6 +278,18 @@ impl TestEnv {
         }
     }
 
+    /// PUTs `bytes` to a job's presigned `upload` (its signed headers, but Content-Length,
+    /// which the client sets); returns S3's status.
+    pub async fn put(&self, upload: &serde_json::Value, bytes: Vec<u8>) -> anyhow::Result<reqwest::StatusCode> {
+        let mut request = self.http.put(upload["url"].as_str().context("upload url")?);
+        for (name, value) in upload["headers"].as_object().context("upload headers")? {
+            if name != "content-length" {
+                request = request.header(name, value.as_str().context("header")?);
+            }
+        }
+        Ok(request.body(bytes).send().await?.status())
+    }
+
     /// A connection to this test's database (TLS and its CA when the server wants them).
     pub async fn db(&self) -> anyhow::Result<mysql_async::Conn> {
         self.database.connect(Some(&self.server_db)).await

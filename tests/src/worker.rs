@@ -121,6 +121,29 @@ impl TestEnv {
         Ok(WorkerProcess { child: cmd.spawn().with_context(|| format!("starting {name}"))?, log })
     }
 
+    /// Starts `api-local` (the API and its upload-event poller, i.e. the on-upload check) on a
+    /// free loopback port as caller `alice` (ALICE_TOKEN), and waits until it answers; returns
+    /// the process and its base URL. `extra` overrides or adds variables.
+    pub async fn spawn_api_local(&self, extra: &[(&str, String)]) -> anyhow::Result<(WorkerProcess, String)> {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let mut env: Vec<(&str, String)> = vec![
+            ("AUTH_MODE", "static".into()),
+            ("API_TOKENS", format!("{}:alice", crate::ALICE_TOKEN)),
+            ("BIND_ADDR", addr.to_string()),
+            ("UPLOAD_EVENTS_QUEUE_URL", self.queues.upload_events.clone()),
+            ("DB_MIGRATE", "false".into()),
+        ];
+        env.extend(extra.iter().cloned());
+        let api = self.spawn("api-local", &env)?;
+        let base = format!("http://{addr}");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while self.http.get(format!("{base}/healthz")).send().await.is_err() {
+            anyhow::ensure!(tokio::time::Instant::now() < deadline, "api-local did not start:\n{}", api.logs());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Ok((api, base))
+    }
+
     /// Starts the worker binary on this environment, with test timings (short polls and
     /// backoffs, the tiny model set, one thread). `extra` overrides or adds variables.
     pub fn spawn_worker(&self, extra: &[(&str, String)]) -> anyhow::Result<WorkerProcess> {

@@ -178,6 +178,29 @@ pub struct NewJob {
     pub created_at_ms: i64,
 }
 
+impl NewJob {
+    /// A job with a fresh id and nothing optional (no callback, metadata or idempotency key).
+    pub fn plain(
+        owner: &str,
+        priority: Priority,
+        content_type: ContentType,
+        content_length: u64,
+        created_at_ms: i64,
+    ) -> Self {
+        NewJob {
+            id: JobId::new(),
+            owner: owner.to_owned(),
+            priority,
+            content_type,
+            content_length,
+            callback_url: None,
+            metadata: None,
+            idempotency: None,
+            created_at_ms,
+        }
+    }
+}
+
 /// An idempotency key and the hash of the request body it was first used with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Idempotency {

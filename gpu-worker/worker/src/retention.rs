@@ -55,7 +55,7 @@ pub async fn run(store: Arc<dyn ResultStore>, retention: Duration, every: Durati
 mod tests {
     use ocr_core::fakes::InMemoryJobStore;
     use ocr_core::ports::JobStore;
-    use ocr_core::{ContentType, JobId, NewJob, Priority};
+    use ocr_core::{ContentType, NewJob, Priority};
 
     use super::*;
 
@@ -66,18 +66,12 @@ mod tests {
         let store = InMemoryJobStore::default();
         let mut ids = Vec::new();
         for age_days in [1, 8, 9, 15, 30] {
-            let id = JobId::new();
             let new = NewJob {
-                id,
-                owner: "alice".into(),
-                priority: Priority::Bulk,
-                content_type: ContentType::Png,
-                content_length: 1,
                 callback_url: Some("https://hooks.example.com/x".into()),
                 metadata: Some(serde_json::json!({"order": age_days})),
-                idempotency: None,
-                created_at_ms: 100 * DAY - age_days * DAY,
+                ..NewJob::plain("alice", Priority::Bulk, ContentType::Png, 1, 100 * DAY - age_days * DAY)
             };
+            let id = new.id;
             store.insert(new).await.unwrap();
             ids.push((id, age_days));
         }
