@@ -18,7 +18,8 @@ from conftest import BOOTSTRAP, ROOT, UNIT, config_env_names, stack_env, substit
 
 # Set by the bootstrap for the process, not worker settings of config.rs.
 PROCESS_ENV = {"AWS_REGION", "LD_LIBRARY_PATH", "RUST_LOG"}
-TEST_ONLY = {"WEBHOOK_ALLOW_HOSTS"}
+# Tests only: private webhook receivers, a private CA for the test database (RDS Proxy's is public).
+TEST_ONLY = {"WEBHOOK_ALLOW_HOSTS", "DATABASE_CA_FILE"}
 # Engine tuning whose defaults come from the engine or the model set; the bootstrap leaves them
 # unset (the worker reads them like the `ocr` tool, should an operator add one).
 ENGINE_TUNING = {"OCR_REC_BATCH", "OCR_REC_BATCH_WIDTH", "OCR_REC_WIDTH_STEP", "OCR_REC_MIN_WIDTH",

@@ -126,8 +126,8 @@ PY
 WEBHOOK_SECRET=$(secret "$WEBHOOK_SECRET_ARN")
 
 # ------------------------------------------------------------------ 3. worker.env
-# One name per setting, as gpu-worker/worker/src/config.rs reads them. WEBHOOK_ALLOW_HOSTS is
-# for tests only and never set here.
+# One name per setting, as gpu-worker/worker/src/config.rs reads them. WEBHOOK_ALLOW_HOSTS and
+# DATABASE_CA_FILE are for tests only and never set here (RDS Proxy's certificate is public).
 umask 077
 cat >"$ETC/worker.env.tmp" <<EOF
 AWS_REGION=$AWS_REGION
@@ -157,6 +157,8 @@ FLEET_NAME=$STAGE
 WEBHOOK_SECRET=$WEBHOOK_SECRET
 WEBHOOK_MAX_ATTEMPTS=5
 WEBHOOK_LEASE_SECS=300
+WEBHOOK_RETRY_WINDOW_SECS=86400
+WEBHOOK_PER_HOST=2
 WEBHOOK_SWEEP_SECS=30
 RESULT_URL_BASE=$RESULT_URL_BASE
 EC2_LIFECYCLE=true
