@@ -21,7 +21,8 @@ PROCESS_ENV = {"AWS_REGION", "LD_LIBRARY_PATH", "RUST_LOG"}
 # PENDING_RUST_NAMES: TEMPORARY, delete once the Rust side of issue 11 is merged. Settings the
 # bootstrap writes that the Rust code will declare (DATABASE_PASSWORD in functions/aws/src/
 # config.rs, the others in gpu-worker/worker/src/config.rs) but does not yet in this branch.
-PENDING_RUST_NAMES = {"DATABASE_PASSWORD", "MIGRATION_DATABASE_URL", "MIGRATION_DATABASE_PASSWORD", "DB_ROLE_USERS"}
+PENDING_RUST_NAMES = {"DATABASE_PASSWORD", "MIGRATION_DATABASE_URL", "MIGRATION_DATABASE_PASSWORD", "DB_ROLE_USERS",
+                      "RETENTION_DAYS", "PURGE_INTERVAL_SECS"}
 # Tests only: private webhook receivers, a private CA for the test database (RDS Proxy's is public).
 TEST_ONLY = {"WEBHOOK_ALLOW_HOSTS", "DATABASE_CA_FILE"}
 # Engine tuning whose defaults come from the engine or the model set; the bootstrap leaves them
@@ -182,7 +183,7 @@ def sandbox(tpl, tmp_path):
               "BulkQueue": "https://sqs.us-east-1.amazonaws.com/1/ocr-prod-bulk",
               "UploadBucket": "ocr-prod-uploads-1-us-east-1",
               "DatabaseProxy.Endpoint": "ocr-prod-db-proxy.proxy-abc.us-east-1.rds.amazonaws.com",
-              **{s: secret_arn(s) for s in SECRETS},
+              **{s: secret_arn(s) for s in SECRETS}, "RetentionDays": SANDBOX_RETENTION_DAYS,
               "HttpApi": "abc123", "WorkerModelSet": "ppocrv6-small", "WorkerLogGroup": "/ocr-fleet/prod/worker",
               "CudaLibsUri": "s3://artifacts/ocr-fleet/worker/cuda/0123456789abcdef"}
     # The NVIDIA driver AMI's nvidia-modprobe: makes the device nodes (plain files here).
@@ -204,6 +205,10 @@ def sandbox(tpl, tmp_path):
 
 # The template's generated secrets, as ARNs with Secrets Manager's random suffix.
 SECRETS = ("DatabaseSecret", "ApiDatabaseSecret", "UploadDatabaseSecret", "WorkerDatabaseSecret", "WebhookSecret")
+
+
+# Not the default (7), so a bootstrap that ignored the stack's RetentionDays would show.
+SANDBOX_RETENTION_DAYS = "30"
 
 
 def secret_arn(logical_id: str) -> str:
