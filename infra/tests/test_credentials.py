@@ -243,3 +243,19 @@ def test_worker_env_holds_references_and_every_role(tpl, sandbox):  # noqa: F811
     for name, value in w.items():
         if "PASSWORD" in name or "SECRET" in name:
             assert SECRET_REF.fullmatch(value), (name, value)
+
+
+def test_on_upload_waits_for_the_workers_users(tpl, transformed):
+    """The workers create the database users (and migrate) before they signal; on-upload, whose
+    failures dead-letter uploads, is created or updated only after the workers' group."""
+    fn = transformed["Resources"]["OnUploadFunction"]
+    depends = fn.get("DependsOn", [])
+    assert "WorkerGroup" in (depends if isinstance(depends, list) else [depends])
+    g = tpl["Resources"]["WorkerGroup"]
+    assert g["CreationPolicy"]["ResourceSignal"]["Count"] == {"Ref": "MinWorkers"}
+    assert g["UpdatePolicy"]["AutoScalingRollingUpdate"]["WaitOnResourceSignals"] is True
+    # The bootstrap signals success only after the worker's /healthz, i.e. after migrating.
+    from conftest import BOOTSTRAP
+    text = BOOTSTRAP.read_text()
+    assert text.index("healthz") < text.rindex("signal SUCCESS")
+    assert "DB_MIGRATE=true" in text
