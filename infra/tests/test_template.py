@@ -114,7 +114,7 @@ def test_functions_use_their_own_explicit_roles(tpl, transformed):
 
 def test_on_upload_role_is_least_privilege(tpl, transformed):
     stmts = {st["Sid"]: st for rid, st in iam_statements(tpl) if rid == "OnUploadFunctionRole"}
-    assert set(stmts) == {"ConsumeUploadEvents", "EnqueueJobs", "ReadAndRejectUploads", "OwnLogs",
+    assert set(stmts) == {"ConsumeUploadEvents", "EnqueueJobs", "ReadAndRejectUploads", "OwnLogs", "Secrets",
                           "VpcNetworkInterfaces"}
     consume = stmts["ConsumeUploadEvents"]
     assert sorted(actions_of(consume)) == sorted(["sqs:ReceiveMessage", "sqs:DeleteMessage",
@@ -131,12 +131,14 @@ def test_on_upload_role_is_least_privilege(tpl, transformed):
     assert stmts["ReadAndRejectUploads"]["Resource"] == {"Fn::Sub": "${UploadBucket.Arn}/uploads/*"}
     assert sorted(actions_of(stmts["OwnLogs"])) == ["logs:CreateLogStream", "logs:PutLogEvents"]
     assert stmts["OwnLogs"]["Resource"] == {"Fn::GetAtt": ["OnUploadLogGroup", "Arn"]}
+    assert actions_of(stmts["Secrets"]) == ["secretsmanager:GetSecretValue"]
+    assert stmts["Secrets"]["Resource"] == {"Ref": "UploadDatabaseSecret"}
     assert set(actions_of(stmts["VpcNetworkInterfaces"])) == VPC_ENI_ACTIONS
 
 
 def test_api_role_is_least_privilege(tpl):
     stmts = {st["Sid"]: st for rid, st in iam_statements(tpl) if rid == "ApiFunctionRole"}
-    assert set(stmts) == {"QueueDepth", "Uploads", "OwnLogs", "VpcNetworkInterfaces"}
+    assert set(stmts) == {"QueueDepth", "Uploads", "OwnLogs", "Secrets", "VpcNetworkInterfaces"}
     # The API reads queue depth for its 503s and sends no message.
     assert actions_of(stmts["QueueDepth"]) == ["sqs:GetQueueAttributes"]
     assert stmts["QueueDepth"]["Resource"] == [{"Fn::GetAtt": ["ExpressQueue", "Arn"]},
@@ -144,6 +146,8 @@ def test_api_role_is_least_privilege(tpl):
     assert sorted(actions_of(stmts["Uploads"])) == ["s3:DeleteObject", "s3:GetObject", "s3:PutObject"]
     assert stmts["Uploads"]["Resource"] == {"Fn::Sub": "${UploadBucket.Arn}/uploads/*"}
     assert stmts["OwnLogs"]["Resource"] == {"Fn::GetAtt": ["ApiLogGroup", "Arn"]}
+    assert actions_of(stmts["Secrets"]) == ["secretsmanager:GetSecretValue"]
+    assert stmts["Secrets"]["Resource"] == [{"Ref": "ApiDatabaseSecret"}, {"Ref": "WebhookSecret"}]
     assert set(actions_of(stmts["VpcNetworkInterfaces"])) == VPC_ENI_ACTIONS
 
 
@@ -166,7 +170,9 @@ def test_worker_role_is_least_privilege(tpl):
     assert stmts["ReadUploads"]["Resource"] == {"Fn::Sub": "${UploadBucket.Arn}/uploads/*"}
     assert acts["ReadArtifacts"] == ["s3:GetObject"]
     assert acts["Secrets"] == ["secretsmanager:GetSecretValue"]
-    assert stmts["Secrets"]["Resource"] == [{"Ref": "DatabaseSecret"}, {"Ref": "WebhookSecret"}]
+    assert stmts["Secrets"]["Resource"] == [{"Ref": s} for s in ("DatabaseSecret", "ApiDatabaseSecret",
+                                                                 "UploadDatabaseSecret", "WorkerDatabaseSecret",
+                                                                 "WebhookSecret")]
     assert stmts["OwnMetrics"]["Condition"] == {"StringEquals": {"cloudwatch:namespace": "OcrFleet"}}
     assert acts["CompleteOwnLifecycleActions"] == ["autoscaling:CompleteLifecycleAction"]
     assert stmts["CompleteOwnLifecycleActions"]["Resource"]["Fn::Sub"].endswith(
@@ -232,18 +238,11 @@ def test_encryption_and_no_public_data(tpl):
 
 
 def test_secrets_are_generated_and_url_safe(tpl):
-    db = tpl["Resources"]["DatabaseSecret"]["Properties"]["GenerateSecretString"]
-    assert db["GenerateStringKey"] == "password" and db["ExcludePunctuation"] is True
-    assert json.loads(db["SecretStringTemplate"])["username"]
+    for rid in ("DatabaseSecret", "ApiDatabaseSecret", "UploadDatabaseSecret", "WorkerDatabaseSecret"):
+        db = tpl["Resources"][rid]["Properties"]["GenerateSecretString"]
+        assert db["GenerateStringKey"] == "password" and db["ExcludePunctuation"] is True, rid
+        assert json.loads(db["SecretStringTemplate"])["username"], rid
     assert tpl["Resources"]["WebhookSecret"]["Properties"]["GenerateSecretString"]["ExcludePunctuation"] is True
-
-
-def test_database_url_is_built_from_the_secret_and_the_proxy(tpl):
-    url = tpl["Globals"]["Function"]["Environment"]["Variables"]["DATABASE_URL"]["Fn::Sub"]
-    assert re.fullmatch(
-        r"mysql://\{\{resolve:secretsmanager:\$\{DatabaseSecret\}:SecretString:username\}\}:"
-        r"\{\{resolve:secretsmanager:\$\{DatabaseSecret\}:SecretString:password\}\}"
-        r"@\$\{DatabaseProxy\.Endpoint\}:3306/ocr_fleet\?require_ssl=true", url), url
     assert "DatabaseSecretArn" not in tpl["Parameters"]
 
 

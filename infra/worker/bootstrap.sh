@@ -6,8 +6,10 @@
 #      lib/libonnxruntime*.so* (onnxruntime-gpu), models.tar.gz, the systemd unit, the
 #      CloudWatch agent config, logrotate config, and the CUDA 13 + cuDNN 9 bundle when the stack
 #      names one (CUDA_LIBS_URI); checks them against SHA256SUMS
-#   2. reads the generated secrets (MySQL credentials, webhook key) from Secrets Manager and
-#      builds DATABASE_URL (through RDS Proxy, TLS)
+#   2. builds the database settings (through RDS Proxy, TLS): the worker's own user, the master
+#      user for migrations, and the component users the migrator sets up, each password as a
+#      Secrets Manager reference ("<secret ARN>#password") the worker resolves at start: this
+#      script reads no secret, and no password is written anywhere
 #   3. writes /etc/ocr-fleet/worker.env (mode 600): every setting of
 #      gpu-worker/worker/src/config.rs, by its env name
 #   4. creates the GPU device nodes (nvidia-modprobe), installs the worker unit and its
@@ -43,8 +45,9 @@ log() { printf '%s bootstrap: %s\n' "$(date -u +%FT%TZ)" "$*"; }
 set -a && . "$ETC/stack.env" && set +a
 for v in AWS_REGION STACK_NAME CFN_LOGICAL_ID STAGE ARTIFACT_URI EXPRESS_QUEUE_URL BULK_QUEUE_URL \
     EXPRESS_DLQ_URL BULK_DLQ_URL UPLOAD_BUCKET VISIBILITY_TIMEOUT_SECS MAX_ATTEMPTS DB_HOST DB_PORT DB_NAME DB_SECRET_ARN \
-    WEBHOOK_SECRET_ARN RESULT_URL_BASE AUTOSCALING_GROUP_NAME LIFECYCLE_HOOK_NAME LAUNCH_HOOK_NAME OCR_MODEL_SET \
-    LOG_GROUP; do
+    DB_MASTER_USER DB_API_USER DB_API_SECRET_ARN DB_UPLOAD_USER DB_UPLOAD_SECRET_ARN DB_WORKER_USER DB_WORKER_SECRET_ARN \
+    WEBHOOK_SECRET_ARN RETENTION_DAYS RESULT_URL_BASE AUTOSCALING_GROUP_NAME LIFECYCLE_HOOK_NAME LAUNCH_HOOK_NAME \
+    OCR_MODEL_SET LOG_GROUP; do
     [[ -n "${!v:-}" ]] || { log "stack.env lacks $v"; exit 1; }
 done
 export AWS_DEFAULT_REGION="$AWS_REGION"
@@ -111,23 +114,25 @@ else
 fi
 log "CUDA libraries from $CUDA_LIBS"
 
-# ------------------------------------------------------------------ 2. secrets
-secret() { aws secretsmanager get-secret-value --secret-id "$1" --query SecretString --output text; }
-# (Amazon Linux 2023's python3 is 3.9: no newer syntax here.)
-DATABASE_URL=$(DB_SECRET_JSON=$(secret "$DB_SECRET_ARN") python3 - <<'PY'
-import json, os
-from urllib.parse import quote
-s = json.loads(os.environ["DB_SECRET_JSON"])
-e = os.environ
-print("mysql://%s:%s@%s:%s/%s?require_ssl=true" % (
-    quote(s["username"], safe=""), quote(s["password"], safe=""), e["DB_HOST"], e["DB_PORT"], e["DB_NAME"]))
-PY
-)
-WEBHOOK_SECRET=$(secret "$WEBHOOK_SECRET_ARN")
+# ------------------------------------------------------------------ 2. database users
+# A URL without a password, and a reference to the field of the user's JSON secret that holds
+# it. systemd's EnvironmentFile keeps a "#" inside a value (only a line starting with one is a
+# comment), and ocr-fleet-dlq reads the lines as they are.
+db_url() { printf 'mysql://%s@%s:%s/%s?require_ssl=true' "$1" "$DB_HOST" "$DB_PORT" "$DB_NAME"; }
+password_ref() { printf '%s#password' "$1"; }
+DATABASE_URL=$(db_url "$DB_WORKER_USER")
+DATABASE_PASSWORD=$(password_ref "$DB_WORKER_SECRET_ARN")
+MIGRATION_DATABASE_URL=$(db_url "$DB_MASTER_USER")
+MIGRATION_DATABASE_PASSWORD=$(password_ref "$DB_SECRET_ARN")
+# role=user:password, for every component's user (the migrator creates them, sets their
+# passwords and grants).
+DB_ROLE_USERS="api=$DB_API_USER:$(password_ref "$DB_API_SECRET_ARN")"
+DB_ROLE_USERS+=",upload=$DB_UPLOAD_USER:$(password_ref "$DB_UPLOAD_SECRET_ARN")"
+DB_ROLE_USERS+=",worker=$DB_WORKER_USER:$(password_ref "$DB_WORKER_SECRET_ARN")"
 
 # ------------------------------------------------------------------ 3. worker.env
-# One name per setting, as gpu-worker/worker/src/config.rs reads them. WEBHOOK_ALLOW_HOSTS is
-# for tests only and never set here.
+# One name per setting, as gpu-worker/worker/src/config.rs reads them. WEBHOOK_ALLOW_HOSTS and
+# DATABASE_CA_FILE are for tests only and never set here (RDS Proxy's certificate is public).
 umask 077
 cat >"$ETC/worker.env.tmp" <<EOF
 AWS_REGION=$AWS_REGION
@@ -138,8 +143,14 @@ BULK_DLQ_URL=$BULK_DLQ_URL
 DLQ_SWEEP_SECS=60
 UPLOAD_BUCKET=$UPLOAD_BUCKET
 DATABASE_URL=$DATABASE_URL
+DATABASE_PASSWORD=$DATABASE_PASSWORD
 DB_POOL_MAX=4
 DB_MIGRATE=true
+MIGRATION_DATABASE_URL=$MIGRATION_DATABASE_URL
+MIGRATION_DATABASE_PASSWORD=$MIGRATION_DATABASE_PASSWORD
+DB_ROLE_USERS=$DB_ROLE_USERS
+RETENTION_DAYS=$RETENTION_DAYS
+PURGE_INTERVAL_SECS=300
 BATCH_MAX=32
 BATCH_WAIT_MS=250
 BULK_SHARE=0.25
@@ -154,9 +165,11 @@ METRICS_ADDR=0.0.0.0:$METRICS_PORT
 CLOUDWATCH_NAMESPACE=OcrFleet
 CLOUDWATCH_INTERVAL_SECS=60
 FLEET_NAME=$STAGE
-WEBHOOK_SECRET=$WEBHOOK_SECRET
+WEBHOOK_SECRET=$WEBHOOK_SECRET_ARN
 WEBHOOK_MAX_ATTEMPTS=5
 WEBHOOK_LEASE_SECS=300
+WEBHOOK_RETRY_WINDOW_SECS=86400
+WEBHOOK_PER_HOST=2
 WEBHOOK_SWEEP_SECS=30
 RESULT_URL_BASE=$RESULT_URL_BASE
 EC2_LIFECYCLE=true

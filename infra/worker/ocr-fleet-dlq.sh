@@ -1,8 +1,9 @@
 #!/bin/bash
 # ocr-fleet-dlq: the operators' dead-letter tool, `gpu-worker dlq list|redrive [--reset-jobs]`, on
-# a worker, where the database is reachable, with the worker's own settings (DATABASE_URL, the
-# region) and this stage's queue names (ocr-<stage>-<queue>-dlq). Installed by the bootstrap as
-# /usr/local/bin/ocr-fleet-dlq. From a laptop, through Session Manager:
+# a worker, where the database is reachable, with the worker's own settings (DATABASE_URL and
+# DATABASE_PASSWORD: the worker's database user; the region) and this stage's queue names
+# (ocr-<stage>-<queue>-dlq). Installed by the bootstrap as /usr/local/bin/ocr-fleet-dlq. From a
+# laptop, through Session Manager:
 #   aws ssm start-session --target <instance id of a worker>
 #   sudo ocr-fleet-dlq list
 #   sudo ocr-fleet-dlq redrive --queue express --reset-jobs
