@@ -18,11 +18,6 @@ from conftest import BOOTSTRAP, ROOT, UNIT, config_env_names, stack_env, substit
 
 # Set by the bootstrap for the process, not worker settings of config.rs.
 PROCESS_ENV = {"AWS_REGION", "LD_LIBRARY_PATH", "RUST_LOG"}
-# PENDING_RUST_NAMES: TEMPORARY, delete once the Rust side of issue 11 is merged. Settings the
-# bootstrap writes that the Rust code will declare (DATABASE_PASSWORD in functions/aws/src/
-# config.rs, the others in gpu-worker/worker/src/config.rs) but does not yet in this branch.
-PENDING_RUST_NAMES = {"DATABASE_PASSWORD", "MIGRATION_DATABASE_URL", "MIGRATION_DATABASE_PASSWORD", "DB_ROLE_USERS",
-                      "RETENTION_DAYS", "PURGE_INTERVAL_SECS"}
 # Tests only: private webhook receivers, a private CA for the test database (RDS Proxy's is public).
 TEST_ONLY = {"WEBHOOK_ALLOW_HOSTS", "DATABASE_CA_FILE"}
 # Engine tuning whose defaults come from the engine or the model set; the bootstrap leaves them
@@ -230,7 +225,7 @@ def test_bootstrap_writes_every_worker_setting(sandbox):
     worker_env = root / "etc" / "ocr-fleet" / "worker.env"
     assert stat.S_IMODE(worker_env.stat().st_mode) == 0o600
     w = read_env(worker_env)
-    names = config_env_names() | PENDING_RUST_NAMES
+    names = config_env_names()
     assert ENGINE_TUNING <= names, ENGINE_TUNING - names
     assert names - TEST_ONLY - ENGINE_TUNING - set(w) == set(), "settings of config.rs the bootstrap does not write"
     assert set(w) - names - PROCESS_ENV == set(), "settings the worker does not read"
