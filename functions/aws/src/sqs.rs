@@ -363,11 +363,11 @@ impl DeadLetterAdmin {
     pub async fn peek(&self, url: &str, max: usize, hide: Duration) -> Result<Vec<ReceivedMessage>, PortError> {
         let consumer = SqsConsumer { client: self.client.clone(), queue_url: url.to_owned() };
         let mut seen: Vec<ReceivedMessage> = Vec::new();
+        let mut ids = std::collections::HashSet::new();
         while seen.len() < max {
             let want = (max - seen.len()).min(10) as i32;
             let page = consumer.receive_with(want, 0, Some(hide.as_secs().max(1) as i32)).await?;
-            let fresh: Vec<_> =
-                page.into_iter().filter(|m| !seen.iter().any(|s| s.message_id == m.message_id)).collect();
+            let fresh: Vec<_> = page.into_iter().filter(|m| ids.insert(m.message_id.clone())).collect();
             if fresh.is_empty() {
                 break;
             }

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use ocr_aws::config::DbArgs;
-use ocr_aws::{DeadLetterAdmin, ReceivedMessage};
+use ocr_aws::{DeadLetterAdmin, MySqlJobStore, ReceivedMessage};
 use ocr_core::{JobId, JobMessage};
 use secrecy::SecretString;
 
@@ -97,30 +97,52 @@ pub async fn run(args: DlqArgs) -> anyhow::Result<()> {
         stage => format!("ocr-{stage}"),
     });
     let queues = if args.queue.is_empty() { Queue::ALL.to_vec() } else { args.queue.clone() };
+    let store = reset_store(&args.action, &queues, &aws).await?;
     for queue in queues {
         let dlq_name = format!("{prefix}-{}-dlq", queue.name());
         let dlq = admin.url(&dlq_name).await.with_context(|| format!("finding queue {dlq_name}"))?;
         match &args.action {
             Action::List { max } => list(&admin, &dlq_name, &dlq, *max).await?,
-            Action::Redrive { reset_jobs, rate, database_url, database_password, database_ca_file } => {
+            Action::Redrive { rate, .. } => {
                 let source_name = format!("{prefix}-{}", queue.name());
                 let source = admin.url(&source_name).await.with_context(|| format!("finding queue {source_name}"))?;
-                if *reset_jobs && queue != Queue::UploadEvents {
-                    let database_url = database_url.clone().context("--reset-jobs needs DATABASE_URL")?;
-                    let db = DbArgs {
-                        database_url,
-                        database_password: database_password.clone(),
-                        db_pool_max: 1,
-                        database_ca_file: database_ca_file.clone(),
-                    };
-                    reset_jobs_of(&admin, &dlq, &db, &aws).await?;
+                if let Some(store) = &store
+                    && queue != Queue::UploadEvents
+                {
+                    reset_jobs_of(&admin, &dlq, store).await?;
                 }
                 let moved = admin.move_back(&dlq, &source, *rate).await?;
                 println!("{dlq_name}: redrove {moved} message(s) to {source_name}");
             }
         }
     }
+    if let Some(store) = store {
+        store.disconnect().await;
+    }
     Ok(())
+}
+
+/// The database `--reset-jobs` resets jobs in, once for every queue; `None` when no job is
+/// reset (no `--reset-jobs`, or only the upload-events queue, whose jobs never failed in a worker).
+async fn reset_store(
+    action: &Action,
+    queues: &[Queue],
+    aws: &ocr_aws::SdkConfig,
+) -> anyhow::Result<Option<MySqlJobStore>> {
+    let Action::Redrive { reset_jobs: true, database_url, database_password, database_ca_file, .. } = action else {
+        return Ok(None);
+    };
+    if queues.iter().all(|q| *q == Queue::UploadEvents) {
+        return Ok(None);
+    }
+    let database_url = database_url.clone().context("--reset-jobs needs DATABASE_URL")?;
+    let db = DbArgs {
+        database_url,
+        database_password: database_password.clone(),
+        db_pool_max: 1,
+        database_ca_file: database_ca_file.clone(),
+    };
+    Ok(Some(db.connect(aws).await?))
 }
 
 async fn list(admin: &DeadLetterAdmin, name: &str, url: &str, max: usize) -> anyhow::Result<()> {
@@ -134,16 +156,9 @@ async fn list(admin: &DeadLetterAdmin, name: &str, url: &str, max: usize) -> any
     Ok(())
 }
 
-async fn reset_jobs_of(
-    admin: &DeadLetterAdmin,
-    dlq: &str,
-    db: &DbArgs,
-    aws: &ocr_aws::SdkConfig,
-) -> anyhow::Result<()> {
+async fn reset_jobs_of(admin: &DeadLetterAdmin, dlq: &str, store: &MySqlJobStore) -> anyhow::Result<()> {
     let ids: Vec<JobId> = admin.peek(dlq, RESET_MAX, PEEK_HIDE).await?.iter().filter_map(job_of).collect();
-    let store = db.connect(aws).await?;
     let reset = store.requeue_failed(&ids, crate::now_ms()).await.context("resetting the failed jobs")?;
-    store.disconnect().await;
     println!("  {reset} of {} job(s) were failed and go back to queued", ids.len());
     Ok(())
 }

@@ -12,11 +12,13 @@
 //! the outbox, farther apart each time, for `retry_window` (24 h) before a final failure.
 
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::FutureExt;
 use ocr_core::retry::{self, Retryable};
 use ocr_core::signing::{KeyState, MasterKey, WebhookKeys};
 use ocr_core::worker::{ResultStore, WebhookRecord};
@@ -160,7 +162,11 @@ impl Webhooks {
     async fn record(&self, n: &Notification, delivery: &Delivery) {
         let result = match delivery {
             Delivery::Settled(record) => {
-                self.metrics.webhook(if record.outcome == "delivered" { "delivered" } else { "failed" });
+                self.metrics.webhook(match record.outcome.as_str() {
+                    "delivered" => "delivered",
+                    "refused" => "refused",
+                    _ => "failed",
+                });
                 if record.outcome != "delivered" {
                     tracing::warn!(job_id = %n.job_id, outcome = %record.outcome, error = ?record.error, "webhook not delivered");
                 }
@@ -355,8 +361,12 @@ pub async fn run(webhooks: Arc<Webhooks>, mut rx: mpsc::Receiver<Notification>, 
         while tasks.len() < concurrency.max(1) {
             let Some((host, n)) = queues.next_ready() else { break };
             let webhooks = webhooks.clone();
+            // The host is handed back even when a delivery panics: its slot must come free,
+            // or a few panics would block that host until the process restarts.
             tasks.spawn(async move {
-                webhooks.deliver(&n).await;
+                if AssertUnwindSafe(webhooks.deliver(&n)).catch_unwind().await.is_err() {
+                    tracing::error!(job_id = %n.job_id, "a webhook delivery panicked; the webhook stays owed");
+                }
                 host
             });
         }
@@ -523,6 +533,40 @@ mod tests {
         let records = store.webhooks();
         assert_eq!(records.len(), 10, "the ten for the answering host, none for the hanging one: {records:?}");
         assert!(records.iter().all(|r| r.outcome == "delivered" && r.url.contains("public.example")));
+        runner.abort();
+    }
+
+    #[tokio::test]
+    async fn a_delivery_that_panics_frees_its_hosts_slot() {
+        /// Panics on its first call, then answers 200.
+        #[derive(Default)]
+        struct PanicOnce(std::sync::atomic::AtomicBool);
+        #[async_trait]
+        impl Connector for PanicOnce {
+            async fn post(&self, _: &url::Url, _: SocketAddr, _: &[(&str, String)], _: Bytes) -> Result<u16, String> {
+                if !self.0.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    panic!("a bug in a delivery");
+                }
+                Ok(200)
+            }
+        }
+        let store = Arc::new(InMemoryJobStore::default());
+        let mut w = webhooks_with(Arc::new(RecordingConnector::default()), "", store.clone());
+        w.connector = Arc::new(PanicOnce::default());
+        let (tx, rx) = mpsc::channel(10);
+        // One slot for the host: were the panicking delivery's slot never freed, nothing after it
+        // would be sent there.
+        let runner = tokio::spawn(run(Arc::new(w), rx, 4, 1));
+        for _ in 0..3 {
+            tx.send(note("https://public.example/hook")).await.unwrap();
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while store.webhooks().len() < 2 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let records = store.webhooks();
+        assert_eq!(records.len(), 2, "the two after the panic: {records:?}");
+        assert!(records.iter().all(|r| r.outcome == "delivered"));
         runner.abort();
     }
 

@@ -78,10 +78,11 @@ async fn serve(config: WorkerConfig) -> anyhow::Result<()> {
     tracing::info!(seconds = loading.elapsed().as_secs_f64(), model_set = %config.engine.model_set, "engine ready");
 
     let aws = ocr_aws::aws_config_from_env().await;
-    if config.db_migrate {
-        migrate(&config, &aws).await?;
-    }
+    // Connections open on first use: the worker's own users may not exist before `migrate`.
     let store = Arc::new(config.db.connect(&aws).await?);
+    if config.db_migrate {
+        migrate(&config, &aws, &store).await?;
+    }
     let master = ocr_aws::secrets::resolve(&config.webhook_secret, &aws).await.context("reading WEBHOOK_SECRET")?;
     let (stop, _) = watch::channel(false);
     let mut worker = Worker { config, aws, store, metrics: Metrics::new(), stop, tasks: JoinSet::new() };
@@ -93,11 +94,10 @@ async fn serve(config: WorkerConfig) -> anyhow::Result<()> {
         tokio::spawn(async move { lifecycle::watch(&Imds::new(), Duration::from_secs(5), drain).await })
     });
 
-    let started = Instant::now();
-    worker.run_pipeline(recognizer, notify).await;
+    let stopped_at = worker.run_pipeline(recognizer, notify).await;
     // The pipeline dropped its sender: the webhook task ends once queued calls are made,
-    // bounded by what is left of the grace period.
-    let left = worker.config.shutdown_grace().saturating_sub(started.elapsed()).max(Duration::from_secs(1));
+    // bounded by what is left of the grace period since the stop.
+    let left = worker.config.shutdown_grace().saturating_sub(stopped_at.elapsed()).max(Duration::from_secs(1));
     if tokio::time::timeout(left, webhooks).await.is_err() {
         tracing::warn!("webhooks still pending at exit");
     }
@@ -111,26 +111,33 @@ async fn serve(config: WorkerConfig) -> anyhow::Result<()> {
 }
 
 /// Applies the migrations as the migration account (`MIGRATION_DATABASE_URL`, else the
-/// worker's own), then creates or updates the role users (`DB_ROLE_USERS`) with their grants.
-async fn migrate(config: &WorkerConfig, aws: &ocr_aws::SdkConfig) -> anyhow::Result<()> {
-    let admin = match &config.migration_database_url {
-        Some(url) => ocr_aws::config::DbArgs {
-            database_url: url.clone(),
-            database_password: config.migration_database_password.clone(),
-            db_pool_max: 1,
-            database_ca_file: config.db.database_ca_file.clone(),
-        },
-        None => config.db.clone(),
+/// worker's own `store`), then creates or updates the role users (`DB_ROLE_USERS`) with their
+/// grants.
+async fn migrate(config: &WorkerConfig, aws: &ocr_aws::SdkConfig, store: &MySqlJobStore) -> anyhow::Result<()> {
+    let separate = match &config.migration_database_url {
+        Some(url) => Some(
+            ocr_aws::config::DbArgs {
+                database_url: url.clone(),
+                database_password: config.migration_database_password.clone(),
+                db_pool_max: 1,
+                database_ca_file: config.db.database_ca_file.clone(),
+            }
+            .connect(aws)
+            .await?,
+        ),
+        None => None,
     };
-    let store = admin.connect(aws).await?;
-    store.migrate().await.context("database migrations")?;
+    let admin = separate.as_ref().unwrap_or(store);
+    admin.migrate().await.context("database migrations")?;
     let mut users =
         ocr_aws::roles::parse_role_users(config.db_role_users.expose_secret()).map_err(anyhow::Error::msg)?;
     for user in &mut users {
         user.password = ocr_aws::secrets::resolve(&user.password, aws).await?;
     }
-    store.provision_roles(&users).await.context("provisioning the database users")?;
-    store.disconnect().await;
+    admin.provision_roles(&users).await.context("provisioning the database users")?;
+    if let Some(separate) = separate {
+        separate.disconnect().await;
+    }
     Ok(())
 }
 
@@ -227,8 +234,9 @@ impl Worker {
     }
 
     /// Runs the pipeline until a stop signal, or until a periodic task ends before it was asked
-    /// to (then the worker drains and exits, and its unit or Auto Scaling restarts it).
-    async fn run_pipeline(&mut self, recognizer: EngineRecognizer, notify: mpsc::Sender<Notification>) {
+    /// to (then the worker drains and exits, and its unit or Auto Scaling restarts it). Returns
+    /// when the stop came: the grace period counts from there.
+    async fn run_pipeline(&mut self, recognizer: EngineRecognizer, notify: mpsc::Sender<Notification>) -> Instant {
         let c = &self.config;
         let deps = PipelineDeps {
             source: Arc::new(SqsJobSource::new(&self.aws, &c.resources.express_queue_url, &c.resources.bulk_queue_url)),
@@ -239,12 +247,19 @@ impl Worker {
         };
         let pipeline = Pipeline::new(deps, c.pipeline_settings()).run(recognizer, self.stop.subscribe());
         tokio::pin!(pipeline);
+        let mut stop = self.stop.subscribe();
+        let mut stopped_at = None;
         loop {
             tokio::select! {
-                _ = &mut pipeline => return,
+                _ = &mut pipeline => return stopped_at.unwrap_or_else(Instant::now),
+                _ = stop.wait_for(|s| *s), if stopped_at.is_none() => stopped_at = Some(Instant::now()),
                 Some(ended) = self.tasks.join_next(), if !*self.stop.borrow() => {
-                    tracing::error!(task = ?ended, "a background task ended early: draining");
-                    let _ = self.stop.send(true);
+                    // The signals task ends by sending the stop: only a task ending before any
+                    // stop is an error (the guard above was read before this task ended).
+                    if !*self.stop.borrow() {
+                        tracing::error!(task = ?ended, "a background task ended early: draining");
+                        let _ = self.stop.send(true);
+                    }
                 }
             }
         }

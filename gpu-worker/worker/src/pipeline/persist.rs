@@ -133,7 +133,7 @@ async fn settle_job(deps: &PipelineDeps, item: &Item, decision: &Decision, now: 
             let latency = job.queued_at_ms.map(|q| Duration::from_millis((now - q).max(0) as u64));
             deps.metrics.succeeded(priority, latency);
             tracing::info!(attempt, "job succeeded");
-            notify(deps, job, JobStatus::Succeeded);
+            notify(deps, job, JobStatus::Succeeded, now);
         }
         (Decision::Acknowledge { .. }, _) => tracing::debug!(state = ?item.state, "acknowledging without a new result"),
         (Decision::Retry { reason, note, .. }, job) => {
@@ -150,7 +150,7 @@ async fn settle_job(deps: &PipelineDeps, item: &Item, decision: &Decision, now: 
                 Ok(true) => {
                     deps.metrics.failed(priority);
                     tracing::warn!(%reason, attempts = attempt, "job failed");
-                    notify(deps, job, JobStatus::Failed);
+                    notify(deps, job, JobStatus::Failed, now);
                 }
                 Ok(false) => {}
                 Err(e) => tracing::error!(error = %e, "could not mark the job failed"),
@@ -200,14 +200,15 @@ async fn hand_back(deps: &PipelineDeps, priority: Priority, items: &[(&Item, &De
     }
 }
 
-fn notify(deps: &PipelineDeps, job: &TakenJob, status: JobStatus) {
+/// `now` is when the store recorded the webhook as owed: the retry window counts from there.
+fn notify(deps: &PipelineDeps, job: &TakenJob, status: JobStatus, now: i64) {
     let Some(url) = &job.callback_url else { return };
     let n = Notification {
         job_id: job.id,
         owner: job.owner.clone(),
         status,
         callback_url: url.clone(),
-        owed_since_ms: crate::now_ms(),
+        owed_since_ms: now,
     };
     // Never wait on webhooks here: a full queue drops the call (and says so); the outbox sweep
     // sends it later.

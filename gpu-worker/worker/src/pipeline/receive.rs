@@ -115,7 +115,6 @@ async fn receive_round(
     let started = Instant::now();
     let results = futures::future::join_all(calls).await;
     deps.metrics.stage("receive", started.elapsed());
-    let (mut short_express, mut short_bulk) = (false, false);
     for (priority, asked, result) in results {
         let got = match result {
             Ok(deliveries) => {
@@ -130,12 +129,10 @@ async fn receive_round(
             }
         };
         match priority {
-            Priority::Express => short_express |= got < asked,
-            Priority::Bulk => short_bulk |= got < asked,
+            Priority::Express => dry.express |= got < asked,
+            Priority::Bulk => dry.bulk |= got < asked,
         }
     }
-    dry.express |= short_express;
-    dry.bulk |= short_bulk;
 }
 
 #[cfg(test)]
