@@ -142,10 +142,7 @@ impl DatabaseServer {
         ocr_aws::process::install_crypto_provider();
         let url = db.map_or_else(|| self.url.clone(), |db| self.database_url(db));
         let opts = mysql_async::Opts::from_url(&url)?;
-        let ssl = match (opts.ssl_opts(), &self.ca_file) {
-            (Some(ssl), Some(ca)) => Some(ssl.clone().with_root_certs(vec![ca.clone().into()])),
-            (ssl, _) => ssl.cloned(),
-        };
+        let ssl = ocr_aws::mysql::ssl_trusting(&opts, self.ca_file.as_deref());
         let opts = mysql_async::OptsBuilder::from_opts(opts).ssl_opts(ssl);
         mysql_async::Conn::new(opts).await.with_context(|| format!("connecting to {url}"))
     }

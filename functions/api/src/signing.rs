@@ -54,8 +54,9 @@ fn overlap_of(body: &[u8]) -> Result<Duration, ApiError> {
 }
 
 pub async fn get_secret(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+    signing_enabled(&state)?;
     let keys = state.ports.keys.key_state(&caller.0).await?;
-    Ok(axum::Json(view(&state, &caller, &keys)?).into_response())
+    Ok(axum::Json(view(&state, &caller, &keys)).into_response())
 }
 
 pub async fn rotate_secret(
@@ -69,7 +70,7 @@ pub async fn rotate_secret(
     let now = state.ports.clock.now_ms();
     let keys = state.ports.keys.rotate_key(&caller.0, overlap, now).await?;
     tracing::info!(generation = keys.generation, overlap_secs = overlap.as_secs(), "webhook key rotated");
-    Ok(axum::Json(view(&state, &caller, &keys)?).into_response())
+    Ok(axum::Json(view(&state, &caller, &keys)).into_response())
 }
 
 fn signing_enabled(state: &AppState) -> Result<(), ApiError> {
@@ -79,8 +80,7 @@ fn signing_enabled(state: &AppState) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn view(state: &AppState, caller: &Caller, keys: &KeyState) -> Result<SecretView, ApiError> {
-    signing_enabled(state)?;
+fn view(state: &AppState, caller: &Caller, keys: &KeyState) -> SecretView {
     let now = state.ports.clock.now_ms();
     let previous = match (keys.signing(now).get(1), keys.previous_until_ms) {
         (Some(&generation), Some(until)) => Some(PreviousView {
@@ -90,9 +90,5 @@ fn view(state: &AppState, caller: &Caller, keys: &KeyState) -> Result<SecretView
         }),
         _ => None,
     };
-    Ok(SecretView {
-        secret: state.signing.caller_key(&caller.0, keys.generation),
-        generation: keys.generation,
-        previous,
-    })
+    SecretView { secret: state.signing.caller_key(&caller.0, keys.generation), generation: keys.generation, previous }
 }

@@ -160,10 +160,7 @@ impl MySqlJobStore {
         if let Some(password) = password {
             opts = OptsBuilder::from_opts(opts).pass(Some(password)).into();
         }
-        let ssl = match (opts.ssl_opts(), extra_ca) {
-            (Some(ssl), Some(ca)) => Some(ssl.clone().with_root_certs(vec![ca.to_path_buf().into()])),
-            (ssl, _) => ssl.cloned(),
-        };
+        let ssl = ssl_trusting(&opts, extra_ca);
         let max = max_connections.max(1);
         let constraints = PoolConstraints::new(0, max).expect("0 <= max");
         let opts = OptsBuilder::from_opts(opts)
@@ -238,6 +235,15 @@ async fn apply_migrations(conn: &mut Conn) -> Result<(), PortError> {
         tracing::info!(version, "applied database migration");
     }
     Ok(())
+}
+
+/// The URL's TLS settings (`require_ssl=true`), trusting `extra_ca` (a PEM file) besides the
+/// public roots; `None` when the URL asks for no TLS.
+pub fn ssl_trusting(opts: &Opts, extra_ca: Option<&Path>) -> Option<mysql_async::SslOpts> {
+    match (opts.ssl_opts(), extra_ca) {
+        (Some(ssl), Some(ca)) => Some(ssl.clone().with_root_certs(vec![ca.to_path_buf().into()])),
+        (ssl, _) => ssl.cloned(),
+    }
 }
 
 /// `'a', 'b'`: the statuses that may become `to` ([`JobStatus::sources`], the one definition
@@ -426,16 +432,7 @@ impl JobStore for MySqlJobStore {
 impl WebhookKeys for MySqlJobStore {
     async fn key_state(&self, owner: &str) -> Result<KeyState, PortError> {
         let mut conn = self.conn().await?;
-        let row: Option<(u32, Option<i64>)> = bind(
-            "SELECT generation, previous_until_ms FROM webhook_keys WHERE owner = :owner",
-            params! { "owner" => owner },
-        )?
-        .first(&mut conn)
-        .await?;
-        Ok(row.map_or_else(KeyState::default, |(generation, previous_until_ms)| KeyState {
-            generation,
-            previous_until_ms,
-        }))
+        Ok(read_key_state(&mut conn, owner).await?.unwrap_or_default())
     }
 
     async fn rotate_key(&self, owner: &str, overlap: std::time::Duration, now_ms: i64) -> Result<KeyState, PortError> {
@@ -450,14 +447,19 @@ impl WebhookKeys for MySqlJobStore {
         )?
         .ignore(&mut tx)
         .await?;
-        let row: Option<(u32, Option<i64>)> = bind(
-            "SELECT generation, previous_until_ms FROM webhook_keys WHERE owner = :owner",
-            params! { "owner" => owner },
-        )?
-        .first(&mut tx)
-        .await?;
+        let state = read_key_state(&mut tx, owner).await?;
         tx.commit().await.map_err(db_error)?;
-        let (generation, previous_until_ms) = row.ok_or_else(|| corrupt("webhook key"))?;
-        Ok(KeyState { generation, previous_until_ms })
+        state.ok_or_else(|| corrupt("webhook key"))
     }
+}
+
+/// The caller's stored key state; `None` when it never rotated.
+async fn read_key_state(conn: &mut impl Queryable, owner: &str) -> Result<Option<KeyState>, PortError> {
+    let row: Option<(u32, Option<i64>)> = bind(
+        "SELECT generation, previous_until_ms FROM webhook_keys WHERE owner = :owner",
+        params! { "owner" => owner },
+    )?
+    .first(conn)
+    .await?;
+    Ok(row.map(|(generation, previous_until_ms)| KeyState { generation, previous_until_ms }))
 }

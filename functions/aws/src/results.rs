@@ -39,9 +39,7 @@ impl MySqlJobStore {
         .await?;
         Ok(conn.affected_rows() == 1)
     }
-}
 
-impl MySqlJobStore {
     /// Records one webhook try (a `webhook_deliveries` row) and updates the job's debt with
     /// `settle` (SQL assignments, which may use `:since`), in one transaction.
     async fn webhook_attempt(&self, r: &WebhookRecord, settle: &str, since: Option<i64>) -> Result<(), PortError> {
