@@ -23,9 +23,7 @@ ensure() {
         return 0
     fi
     uv=$(uv_bin)
-    if [[ -z "${SSL_CERT_FILE:-}" && -f /etc/ssl/certs/ca-certificates.crt ]]; then
-        export SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
-    fi
+    uv_system_certs
     if [[ ! -x "$venv/bin/python" ]]; then
         py=$(find_python)
         log "creating ${venv#"$ROOT"/} with $py"

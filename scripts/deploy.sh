@@ -288,19 +288,23 @@ check_gpu_quotas() {
     [[ -n "$alt" ]] && ((VCPUS[$alt] > v_spot)) && v_spot=${VCPUS[$alt]}
     need_od=$((od * v_od)) need_spot=$((spot * v_spot))
     note "  on-demand needs $od x $v_od ($main) = $need_od vCPUs of quota $QUOTA_ON_DEMAND_G (Running On-Demand G and VT instances)"
-    if have=$(quota "$QUOTA_ON_DEMAND_G"); then
-        log "  on-demand G/VT quota: $have vCPUs, need $need_od"
-        ((need_od <= have)) || PREFLIGHT_FAILED+=("on-demand G/VT quota $QUOTA_ON_DEMAND_G is $have vCPUs; $od on-demand $main workers need $need_od. Ask for more (aws service-quotas request-service-quota-increase --service-code ec2 --quota-code $QUOTA_ON_DEMAND_G --desired-value $need_od) or lower MaxWorkers / OnDemandBaseWorkers / raise SpotSharePercent. Other G/VT instances in the region share this quota.")
-    elif ((!DRY_RUN)); then
-        warn "could not read quota $QUOTA_ON_DEMAND_G (servicequotas:GetServiceQuota): on-demand capacity not checked"
-    fi
+    check_quota "$QUOTA_ON_DEMAND_G" on-demand "$need_od" "$od on-demand $main workers need $need_od" \
+        "lower MaxWorkers / OnDemandBaseWorkers / raise SpotSharePercent. Other G/VT instances in the region share this quota."
     ((spot > 0)) || return 0
     note "  spot needs $spot x $v_spot (the larger of $main${alt:+ and $alt}) = $need_spot vCPUs of quota $QUOTA_SPOT_G (All G and VT Spot Instance Requests)"
-    if have=$(quota "$QUOTA_SPOT_G"); then
-        log "  spot G/VT quota: $have vCPUs, need $need_spot"
-        ((need_spot <= have)) || PREFLIGHT_FAILED+=("spot G/VT quota $QUOTA_SPOT_G is $have vCPUs; $spot spot workers need up to $need_spot. Ask for more (aws service-quotas request-service-quota-increase --service-code ec2 --quota-code $QUOTA_SPOT_G --desired-value $need_spot) or lower MaxWorkers / SpotSharePercent.")
+    check_quota "$QUOTA_SPOT_G" spot "$need_spot" "$spot spot workers need up to $need_spot" \
+        "lower MaxWorkers / SpotSharePercent."
+}
+
+# check_quota CODE KIND NEED SHORT REMEDY: the G/VT quota CODE (KIND: on-demand or spot) covers
+# NEED vCPUs; otherwise a preflight failure saying SHORT, how to ask for more, or REMEDY.
+check_quota() {
+    local code=$1 kind=$2 need=$3 short=$4 remedy=$5 have
+    if have=$(quota "$code"); then
+        log "  $kind G/VT quota: $have vCPUs, need $need"
+        ((need <= have)) || PREFLIGHT_FAILED+=("$kind G/VT quota $code is $have vCPUs; $short. Ask for more (aws service-quotas request-service-quota-increase --service-code ec2 --quota-code $code --desired-value $need) or $remedy")
     elif ((!DRY_RUN)); then
-        warn "could not read quota $QUOTA_SPOT_G (servicequotas:GetServiceQuota): spot capacity not checked"
+        warn "could not read quota $code (servicequotas:GetServiceQuota): $kind capacity not checked"
     fi
 }
 

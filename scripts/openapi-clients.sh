@@ -65,9 +65,7 @@ python_tools() {
         return 0
     fi
     uv=$(uv_bin)
-    if [[ -z "${SSL_CERT_FILE:-}" && -f /etc/ssl/certs/ca-certificates.crt ]]; then
-        export SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
-    fi
+    uv_system_certs
     py=$(python_for_clients)
     log "installing openapi-python-client and mypy into ${VENV/#"$HOME"/\~} ($py)"
     rm -rf "$VENV"

@@ -122,15 +122,12 @@ run_tests() {
         if ((rc == 0)) && (($# == 0)); then
             cargo test --workspace --doc 2>&1 | tee -a "$out" || rc=$?
         fi
-        if (($# == 0)); then
-            eval_regression "$out" || rc=$?
-        fi
     else
         cargo test --workspace --no-fail-fast "$@" 2>&1 | tee "$out" || rc=$?
         grep -E '^test result:' "$out" >"$TEST_SUMMARY" || true
-        if (($# == 0)); then
-            eval_regression "$out" || rc=$?
-        fi
+    fi
+    if (($# == 0)); then
+        eval_regression "$out" || rc=$?
     fi
     return "$rc"
 }

@@ -20,6 +20,7 @@ METRICS_RS = ROOT / "gpu-worker" / "worker" / "src" / "metrics.rs"
 CLOUDWATCH_RS = ROOT / "gpu-worker" / "worker" / "src" / "cloudwatch.rs"
 BOOTSTRAP = ROOT / "infra" / "worker" / "bootstrap.sh"
 UNIT = ROOT / "infra" / "worker" / "ocr-fleet-worker.service"
+MYSQL_RS = ROOT / "functions" / "aws" / "src" / "mysql.rs"
 
 
 def load_template(path: Path = TEMPLATE) -> dict:
@@ -48,6 +49,19 @@ def transformed() -> dict:
             r["Properties"]["CodeUri"] = "s3://bucket/key"
     translator = Translator(None, Parser(), boto_session=boto3.session.Session(region_name="us-east-1"))
     return translator.translate(tpl, parameter_values={}, get_managed_policy_map=lambda: {})
+
+
+@pytest.fixture()
+def sandbox(tpl, tmp_path):
+    """A worker instance's root to run bootstrap.sh in (worker_sandbox.make_sandbox)."""
+    from worker_sandbox import make_sandbox
+
+    return make_sandbox(tpl, tmp_path)
+
+
+def resources_of(tpl: dict, type_: str) -> dict:
+    """The template's resources of one type, by logical id."""
+    return {k: r for k, r in tpl["Resources"].items() if r["Type"] == type_}
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import re
 from urllib.parse import parse_qs, urlsplit
 
 from conftest import iam_statements, stack_env, substitute, user_data
-from test_worker import read_env, run_bootstrap, sandbox, secret_arn  # noqa: F401 (sandbox: a fixture)
+from worker_sandbox import read_env, run_bootstrap, secret_arn
 
 MASTER = "DatabaseSecret"
 # role (its name in DB_ROLE_USERS) -> its secret and user.
@@ -212,7 +212,7 @@ def test_user_data_names_the_users_and_their_secrets(tpl):
     assert "resolve:" not in user_data(tpl) and "get-secret-value" not in user_data(tpl)
 
 
-def test_worker_env_holds_references_and_every_role(tpl, sandbox):  # noqa: F811 (the fixture)
+def test_worker_env_holds_references_and_every_role(tpl, sandbox):
     root, env, tmp = sandbox
     r = run_bootstrap(env)
     assert r.returncode == 0, r.stdout + r.stderr

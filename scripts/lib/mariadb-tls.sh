@@ -1,7 +1,9 @@
 # shellcheck shell=bash
 # A private MariaDB that requires TLS, with its own certificate authority, for the tests that
 # prove the binaries reach the database the way production does (RDS Proxy, `require_ssl=true`).
-# Source after common.sh and mariadb.sh. Data, certificates and logs in .run/mariadb-tls/.
+# Source after common.sh and mariadb.sh. Data, certificates and logs in .run/mariadb-tls/; the
+# server runs as the user running the tests (root included), so it needs no chown and no access
+# to the clone for the mysql user.
 #
 #   mariadb_tls_start   start it (generating the CA and a server certificate for 127.0.0.1 and
 #                       localhost when missing) unless it answers; exports
@@ -25,7 +27,6 @@ _mariadb_tls_client() {
 _mariadb_tls_certs() {
     local d="$MARIADB_TLS_DIR"
     [[ -s "$d/ca.pem" && -s "$d/server-cert.pem" && -s "$d/server-key.pem" ]] && return 0
-    command -v openssl >/dev/null 2>&1 || apt_install openssl
     log "MariaDB TLS: generating a private CA and a server certificate in $d"
     openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=ocr-fleet test CA" \
         -keyout "$d/ca-key.pem" -out "$d/ca.pem" 2>/dev/null
@@ -34,7 +35,6 @@ _mariadb_tls_certs() {
     printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n' >"$d/server.ext"
     openssl x509 -req -in "$d/server.csr" -CA "$d/ca.pem" -CAkey "$d/ca-key.pem" -CAcreateserial \
         -days 3650 -extfile "$d/server.ext" -out "$d/server-cert.pem" 2>/dev/null
-    chown mysql:mysql "$d/server-key.pem" "$d/server-cert.pem" "$d/ca.pem"
     chmod 600 "$d/server-key.pem" "$d/ca-key.pem"
 }
 
@@ -48,14 +48,12 @@ mariadb_tls_start() {
     fi
     mariadb_install
     _mariadb_tls_certs
-    local data="$MARIADB_TLS_DIR/data"
-    if [[ ! -d "$data/mysql" ]]; then
-        install -d -o mysql -g mysql "$data"
-        mariadb-install-db --user=mysql --datadir="$data" --auth-root-authentication-method=normal >/dev/null
-    fi
+    local data="$MARIADB_TLS_DIR/data" user
+    user=$(id -un)
+    _mariadb_init_datadir "$data" "$user" --no-defaults
     log "starting MariaDB with TLS required on 127.0.0.1:$MARIADB_TLS_PORT (CA $MARIADB_TLS_DIR/ca.pem)"
     start-stop-daemon --start --oknodo --background --make-pidfile --pidfile "$MARIADB_TLS_PIDFILE" \
-        --exec /usr/sbin/mariadbd -- --no-defaults --user=mysql --datadir="$data" \
+        --exec /usr/sbin/mariadbd -- --no-defaults --user="$user" --datadir="$data" \
         --bind-address=127.0.0.1 --port="$MARIADB_TLS_PORT" --socket="$data/mariadb.sock" \
         --pid-file="$data/mariadbd.pid" --log-error="$data/error.log" \
         --ssl-ca="$MARIADB_TLS_DIR/ca.pem" --ssl-cert="$MARIADB_TLS_DIR/server-cert.pem" \
@@ -75,14 +73,5 @@ mariadb_tls_start() {
 
 mariadb_tls_stop() {
     ((MARIADB_TLS_STARTED)) || return 0
-    local pid i
-    pid=$(read_pidfile "$MARIADB_TLS_PIDFILE") || return 0
-    log "stopping MariaDB with TLS (pid $pid)"
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 300; i++)); do
-        pid_alive "$pid" || break
-        sleep 0.1
-    done
-    pid_alive "$pid" && kill -KILL "$pid" 2>/dev/null
-    rm -f "$MARIADB_TLS_PIDFILE"
+    stop_group "$MARIADB_TLS_PIDFILE" "MariaDB with TLS" 30
 }

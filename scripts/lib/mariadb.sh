@@ -34,6 +34,17 @@ _mariadb_fix_root_tcp() {
         FLUSH PRIVILEGES;" && mariadb_answers
 }
 
+# _mariadb_init_datadir DIR USER [--no-defaults]: a data directory owned by USER (the user the
+# server runs as), initialised once, root without a password. --no-defaults: ignore the system's
+# my.cnf (whose user=mysql would win over USER), for a server started with --no-defaults too.
+_mariadb_init_datadir() {
+    local dir=$1 user=$2
+    [[ -d "$dir/mysql" ]] && return 0
+    log "initialising the data directory $dir"
+    install -d -o "$user" -g "$(id -gn "$user")" "$dir"
+    mariadb-install-db "${@:3}" --user="$user" --datadir="$dir" --auth-root-authentication-method=normal >/dev/null
+}
+
 # mariadb_install: install client (and server when none answers). Idempotent; no start.
 mariadb_install() {
     if mariadb_answers; then
@@ -76,11 +87,7 @@ mariadb_ensure() {
         extra=(--socket="$MARIADB_DATADIR/mariadb.sock" --pid-file="$MARIADB_DATADIR/mariadbd.pid"
             --log-error="$MARIADB_DATADIR/error.log")
     fi
-    if [[ ! -d "$MARIADB_DATADIR/mysql" ]]; then
-        log "initialising the data directory $MARIADB_DATADIR"
-        install -d -o mysql -g mysql "$MARIADB_DATADIR"
-        mariadb-install-db --user=mysql --datadir="$MARIADB_DATADIR" --auth-root-authentication-method=normal >/dev/null
-    fi
+    _mariadb_init_datadir "$MARIADB_DATADIR" mysql
     # --pidfile makes start-stop-daemon look only for OUR server (not any mariadbd running).
     start-stop-daemon --start --oknodo --background --make-pidfile --pidfile "$MARIADB_PIDFILE" \
         --exec /usr/sbin/mariadbd -- --user=mysql --datadir="$MARIADB_DATADIR" \
@@ -103,23 +110,17 @@ mariadb_ensure() {
 # mariadb_stop [OWNER]: stop a server only if one of our scripts started it (.run/mariadb.pid),
 # and, when OWNER is given, only if OWNER did.
 mariadb_stop() {
-    local owner=${1:-} pid i
+    local owner=${1:-}
     if [[ -n "$owner" && -f "$MARIADB_OWNERFILE" && "$(<"$MARIADB_OWNERFILE")" != "$owner" ]]; then
         log "MariaDB was started by '$(<"$MARIADB_OWNERFILE")', leaving it running"
         return 0
     fi
-    pid=$(read_pidfile "$MARIADB_PIDFILE") || {
+    read_pidfile "$MARIADB_PIDFILE" >/dev/null || {
         rm -f "$MARIADB_PIDFILE"
         return 0
     }
-    log "stopping MariaDB (pid $pid)"
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 300; i++)); do
-        pid_alive "$pid" || break
-        sleep 0.1
-    done
-    pid_alive "$pid" && kill -KILL "$pid" 2>/dev/null
-    rm -f "$MARIADB_PIDFILE" "$MARIADB_OWNERFILE"
+    stop_group "$MARIADB_PIDFILE" MariaDB 30
+    rm -f "$MARIADB_OWNERFILE"
 }
 
 # mariadb_create_db NAME

@@ -48,6 +48,14 @@ find_python() {
     "$uv" python find 3.13
 }
 
+# uv_system_certs: uv bundles its own CA roots; make it use the system bundle when there is one
+# (proxies, mirrors). Exports SSL_CERT_FILE, so call it in the shell that runs uv (not in $(...)).
+uv_system_certs() {
+    if [[ -z "${SSL_CERT_FILE:-}" && -f /etc/ssl/certs/ca-certificates.crt ]]; then
+        export SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
+    fi
+}
+
 # uv_bin: print the path of a uv binary: `uv` on PATH, else one installed from PyPI into
 # $OCR_FLEET_CACHE/uv (outside the clone, so every clone and CI reuse it).
 uv_bin() {
@@ -97,10 +105,7 @@ venv_ensure() {
     fi
     local uv
     uv=$(uv_bin)
-    # uv bundles its own CA roots; use the system bundle when there is one (proxies, mirrors).
-    if [[ -z "${SSL_CERT_FILE:-}" && -f /etc/ssl/certs/ca-certificates.crt ]]; then
-        export SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
-    fi
+    uv_system_certs
     if ! { [[ -x "$LOCALSTACK_PY" ]] && _py_ok "$LOCALSTACK_PY"; }; then
         py=$(find_python)
         log "creating .venv/localstack with $py"
