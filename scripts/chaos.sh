@@ -9,7 +9,12 @@
 #
 # Usage: scripts/chaos.sh [--jobs N] [--workers N] [--rate PER_S] [--profile release|dev]
 #                         [--timeout SECS] [--seed N]
+#                         [--flood N [--caller-max-queued N] [--no-quota]]
 #   --jobs 1000 (default)   --profile release (default; the test suite uses dev, already built)
+#   --flood N: instead of the faults, two callers (scripts/lib/fairshare.py): bob floods N bulk
+#     jobs as fast as the API lets him while alice submits --jobs at --rate; per caller it
+#     reports 429s and p50/p99 submit→result. --caller-max-queued (default 40) is the run's
+#     CALLER_MAX_QUEUED; --no-quota turns the per-caller limits off, for comparison.
 # Bounded in time (--timeout, default 1200 s), loopback only; stops everything it started.
 # Logs: .run/chaos/ (api.log, worker-N.log, localstack log in .run/localstack-4599.log).
 set -euo pipefail
@@ -25,16 +30,19 @@ source "$ROOT/scripts/lib/python-env.sh"
 cd "$ROOT"
 exec </dev/null
 
-jobs=1000 workers=2 rate=25 profile=release timeout=1200 seed=7
+jobs=1000 workers=2 rate=25 profile=release timeout=1200 seed=7 flood=0 max_queued=40 no_quota=()
 while (($#)); do
     case "$1" in
+    --flood) flood=$2; shift 2 ;;
+    --caller-max-queued) max_queued=$2; shift 2 ;;
+    --no-quota) no_quota=(--no-quota); shift ;;
     --jobs) jobs=$2; shift 2 ;;
     --workers) workers=$2; shift 2 ;;
     --rate) rate=$2; shift 2 ;;
     --profile) profile=$2; shift 2 ;;
     --timeout) timeout=$2; shift 2 ;;
     --seed) seed=$2; shift 2 ;;
-    -h | --help) sed -n '2,15p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
     esac
 done
@@ -103,6 +111,14 @@ else
 fi
 py=$(python_env chaos "pillow==13.0.0" "boto3==1.42.72" "botocore==1.42.72")
 
+if ((flood > 0)); then
+    log "chaos (two callers): bob floods $flood jobs, alice submits $jobs at $rate/s, $workers workers"
+    "$py" "$ROOT/scripts/lib/fairshare.py" --jobs "$jobs" --flood "$flood" --workers "$workers" --rate "$rate" \
+        --caller-max-queued "$max_queued" "${no_quota[@]}" --seed "$seed" --timeout "$timeout" \
+        --bin-dir "$bin_dir" --env-file "$ENV_FILE" --db "$DB" --db-user "$DB_USER" --db-password "$DB_PASSWORD" \
+        --log-dir "$LOG_DIR"
+    exit
+fi
 log "chaos: $jobs jobs, $workers workers, $rate submissions/s, profile $profile"
 "$py" "$ROOT/scripts/lib/chaos.py" --jobs "$jobs" --workers "$workers" --rate "$rate" --seed "$seed" \
     --timeout "$timeout" --bin-dir "$bin_dir" --env-file "$ENV_FILE" --db "$DB" --db-user "$DB_USER" \

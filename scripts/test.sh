@@ -15,7 +15,7 @@
 #      (sam validate --lint, shellcheck, deploy.sh --dry-run, pytest infra/tests), the workspace
 #      tests (cargo nextest, else cargo test), scripts/api-fuzz.sh (schemathesis against the
 #      API's OpenAPI document, 50 examples, fixed seed), scripts/chaos.sh --jobs 100 (load with
-#      faults), then `sam build` (infra/sam-build.sh; skipped
+#      faults) and --flood 200 (two callers, one flooding), then `sam build` (infra/sam-build.sh; skipped
 #      only with OCR_SKIP_SAM_BUILD=1)
 #   5. prints a timing summary; exits non-zero if any step failed.
 #
@@ -178,6 +178,8 @@ fi
 # tests just built; fails when a job is lost or duplicated, a webhook missing, a secret logged.
 if (($# == 0)); then
     check "chaos (100 jobs)" "$ROOT/scripts/chaos.sh" --profile dev --jobs 100 --rate 3 --timeout 600
+    # Two callers, one flooding: nothing lost, the quiet one never refused, the flooder held.
+    check "chaos (two callers)" "$ROOT/scripts/chaos.sh" --profile dev --flood 200 --jobs 30 --rate 1 --timeout 600
 fi
 # sam build of the functions (cargo-lambda, arm64; its own target dir under $OCR_FLEET_CACHE):
 # skipped only with OCR_SKIP_SAM_BUILD=1.

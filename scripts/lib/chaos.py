@@ -545,12 +545,15 @@ def main() -> int:
     receiver = Receiver()
     callback = f"http://127.0.0.1:{receiver.port}/hook"
     db_url = f"mysql://{args.db_user}:{args.db_password}@127.0.0.1:{proxy.port}/{args.db}"
-    base_env = {k: v for k, v in os.environ.items() if not k.startswith(("API_", "WEBHOOK_"))}
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith(("API_", "WEBHOOK_", "CALLER_"))}
     base_env.update(res)
     base_env.update(DATABASE_URL=db_url, LOG_FORMAT="json", RUST_LOG="info,ort=warn")
 
     api_env = dict(base_env, AUTH_MODE="static", API_TOKENS=f"{tokens[0]}:alice,{tokens[1]}:bob",
                    BIND_ADDR=f"127.0.0.1:{args.api_port}", QUEUE_DEPTH_LIMIT="1000000", DB_POOL_MAX="8",
+                   # Two callers share the load evenly here: per-caller limits out of reach (still
+                   # checked on every create; --flood tests them).
+                   CALLER_MAX_QUEUED="1000000", CALLER_MAX_RATE="1000000", CALLER_BURST="1000000",
                    WEBHOOK_ALLOW_HOSTS=f"127.0.0.1:{receiver.port}", WEBHOOK_SECRET=secret)
     api = Proc("api-local", [f"{args.bin_dir}/api-local"], api_env, logs / "api.log")
     api.start()

@@ -345,14 +345,22 @@ async fn batch_send_routes_each_message_to_its_queue() -> anyhow::Result<()> {
             content_type: ocr_core::ContentType::Png,
             size: 1,
             enqueued_at_ms: 0,
+            fairness_key: Some(ocr_core::quota::fairness_key(if i % 2 == 0 { "alice" } else { "bob" })),
         })
         .collect();
     env.job_queue.send_batch(&messages).await?;
     let express = env.drain(&env.queues.express, 2).await?;
-    let bulk = env.drain(&env.queues.bulk, 2).await?;
-    assert_eq!((express.len(), bulk.len()), (8, 15));
+    assert_eq!(express.len(), 8);
     for body in express {
         assert_eq!(JobMessage::parse(&body)?.priority, Priority::Express);
+    }
+    // Each message is grouped by its caller's fairness key (SQS fair queues), beside the body.
+    let groups = env.drain_groups(&env.queues.bulk).await?;
+    assert_eq!(groups.len(), 15);
+    for (body, group) in groups {
+        let job = JobMessage::parse(&body)?;
+        let sent = messages.iter().find(|m| m.job_id == job.job_id).expect("a message sent here");
+        assert_eq!(group.as_deref(), sent.fairness_key.as_deref(), "{body}");
     }
     Ok(())
 }

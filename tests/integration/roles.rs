@@ -92,6 +92,11 @@ async fn each_role_may_do_only_what_its_code_does() -> anyhow::Result<()> {
         (&worker, &worker_pw, "DELETE FROM webhook_deliveries WHERE job_id = 'x'", true),
         (&worker, &worker_pw, "INSERT INTO jobs (id) VALUES ('x')", false),
         (&worker, &worker_pw, "UPDATE webhook_keys SET generation = 9", false),
+        (&api, &api_pw, "SELECT owner FROM caller_quotas WHERE owner = 'x' FOR UPDATE", true),
+        (&api, &api_pw, "DELETE FROM caller_quotas", false),
+        (&upload, &upload_pw, "SELECT owner FROM caller_quotas LIMIT 1", false),
+        (&worker, &worker_pw, "DELETE FROM caller_quotas WHERE at_ms < 0", true),
+        (&worker, &worker_pw, "UPDATE caller_quotas SET milli_tokens = 0", false),
         (&api, &api_pw, "CREATE TABLE evil (x INT)", false),
         (&worker, &worker_pw, "DROP TABLE jobs", false),
     ] {

@@ -219,13 +219,22 @@ async fn the_purge_strips_then_deletes_old_jobs_in_bounded_batches() -> anyhow::
         ids.push((id, age));
     }
     let (strip, delete) = (now - 7 * DAY, now - 14 * DAY);
+    // Two callers' creation budgets: one idle for longer than the retention (a full bucket
+    // again: its row goes), one recent (kept).
+    let mut conn = env.db().await?;
+    conn.exec_drop(
+        "INSERT INTO caller_quotas (owner, milli_tokens, at_ms) VALUES ('idle', 0, ?), ('recent', 0, ?)",
+        (now - 8 * DAY, now - DAY),
+    )
+    .await?;
     // Oldest first, two at a time: the 21- and 20-day-old jobs are stripped and deleted by the
     // first call, then the 9- and 8-day-old ones stripped, then the last 8-day-old one.
     assert_eq!(env.store.purge(strip, delete, 2, now).await?, Purged { stripped: 2, deleted: 2 }, "bounded");
     assert_eq!(env.store.purge(strip, delete, 2, now).await?, Purged { stripped: 2, deleted: 0 });
     assert_eq!(env.store.purge(strip, delete, 2, now).await?, Purged { stripped: 1, deleted: 0 });
     assert_eq!(env.store.purge(strip, delete, 2, now).await?, Purged::default());
-    let mut conn = env.db().await?;
+    let budgets: Vec<String> = conn.query("SELECT owner FROM caller_quotas").await?;
+    assert_eq!(budgets, ["recent"]);
     for (id, age) in ids {
         let job = env.store.get(&id).await?;
         let result = env.store.get_result(&id).await?;
@@ -242,6 +251,74 @@ async fn the_purge_strips_then_deletes_old_jobs_in_bounded_batches() -> anyhow::
             _ => assert!(job.is_none() && result.is_none() && deliveries == Some(0), "{age} days: gone"),
         }
     }
+    conn.disconnect().await?;
+    Ok(())
+}
+
+/// Per-caller quotas hold under concurrency, across API instances (two pools here), and per
+/// caller byte for byte: racing creations of one caller never get past its limit together.
+#[tokio::test]
+async fn caller_quotas_hold_across_instances_and_concurrent_creations() -> anyhow::Result<()> {
+    use ocr_aws::MySqlJobStore;
+    use ocr_core::quota::{Admission, CallerQuota, QuotaRefusal};
+
+    let env = TestEnv::with(Options { poller: false, ..Options::default() }).await?;
+    let other_instance = std::sync::Arc::new(MySqlJobStore::new(&env.database_url, 4, None)?);
+    let stores = [env.store.clone(), other_instance];
+    let now = ocr_core::ports::now_ms();
+    let race = |quota: CallerQuota, owner: &'static str, n: usize| {
+        let stores = stores.clone();
+        async move {
+            let mut racers = tokio::task::JoinSet::new();
+            for i in 0..n {
+                let store = stores[i % 2].clone();
+                let mut job = new_job(owner, None);
+                job.created_at_ms = now;
+                racers.spawn(async move { store.insert_within(job, &quota).await });
+            }
+            let (mut admitted, mut refused) = (0, Vec::new());
+            for r in racers.join_all().await {
+                match r? {
+                    Admission::Admitted(_) => admitted += 1,
+                    Admission::Refused(why) => refused.push(why),
+                }
+            }
+            anyhow::Ok((admitted, refused))
+        }
+    };
+    let waiting = CallerQuota {
+        max_waiting: 5,
+        rate_per_sec: 0.0,
+        burst: 1,
+        upload_window_ms: 60_000,
+        waiting_retry_after_secs: 9,
+    };
+    let (admitted, refused) = race(waiting, "alice", 16).await?;
+    assert_eq!(admitted, 5, "{refused:?}");
+    assert!(refused.iter().all(|r| *r == QuotaRefusal::TooManyWaiting { limit: 5, retry_after_secs: 9 }));
+    // Callers are told apart byte for byte: `Alice` is not `alice`.
+    assert_eq!(race(waiting, "Alice", 6).await?.0, 5);
+
+    let rate = CallerQuota {
+        max_waiting: 0,
+        rate_per_sec: 0.01,
+        burst: 3,
+        upload_window_ms: 60_000,
+        waiting_retry_after_secs: 9,
+    };
+    let (admitted, refused) = race(rate, "bob", 12).await?;
+    assert_eq!(admitted, 3, "the burst, once, across both instances: {refused:?}");
+    assert!(
+        refused.iter().all(|r| matches!(r, QuotaRefusal::RateLimited { retry_after_secs: 100, .. })),
+        "{refused:?}"
+    );
+
+    // Jobs that stop waiting free their places; ones whose upload window closed hold none.
+    let mut conn = mysql_async::Conn::from_url(&env.database_url).await?;
+    conn.query_drop("UPDATE jobs SET status = 'processing' WHERE owner = 'alice' LIMIT 2").await?;
+    assert_eq!(race(waiting, "alice", 4).await?.0, 2);
+    conn.query_drop("UPDATE jobs SET created_at_ms = created_at_ms - 60001 WHERE owner = 'Alice'").await?;
+    assert_eq!(race(waiting, "Alice", 6).await?.0, 5);
     conn.disconnect().await?;
     Ok(())
 }

@@ -402,3 +402,80 @@ async fn a_dead_receiver_stalls_no_one_and_a_returning_one_gets_its_webhooks() -
     assert!(down_jobs.iter().all(|id| retried.iter().any(|(j, _)| j == *id)), "each was retried: {retried:?}");
     Ok(())
 }
+
+/// Caller A floods: past its own limit it gets 429 naming the limit (and only A does), while
+/// caller B's jobs are created and finish; once A's jobs are done A may create again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_callers_flood_is_refused_while_anothers_jobs_finish() -> anyhow::Result<()> {
+    use ocr_core::quota::CallerQuota;
+    if !models_available() {
+        return Ok(());
+    }
+    let caller = CallerQuota {
+        max_waiting: 4,
+        rate_per_sec: 1000.0,
+        burst: 1000,
+        upload_window_ms: 900_000,
+        waiting_retry_after_secs: 3,
+    };
+    let env = TestEnv::with(Options { limits: Limits { caller, ..Limits::default() }, ..Options::default() }).await?;
+    let images = line_images(6)?;
+    let direct = |token: &'static str, bytes: Vec<u8>| {
+        env.request(Method::POST, "/v1/jobs?priority=bulk", token)
+            .header("content-type", "image/png")
+            .body(bytes)
+            .send()
+    };
+    // A's flood: four admitted, the rest refused with A's own limit named.
+    let (mut admitted, mut refused) = (Vec::new(), 0);
+    for i in 0..12 {
+        let response = direct(ALICE_TOKEN, images[i % 6].0.clone()).await?;
+        match response.status() {
+            StatusCode::ACCEPTED => {
+                admitted.push(response.json::<Value>().await?["job_id"].as_str().unwrap().to_owned())
+            }
+            StatusCode::TOO_MANY_REQUESTS => {
+                assert_eq!(response.headers()["retry-after"], "3");
+                let body: Value = response.json().await?;
+                assert_eq!(body["error"]["code"], "caller_queue_full", "{body}");
+                assert!(body["error"]["message"].as_str().unwrap().contains("CALLER_MAX_QUEUED"), "{body}");
+                refused += 1;
+            }
+            other => anyhow::bail!("unexpected {other}"),
+        }
+    }
+    assert_eq!((admitted.len(), refused), (4, 8));
+    // B is not refused: its jobs are created while A is at its limit, and finish.
+    let mut bobs = Vec::new();
+    for (bytes, text) in images.iter().take(3) {
+        let response = direct(BOB_TOKEN, bytes.clone()).await?;
+        assert_eq!(response.status(), StatusCode::ACCEPTED, "B refused during A's flood");
+        bobs.push((response.json::<Value>().await?["job_id"].as_str().unwrap().to_owned(), text.clone()));
+    }
+    let worker = env.spawn_worker(&[])?;
+    for (id, text) in &bobs {
+        let done = wait_for_owner_status(&env, BOB_TOKEN, id, "succeeded")
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}\nworker log:\n{}", worker.logs()))?;
+        assert_eq!(normalise(done["result"]["text"].as_str().unwrap_or_default()), normalise(text));
+    }
+    for id in &admitted {
+        env.wait_for_status(id, "succeeded", Duration::from_secs(120)).await?;
+    }
+    // A's jobs are done: its places are free again.
+    assert_eq!(direct(ALICE_TOKEN, images[0].0.clone()).await?.status(), StatusCode::ACCEPTED);
+    Ok(())
+}
+
+/// Polls `GET /v1/jobs/{id}` as `token` until the job has `want`.
+async fn wait_for_owner_status(env: &TestEnv, token: &str, id: &str, want: &str) -> anyhow::Result<Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let job: Value = env.request(Method::GET, &format!("/v1/jobs/{id}"), token).send().await?.json().await?;
+        if job["status"] == want {
+            return Ok(job);
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "job {id} still {} after 120 s", job["status"]);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

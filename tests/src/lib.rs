@@ -259,6 +259,37 @@ impl TestEnv {
         }
     }
 
+    /// Every message now on the queue with its `MessageGroupId` (the caller's fairness key),
+    /// deleting them.
+    pub async fn drain_groups(&self, queue_url: &str) -> anyhow::Result<Vec<(String, Option<String>)>> {
+        use aws_sdk_sqs::types::MessageSystemAttributeName as Attr;
+        let mut out = Vec::new();
+        loop {
+            let got = self
+                .sqs
+                .receive_message()
+                .queue_url(queue_url)
+                .max_number_of_messages(10)
+                .wait_time_seconds(1)
+                .message_system_attribute_names(Attr::MessageGroupId)
+                .send()
+                .await?;
+            if got.messages().is_empty() {
+                return Ok(out);
+            }
+            for m in got.messages() {
+                self.sqs
+                    .delete_message()
+                    .queue_url(queue_url)
+                    .set_receipt_handle(m.receipt_handle.clone())
+                    .send()
+                    .await?;
+                let group = m.attributes().and_then(|a| a.get(&Attr::MessageGroupId)).cloned();
+                out.push((m.body().unwrap_or_default().to_owned(), group));
+            }
+        }
+    }
+
     /// Polls `GET /v1/jobs/{id}` until its status is `want` or `timeout` passes.
     pub async fn wait_for_status(&self, id: &str, want: &str, timeout: Duration) -> anyhow::Result<serde_json::Value> {
         let deadline = tokio::time::Instant::now() + timeout;

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use ocr_core::net::AllowHosts;
+use ocr_core::quota::CallerQuota;
 use secrecy::SecretString;
 
 pub use ocr_aws::config::{DbArgs, ResourceArgs};
@@ -48,7 +49,19 @@ pub struct ApiArgs {
     /// How long a queue depth reading is reused, in seconds.
     #[arg(long, env = "QUEUE_DEPTH_REFRESH_SECS", default_value_t = 5)]
     pub queue_depth_refresh_secs: u64,
-    /// `Retry-After` sent with 503, in seconds.
+    /// Jobs one caller may have waiting at once (queued, or awaiting an upload whose URL is
+    /// still valid); more get 429. Below QUEUE_DEPTH_LIMIT, so one caller alone never makes
+    /// the API refuse everyone. 0: no limit.
+    #[arg(long, env = "CALLER_MAX_QUEUED", default_value_t = DEFAULT_CALLER.max_waiting)]
+    pub caller_max_queued: u64,
+    /// Job creations per second one caller may sustain (a token bucket, kept in MySQL so every
+    /// API instance draws from the same one); faster gets 429. 0: no limit.
+    #[arg(long, env = "CALLER_MAX_RATE", default_value_t = DEFAULT_CALLER.rate_per_sec)]
+    pub caller_max_rate: f64,
+    /// Creations one caller may make at once after a quiet spell (the bucket's size).
+    #[arg(long, env = "CALLER_BURST", default_value_t = DEFAULT_CALLER.burst)]
+    pub caller_burst: u32,
+    /// `Retry-After` sent with 503 (and with 429 for a caller at CALLER_MAX_QUEUED), in seconds.
     #[arg(long, env = "RETRY_AFTER_SECS", default_value_t = 30)]
     pub retry_after_secs: u64,
     /// `host:port` entries (comma-separated) a job's `callback_url` may name although they are
@@ -66,6 +79,17 @@ pub struct ApiArgs {
     pub webhook_secret: SecretString,
 }
 
+/// The shipped per-caller limits: one caller may fill 80 % of QUEUE_DEPTH_LIMIT's default
+/// (10,000) and create 100 jobs a second (8.6 M a day, several times the fleet's design load),
+/// 500 at once: most of an idle system, never all of it.
+pub const DEFAULT_CALLER: CallerQuota = CallerQuota {
+    max_waiting: 8_000,
+    rate_per_sec: 100.0,
+    burst: 500,
+    upload_window_ms: 900_000,
+    waiting_retry_after_secs: 30,
+};
+
 /// Largest body accepted for a direct (server-to-server) upload: Lambda's payload limit.
 pub const MAX_DIRECT_UPLOAD_BYTES: usize = 6 * 1024 * 1024;
 
@@ -81,6 +105,8 @@ pub struct Limits {
     pub webhook_allow_hosts: AllowHosts,
     /// Days a job is kept (`RETENTION_DAYS`).
     pub retention_days: u32,
+    /// Per-caller admission (`CALLER_MAX_QUEUED`, `CALLER_MAX_RATE`, `CALLER_BURST`).
+    pub caller: CallerQuota,
 }
 
 impl Default for Limits {
@@ -93,20 +119,29 @@ impl Default for Limits {
             retry_after_secs: 30,
             webhook_allow_hosts: AllowHosts::default(),
             retention_days: 7,
+            caller: DEFAULT_CALLER,
         }
     }
 }
 
 impl From<&ApiArgs> for Limits {
     fn from(a: &ApiArgs) -> Self {
+        let presign_expiry = Duration::from_secs(a.presign_expiry_secs.clamp(1, 900));
         Limits {
             max_upload_bytes: a.max_upload_bytes,
-            presign_expiry: Duration::from_secs(a.presign_expiry_secs.clamp(1, 900)),
+            presign_expiry,
             queue_depth_limit: a.queue_depth_limit,
             queue_depth_refresh: Duration::from_secs(a.queue_depth_refresh_secs),
             retry_after_secs: a.retry_after_secs,
             webhook_allow_hosts: a.webhook_allow_hosts.clone(),
             retention_days: a.retention_days.max(1),
+            caller: CallerQuota {
+                max_waiting: a.caller_max_queued,
+                rate_per_sec: if a.caller_max_rate.is_finite() { a.caller_max_rate.max(0.0) } else { 0.0 },
+                burst: a.caller_burst.max(1),
+                upload_window_ms: presign_expiry.as_millis() as i64,
+                waiting_retry_after_secs: a.retry_after_secs,
+            },
         }
     }
 }

@@ -2,6 +2,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use ocr_core::quota::QuotaRefusal;
 use ocr_core::{PortError, RequestError};
 use serde_json::json;
 
@@ -24,6 +25,9 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("this Idempotency-Key was already used with a different request")]
     IdempotencyConflict,
+    /// This caller is over its own limit; other callers go on.
+    #[error("{0}; retry later")]
+    Quota(QuotaRefusal),
     #[error("the {queue} queue is too deep; retry later")]
     QueueFull { queue: &'static str, retry_after_secs: u64 },
     #[error("{0}")]
@@ -43,6 +47,7 @@ impl ApiError {
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::IdempotencyConflict => StatusCode::CONFLICT,
+            ApiError::Quota(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::QueueFull { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) | ApiError::Unavailable(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -58,6 +63,8 @@ impl ApiError {
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::IdempotencyConflict => "idempotency_conflict",
+            ApiError::Quota(QuotaRefusal::TooManyWaiting { .. }) => "caller_queue_full",
+            ApiError::Quota(QuotaRefusal::RateLimited { .. }) => "caller_rate_limited",
             ApiError::QueueFull { .. } => "queue_full",
             ApiError::Internal(_) => "internal",
             ApiError::Unavailable(_) => "unavailable",
@@ -66,7 +73,7 @@ impl ApiError {
 
     /// Whether the same request may succeed later.
     pub fn retryable(&self) -> bool {
-        matches!(self, ApiError::QueueFull { .. } | ApiError::Unavailable(_))
+        matches!(self, ApiError::Quota(_) | ApiError::QueueFull { .. } | ApiError::Unavailable(_))
     }
 }
 
@@ -109,8 +116,13 @@ impl IntoResponse for ApiError {
             "error": { "code": self.code(), "message": message, "retryable": self.retryable() }
         });
         let mut response = (status, axum::Json(body)).into_response();
-        if let ApiError::QueueFull { retry_after_secs, .. } = self {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        let retry_after = match &self {
+            ApiError::QueueFull { retry_after_secs, .. } => Some(*retry_after_secs),
+            ApiError::Quota(refusal) => Some(refusal.retry_after_secs()),
+            _ => None,
+        };
+        if let Some(secs) = retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use ocr_core::job::Idempotency;
 use ocr_core::ports::StatusChange;
+use ocr_core::quota::Admission;
 use ocr_core::request::{CreateLimits, JobSpec, RawCreateRequest, check_callback_target, parse_create};
 use ocr_core::{Job, JobId, JobStatus, NewJob, PortError};
 
@@ -118,8 +119,12 @@ async fn create(
         idempotency: idempotency.clone(),
         created_at_ms: state.ports.clock.now_ms(),
     };
-    let job = match state.ports.store.insert(new).await {
-        Ok(job) => job,
+    let job = match state.ports.store.insert_within(new, &state.limits.caller).await {
+        Ok(Admission::Admitted(job)) => *job,
+        Ok(Admission::Refused(refusal)) => {
+            tracing::warn!(reason = %refusal, "caller over its quota: refusing new job");
+            return Err(ApiError::Quota(refusal));
+        }
         // A concurrent request with the same key won the insert: answer as its replay.
         Err(PortError::Conflict(_)) if idempotency.is_some() => {
             let idem = idempotency.as_ref().expect("checked");

@@ -11,7 +11,8 @@ use ocr_api::config::Limits;
 use ocr_api::state::Ports;
 use ocr_api::upload::{UploadHandler, UploadOutcome};
 use ocr_core::fakes::{InMemoryJobQueue, InMemoryJobStore, InMemoryObjectStore, ManualClock};
-use ocr_core::ports::{JobStore, ObjectInfo, ObjectStore, PresignedPut, StatusChange};
+use ocr_core::ports::{Clock, JobStore, ObjectInfo, ObjectStore, PresignedPut, StatusChange};
+use ocr_core::quota::CallerQuota;
 use ocr_core::signing::MasterKey;
 use ocr_core::{ContentType, JobId, JobStatus, OcrLine, OcrResult, PortError, Priority};
 use serde_json::{Value, json};
@@ -29,11 +30,14 @@ struct Harness {
 }
 
 fn harness() -> Harness {
+    harness_with(Limits { queue_depth_limit: 100, queue_depth_refresh: std::time::Duration::ZERO, ..Limits::default() })
+}
+
+fn harness_with(limits: Limits) -> Harness {
     let store = Arc::new(InMemoryJobStore::default());
     let objects = Arc::new(InMemoryObjectStore::default());
     let queue = Arc::new(InMemoryJobQueue::default());
     let auth = Authenticator::from_static_tokens(&format!("{ALICE}:alice,{BOB}:bob")).unwrap();
-    let limits = Limits { queue_depth_limit: 100, queue_depth_refresh: std::time::Duration::ZERO, ..Limits::default() };
     let clock = Arc::new(ManualClock::new(1_700_000_000_000));
     let ports = Ports {
         store: store.clone(),
@@ -326,6 +330,79 @@ async fn deep_queue_gets_503_and_leaves_no_job() {
         .call(post_json(Some(ALICE), r#"{"content_type":"image/png","content_length":10,"priority":"express"}"#))
         .await;
     assert_eq!(status, StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn a_caller_over_its_quota_gets_429_and_only_that_caller() {
+    let quota = CallerQuota {
+        max_waiting: 3,
+        rate_per_sec: 1.0,
+        burst: 2,
+        upload_window_ms: 900_000,
+        waiting_retry_after_secs: 7,
+    };
+    let h = harness_with(Limits { caller: quota, ..Limits::default() });
+    let body = r#"{"content_type":"image/png","content_length":10}"#;
+    let create = |token| h.call(post_json(Some(token), body));
+    let keyed = || {
+        let mut request = post_json(Some(ALICE), body);
+        request.headers_mut().insert("idempotency-key", "first".parse().unwrap());
+        request
+    };
+    // The burst, then the rate: one more a second.
+    let (status, _, first) = h.call(keyed()).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(create(ALICE).await.0, StatusCode::CREATED);
+    let (status, headers, json) = create(ALICE).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{json}");
+    assert_eq!(json["error"]["code"], "caller_rate_limited");
+    assert!(json["error"]["message"].as_str().unwrap().contains("CALLER_MAX_RATE"), "{json}");
+    assert_eq!(json["error"]["retryable"], true);
+    assert_eq!(headers[header::RETRY_AFTER], "1");
+    // Bob is not held back by Alice's limit.
+    assert_eq!(create(BOB).await.0, StatusCode::CREATED);
+    h.clock.advance(std::time::Duration::from_secs(1));
+    assert_eq!(create(ALICE).await.0, StatusCode::CREATED);
+    // Three waiting: the next one is refused until one of them stops waiting.
+    h.clock.advance(std::time::Duration::from_secs(10));
+    let (status, headers, json) = create(ALICE).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{json}");
+    assert_eq!(json["error"]["code"], "caller_queue_full");
+    assert!(json["error"]["message"].as_str().unwrap().contains("CALLER_MAX_QUEUED"), "{json}");
+    assert_eq!(headers[header::RETRY_AFTER], "7");
+    assert_eq!(h.store.all().iter().filter(|j| j.owner == "alice").count(), 3, "a refusal leaves no job");
+    // A replay of an admitted request is answered although the caller is at its limit.
+    let (status, _, again) = h.call(keyed()).await;
+    assert_eq!((status, &again["job_id"]), (StatusCode::CREATED, &first["job_id"]));
+    let mine = h.store.all().into_iter().find(|j| j.owner == "alice").unwrap();
+    let change = StatusChange { at_ms: h.clock.now_ms(), ..Default::default() };
+    h.store.set_status(&mine.id, JobStatus::AwaitingUpload, JobStatus::Queued, change.clone()).await.unwrap();
+    assert_eq!(create(ALICE).await.0, StatusCode::TOO_MANY_REQUESTS, "queued still waits");
+    h.store.set_status(&mine.id, JobStatus::Queued, JobStatus::Processing, change).await.unwrap();
+    assert_eq!(create(ALICE).await.0, StatusCode::CREATED, "a job taken by a worker frees its place");
+    // A job whose upload URL expired unused holds no place, even before it reads `expired`.
+    h.clock.advance(std::time::Duration::from_secs(901));
+    for _ in 0..2 {
+        assert_eq!(create(ALICE).await.0, StatusCode::CREATED);
+    }
+}
+
+#[tokio::test]
+async fn queued_messages_carry_their_callers_fairness_key() {
+    let h = harness();
+    for token in [ALICE, BOB] {
+        let (status, _, _) = h.call(direct(token, "image/png", "", png_bytes())).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+    }
+    for job in h.store.all() {
+        let key = job.object_key();
+        h.uploads().handle_object(&key).await.unwrap();
+    }
+    let keys: Vec<_> = h.queue.messages(Priority::Bulk).into_iter().map(|m| m.fairness_key).collect();
+    assert_eq!(keys.len(), 2);
+    for owner in ["alice", "bob"] {
+        assert!(keys.contains(&Some(ocr_core::quota::fairness_key(owner))), "{owner}: {keys:?}");
+    }
 }
 
 fn direct(token: &str, content_type: &str, query: &str, body: Vec<u8>) -> Request<Body> {

@@ -17,6 +17,7 @@ use ocr_api::view::{JobView, UploadView};
 use ocr_api::{ApiError, AppState};
 use ocr_core::fakes::{InMemoryJobQueue, InMemoryJobStore, InMemoryObjectStore, ManualClock};
 use ocr_core::ports::PresignedPut;
+use ocr_core::quota::QuotaRefusal;
 use ocr_core::{ContentType, JobStatus, OcrLine, OcrResult, Priority};
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -57,6 +58,8 @@ fn every_error() -> Vec<ApiError> {
         ApiError::MethodNotAllowed,
         ApiError::IdempotencyConflict,
         ApiError::QueueFull { queue: "bulk", retry_after_secs: 30 },
+        ApiError::Quota(QuotaRefusal::TooManyWaiting { limit: 8000, retry_after_secs: 30 }),
+        ApiError::Quota(QuotaRefusal::RateLimited { rate_per_sec: 100.0, retry_after_secs: 1 }),
         ApiError::Internal("DETAIL".into()),
         ApiError::Unavailable("DETAIL".into()),
     ];
@@ -72,6 +75,7 @@ fn every_error() -> Vec<ApiError> {
             | ApiError::MethodNotAllowed
             | ApiError::IdempotencyConflict
             | ApiError::QueueFull { .. }
+            | ApiError::Quota(QuotaRefusal::TooManyWaiting { .. } | QuotaRefusal::RateLimited { .. })
             | ApiError::Internal(_)
             | ApiError::Unavailable(_) => {}
         }

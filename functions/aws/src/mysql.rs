@@ -4,9 +4,10 @@ use async_trait::async_trait;
 use std::path::Path;
 
 use mysql_async::prelude::Queryable;
-use mysql_async::{Conn, Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, Row, params};
+use mysql_async::{Conn, Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, Row, TxOpts, params};
 use ocr_core::job::Idempotency;
 use ocr_core::ports::{JobStore, StatusChange};
+use ocr_core::quota::{Admission, CallerQuota, TokenBucket};
 use ocr_core::signing::{KeyState, WebhookKeys};
 use ocr_core::{Job, JobId, JobStatus, NewJob, OcrResult, PortError};
 
@@ -104,7 +105,28 @@ const MIGRATIONS: &[(u32, &str)] = &[
         // caller sent), and the index its batches walk.
         r"ALTER TABLE jobs ADD COLUMN purged_at_ms BIGINT NULL, ADD KEY ix_jobs_created (created_at_ms)",
     ),
+    (
+        10,
+        // Each caller's creation budget (ocr_core::quota::TokenBucket). No row: a full bucket,
+        // so idle callers' rows may be deleted at any time.
+        r"CREATE TABLE IF NOT EXISTS caller_quotas (
+            owner VARCHAR(191) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL PRIMARY KEY,
+            milli_tokens BIGINT NOT NULL,
+            at_ms BIGINT NOT NULL,
+            KEY ix_caller_quotas_at (at_ms)
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+    ),
+    (
+        11,
+        // A caller's waiting jobs (the quota's count) without reading its finished ones.
+        r"ALTER TABLE jobs ADD KEY ix_jobs_owner_status (owner, status, created_at_ms)",
+    ),
 ];
+
+/// A caller's jobs holding a waiting place (ocr_core::quota::CallerQuota::holds_a_place),
+/// counted up to the limit only: a caller far over it costs no more than one at it.
+const WAITING_SQL: &str = "SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE owner = :owner
+     AND (status = 'queued' OR (status = 'awaiting_upload' AND created_at_ms >= :since)) LIMIT :cap) w";
 
 const JOB_COLUMNS: &str = "id, owner, status, priority, content_type, content_length, callback_url, metadata, \
      idempotency_key, request_hash, attempts, error, created_at_ms, updated_at_ms, queued_at_ms, \
@@ -292,38 +314,97 @@ pub(crate) fn job_from_row(mut row: Row) -> Result<Job, PortError> {
     })
 }
 
+async fn insert_job(conn: &mut impl Queryable, new: NewJob) -> Result<Job, PortError> {
+    let job = Job::from_new(new);
+    let metadata = job.metadata.as_ref().map(|m| m.to_string());
+    let (idem_key, idem_hash) = match &job.idempotency {
+        Some(i) => (Some(i.key.clone()), Some(i.request_hash.clone())),
+        None => (None, None),
+    };
+    bind(
+        r"INSERT INTO jobs (id, owner, status, priority, content_type, content_length, callback_url, metadata,
+          idempotency_key, request_hash, attempts, created_at_ms, updated_at_ms)
+      VALUES (:id, :owner, :status, :priority, :content_type, :content_length, :callback_url, :metadata,
+          :idem_key, :idem_hash, 0, :created, :created)",
+        params! {
+            "id" => job.id.to_string(),
+            "owner" => &job.owner,
+            "status" => job.status.as_str(),
+            "priority" => job.priority.as_str(),
+            "content_type" => job.content_type.as_str(),
+            "content_length" => job.content_length,
+            "callback_url" => &job.callback_url,
+            "metadata" => metadata,
+            "idem_key" => idem_key,
+            "idem_hash" => idem_hash,
+            "created" => job.created_at_ms,
+        },
+    )?
+    .ignore(conn)
+    .await?;
+    Ok(job)
+}
+
 #[async_trait]
 impl JobStore for MySqlJobStore {
     async fn insert(&self, new: NewJob) -> Result<Job, PortError> {
-        let job = Job::from_new(new);
         let mut conn = self.conn().await?;
-        let metadata = job.metadata.as_ref().map(|m| m.to_string());
-        let (idem_key, idem_hash) = match &job.idempotency {
-            Some(i) => (Some(i.key.clone()), Some(i.request_hash.clone())),
-            None => (None, None),
-        };
+        insert_job(&mut conn, new).await
+    }
+
+    async fn insert_within(&self, new: NewJob, quota: &CallerQuota) -> Result<Admission, PortError> {
+        if quota.is_unlimited() {
+            return Ok(Admission::Admitted(Box::new(self.insert(new).await?)));
+        }
+        let now = new.created_at_ms;
+        let mut conn = self.conn().await?;
+        let mut tx = conn.start_transaction(TxOpts::default()).await.map_err(db_error)?;
+        // Creates the caller's row or locks it: one caller's creations (from every API
+        // instance) pass here one at a time, so the count below cannot go stale before the
+        // insert. Other callers never wait on this row.
         bind(
-            r"INSERT INTO jobs (id, owner, status, priority, content_type, content_length, callback_url, metadata,
-              idempotency_key, request_hash, attempts, created_at_ms, updated_at_ms)
-          VALUES (:id, :owner, :status, :priority, :content_type, :content_length, :callback_url, :metadata,
-              :idem_key, :idem_hash, 0, :created, :created)",
-            params! {
-                "id" => job.id.to_string(),
-                "owner" => &job.owner,
-                "status" => job.status.as_str(),
-                "priority" => job.priority.as_str(),
-                "content_type" => job.content_type.as_str(),
-                "content_length" => job.content_length,
-                "callback_url" => &job.callback_url,
-                "metadata" => metadata,
-                "idem_key" => idem_key,
-                "idem_hash" => idem_hash,
-                "created" => job.created_at_ms,
-            },
+            "INSERT INTO caller_quotas (owner, milli_tokens, at_ms) VALUES (:owner, :full, :now)
+             ON DUPLICATE KEY UPDATE owner = owner",
+            params! { "owner" => &new.owner, "full" => i64::from(quota.burst.max(1)) * 1000, "now" => now },
         )?
-        .ignore(&mut conn)
+        .ignore(&mut tx)
         .await?;
-        Ok(job)
+        let bucket: Option<(i64, i64)> = bind(
+            "SELECT milli_tokens, at_ms FROM caller_quotas WHERE owner = :owner FOR UPDATE",
+            params! { "owner" => &new.owner },
+        )?
+        .first(&mut tx)
+        .await?;
+        let bucket = bucket.map(|(milli_tokens, at_ms)| TokenBucket { milli_tokens, at_ms });
+        if quota.max_waiting > 0 {
+            let waiting: Option<u64> = bind(
+                WAITING_SQL,
+                params! { "owner" => &new.owner, "since" => quota.upload_window_start(now), "cap" => quota.max_waiting },
+            )?
+            .first(&mut tx)
+            .await?;
+            if let Err(refusal) = quota.check_waiting(waiting.unwrap_or(0)) {
+                tx.rollback().await.map_err(db_error)?;
+                return Ok(Admission::Refused(refusal));
+            }
+        }
+        let bucket = match quota.take(bucket, now) {
+            Ok(bucket) => bucket,
+            Err(refusal) => {
+                tx.rollback().await.map_err(db_error)?;
+                return Ok(Admission::Refused(refusal));
+            }
+        };
+        let owner = new.owner.clone();
+        let job = insert_job(&mut tx, new).await?;
+        bind(
+            "UPDATE caller_quotas SET milli_tokens = :milli, at_ms = :at WHERE owner = :owner",
+            params! { "milli" => bucket.milli_tokens, "at" => bucket.at_ms, "owner" => owner },
+        )?
+        .ignore(&mut tx)
+        .await?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(Admission::Admitted(Box::new(job)))
     }
 
     async fn get(&self, id: &JobId) -> Result<Option<Job>, PortError> {

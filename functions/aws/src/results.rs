@@ -261,7 +261,16 @@ impl ResultStore for MySqlJobStore {
         )?
         .ignore(&mut conn)
         .await?;
-        Ok(Purged { stripped: ids.len(), deleted: conn.affected_rows() as usize })
+        let deleted = conn.affected_rows() as usize;
+        // Callers idle for the whole retention: no row is a full bucket, so their rows go and
+        // the table holds only recent callers.
+        bind(
+            "DELETE FROM caller_quotas WHERE at_ms < :before ORDER BY at_ms LIMIT :max",
+            params! { "before" => strip_before_ms, "max" => max as u64 },
+        )?
+        .ignore(&mut conn)
+        .await?;
+        Ok(Purged { stripped: ids.len(), deleted })
     }
 
     async fn defer_webhook(&self, r: &WebhookRecord, owed_since_ms: i64) -> Result<(), PortError> {

@@ -32,6 +32,7 @@ impl Role {
                 ("jobs", "SELECT, INSERT, UPDATE, DELETE"),
                 ("job_results", "SELECT, DELETE"),
                 ("webhook_keys", "SELECT, INSERT, UPDATE"),
+                ("caller_quotas", "SELECT, INSERT, UPDATE"),
             ],
             Role::Upload => &[("jobs", "SELECT, UPDATE")],
             Role::Worker => &[
@@ -39,6 +40,8 @@ impl Role {
                 ("job_results", "SELECT, INSERT, UPDATE, DELETE"),
                 ("webhook_deliveries", "SELECT, INSERT, DELETE"),
                 ("webhook_keys", "SELECT"),
+                // The purge drops idle callers' budgets.
+                ("caller_quotas", "SELECT, DELETE"),
             ],
         }
     }

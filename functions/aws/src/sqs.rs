@@ -41,6 +41,7 @@ impl JobQueue for SqsJobQueue {
             .send_message()
             .queue_url(self.url(message.priority))
             .message_body(message.to_json())
+            .set_message_group_id(message.fairness_key.clone())
             .send()
             .await
             .map_err(|e| sdk_error("sqs", e))?;
@@ -50,14 +51,17 @@ impl JobQueue for SqsJobQueue {
     /// `SendMessageBatch` per priority, 10 at a time; entries SQS refuses are an error.
     async fn send_batch(&self, messages: &[JobMessage]) -> Result<(), PortError> {
         for priority in Priority::ALL {
-            let bodies: Vec<String> =
-                messages.iter().filter(|m| m.priority == priority).map(JobMessage::to_json).collect();
-            for chunk in bodies.chunks(10) {
+            let of_priority: Vec<&JobMessage> = messages.iter().filter(|m| m.priority == priority).collect();
+            for chunk in of_priority.chunks(10) {
                 let entries = chunk
                     .iter()
                     .enumerate()
-                    .map(|(i, body)| {
-                        SendMessageBatchRequestEntry::builder().id(i.to_string()).message_body(body).build()
+                    .map(|(i, m)| {
+                        SendMessageBatchRequestEntry::builder()
+                            .id(i.to_string())
+                            .message_body(m.to_json())
+                            .set_message_group_id(m.fairness_key.clone())
+                            .build()
                     })
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|e| PortError::permanent("sqs", e))?;

@@ -14,6 +14,7 @@ use crate::id::JobId;
 use crate::job::{Job, JobStatus, NewJob, Priority};
 use crate::message::JobMessage;
 use crate::ports::{Clock, JobQueue, JobStore, ObjectInfo, ObjectStore, PresignedPut, StatusChange};
+use crate::quota::{Admission, CallerQuota, TokenBucket};
 use crate::result::OcrResult;
 use crate::signing::{KeyState, WebhookKeys};
 use crate::worker::{DeadLetters, Delivery, JobSource, OwedNotification, Purged, ResultStore, TakenJob, WebhookRecord};
@@ -52,6 +53,8 @@ pub struct InMemoryJobStore {
     keys: Mutex<HashMap<String, KeyState>>,
     /// Jobs past retention whose payload the purge removed.
     stripped: Mutex<std::collections::HashSet<JobId>>,
+    /// Each caller's creation budget (`caller_quotas` in MySQL).
+    buckets: Mutex<HashMap<String, TokenBucket>>,
 }
 
 #[async_trait]
@@ -82,11 +85,8 @@ impl InMemoryJobStore {
     pub fn put_result(&self, id: JobId, result: OcrResult) {
         self.results.lock().unwrap().insert(id, result);
     }
-}
 
-#[async_trait]
-impl JobStore for InMemoryJobStore {
-    async fn insert(&self, new: NewJob) -> Result<Job, PortError> {
+    fn insert_now(&self, new: NewJob) -> Result<Job, PortError> {
         let mut jobs = self.jobs.lock().unwrap();
         if let Some(idem) = &new.idempotency {
             let taken = jobs
@@ -102,6 +102,31 @@ impl JobStore for InMemoryJobStore {
         let job = Job::from_new(new);
         jobs.insert(job.id, job.clone());
         Ok(job)
+    }
+}
+
+#[async_trait]
+impl JobStore for InMemoryJobStore {
+    async fn insert(&self, new: NewJob) -> Result<Job, PortError> {
+        self.insert_now(new)
+    }
+
+    async fn insert_within(&self, new: NewJob, quota: &CallerQuota) -> Result<Admission, PortError> {
+        // One lock over the count, the bucket and the insert, as the MySQL store's row lock.
+        let mut buckets = self.buckets.lock().unwrap();
+        let now = new.created_at_ms;
+        let waiting = self.all().iter().filter(|j| j.owner == new.owner && quota.holds_a_place(j, now)).count();
+        if let Err(refusal) = quota.check_waiting(waiting as u64) {
+            return Ok(Admission::Refused(refusal));
+        }
+        let bucket = match quota.take(buckets.get(&new.owner).copied(), now) {
+            Ok(bucket) => bucket,
+            Err(refusal) => return Ok(Admission::Refused(refusal)),
+        };
+        let owner = new.owner.clone();
+        let job = self.insert_now(new)?;
+        buckets.insert(owner, bucket);
+        Ok(Admission::Admitted(Box::new(job)))
     }
 
     async fn get(&self, id: &JobId) -> Result<Option<Job>, PortError> {

@@ -14,6 +14,7 @@ pub mod job;
 pub mod message;
 pub mod net;
 pub mod ports;
+pub mod quota;
 pub mod request;
 pub mod result;
 pub mod retry;

@@ -24,6 +24,11 @@ pub struct JobMessage {
     pub size: u64,
     /// Milliseconds since the Unix epoch when the message was sent.
     pub enqueued_at_ms: i64,
+    /// The owner's [`crate::quota::fairness_key`]: sent beside the body (SQS `MessageGroupId`),
+    /// never in it, so workers of every version read the body as before. `None` on a received
+    /// message.
+    #[serde(skip)]
+    pub fairness_key: Option<String>,
 }
 
 /// A message body that is not a job message this build understands.
@@ -46,6 +51,7 @@ impl JobMessage {
             content_type: job.content_type,
             size,
             enqueued_at_ms: now_ms,
+            fairness_key: Some(crate::quota::fairness_key(&job.owner)),
         }
     }
 
@@ -82,6 +88,7 @@ mod tests {
             content_type: ContentType::Png,
             size: 42,
             enqueued_at_ms: 1_700_000_000_000,
+            fairness_key: None,
         }
     }
 
@@ -92,6 +99,12 @@ mod tests {
         assert!(json.contains("\"v\":1"));
         assert!(json.contains("\"content_type\":\"image/png\""));
         assert_eq!(JobMessage::parse(&json).unwrap(), m);
+        // The fairness key travels beside the body, never in it.
+        let keyed = JobMessage { fairness_key: Some("c-1".into()), ..m.clone() };
+        assert_eq!(keyed.to_json(), json);
+        let mut v = serde_json::to_value(&m).unwrap();
+        v["fairness_key"] = "c-1".into();
+        assert!(JobMessage::parse(&v.to_string()).is_err(), "not a body field");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use crate::error::PortError;
 use crate::id::JobId;
 use crate::job::{Job, JobStatus, NewJob, Priority};
 use crate::message::JobMessage;
+use crate::quota::{Admission, CallerQuota};
 use crate::result::OcrResult;
 
 /// Milliseconds since the Unix epoch, from a clock the tests can hold still.
@@ -52,6 +53,12 @@ pub trait JobStore: Send + Sync {
     /// Inserts a new job in `awaiting_upload`. A second job with the same owner and
     /// idempotency key is refused with [`PortError::Conflict`].
     async fn insert(&self, job: NewJob) -> Result<Job, PortError>;
+
+    /// Inserts like [`JobStore::insert`] if the owner is within `quota` at the job's creation
+    /// time: fewer than `max_waiting` jobs waiting and a token in its bucket, which this takes.
+    /// Check and insert are one step per owner, so concurrent creations of one caller (on any
+    /// number of API instances) never get past the limit together.
+    async fn insert_within(&self, job: NewJob, quota: &CallerQuota) -> Result<Admission, PortError>;
 
     /// The job with this id, whoever owns it (callers check ownership).
     async fn get(&self, id: &JobId) -> Result<Option<Job>, PortError>;
@@ -140,7 +147,8 @@ pub trait ObjectStore: Send + Sync {
 /// Where job messages wait for a worker.
 #[async_trait]
 pub trait JobQueue: Send + Sync {
-    /// Sends the message to the queue of its priority.
+    /// Sends the message to the queue of its priority, grouped by its
+    /// [`JobMessage::fairness_key`] where the queue supports it.
     async fn send(&self, message: &JobMessage) -> Result<(), PortError>;
 
     /// Sends several messages, each to the queue of its priority (batched where the queue
