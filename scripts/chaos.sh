@@ -5,7 +5,7 @@
 # and bulk, presigned and direct uploads, 2 % corrupt, 1 % duplicated S3 events, 5 % idempotent
 # resubmissions. While they flow: SIGKILL a worker three times, cut the database 5 s, pause
 # LocalStack 5 s. Then every job is checked against the ledger (scripts/lib/chaos.py) and one
-# `name: value` line is printed per fact; exit 0 only when nothing was lost or duplicated.
+# `name: value` line is printed per fact; exit 0 only when nothing was lost or overwritten.
 #
 # Usage: scripts/chaos.sh [--jobs N] [--workers N] [--rate PER_S] [--profile release|dev]
 #                         [--timeout SECS] [--seed N]

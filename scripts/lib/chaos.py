@@ -13,7 +13,7 @@ duplicated S3 event, some resubmitted with the same key, and while the jobs flow
 
 At the end it checks every job against its ledger (database rows, results, the dead-letter
 queues, the webhooks its own receiver got, the processes' logs) and prints one `name: value`
-line per fact. Exit status 0 only when nothing was lost or duplicated, every failure is a
+line per fact. Exit status 0 only when nothing was lost or overwritten, every failure is a
 corrupt image with a reason and in a DLQ, every webhook arrived with a valid signature and no
 secret reached a log.
 """
@@ -588,14 +588,19 @@ def main() -> int:
     clients = [Client(f"http://127.0.0.1:{args.api_port}", t, sqs, res["UPLOAD_EVENTS_QUEUE_URL"],
                       res["UPLOAD_BUCKET"], stats) for t in tokens]
 
-    # Progress: terminal jobs, read directly from MariaDB.
+    # Progress: terminal jobs, read directly from MariaDB; and each result as first stored (its
+    # MD5: the result holds the engine's timing, so a second engine run's result differs), to
+    # compare with the final one.
     progress = {"done": 0}
+    first_result: dict[str, str] = {}
     stop = threading.Event()
 
     def watch():
         while not stop.is_set():
             try:
                 progress["done"] = int(sql(args.db, "SELECT COUNT(*) FROM jobs WHERE status IN ('succeeded','failed')")[0][0])
+                for job_id, digest in sql(args.db, "SELECT job_id, MD5(result) FROM job_results"):
+                    first_result.setdefault(job_id, digest)
             except subprocess.CalledProcessError:
                 pass
             time.sleep(0.5)
@@ -724,21 +729,28 @@ def main() -> int:
     status = {r[0]: r[1] for r in rows}
     errors = {r[0]: r[2] for r in rows}
     finished = {r[0]: int(r[3]) for r in rows}
-    result_rows = sql(args.db, f"SELECT job_id, COUNT(*) FROM job_results WHERE job_id IN ({ids_sql}) GROUP BY job_id")
+    result_rows = sql(args.db, f"SELECT job_id, COUNT(*), MD5(MIN(result)) FROM job_results WHERE job_id IN ({ids_sql}) GROUP BY job_id")
     result_count = {r[0]: int(r[1]) for r in result_rows}
+    final_result = {r[0]: r[2] for r in result_rows}
+    # A stored result replaced by another (a second engine run's, say): must never happen.
+    overwritten = [j for j, digest in final_result.items() if first_result.get(j, digest) != digest]
+    # Results the watcher never saw before the end cannot be compared: say how many were.
+    compared = sum(1 for j in final_result if j in first_result)
     texts = {}
     for r in sql(args.db, f"SELECT job_id, JSON_UNQUOTE(JSON_EXTRACT(result, '$.text')) FROM job_results WHERE job_id IN ({ids_sql})"):
         texts[r[0]] = r[1] if len(r) > 1 else ""
     all_jobs = int(sql(args.db, "SELECT COUNT(*) FROM jobs")[0][0])
 
-    # "job succeeded" is logged once per result a worker wrote (killed workers' logs included).
-    writes: dict[str, int] = {}
+    # How many times the engine read each job's image: one "engine batch" line per engine call,
+    # with its jobs (killed workers' logs included). Above 1 only for the batches a killed worker
+    # held: at most kills × the batches a worker holds at once (receive + prefetch + engine).
+    engine_runs: dict[str, int] = {}
     for f in logs.glob("worker-*.log"):
         for line in f.read_text(errors="replace").splitlines():
-            if '"job succeeded"' in line:
-                m = re.search(r'"job_id":"([0-9a-f]{32})"', line)
-                if m:
-                    writes[m.group(1)] = writes.get(m.group(1), 0) + 1
+            if '"engine batch"' in line:
+                m = re.search(r'"jobs":"([0-9a-f,]*)"', line)
+                for j in (m.group(1).split(",") if m and m.group(1) else []):
+                    engine_runs[j] = engine_runs.get(j, 0) + 1
 
     swept = sum(f.read_text(errors="replace").count('"webhook owed; queued again"') for f in logs.glob("worker-*.log"))
 
@@ -746,7 +758,11 @@ def main() -> int:
     failed = [j for j in ledger if status.get(j) == "failed"]
     lost = [j for j in ledger if status.get(j) not in TERMINAL
             or (status.get(j) == "succeeded" and result_count.get(j, 0) == 0)]
-    duplicated = [j for j in ledger if result_count.get(j, 0) > 1 or writes.get(j, 0) > 1]
+    runs = [engine_runs.get(j, 0) for j in succeeded]
+    read_again = [j for j in ledger if engine_runs.get(j, 0) > 1]
+    # Every result came from an engine read of its job (no result without a run).
+    unread = [j for j in succeeded if engine_runs.get(j, 0) == 0]
+    max_rereads = faults.kills * 3 * 32
     corrupt = {s.job_id for s in specs if s.corrupt and s.job_id}
     failed_not_corrupt = [j for j in failed if j not in corrupt]
     corrupt_not_failed = [j for j in corrupt if status.get(j) != "failed"]
@@ -808,7 +824,9 @@ def main() -> int:
         ("failed_by_dlq_sweep", sum(1 for j in failed if "dead-letter queue" in errors.get(j, ""))),
         ("failed_in_dlq", len(failed) - len(failed_not_in_dlq)),
         ("lost", len(lost)),
-        ("duplicated", len(duplicated)),
+        ("engine_runs_per_job", f"{sum(runs) / max(1, len(runs)):.3f} mean, {max(runs, default=0)} max"),
+        ("jobs_read_more_than_once", f"{len(read_again)} (at most {max_rereads}: {faults.kills} kills × 3 batches of 32)"),
+        ("results_overwritten", f"{len(overwritten)} of {compared} compared"),
         ("results_text_exact", exact),
         ("results_mixed_up", len(mixed_up)),
         ("odd_images", f"{len(odd_ok)}/{len(odd_specs)} read exactly ({', '.join(ODD)})"),
@@ -850,14 +868,17 @@ def main() -> int:
             log(f"{s.kind} #{s.index}: {status.get(s.job_id)} {texts.get(s.job_id)!r} (want {s.text!r})")
     for j in corrupt:
         log(f"{ledger[j].kind} #{ledger[j].index}: {status.get(j)}: {errors.get(j)}")
-    for j in duplicated[:10]:
-        log(f"duplicated {j}: {result_count.get(j, 0)} rows, {writes.get(j, 0)} writes")
+    for j in overwritten[:10]:
+        log(f"result of {j} overwritten: first {first_result[j]}, final {final_result[j]}")
+    for j in unread[:10]:
+        log(f"result of {j} without an engine run in any worker log")
     missing_hooks = [j for j in expected_hooks if j not in final_hooks]
     for j in missing_hooks[:10]:
         log(f"no webhook for {j} ({status.get(j)})")
 
     problems = {
-        "submit errors": len(submit_errors), "lost": len(lost), "duplicated": len(duplicated),
+        "submit errors": len(submit_errors), "lost": len(lost), "results overwritten": len(overwritten),
+        "results without an engine run": len(unread), "jobs read again beyond the kills' batches": max(0, len(read_again) - max_rereads),
         "failed but not corrupt": len(failed_not_corrupt), "corrupt but not failed": len(corrupt_not_failed),
         "failed without a reason": len(failed_no_reason), "failed but not in a DLQ": len(failed_not_in_dlq),
         "mixed-up results": len(mixed_up), "missing webhooks": len(missing_hooks),

@@ -45,6 +45,10 @@ pub(super) fn infer<R: Recognizer>(recognizer: &mut R, metrics: &Metrics, batch:
         }
         Err(_) => vec![Err(ImageFailure { reason: "the engine panicked".into(), retryable: true }); images.len()],
     };
+    // One line per engine call with the jobs it read: how often each job's image was read is
+    // what the chaos run checks (above once only for batches a stopped or killed worker held).
+    let jobs: Vec<String> = slots.iter().filter_map(|&i| batch.items[i].job_id()).map(|id| id.to_string()).collect();
+    tracing::info!(images = images.len(), seconds = took.as_secs_f64(), jobs = %jobs.join(","), "engine batch");
     for (slot, result) in slots.into_iter().zip(results) {
         batch.items[slot].state = match result {
             Ok(r) => State::Done(r),
