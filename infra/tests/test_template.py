@@ -161,6 +161,10 @@ def test_worker_role_is_least_privilege(tpl):
     sources = [{"Fn::GetAtt": [q, "Arn"]} for q in ("ExpressQueue", "BulkQueue", "UploadEventsQueue")]
     assert stmts["RedriveTargets"]["Resource"] == sources
     assert acts["RedriveTargets"] == sorted(["sqs:GetQueueUrl", "sqs:GetQueueAttributes", "sqs:SendMessage"])
+    # The pipeline requeues a newer version's message (SqsJobSource::requeue) to the job queues.
+    sqs_rs = (ROOT / "functions" / "aws" / "src" / "sqs.rs").read_text()
+    assert ".send_message()" in sqs_rs.split("impl JobSource for SqsJobSource", 1)[1].split("\nimpl ", 1)[0]
+    assert {"Fn::GetAtt": ["ExpressQueue", "Arn"]} in sources and {"Fn::GetAtt": ["BulkQueue", "Arn"]} in sources
     assert set(acts["SessionManager"]) == SESSION_MANAGER_ACTIONS
     assert acts["ReadUploads"] == ["s3:GetObject"]
     assert stmts["ReadUploads"]["Resource"] == {"Fn::Sub": "${UploadBucket.Arn}/uploads/*"}

@@ -364,3 +364,27 @@ async fn batch_send_routes_each_message_to_its_queue() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A worker's requeue (a newer version's message, during a rolling deploy) on real SQS: the new
+/// message waits out its delay, counts its requeues, starts its receive count over, and the
+/// delivered one is gone.
+#[tokio::test]
+async fn a_requeued_message_comes_back_once_after_its_delay_with_a_fresh_receive_count() -> anyhow::Result<()> {
+    use ocr_aws::SqsJobSource;
+    use ocr_core::worker::JobSource;
+    let env = TestEnv::with(Options { poller: false, ..Options::default() }).await?;
+    let source = SqsJobSource::new(&env.aws, &env.queues.express, &env.queues.bulk);
+    env.sqs.send_message().queue_url(&env.queues.bulk).message_body(r#"{"v":2,"job_id":"x"}"#).send().await?;
+    let mut got = source.receive(Priority::Bulk, 10, Duration::from_secs(2)).await?;
+    assert_eq!((got.len(), got[0].receive_count, got[0].requeues), (1, 1, 0));
+    let first = got.remove(0);
+    source.requeue(&first, Duration::from_secs(2)).await?;
+    assert!(source.receive(Priority::Bulk, 10, Duration::from_secs(1)).await?.is_empty(), "delayed");
+    let again = source.receive(Priority::Bulk, 10, Duration::from_secs(5)).await?;
+    assert_eq!(again.len(), 1, "one copy: the delivered one was deleted");
+    assert_eq!((again[0].receive_count, again[0].requeues, again[0].body.as_str()), (1, 1, first.body.as_str()));
+    source.requeue(&again[0], Duration::ZERO).await?;
+    let third = source.receive(Priority::Bulk, 10, Duration::from_secs(2)).await?;
+    assert_eq!((third.len(), third[0].requeues), (1, 2));
+    Ok(())
+}

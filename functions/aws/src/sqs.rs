@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_sqs::types::{
-    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, MessageSystemAttributeName,
-    QueueAttributeName, SendMessageBatchRequestEntry,
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, MessageAttributeValue,
+    MessageSystemAttributeName, QueueAttributeName, SendMessageBatchRequestEntry,
 };
 use ocr_core::ports::JobQueue;
 use ocr_core::worker::{DeadLetters, Delivery, JobSource};
@@ -113,7 +113,12 @@ pub struct ReceivedMessage {
     pub body: String,
     /// How many times SQS has delivered this message, this delivery included.
     pub receive_count: u32,
+    /// The `ocr-requeues` message attribute: times a worker sent it again (0 when absent).
+    pub requeues: u32,
 }
+
+/// The message attribute counting a message's requeues ([`JobSource::requeue`]).
+const REQUEUES: &str = "ocr-requeues";
 
 impl ReceivedMessage {
     /// The message as a delivery of a job queue of `priority`.
@@ -124,6 +129,7 @@ impl ReceivedMessage {
             receipt_handle: self.receipt_handle,
             body: self.body,
             receive_count: self.receive_count,
+            requeues: self.requeues,
         }
     }
 }
@@ -165,6 +171,7 @@ impl SqsConsumer {
             .wait_time_seconds(wait_secs.clamp(0, 20))
             .set_visibility_timeout(visibility_secs.map(|v| v.clamp(0, 43_200)))
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .message_attribute_names(REQUEUES)
             .send()
             .await
             .map_err(|e| sdk_error("sqs", e))?;
@@ -178,11 +185,18 @@ impl SqsConsumer {
                     .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(1);
+                let requeues = m
+                    .message_attributes()
+                    .and_then(|a| a.get(REQUEUES))
+                    .and_then(|v| v.string_value())
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
                 Some(ReceivedMessage {
                     message_id: m.message_id?,
                     receipt_handle: m.receipt_handle?,
                     body: m.body.unwrap_or_default(),
                     receive_count,
+                    requeues,
                 })
             })
             .collect())
@@ -259,6 +273,29 @@ impl JobSource for SqsJobSource {
             .filter_map(|f| f.id().parse::<usize>().ok())
             .filter_map(|i| receipt_handles.get(i).cloned())
             .collect())
+    }
+
+    async fn requeue(&self, delivery: &Delivery, delay: Duration) -> Result<(), PortError> {
+        let count = MessageAttributeValue::builder()
+            .data_type("Number")
+            .string_value((delivery.requeues + 1).to_string())
+            .build()
+            .map_err(|e| PortError::permanent("sqs", e))?;
+        let url = self.queues.url(delivery.priority);
+        // Sent first, deleted second: a crash in between leaves two copies, and the consumers
+        // are idempotent; the other order could lose the job's only message.
+        self.queues
+            .client
+            .send_message()
+            .queue_url(url)
+            .message_body(&delivery.body)
+            .delay_seconds(delay.as_secs().min(900) as i32)
+            .message_attributes(REQUEUES, count)
+            .send()
+            .await
+            .map_err(|e| sdk_error("sqs", e))?;
+        let consumer = SqsConsumer { client: self.queues.client.clone(), queue_url: url.to_owned() };
+        consumer.delete(&delivery.receipt_handle).await
     }
 
     async fn set_visibility(

@@ -528,6 +528,7 @@ struct FakeMessage {
     receive_count: u32,
     receipt: Option<String>,
     invisible_until: Option<std::time::Instant>,
+    requeues: u32,
 }
 
 /// Two SQS-like queues with visibility timeouts, receive counts and a dead-letter list
@@ -562,7 +563,17 @@ impl InMemoryJobSource {
             receive_count: 0,
             receipt: None,
             invisible_until: None,
+            requeues: 0,
         });
+    }
+
+    /// `(receive count, requeues)` of each message still on the queue.
+    pub fn counts(&self, priority: Priority) -> Vec<(u32, u32)> {
+        self.queues
+            .lock()
+            .unwrap()
+            .get(&priority)
+            .map_or(Vec::new(), |q| q.iter().map(|m| (m.receive_count, m.requeues)).collect())
     }
 
     /// Messages still on the queue (visible or not).
@@ -595,6 +606,7 @@ impl DeadLetters for InMemoryJobSource {
                     receipt_handle: format!("dead{k}-r{i}"),
                     body: mine[k].clone(),
                     receive_count: 1,
+                    requeues: 0,
                 }
             })
             .collect())
@@ -633,6 +645,7 @@ impl JobSource for InMemoryJobSource {
                         receipt_handle: receipt,
                         body: m.body.clone(),
                         receive_count: m.receive_count,
+                        requeues: m.requeues,
                     });
                 }
                 for id in dead {
@@ -662,6 +675,22 @@ impl JobSource for InMemoryJobSource {
             }
         }
         Ok(failed)
+    }
+
+    async fn requeue(&self, delivery: &Delivery, delay: Duration) -> Result<(), PortError> {
+        let id = self.next.fetch_add(1, Ordering::SeqCst);
+        let mut queues = self.queues.lock().unwrap();
+        let queue = queues.entry(delivery.priority).or_default();
+        queue.push(FakeMessage {
+            id: format!("m{id}"),
+            body: delivery.body.clone(),
+            receive_count: 0,
+            receipt: None,
+            invisible_until: Some(std::time::Instant::now() + delay.min(Duration::from_secs(900))),
+            requeues: delivery.requeues + 1,
+        });
+        queue.retain(|m| m.receipt.as_deref() != Some(delivery.receipt_handle.as_str()));
+        Ok(())
     }
 
     async fn set_visibility(

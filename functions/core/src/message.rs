@@ -40,6 +40,24 @@ pub enum MessageError {
     Malformed(#[from] serde_json::Error),
 }
 
+impl MessageError {
+    /// A message of a version newer than this build writes: a newer worker (a rolling deploy
+    /// under way) can read it.
+    pub fn is_newer(&self) -> Option<u32> {
+        match self {
+            MessageError::UnsupportedVersion(v) if *v > MESSAGE_VERSION => Some(*v),
+            _ => None,
+        }
+    }
+}
+
+/// The job a message body names, read leniently: any version, unknown fields and all, so that
+/// a message this build cannot parse may still end its job (the dead-letter sweep).
+pub fn job_id_of(body: &str) -> Option<JobId> {
+    let value: serde_json::Value = serde_json::from_str(body).ok()?;
+    value.get("job_id")?.as_str()?.parse().ok()
+}
+
 impl JobMessage {
     pub fn for_job(job: &Job, bucket: &str, size: u64, now_ms: i64) -> Self {
         JobMessage {
@@ -105,6 +123,26 @@ mod tests {
         let mut v = serde_json::to_value(&m).unwrap();
         v["fairness_key"] = "c-1".into();
         assert!(JobMessage::parse(&v.to_string()).is_err(), "not a body field");
+    }
+
+    #[test]
+    fn names_the_job_of_any_version_when_it_can() {
+        let mut v = serde_json::to_value(sample()).unwrap();
+        let id = sample_id(&v);
+        v["v"] = 2.into();
+        v["pages"] = 3.into();
+        let body = v.to_string();
+        let err = JobMessage::parse(&body).unwrap_err();
+        assert_eq!(err.is_newer(), Some(2));
+        assert_eq!(job_id_of(&body), Some(id));
+        v["v"] = 0.into();
+        assert_eq!(JobMessage::parse(&v.to_string()).unwrap_err().is_newer(), None, "older is not newer");
+        assert_eq!(job_id_of("not json"), None);
+        assert_eq!(job_id_of(r#"{"job_id": "nope"}"#), None);
+    }
+
+    fn sample_id(v: &serde_json::Value) -> JobId {
+        v["job_id"].as_str().unwrap().parse().unwrap()
     }
 
     #[test]

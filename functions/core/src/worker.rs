@@ -19,6 +19,9 @@ pub struct Delivery {
     pub body: String,
     /// Deliveries of this message so far, this one included (SQS `ApproximateReceiveCount`).
     pub receive_count: u32,
+    /// Times a worker put this message back as a new one ([`JobSource::requeue`]; the SQS
+    /// message attribute `ocr-requeues`), 0 for a message as the producer sent it.
+    pub requeues: u32,
 }
 
 /// The job queues, seen from a consumer.
@@ -30,6 +33,12 @@ pub trait JobSource: Send + Sync {
     /// Deletes delivered messages (up to 10 per call). Returns the receipt handles that
     /// could not be deleted.
     async fn delete(&self, priority: Priority, receipt_handles: &[String]) -> Result<Vec<String>, PortError>;
+
+    /// Sends the delivery's body again as a new message of the same queue, visible after
+    /// `delay` (at most 15 minutes), with [`Delivery::requeues`] one more, then deletes the
+    /// delivery. The new message's receive count starts over: for a message this worker must
+    /// not count as an attempt (one of a newer version, during a rolling deploy).
+    async fn requeue(&self, delivery: &Delivery, delay: Duration) -> Result<(), PortError>;
 
     /// Sets the visibility of delivered messages (up to 10 per call): extend to keep
     /// them while working, or 0 to hand them back at once.

@@ -12,6 +12,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ocr_core::message::job_id_of;
 use ocr_core::worker::{DeadLetters, ResultStore};
 use ocr_core::{JobId, JobMessage, Priority};
 use tokio::sync::watch;
@@ -51,17 +52,26 @@ pub async fn sweep_once(
                 break;
             }
             for d in fresh {
-                // Unreadable bodies were never a job this build can end; operators see them.
-                let Ok(message) = JobMessage::parse(&d.body) else { continue };
-                match store.give_up(&message.job_id, REASON, now_ms).await {
+                // A body this build cannot parse (a newer version, a broken one) still names
+                // its job, as a rule: that job is over too, or it would stay queued forever.
+                let (job_id, reason) = match JobMessage::parse(&d.body) {
+                    Ok(message) => (message.job_id, REASON.to_owned()),
+                    Err(e) => match job_id_of(&d.body) {
+                        Some(id) => {
+                            (id, format!("its message reached the dead-letter queue unread by this fleet ({e})"))
+                        }
+                        None => continue, // names no job: only operators can tell what it is
+                    },
+                };
+                match store.give_up(&job_id, &reason, now_ms).await {
                     Ok(true) => {
-                        tracing::warn!(job_id = %message.job_id, priority = priority.as_str(), reason = REASON, "job failed (dead-lettered)");
+                        tracing::warn!(job_id = %job_id, priority = priority.as_str(), %reason, "job failed (dead-lettered)");
                         metrics.failed(priority);
-                        failed.push(message.job_id);
+                        failed.push(job_id);
                     }
                     Ok(false) => {}
                     Err(e) => {
-                        tracing::warn!(job_id = %message.job_id, error = %e, "could not fail a dead-lettered job; next sweep")
+                        tracing::warn!(job_id = %job_id, error = %e, "could not fail a dead-lettered job; next sweep")
                     }
                 }
             }
@@ -157,6 +167,28 @@ mod tests {
         // Sweeping again changes nothing, and the messages stay for operators.
         assert!(sweep_once(&queues, &store, &metrics, Duration::from_secs(1), 6_000).await.is_empty());
         assert_eq!(queues.dead_letters().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_dead_letter_this_build_cannot_parse_still_ends_its_job() {
+        let store = InMemoryJobStore::default();
+        let queues = InMemoryJobSource::new(Duration::ZERO, 1);
+        let (newer, body) = queued(&store, true);
+        let mut v2: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v2["v"] = 2.into();
+        v2["pages"] = 3.into();
+        queues.push(Priority::Bulk, v2.to_string());
+        queues.push(Priority::Bulk, r#"{"hello": "no job here"}"#);
+        queues.receive(Priority::Bulk, 10, Duration::ZERO).await.unwrap();
+        assert!(queues.receive(Priority::Bulk, 10, Duration::ZERO).await.unwrap().is_empty());
+        assert_eq!(queues.dead_letters().len(), 2);
+        let failed = sweep_once(&queues, &store, &Metrics::new(), Duration::from_secs(1), 5_000).await;
+        assert_eq!(failed, vec![newer], "not left queued forever");
+        let job = store.all().into_iter().find(|j| j.id == newer).unwrap();
+        assert_eq!(job.status, JobStatus::Failed);
+        assert!(job.error.as_deref().unwrap().contains("unsupported job message version 2"), "{:?}", job.error);
+        assert_eq!(store.owed_notifications(), vec![newer]);
+        assert_eq!(queues.dead_letters().len(), 2, "both stay for operators");
     }
 
     #[tokio::test]

@@ -80,6 +80,11 @@ impl World {
 
     /// A queued job whose image is `bytes`, with its message on the queue.
     async fn job(&self, priority: Priority, bytes: Vec<u8>) -> JobId {
+        self.job_as(priority, bytes, |_| {}).await
+    }
+
+    /// Like [`World::job`], with its message's JSON changed by `edit` first.
+    async fn job_as(&self, priority: Priority, bytes: Vec<u8>, edit: impl FnOnce(&mut serde_json::Value)) -> JobId {
         let id = JobId::new();
         let job = Job::from_new(NewJob {
             id,
@@ -96,7 +101,9 @@ impl World {
         self.objects.put(&key, ContentType::Png, bytes.clone().into()).await.unwrap();
         let message = JobMessage::for_job(&job, "test-bucket", bytes.len() as u64, 2);
         self.store.insert_queued(job);
-        self.source.push(priority, message.to_json());
+        let mut body: serde_json::Value = serde_json::from_str(&message.to_json()).unwrap();
+        edit(&mut body);
+        self.source.push(priority, body.to_string());
         id
     }
 
@@ -249,7 +256,8 @@ async fn a_redelivered_finished_job_keeps_its_result() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreadable_messages_go_to_the_dead_letter_queue_untouched() {
     let w = World::new();
-    w.source.push(Priority::Express, "{\"v\":99}");
+    // An older version no worker writes any more (a newer one is requeued: see below).
+    w.source.push(Priority::Express, "{\"v\":0}");
     w.source.push(Priority::Express, "not json");
     let ok = w.job(Priority::Express, png(33)).await;
     assert_eq!(w.process_all().await, [3, 2, 2]);
@@ -276,4 +284,30 @@ async fn a_job_deleted_while_queued_is_acknowledged_unread() {
     assert!(w.recognizer.calls.lock().unwrap().is_empty(), "nothing read");
     assert_eq!(w.source.len(Priority::Express), 0, "message deleted");
     assert!(w.source.dead_letters().is_empty());
+}
+
+/// A rolling deploy: a message of a newer version than this worker reads is sent again for a
+/// newer worker, three times in a row and more, never dead-lettered nor counted as an attempt;
+/// its batch-mates are read as usual.
+#[tokio::test]
+async fn a_newer_workers_message_is_requeued_not_dead_lettered() {
+    let world = World::new();
+    let current = world.job(Priority::Bulk, png(200)).await;
+    let newer = world
+        .job_as(Priority::Bulk, png(200), |m| {
+            m["v"] = 2.into();
+            m["pages"] = 1.into(); // a field this build does not know
+        })
+        .await;
+    let pipeline = world.pipeline();
+    let mut recognizer = world.recognizer.clone();
+    assert_eq!(pipeline.process_once(&mut recognizer).await, 2);
+    assert_eq!(world.status(current).await.status, JobStatus::Succeeded);
+    // The newer message is a new one now: receive count 0, requeued once, hidden for its delay.
+    assert_eq!(world.source.counts(Priority::Bulk), vec![(0, 1)]);
+    use ocr_core::worker::JobSource;
+    assert!(world.source.receive(Priority::Bulk, 10, Duration::ZERO).await.unwrap().is_empty(), "delayed");
+    let job = world.status(newer).await;
+    assert_eq!((job.status, job.attempts), (JobStatus::Queued, 0), "untouched: not an attempt");
+    assert!(world.source.dead_letters().is_empty());
 }

@@ -24,6 +24,8 @@ pub enum State {
     Ended(String),
     /// Not a job message we understand: leave it for the dead-letter queue.
     Unreadable(String),
+    /// A job message of a newer version (a rolling deploy is under way): a newer worker reads it.
+    Newer(u32),
 }
 
 #[derive(Debug)]

@@ -31,7 +31,18 @@ pub enum Decision {
     GiveUp { reason: String },
     /// Not a message this worker can read: leave it untouched for the dead-letter queue.
     DeadLetter { reason: String, after: Duration },
+    /// A newer worker's message: send it again as a new message, visible `after`, so that this
+    /// delivery counts against neither the job's attempts nor the queue's redrive policy.
+    Requeue { after: Duration },
 }
+
+/// How long a message of a newer version waits before it is offered again: a rolling deploy
+/// replaces the fleet within minutes.
+pub const NEWER_VERSION_DELAY: Duration = Duration::from_secs(60);
+
+/// How often one message is requeued before it is left for the dead-letter queue (a day at
+/// [`NEWER_VERSION_DELAY`]): no newer worker came, say the deploy was rolled back.
+pub const MAX_REQUEUES: u32 = 1440;
 
 /// Whether the batch's results were written: the ids written by this call, or why not.
 pub type Written = Result<HashSet<JobId>, String>;
@@ -50,6 +61,13 @@ pub fn decide(item: &Item, written: &Written, max_attempts: u32, retry_backoff: 
         (State::Ended(_), _) => Decision::Acknowledge { succeeded: false },
         (State::Failed(f), _) if last => Decision::GiveUp { reason: f.reason.clone() },
         (State::Failed(f), _) => Decision::Retry { reason: f.reason.clone(), after, note: true },
+        (State::Newer(_), _) if item.delivery.requeues < MAX_REQUEUES => {
+            Decision::Requeue { after: NEWER_VERSION_DELAY }
+        }
+        (State::Newer(v), _) => Decision::DeadLetter {
+            reason: format!("job message version {v} is newer than this worker reads, and no newer worker took it"),
+            after: if last { Duration::ZERO } else { after },
+        },
         (State::Unreadable(reason), _) => {
             Decision::DeadLetter { reason: reason.clone(), after: if last { Duration::ZERO } else { after } }
         }
@@ -119,8 +137,22 @@ async fn carry_out(deps: &PipelineDeps, batch: &Batch, decisions: &[Decision], n
         };
         let acknowledged = of(|d| matches!(d, Decision::Acknowledge { .. }));
         delete(deps, priority, &acknowledged).await;
-        let handed_back = of(|d| !matches!(d, Decision::Acknowledge { .. }));
+        let handed_back = of(|d| !matches!(d, Decision::Acknowledge { .. } | Decision::Requeue { .. }));
         hand_back(deps, priority, &handed_back).await;
+    }
+    for (item, decision) in batch.items.iter().zip(decisions) {
+        if let Decision::Requeue { after } = decision
+            && let Err(e) = deps.source.requeue(&item.delivery, *after).await
+        {
+            // Handed back instead: this delivery then counts toward the redrive policy.
+            tracing::warn!(message_id = %item.delivery.message_id, error = %e, "requeueing failed; handing the message back");
+            hand_back(
+                deps,
+                item.delivery.priority,
+                &[(item, &Decision::Retry { reason: String::new(), after: *after, note: false })],
+            )
+            .await;
+        }
     }
 }
 
@@ -157,6 +189,9 @@ async fn settle_job(deps: &PipelineDeps, item: &Item, decision: &Decision, now: 
             }
         }
         (Decision::GiveUp { .. }, None) => {}
+        (Decision::Requeue { .. }, _) => {
+            tracing::info!(message_id = %item.delivery.message_id, requeues = item.delivery.requeues + 1, "message of a newer version requeued")
+        }
         (Decision::DeadLetter { reason, .. }, _) => tracing::error!(
             message_id = %item.delivery.message_id, %reason, "unreadable message; leaving it for the dead-letter queue"
         ),
@@ -184,7 +219,7 @@ async fn hand_back(deps: &PipelineDeps, priority: Priority, items: &[(&Item, &De
     let mut groups: Vec<(Duration, Vec<String>)> = Vec::new();
     for (item, decision) in items {
         let visibility = match decision {
-            Decision::Retry { after, .. } | Decision::DeadLetter { after, .. } => *after,
+            Decision::Retry { after, .. } | Decision::DeadLetter { after, .. } | Decision::Requeue { after } => *after,
             Decision::GiveUp { .. } | Decision::Acknowledge { .. } => Duration::ZERO,
         };
         let handle = item.delivery.receipt_handle.clone();
@@ -232,6 +267,7 @@ mod tests {
             receipt_handle: "r".into(),
             body: String::new(),
             receive_count,
+            requeues: 0,
         };
         let job = TakenJob {
             id: JobId::new(),
@@ -290,6 +326,12 @@ mod tests {
             decide(&item(State::Ended("job is deleted".into()), 1), &ok, 3, BASE),
             Decision::Acknowledge { succeeded: false }
         );
+        // A newer worker's message is requeued, also on what would be its last attempt, until
+        // no newer worker has come for a day.
+        assert_eq!(decide(&item(State::Newer(2), 3), &ok, 3, BASE), Decision::Requeue { after: NEWER_VERSION_DELAY });
+        let mut old = item(State::Newer(2), 3);
+        old.delivery.requeues = MAX_REQUEUES;
+        assert!(matches!(decide(&old, &ok, 3, BASE), Decision::DeadLetter { after: Duration::ZERO, .. }));
         let unreadable = |n| decide(&item(State::Unreadable("v99".into()), n), &ok, 3, BASE);
         assert_eq!(unreadable(1), Decision::DeadLetter { reason: "v99".into(), after: BASE });
         assert_eq!(unreadable(3), Decision::DeadLetter { reason: "v99".into(), after: Duration::ZERO });
