@@ -328,6 +328,11 @@ impl JobSource for SqsJobSource {
             .send()
             .await
             .map_err(|e| sdk_error("sqs", e))?;
+        if let Some(f) = out.failed().iter().find(|f| !f.sender_fault()) {
+            // SQS's own trouble: the caller tries again (the heartbeat does, before the
+            // messages could reappear).
+            return Err(PortError::unavailable("sqs", format!("visibility change refused: {}", f.code())));
+        }
         if let Some(f) = out.failed().first() {
             // Usually a receipt handle whose visibility already ran out: the message is back
             // on the queue and another delivery will handle it.

@@ -541,6 +541,9 @@ pub struct InMemoryJobSource {
     max_receive: u32,
     next: AtomicI64,
     dlq_cursor: AtomicI64,
+    /// Visibility changes still to refuse (an injected SQS error), and how many were.
+    fail_visibility: AtomicI64,
+    failed_visibility: AtomicI64,
 }
 
 impl InMemoryJobSource {
@@ -552,7 +555,19 @@ impl InMemoryJobSource {
             max_receive,
             next: AtomicI64::new(0),
             dlq_cursor: AtomicI64::new(0),
+            fail_visibility: AtomicI64::new(0),
+            failed_visibility: AtomicI64::new(0),
         }
+    }
+
+    /// The next `n` calls of [`JobSource::set_visibility`] fail as SQS errors would.
+    pub fn fail_next_visibility_changes(&self, n: i64) {
+        self.fail_visibility.store(n, Ordering::SeqCst);
+    }
+
+    /// How many visibility changes failed that way.
+    pub fn failed_visibility_changes(&self) -> i64 {
+        self.failed_visibility.load(Ordering::SeqCst)
     }
 
     pub fn push(&self, priority: Priority, body: impl Into<String>) {
@@ -699,6 +714,10 @@ impl JobSource for InMemoryJobSource {
         receipt_handles: &[String],
         visibility: Duration,
     ) -> Result<(), PortError> {
+        if self.fail_visibility.fetch_sub(1, Ordering::SeqCst) > 0 {
+            self.failed_visibility.fetch_add(1, Ordering::SeqCst);
+            return Err(PortError::unavailable("sqs", "injected: ChangeMessageVisibility failed"));
+        }
         let mut queues = self.queues.lock().unwrap();
         let now = std::time::Instant::now();
         for m in queues.entry(priority).or_default().iter_mut() {
