@@ -23,6 +23,17 @@ if command -v rustup >/dev/null 2>&1 && ! rustup target list --installed | grep 
     rustup target add aarch64-unknown-linux-gnu >&2
 fi
 
+# sam's cache keys on each function's CodeUri (functions/api) alone: a change in the crates it
+# builds against (functions/core, functions/aws) or in Cargo.lock would reuse a stale binary. A
+# fingerprint of those sources drops the cache when they changed (cargo's own target dir still
+# makes the rebuild incremental).
+sources=$(find Cargo.toml Cargo.lock functions -type f -not -path '*/target/*' -print0 | sort -z |
+    xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
+stamp=.aws-sam/ocr-sources.sha256
+if [[ -d .aws-sam/cache && "$(cat "$stamp" 2>/dev/null)" != "$sources" ]]; then
+    log "the functions' sources changed since sam's cached build: dropping its cache"
+    rm -rf .aws-sam/cache
+fi
 cmd=(sam build --beta-features --cached --parallel "$@")
 if [[ "${OCR_SAM_NICE:-0}" == 1 ]]; then cmd=(nice -n 19 "${cmd[@]}"); fi
 log "CARGO_TARGET_DIR=$CARGO_TARGET_DIR ${cmd[*]}"
@@ -35,4 +46,5 @@ for f in api on-upload; do
     file_info=$(file -b "$bin" 2>/dev/null || true)
     if [[ -n "$file_info" && "$file_info" != *aarch64* ]]; then die "$bin is not arm64: $file_info"; fi
 done
+echo "$sources" >"$stamp"
 log "sam build done in $(($(date +%s) - start)) s"
