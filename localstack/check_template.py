@@ -282,10 +282,9 @@ def check_alarms(cw, stage: str, defaults: dict, out: dict) -> list[str]:
     db, proxy = ("DBInstanceIdentifier", f"ocr-{stage}-db"), ("ProxyName", f"ocr-{stage}-db-proxy")
     # name -> (comparison, threshold, the (dimension, value) pairs the alarm watches)
     want = {
-        f"ocr-{stage}-express-dlq-not-empty": ("GreaterThanThreshold", 0, [queue["ExpressDeadLetterQueueUrl"]]),
-        f"ocr-{stage}-bulk-dlq-not-empty": ("GreaterThanThreshold", 0, [queue["BulkDeadLetterQueueUrl"]]),
-        f"ocr-{stage}-upload-events-dlq-not-empty": ("GreaterThanThreshold", 0,
-                                                     [queue["UploadEventsDeadLetterQueueUrl"]]),
+        f"ocr-{stage}-express-dlq-new": ("GreaterThanThreshold", 0, [queue["ExpressDeadLetterQueueUrl"]]),
+        f"ocr-{stage}-bulk-dlq-new": ("GreaterThanThreshold", 0, [queue["BulkDeadLetterQueueUrl"]]),
+        f"ocr-{stage}-upload-events-dlq-new": ("GreaterThanThreshold", 0, [queue["UploadEventsDeadLetterQueueUrl"]]),
         f"ocr-{stage}-express-oldest-message": ("GreaterThanThreshold", float(defaults["ExpressMaxAgeSecs"]),
                                                 [queue["ExpressQueueUrl"]]),
         f"ocr-{stage}-queue-depth-high": ("GreaterThanThreshold", float(defaults["ScaleOutQueueDepth"]),

@@ -366,17 +366,55 @@ def test_log_groups_have_retention(tpl):
 
 
 def test_dlq_alarms(tpl):
+    """Each DLQ has an alarm on *new* dead letters (DIFF of visible + hidden), not on "not empty",
+    which stays in ALARM while a message waits for review and never notifies again."""
     alarms = resources_of(tpl, "AWS::CloudWatch::Alarm")
     dlqs = {k for k, r in resources_of(tpl, "AWS::SQS::Queue").items() if k.endswith("DeadLetterQueue")}
     watched = set()
     for a in alarms.values():
         p = a["Properties"]
-        if p.get("MetricName") == "ApproximateNumberOfMessagesVisible":
-            (dim,) = p["Dimensions"]
-            watched.add(dim["Value"]["Fn::GetAtt"][0])
-            assert p["Threshold"] == 0 and p["ComparisonOperator"] == "GreaterThanThreshold"
-            assert p["AlarmActions"] == [{"Ref": "AlarmTopic"}]
+        stats = {m["Id"]: m["MetricStat"]["Metric"] for m in p.get("Metrics", []) if "MetricStat" in m}
+        queues = {d["Value"]["Fn::GetAtt"][0] for m in stats.values() for d in m["Dimensions"]}
+        if not queues & dlqs:
+            continue
+        (queue,) = queues
+        watched.add(queue)
+        assert {m["MetricName"] for m in stats.values()} == {"ApproximateNumberOfMessagesVisible",
+                                                             "ApproximateNumberOfMessagesNotVisible"}
+        (out,) = [m for m in p["Metrics"] if m.get("ReturnData", True)]
+        assert out["Expression"] == "DIFF(visible + hidden)"
+        assert p["Threshold"] == 0 and p["ComparisonOperator"] == "GreaterThanThreshold"
+        assert p["EvaluationPeriods"] == 1 and p["TreatMissingData"] == "notBreaching"
+        assert p["AlarmActions"] == [{"Ref": "AlarmTopic"}] and p["OKActions"] == [{"Ref": "AlarmTopic"}]
     assert watched == dlqs
+
+
+def dlq_alarm_states(counts: list[tuple[int, int]], new_only: bool) -> list[str]:
+    """CloudWatch's state per minute for a DLQ whose (visible, hidden) maxima are `counts`: the
+    template's alarm (`new_only`: DIFF(visible + hidden) > 0) or the old one (visible > 0)."""
+    states, previous = [], None
+    for visible, hidden in counts:
+        total = visible + hidden
+        if new_only:
+            value = None if previous is None else total - previous  # DIFF has no first point
+            previous = total
+            states.append("OK" if value is None or value <= 0 else "ALARM")
+        else:
+            states.append("ALARM" if visible > 0 else "OK")
+    return states
+
+
+def test_dlq_alarm_notifies_each_new_dead_letter():
+    # Minute by minute: empty; one dead letter; it stays (the sweep hides it half the time); a
+    # second one a while later; an operator redrives both.
+    counts = [(0, 0), (1, 0), (0, 1), (1, 0), (0, 1), (1, 0), (2, 0), (1, 1), (2, 0), (0, 0)]
+    new = dlq_alarm_states(counts, new_only=True)
+    assert new == ["OK", "ALARM", "OK", "OK", "OK", "OK", "ALARM", "OK", "OK", "OK"]
+    transitions = lambda s: sum(1 for a, b in zip(s, s[1:]) if a == "OK" and b == "ALARM")  # noqa: E731
+    assert transitions(new) == 2, "one notification per new dead letter"
+    old = dlq_alarm_states(counts, new_only=False)
+    # The old alarm: the sweep's hiding flapped it, and it never told of the second dead letter.
+    assert old[6] == "ALARM" and old[5] == "ALARM", "no OK->ALARM when the second one came"
 
 
 def test_dashboard(tpl):
