@@ -287,6 +287,17 @@ async fn a_deep_queue_answers_503_and_keeps_no_job() -> anyhow::Result<()> {
     for i in 0..5 {
         env.sqs.send_message().queue_url(&env.queues.bulk).message_body(format!("filler {i}")).send().await?;
     }
+    // Messages a worker holds (in flight) are still to do: they count toward the depth as much as
+    // visible ones (here all five are in flight, none visible).
+    let held = env
+        .sqs
+        .receive_message()
+        .queue_url(&env.queues.bulk)
+        .max_number_of_messages(10)
+        .visibility_timeout(60)
+        .send()
+        .await?;
+    assert_eq!(held.messages().len(), 5);
     let r = env
         .request(Method::POST, "/v1/jobs", ALICE_TOKEN)
         .json(&json!({"content_type": "image/png", "content_length": 10}))

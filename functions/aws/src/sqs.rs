@@ -87,21 +87,27 @@ impl JobQueue for SqsJobQueue {
         Ok(())
     }
 
+    /// Visible, in flight (received, not yet deleted: a worker's batch, or one being retried)
+    /// and delayed (a requeued message of a newer version) together: everything still to do.
     async fn depth(&self, priority: Priority) -> Result<u64, PortError> {
+        const WAITING: [QueueAttributeName; 3] = [
+            QueueAttributeName::ApproximateNumberOfMessages,
+            QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+            QueueAttributeName::ApproximateNumberOfMessagesDelayed,
+        ];
         let out = self
             .client
             .get_queue_attributes()
             .queue_url(self.url(priority))
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .set_attribute_names(Some(WAITING.to_vec()))
             .send()
             .await
             .map_err(|e| sdk_error("sqs", e))?;
-        let depth = out
-            .attributes()
-            .and_then(|a| a.get(&QueueAttributeName::ApproximateNumberOfMessages))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        Ok(depth)
+        let attributes = out.attributes();
+        let count = |name: &QueueAttributeName| -> u64 {
+            attributes.and_then(|a| a.get(name)).and_then(|v| v.parse().ok()).unwrap_or(0)
+        };
+        Ok(WAITING.iter().map(count).sum())
     }
 }
 

@@ -161,6 +161,7 @@ pub trait JobQueue: Send + Sync {
         Ok(())
     }
 
-    /// Approximate number of messages waiting (visible) on the queue of this priority.
+    /// Approximate number of messages still to do on the queue of this priority: visible, in
+    /// flight (received, not yet deleted) and delayed.
     async fn depth(&self, priority: Priority) -> Result<u64, PortError>;
 }
