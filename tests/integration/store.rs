@@ -299,13 +299,7 @@ async fn caller_quotas_hold_across_instances_and_concurrent_creations() -> anyho
     // Callers are told apart byte for byte: `Alice` is not `alice`.
     assert_eq!(race(waiting, "Alice", 6).await?.0, 5);
 
-    let rate = CallerQuota {
-        max_waiting: 0,
-        rate_per_sec: 0.01,
-        burst: 3,
-        upload_window_ms: 60_000,
-        waiting_retry_after_secs: 9,
-    };
+    let rate = CallerQuota { max_waiting: 0, rate_per_sec: 0.01, burst: 3, ..waiting };
     let (admitted, refused) = race(rate, "bob", 12).await?;
     assert_eq!(admitted, 3, "the burst, once, across both instances: {refused:?}");
     assert!(

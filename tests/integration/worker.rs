@@ -454,7 +454,8 @@ async fn one_callers_flood_is_refused_while_anothers_jobs_finish() -> anyhow::Re
     }
     let worker = env.spawn_worker(&[])?;
     for (id, text) in &bobs {
-        let done = wait_for_owner_status(&env, BOB_TOKEN, id, "succeeded")
+        let done = env
+            .wait_for_status_as(BOB_TOKEN, id, "succeeded", Duration::from_secs(120))
             .await
             .map_err(|e| anyhow::anyhow!("{e}\nworker log:\n{}", worker.logs()))?;
         assert_eq!(normalise(done["result"]["text"].as_str().unwrap_or_default()), normalise(text));
@@ -465,17 +466,4 @@ async fn one_callers_flood_is_refused_while_anothers_jobs_finish() -> anyhow::Re
     // A's jobs are done: its places are free again.
     assert_eq!(direct(ALICE_TOKEN, images[0].0.clone()).await?.status(), StatusCode::ACCEPTED);
     Ok(())
-}
-
-/// Polls `GET /v1/jobs/{id}` as `token` until the job has `want`.
-async fn wait_for_owner_status(env: &TestEnv, token: &str, id: &str, want: &str) -> anyhow::Result<Value> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let job: Value = env.request(Method::GET, &format!("/v1/jobs/{id}"), token).send().await?.json().await?;
-        if job["status"] == want {
-            return Ok(job);
-        }
-        anyhow::ensure!(tokio::time::Instant::now() < deadline, "job {id} still {} after 120 s", job["status"]);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }

@@ -292,10 +292,21 @@ impl TestEnv {
 
     /// Polls `GET /v1/jobs/{id}` until its status is `want` or `timeout` passes.
     pub async fn wait_for_status(&self, id: &str, want: &str, timeout: Duration) -> anyhow::Result<serde_json::Value> {
+        self.wait_for_status_as(ALICE_TOKEN, id, want, timeout).await
+    }
+
+    /// [`TestEnv::wait_for_status`] as the caller holding `token`.
+    pub async fn wait_for_status_as(
+        &self,
+        token: &str,
+        id: &str,
+        want: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<serde_json::Value> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let job: serde_json::Value =
-                self.request(reqwest::Method::GET, &format!("/v1/jobs/{id}"), ALICE_TOKEN).send().await?.json().await?;
+                self.request(reqwest::Method::GET, &format!("/v1/jobs/{id}"), token).send().await?.json().await?;
             if job["status"] == want {
                 return Ok(job);
             }

@@ -146,12 +146,7 @@ async fn carry_out(deps: &PipelineDeps, batch: &Batch, decisions: &[Decision], n
         {
             // Handed back instead: this delivery then counts toward the redrive policy.
             tracing::warn!(message_id = %item.delivery.message_id, error = %e, "requeueing failed; handing the message back");
-            hand_back(
-                deps,
-                item.delivery.priority,
-                &[(item, &Decision::Retry { reason: String::new(), after: *after, note: false })],
-            )
-            .await;
+            hand_back(deps, item.delivery.priority, &[(item, decision)]).await;
         }
     }
 }

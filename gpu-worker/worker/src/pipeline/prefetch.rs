@@ -82,13 +82,12 @@ fn parse(item: &mut Item, bucket: &str) -> Option<JobMessage> {
             None
         }
         Ok(m) => Some(m),
-        Err(e) if e.is_newer().is_some() => {
-            let version = e.is_newer().unwrap_or_default();
-            tracing::info!(message_id = %item.delivery.message_id, version, "job message of a newer version; requeueing it for a newer worker");
-            item.state = State::Newer(version);
-            None
-        }
         Err(e) => {
+            if let Some(version) = e.is_newer() {
+                tracing::info!(message_id = %item.delivery.message_id, version, "job message of a newer version; requeueing it for a newer worker");
+                item.state = State::Newer(version);
+                return None;
+            }
             tracing::error!(message_id = %item.delivery.message_id, error = %e, "unreadable job message");
             item.state = State::Unreadable(e.to_string());
             None
