@@ -12,7 +12,8 @@ dropped resource goes). Parameters and conditions nothing kept uses are dropped 
   - the stack creates (no dependency cycle; the queue policy admits the bucket, so S3 accepts
     the notification),
   - resource names equal localstack/init.py's names_for(stage) (one naming rule),
-  - every job queue and upload-events redrives to its DLQ after init.py's MAX_RECEIVE_COUNT (3)
+  - every job queue redrives to its DLQ after init.py's MAX_RECEIVE_COUNT (3), upload-events
+    after UPLOAD_EVENTS_MAX_RECEIVE_COUNT (6)
     receives, with init.py's visibility timeouts and retention, SSE-SQS on every queue, and the
     workers' user data (VISIBILITY_TIMEOUT_SECS, MAX_ATTEMPTS) agrees with the queues,
   - the bucket blocks public access and encrypts,
@@ -45,6 +46,7 @@ from init import (  # noqa: E402
     JOB_VISIBILITY_SECS,
     LOCAL_ACCOUNT,
     MAX_RECEIVE_COUNT,
+    UPLOAD_EVENTS_MAX_RECEIVE_COUNT,
     QUEUE_RETENTION_SECS,
     UPLOAD_EVENTS_VISIBILITY_SECS,
     names_for,
@@ -239,8 +241,9 @@ def check_queues(sqs, out: dict, worker: dict[str, str]) -> list[str]:
         dlq_url = out[key.replace("QueueUrl", "DeadLetterQueueUrl")]
         dlq = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["All"])["Attributes"]
         redrive = json.loads(a.get("RedrivePolicy", "{}"))
-        if int(redrive.get("maxReceiveCount", 0)) != MAX_RECEIVE_COUNT:
-            failures.append(f"{key}: maxReceiveCount {redrive.get('maxReceiveCount')}, want {MAX_RECEIVE_COUNT}")
+        want = UPLOAD_EVENTS_MAX_RECEIVE_COUNT if key == "UploadEventsQueueUrl" else MAX_RECEIVE_COUNT
+        if int(redrive.get("maxReceiveCount", 0)) != want:
+            failures.append(f"{key}: maxReceiveCount {redrive.get('maxReceiveCount')}, want {want}")
         if redrive.get("deadLetterTargetArn") != dlq["QueueArn"]:
             failures.append(f"{key}: redrives to {redrive.get('deadLetterTargetArn')}, want {dlq['QueueArn']}")
         if int(a["VisibilityTimeout"]) != visibility:

@@ -9,7 +9,8 @@ The same resources, with the same names, as template.yaml creates for a stage:
     queues   <base>-upload-events      visibility 60 s   (DLQ <base>-upload-events-dlq)
              <base>-express            visibility 30 s   (DLQ <base>-express-dlq)
              <base>-bulk               visibility 30 s   (DLQ <base>-bulk-dlq)
-             every DLQ takes a message after 3 receives (maxReceiveCount 3)
+             a job queue's DLQ takes a message after 3 receives (maxReceiveCount 3), the
+             upload-events DLQ after 6
 
 Naming (see README "Resource names"): stage `local` uses base `ocr`, so the names are the plain
 `ocr-uploads`, `ocr-express`, ...; any other stage uses `ocr-<stage>` (`ocr-prod-express`) and
@@ -47,6 +48,10 @@ DEFAULT_REGION = "us-east-1"
 LOCAL_ACCOUNT = "000000000000"
 
 MAX_RECEIVE_COUNT = 3
+# Upload events back off (on-upload's UPLOAD_RETRY_BASE_SECS, doubling up to
+# UPLOAD_RETRY_MAX_SECS: 30+60+120+240+480+900 s) before the DLQ: a database outage of half an
+# hour costs no event its place; longer ones are swept back from the DLQ (README Reliability).
+UPLOAD_EVENTS_MAX_RECEIVE_COUNT = 6
 JOB_VISIBILITY_SECS = 30
 # >= 6x the on-upload function timeout (10 s in template.yaml), as AWS advises for Lambda sources.
 UPLOAD_EVENTS_VISIBILITY_SECS = 60
@@ -242,8 +247,8 @@ def create(s3, sqs, names: Names, region: str, account: str) -> dict[str, str]:
             "VisibilityTimeout": str(visibility),
             "MessageRetentionPeriod": str(QUEUE_RETENTION_SECS),
             "SqsManagedSseEnabled": "true",
-            "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn,
-                                         "maxReceiveCount": MAX_RECEIVE_COUNT}),
+            "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": (
+                UPLOAD_EVENTS_MAX_RECEIVE_COUNT if name == names.upload_events else MAX_RECEIVE_COUNT)}),
         }
         if name == names.upload_events:
             arn = f"arn:aws:sqs:{region}:{account}:{name}"

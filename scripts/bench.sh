@@ -17,6 +17,8 @@
 #              (scripts/bench-api.sh)
 #   pipeline   a few hundred images through LocalStack, the API and the worker vs the same
 #              engine alone, in one run (scripts/bench-pipeline.sh)
+#   memory     peak RSS of one worker fed near-limit (50 MP) images, decoded-pixel budget off
+#              and on, in one run (scripts/bench-memory.sh)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=lib/python-env.sh
@@ -28,7 +30,8 @@ case "$mode" in
   engine) ;;
   api) exec "$ROOT/scripts/bench-api.sh" "$@" ;;
   pipeline) exec "$ROOT/scripts/bench-pipeline.sh" "$@" ;;
-  *) sed -n '2,20p' "$0" >&2; exit 2 ;;
+  memory) exec "$ROOT/scripts/bench-memory.sh" "$@" ;;
+  *) sed -n '2,22p' "$0" >&2; exit 2 ;;
 esac
 
 limit=0 sets="A B" threads="1 2" systems="ours rapidocr faster-paddle" model_set=ppocrv6-small fp_size="" batch=8

@@ -9,7 +9,14 @@
 #
 # Usage: scripts/chaos.sh [--jobs N] [--workers N] [--rate PER_S] [--profile release|dev]
 #                         [--timeout SECS] [--seed N]
+#                         [--db-outage SECS] [--db-hang SECS] [--db-kill]
 #                         [--flood N [--caller-max-queued N] [--no-quota]]
+#   Longer database faults, each once, after the short ones (the run is sized down: upload
+#   events back off 1-2 s and their DLQ is swept every 3 s, a batch waits 3 s for the database):
+#   --db-outage SECS: the database cut for SECS (every service: uploads' events reach their DLQ
+#     and are swept back; workers requeue their batches). --db-hang SECS: the database stops
+#     answering for SECS, connections left open. --db-kill: the run's MariaDB is a private one
+#     (scripts/lib/chaos-mariadb.sh, port 3317), killed with SIGKILL mid-run and started again.
 #   --jobs 1000 (default)   --profile release (default; the test suite uses dev, already built)
 #   --flood N: instead of the faults, two callers (scripts/lib/fairshare.py): bob floods N bulk
 #     jobs as fast as the API lets him while alice submits --jobs at --rate; per caller it
@@ -31,8 +38,12 @@ cd "$ROOT"
 exec </dev/null
 
 jobs=1000 workers=2 rate=25 profile=release timeout=1200 seed=7 flood=0 max_queued=40 no_quota=()
+db_faults=() db_kill=0
 while (($#)); do
     case "$1" in
+    --db-outage) db_faults+=(--db-outage "$2"); shift 2 ;;
+    --db-hang) db_faults+=(--db-hang "$2"); shift 2 ;;
+    --db-kill) db_kill=1; db_faults+=(--db-kill); shift ;;
     --flood) flood=$2; shift 2 ;;
     --caller-max-queued) max_queued=$2; shift 2 ;;
     --no-quota) no_quota=(--no-quota); shift ;;
@@ -42,7 +53,7 @@ while (($#)); do
     --profile) profile=$2; shift 2 ;;
     --timeout) timeout=$2; shift 2 ;;
     --seed) seed=$2; shift 2 ;;
-    -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,28p' "$0"; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
     esac
 done
@@ -76,6 +87,7 @@ cleanup() {
     mariadb -h"$MARIADB_HOST" -P"$MARIADB_PORT" -uroot \
         -e "DROP DATABASE IF EXISTS \`$DB\`; DROP USER IF EXISTS '$DB_USER'@'127.0.0.1'" 2>/dev/null
     rm -f "$ENV_FILE"
+    [[ $db_kill == 1 ]] && "$ROOT/scripts/lib/chaos-mariadb.sh" stop
     [[ $MARIADB_STARTED == 1 ]] && mariadb_stop chaos
     exit "$rc"
 }
@@ -87,6 +99,13 @@ ensure_run_dir
 rm -rf "$LOG_DIR"
 mkdir -p "$LOG_DIR"
 mariadb_ensure chaos
+if [[ $db_kill == 1 ]]; then
+    # The run's database on a private server it may kill; the shared one is left alone.
+    "$ROOT/scripts/lib/chaos-mariadb.sh" start
+    MARIADB_PORT=$("$ROOT/scripts/lib/chaos-mariadb.sh" port)
+    db_faults+=(--db-port "$MARIADB_PORT" --db-pidfile "$RUN_DIR/chaos-mariadb/mariadbd.pid"
+        --db-start "$ROOT/scripts/lib/chaos-mariadb.sh start")
+fi
 # Its own database and a user with a password, so the log check has a real secret to look for.
 mariadb -h"$MARIADB_HOST" -P"$MARIADB_PORT" -uroot -e "
     CREATE DATABASE \`$DB\`;
@@ -122,4 +141,5 @@ fi
 log "chaos: $jobs jobs, $workers workers, $rate submissions/s, profile $profile"
 "$py" "$ROOT/scripts/lib/chaos.py" --jobs "$jobs" --workers "$workers" --rate "$rate" --seed "$seed" \
     --timeout "$timeout" --bin-dir "$bin_dir" --env-file "$ENV_FILE" --db "$DB" --db-user "$DB_USER" \
-    --db-password "$DB_PASSWORD" --localstack-pid "$(cat "$LOCALSTACK_PIDFILE")" --log-dir "$LOG_DIR"
+    --db-password "$DB_PASSWORD" --localstack-pid "$(cat "$LOCALSTACK_PIDFILE")" --log-dir "$LOG_DIR" \
+    "${db_faults[@]}"

@@ -15,7 +15,7 @@
 #      (sam validate --lint, shellcheck, deploy.sh --dry-run, pytest infra/tests), the workspace
 #      tests (cargo nextest, else cargo test), scripts/api-fuzz.sh (schemathesis against the
 #      API's OpenAPI document, 50 examples, fixed seed), scripts/chaos.sh --jobs 100 (load with
-#      faults) and --flood 200 (two callers, one flooding), then `sam build` (infra/sam-build.sh; skipped
+#      faults, long database faults included) and --flood 200 (two callers, one flooding), then `sam build` (infra/sam-build.sh; skipped
 #      only with OCR_SKIP_SAM_BUILD=1)
 #   5. prints a timing summary; exits non-zero if any step failed.
 #
@@ -176,8 +176,11 @@ if (($# == 0)); then
 fi
 # Load with faults (scripts/chaos.sh, small): its own LocalStack on :4599, the dev binaries the
 # tests just built; fails when a job is lost or duplicated, a webhook missing, a secret logged.
+# Besides the short faults: the database down 20 s (upload events reach their DLQ and are swept
+# back), hung 10 s, and its private server SIGKILLed and restarted.
 if (($# == 0)); then
-    check "chaos (100 jobs)" "$ROOT/scripts/chaos.sh" --profile dev --jobs 100 --rate 3 --timeout 600
+    check "chaos (100 jobs)" "$ROOT/scripts/chaos.sh" --profile dev --jobs 100 --rate 3 --timeout 600 \
+        --db-outage 20 --db-hang 10 --db-kill
     # Two callers, one flooding: nothing lost, the quiet one never refused, the flooder held.
     check "chaos (two callers)" "$ROOT/scripts/chaos.sh" --profile dev --flood 200 --jobs 30 --rate 1 --timeout 600
 fi

@@ -12,7 +12,7 @@ import pytest
 from conftest import MYSQL_RS, num, resolve, resources_of
 from worker_sandbox import bootstrap_constant
 
-# RDS for MySQL: max_connections = {DBInstanceClassMemory/12582880}. DBInstanceClassMemory is the
+# RDS for MariaDB (as for MySQL): max_connections = {DBInstanceClassMemory/12582880}. DBInstanceClassMemory is the
 # class's memory less what RDS keeps for the OS and its own processes, so the real value is below
 # the ceiling; the planning figure is what a 4 GiB class reports (312). Add a class here when the
 # template's default changes.

@@ -19,7 +19,8 @@ def test_parameter_defaults(tpl, defaults):
     assert defaults["GpuInstanceType"] == "g4dn.xlarge"
     assert p["WorkerAmiId"]["Type"] == "AWS::EC2::Image::Id"
     assert int(defaults["MinWorkers"]) == 2 and int(defaults["MaxWorkers"]) == 4
-    assert defaults["DatabaseEngineVersion"].startswith("8.")
+    # The engine the tests run on (MariaDB 10.11, Debian's) is the engine that ships.
+    assert defaults["DatabaseEngineVersion"] == "10.11"
     assert defaults["VpcId"] == "" and defaults["DatabaseInstanceClass"].startswith("db.")
     for name in ("JwtIssuer", "JwtAudience", "SpotSharePercent", "ScaleOutQueueDepth",
                  "ScaleInQueueDepth", "BacklogPerWorkerTarget", "PrivateSubnetIds"):
@@ -110,8 +111,12 @@ def test_functions_use_their_own_explicit_roles(tpl, transformed):
 
 def test_on_upload_role_is_least_privilege(tpl, transformed):
     stmts = {st["Sid"]: st for rid, st in iam_statements(tpl) if rid == "OnUploadFunctionRole"}
-    assert set(stmts) == {"ConsumeUploadEvents", "EnqueueJobs", "ReadAndRejectUploads", "OwnLogs", "Secrets",
-                          "VpcNetworkInterfaces"}
+    assert set(stmts) == {"ConsumeUploadEvents", "SweepUploadEventsDeadLetters", "EnqueueJobs",
+                          "ReadAndRejectUploads", "OwnLogs", "Secrets", "VpcNetworkInterfaces"}
+    sweep = stmts["SweepUploadEventsDeadLetters"]
+    assert sorted(actions_of(sweep)) == sorted(["sqs:ReceiveMessage", "sqs:DeleteMessage",
+                                                "sqs:ChangeMessageVisibility"])
+    assert sweep["Resource"] == {"Fn::GetAtt": ["UploadEventsDeadLetterQueue", "Arn"]}
     consume = stmts["ConsumeUploadEvents"]
     assert sorted(actions_of(consume)) == sorted(["sqs:ReceiveMessage", "sqs:DeleteMessage",
                                                   "sqs:GetQueueAttributes", "sqs:ChangeMessageVisibility"])
@@ -501,3 +506,30 @@ def test_every_route_but_health_and_openapi_needs_the_jwt(tpl, transformed):
 def test_functions_run_in_jwt_mode(tpl):
     env = tpl["Resources"]["ApiFunction"]["Properties"]["Environment"]["Variables"]
     assert env["AUTH_MODE"] == "jwt" and "API_TOKENS" not in env
+
+
+def test_the_upload_events_dlq_is_swept_on_a_schedule(tpl, transformed):
+    fn = tpl["Resources"]["OnUploadFunction"]["Properties"]
+    env = fn["Environment"]["Variables"]
+    assert env["UPLOAD_EVENTS_DLQ_URL"] == {"Ref": "UploadEventsDeadLetterQueue"}
+    sweep = fn["Events"]["UploadEventsSweep"]
+    assert sweep["Type"] == "Schedule"
+    assert json.loads(sweep["Properties"]["Input"]) == {"sweep": "upload-events-dlq"}
+    # Six backed-off receives span the half hour the README promises before the DLQ.
+    base, top = int(env["UPLOAD_RETRY_BASE_SECS"]), int(env["UPLOAD_RETRY_MAX_SECS"])
+    receives = tpl["Resources"]["UploadEventsQueue"]["Properties"]["RedrivePolicy"]["maxReceiveCount"]
+    assert receives == 6
+    assert sum(min(base * 2 ** n, top) for n in range(receives)) == 1830
+    rules = [r for r in transformed["Resources"].values() if r["Type"] == "AWS::Events::Rule"]
+    assert len(rules) == 1 and rules[0]["Properties"]["ScheduleExpression"] == "rate(5 minutes)"
+    # Each database step of a function gives up well inside the functions' 10 s timeout.
+    assert int(tpl["Globals"]["Function"]["Environment"]["Variables"]["DB_TIMEOUT_MS"]) * 3 < 10_000
+
+
+def test_the_database_is_the_engine_the_tests_run_on(tpl):
+    # Every store test, chaos run and local pipeline runs on MariaDB; RDS for MySQL 8.4 differs
+    # in collations, locking and SQL modes. RDS Proxy's MYSQL family fronts MariaDB too.
+    db = tpl["Resources"]["Database"]["Properties"]
+    assert db["Engine"] == "mariadb"
+    assert tpl["Parameters"]["DatabaseEngineVersion"]["AllowedValues"] == ["10.11", "11.4"]
+    assert tpl["Resources"]["DatabaseProxy"]["Properties"]["EngineFamily"] == "MYSQL"

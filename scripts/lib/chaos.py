@@ -208,6 +208,9 @@ class DbProxy:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.cut_now = threading.Event()
+        # Set: connections stay open and new ones are accepted, but nothing is forwarded (a
+        # stopped server, a hung proxy on the way).
+        self.frozen = threading.Event()
         self.lock = threading.Lock()
         self.socks: set[socket.socket] = set()
         threading.Thread(target=self._accept, daemon=True).start()
@@ -235,6 +238,8 @@ class DbProxy:
     def _pump(self, src: socket.socket, dst: socket.socket):
         try:
             while chunk := src.recv(65536):
+                while self.frozen.is_set() and not self.cut_now.is_set():
+                    time.sleep(0.05)
                 dst.sendall(chunk)
         except OSError:
             pass
@@ -259,6 +264,12 @@ class DbProxy:
 
     def restore(self):
         self.cut_now.clear()
+
+    def freeze(self):
+        self.frozen.set()
+
+    def thaw(self):
+        self.frozen.clear()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -371,10 +382,22 @@ def wait_http(url: str, proc: Proc, limit: float = 120):
 # Database reads (directly, not through the proxy).
 
 
-def sql(db: str, query: str) -> list[list[str]]:
-    out = subprocess.run(["mariadb", "-h127.0.0.1", "-uroot", "-N", "-B", "-e", query, db],
-                         check=True, capture_output=True, text=True).stdout
-    return [line.split("\t") for line in out.splitlines() if line]
+DB_PORT = 3306  # --db-port: the run's server (a private one with --db-kill)
+
+
+def sql(db: str, query: str, patience: float = 60.0) -> list[list[str]]:
+    """Rows of `query`; while the server is down (--db-kill restarts it) tries again for up to
+    `patience` seconds."""
+    deadline = time.time() + patience
+    while True:
+        try:
+            out = subprocess.run(["mariadb", "-h127.0.0.1", f"-P{DB_PORT}", "-uroot", "-N", "-B", "-e", query, db],
+                                 check=True, capture_output=True, text=True).stdout
+            return [line.split("\t") for line in out.splitlines() if line]
+        except subprocess.CalledProcessError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -488,6 +511,9 @@ class Faults:
     kills: int = 0
     db_cut_s: float = 0.0
     localstack_pause_s: float = 0.0
+    db_outage_s: float = 0.0
+    db_hang_s: float = 0.0
+    db_kills: int = 0
     log: list[str] = field(default_factory=list)
 
 
@@ -528,7 +554,16 @@ def main() -> int:
     ap.add_argument("--log-dir", required=True)
     ap.add_argument("--api-port", type=int, default=18090)
     ap.add_argument("--metrics-port", type=int, default=19190)
+    ap.add_argument("--db-outage", type=float, default=0, help="seconds the database is cut, once")
+    ap.add_argument("--db-hang", type=float, default=0, help="seconds the database stops answering, once")
+    ap.add_argument("--db-kill", action="store_true", help="SIGKILL the database server mid-run, start it again")
+    ap.add_argument("--db-port", type=int, default=3306)
+    ap.add_argument("--db-pidfile", help="the server's pid file (--db-kill)")
+    ap.add_argument("--db-start", help="command that starts the server again (--db-kill)")
     args = ap.parse_args()
+    global DB_PORT
+    DB_PORT = args.db_port
+    long_db_faults = bool(args.db_outage or args.db_hang or args.db_kill)
 
     t_start = time.time()
     logs = Path(args.log_dir)
@@ -541,13 +576,21 @@ def main() -> int:
     log(f"rendering {args.jobs} images")
     specs = make_specs(args.jobs, args.seed)
 
-    proxy = DbProxy(("127.0.0.1", 3306))
+    proxy = DbProxy(("127.0.0.1", args.db_port))
     receiver = Receiver()
     callback = f"http://127.0.0.1:{receiver.port}/hook"
     db_url = f"mysql://{args.db_user}:{args.db_password}@127.0.0.1:{proxy.port}/{args.db}"
     base_env = {k: v for k, v in os.environ.items() if not k.startswith(("API_", "WEBHOOK_", "CALLER_"))}
     base_env.update(res)
     base_env.update(DATABASE_URL=db_url, LOG_FORMAT="json", RUST_LOG="info,ort=warn")
+    if long_db_faults:
+        # Sized down so that seconds-long faults cover what minutes-long ones do in production:
+        # each database step gives up after 2 s, a worker's batch after 3 s (then requeued);
+        # upload events back off 1-2 s, so six receives take ~11 s and an outage longer than
+        # that sends them to their DLQ, swept every 3 s.
+        base_env.update(DB_TIMEOUT_MS="2000", DB_RETRY_SECS="3", UPLOAD_RETRY_BASE_SECS="1",
+                        UPLOAD_RETRY_MAX_SECS="2", UPLOAD_DLQ_SWEEP_SECS="3",
+                        UPLOAD_EVENTS_DLQ_URL=res["UPLOAD_EVENTS_DLQ_URL"])
 
     api_env = dict(base_env, AUTH_MODE="static", API_TOKENS=f"{tokens[0]}:alice,{tokens[1]}:bob",
                    BIND_ADDR=f"127.0.0.1:{args.api_port}", QUEUE_DEPTH_LIMIT="1000000", DB_POOL_MAX="8",
@@ -598,8 +641,9 @@ def main() -> int:
     def watch():
         while not stop.is_set():
             try:
-                progress["done"] = int(sql(args.db, "SELECT COUNT(*) FROM jobs WHERE status IN ('succeeded','failed')")[0][0])
-                for job_id, digest in sql(args.db, "SELECT job_id, MD5(result) FROM job_results"):
+                progress["done"] = int(sql(args.db, "SELECT COUNT(*) FROM jobs WHERE status IN ('succeeded','failed')",
+                                           patience=0)[0][0])
+                for job_id, digest in sql(args.db, "SELECT job_id, MD5(result) FROM job_results", patience=0):
                     first_result.setdefault(job_id, digest)
             except subprocess.CalledProcessError:
                 pass
@@ -618,6 +662,13 @@ def main() -> int:
         plan = [
             (0.10, "kill", 0), (0.25, "db", 5.0), (0.40, "kill", 1), (0.55, "pause", 5.0), (0.70, "kill", 0),
         ]
+        if args.db_outage:
+            plan.append((0.45, "outage", args.db_outage))
+        if args.db_hang:
+            plan.append((0.62, "hang", args.db_hang))
+        if args.db_kill:
+            plan.append((0.78, "dbkill", 0.0))
+        plan.sort(key=lambda p: p[0])
         for frac, kind, arg in plan:
             while progress["done"] < frac * n:
                 if stop.is_set():
@@ -638,6 +689,34 @@ def main() -> int:
                 proxy.restore()
                 faults.db_cut_s += time.time() - t
                 faults.log.append(f"database cut {arg:.0f} s at {at}")
+            elif kind == "outage":
+                t = time.time()
+                proxy.cut()
+                time.sleep(arg)
+                proxy.restore()
+                faults.db_outage_s += time.time() - t
+                faults.log.append(f"database down {arg:.0f} s at {at}")
+            elif kind == "hang":
+                t = time.time()
+                proxy.freeze()
+                time.sleep(arg)
+                proxy.thaw()
+                faults.db_hang_s += time.time() - t
+                faults.log.append(f"database hung {arg:.0f} s at {at}")
+            elif kind == "dbkill":
+                pid = int(Path(args.db_pidfile).read_text().strip())
+                os.kill(pid, signal.SIGKILL)
+                t = time.time()
+                while time.time() - t < 30:
+                    try:
+                        os.kill(pid, 0)
+                    except ProcessLookupError:
+                        break
+                    time.sleep(0.05)
+                time.sleep(1.0)
+                subprocess.run(args.db_start, shell=True, check=True, stdout=subprocess.DEVNULL)
+                faults.db_kills += 1
+                faults.log.append(f"database server SIGKILLed and restarted in {time.time() - t:.1f} s at {at}")
             else:
                 t = time.time()
                 os.killpg(args.localstack_pid, signal.SIGSTOP)
@@ -753,6 +832,11 @@ def main() -> int:
                     engine_runs[j] = engine_runs.get(j, 0) + 1
 
     swept = sum(f.read_text(errors="replace").count('"webhook owed; queued again"') for f in logs.glob("worker-*.log"))
+    requeued = sum(f.read_text(errors="replace").count('"message requeued (no attempt used)"')
+                   for f in logs.glob("worker-*.log"))
+    api_log = (logs / "api.log").read_text(errors="replace") if (logs / "api.log").exists() else ""
+    events_swept = api_log.count('"dead-lettered upload event handled"')
+    events_backed_off = api_log.count('"upload event failed"') + api_log.count('"upload event left for later"')
 
     succeeded = [j for j in ledger if status.get(j) == "succeeded" and result_count.get(j) == 1]
     failed = [j for j in ledger if status.get(j) == "failed"]
@@ -762,7 +846,10 @@ def main() -> int:
     read_again = [j for j in ledger if engine_runs.get(j, 0) > 1]
     # Every result came from an engine read of its job (no result without a run).
     unread = [j for j in succeeded if engine_runs.get(j, 0) == 0]
-    max_rereads = faults.kills * 3 * 32
+    # Killed workers' batches, and batches whose results a database fault kept from being
+    # written (each worker's batch in persist, once per fault): read again by design.
+    db_faults = int(faults.db_cut_s > 0) + int(faults.db_outage_s > 0) + int(faults.db_hang_s > 0) + faults.db_kills
+    max_rereads = (faults.kills * 3 + db_faults * args.workers) * 32
     corrupt = {s.job_id for s in specs if s.corrupt and s.job_id}
     failed_not_corrupt = [j for j in failed if j not in corrupt]
     corrupt_not_failed = [j for j in corrupt if status.get(j) != "failed"]
@@ -825,7 +912,8 @@ def main() -> int:
         ("failed_in_dlq", len(failed) - len(failed_not_in_dlq)),
         ("lost", len(lost)),
         ("engine_runs_per_job", f"{sum(runs) / max(1, len(runs)):.3f} mean, {max(runs, default=0)} max"),
-        ("jobs_read_more_than_once", f"{len(read_again)} (at most {max_rereads}: {faults.kills} kills × 3 batches of 32)"),
+        ("jobs_read_more_than_once", f"{len(read_again)} (at most {max_rereads}: {faults.kills} kills × 3 batches "
+                                     f"+ {db_faults} database faults × {args.workers} workers' batches, of 32)"),
         ("results_overwritten", f"{len(overwritten)} of {compared} compared"),
         ("results_text_exact", exact),
         ("results_mixed_up", len(mixed_up)),
@@ -846,6 +934,12 @@ def main() -> int:
         ("worker_kills", faults.kills),
         ("db_cut_s", f"{faults.db_cut_s:.1f}"),
         ("localstack_pause_s", f"{faults.localstack_pause_s:.1f}"),
+        ("db_outage_s", f"{faults.db_outage_s:.1f}"),
+        ("db_hang_s", f"{faults.db_hang_s:.1f}"),
+        ("db_server_kills", faults.db_kills),
+        ("messages_requeued_by_workers", requeued),
+        ("upload_events_backed_off", events_backed_off),
+        ("upload_events_swept_from_dlq", events_swept),
         ("client_retries", sum(v for k, v in stats.items() if k.startswith("client_retries"))),
         ("secrets_in_logs", leaks),
         ("log_lines_scanned", scanned),
@@ -887,7 +981,10 @@ def main() -> int:
         "jobs read by another caller": foreign_reads, "jobs replayed by another caller": foreign_replays,
         "foreign replays that made no job": len(replayed) - cross_jobs - foreign_replays,
         "secrets in logs": leaks, "jobs beyond the ledger": all_jobs - len(ledger) - cross_jobs,
-        "faults not all injected": int(faults.kills < 3 or faults.db_cut_s == 0 or faults.localstack_pause_s == 0),
+        "faults not all injected": int(faults.kills < 3 or faults.db_cut_s == 0 or faults.localstack_pause_s == 0
+                                       or (args.db_outage > 0) != (faults.db_outage_s > 0)
+                                       or (args.db_hang > 0) != (faults.db_hang_s > 0)
+                                       or args.db_kill != (faults.db_kills > 0)),
     }
     bad = {k: v for k, v in problems.items() if v}
     print(f"result: {'PASS' if not bad else 'FAIL (' + ', '.join(f'{k} {v}' for k, v in bad.items()) + ')'}")

@@ -399,3 +399,161 @@ async fn a_requeued_message_comes_back_once_after_its_delay_with_a_fresh_receive
     assert_eq!((third.len(), third[0].requeues), (1, 2));
     Ok(())
 }
+
+/// Messages on the queue at `url`, visible or not.
+async fn queue_total(env: &TestEnv, url: &str) -> anyhow::Result<u64> {
+    use aws_sdk_sqs::types::QueueAttributeName as A;
+    let out = env
+        .sqs
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(A::ApproximateNumberOfMessages)
+        .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
+        .send()
+        .await?;
+    let attrs = out.attributes().cloned().unwrap_or_default();
+    Ok(attrs.values().filter_map(|v| v.parse::<u64>().ok()).sum())
+}
+
+/// Issue 12 (1): the database away on the producer side for longer than an upload event's
+/// backoff. Every event fails, backs off (1 s, 2 s here; 30 s doubling to 15 min in production)
+/// and lands in the upload-events DLQ, and its job waits in `awaiting_upload`. Once the database
+/// is back, the DLQ sweep hands each event to the handler again: every upload made during the
+/// outage is queued, once, and the DLQ is empty. Before the sweep, these jobs stayed
+/// `awaiting_upload` for good (and read `expired` with no webhook).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_made_during_a_database_outage_are_all_queued_once_it_returns() -> anyhow::Result<()> {
+    use std::sync::Arc;
+
+    use ocr_api::poller::PollerSettings;
+    use ocr_api::state::Ports;
+    use ocr_api::upload::UploadHandler;
+    use ocr_aws::{MySqlJobStore, SqsConsumer};
+    use ocr_core::JobStatus;
+    use ocr_core::ports::{JobStore, SystemClock};
+    use ocr_integration_tests::worker::DbProxy;
+
+    let env = TestEnv::with(Options { poller: false, ..Options::default() }).await?;
+    let server = std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into());
+    let target = server.trim_start_matches("mysql://").rsplit('@').next().unwrap_or("127.0.0.1:3306").to_owned();
+    let target = target.split('?').next().unwrap_or(&target).to_owned();
+    let proxy = DbProxy::start(&target).await?;
+    let db_name = env.database_url.rsplit('/').next().unwrap().to_owned();
+    ocr_aws::sql::set_timeout(Duration::from_secs(1));
+    // The on-upload side reaches the database through the proxy; the API (creating the jobs)
+    // and the test's own reads do not.
+    let store = Arc::new(MySqlJobStore::new(&format!("mysql://root@127.0.0.1:{}/{db_name}", proxy.port), 2, None)?);
+    let ports = Ports {
+        store: store.clone(),
+        objects: env.objects.clone(),
+        queue: env.job_queue.clone(),
+        clock: Arc::new(SystemClock),
+        keys: store.clone(),
+    };
+    let handler = UploadHandler { ports, max_upload_bytes: 20_000_000 };
+    let upload_dlq = env.queues.dlqs[0].clone();
+    assert!(upload_dlq.ends_with("-upload-events-dlq"), "{upload_dlq}");
+    let settings = PollerSettings {
+        backoff: ocr_integration_tests::quick_backoff(),
+        dead_letters: Some((SqsConsumer::new(&env.aws, &upload_dlq), Duration::from_secs(2))),
+    };
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let events = SqsConsumer::new(&env.aws, &env.queues.upload_events);
+    let poller = tokio::spawn(ocr_api::poller::run(handler, events, settings, stop_rx));
+
+    proxy.cut();
+    let png = tiny_png();
+    let mut ids = Vec::new();
+    for priority in ["express", "bulk", "express", "bulk", "bulk", "express"] {
+        let (status, job) =
+            create(&env, json!({"content_type": "image/png", "content_length": png.len(), "priority": priority}))
+                .await?;
+        assert_eq!(status, StatusCode::CREATED, "{job}");
+        assert_eq!(put(&env, &job, png.clone(), None).await?, StatusCode::OK);
+        ids.push(job["job_id"].as_str().unwrap().parse::<ocr_core::JobId>()?);
+    }
+    // Three receives each, backed off, then the DLQ; the sweep finds the database still away.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    while queue_total(&env, &upload_dlq).await? < 6 {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "the events never reached the upload-events DLQ");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    for id in &ids {
+        assert_eq!(env.store.get(id).await?.unwrap().status, JobStatus::AwaitingUpload);
+    }
+    proxy.restore();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut queued = 0;
+        for id in &ids {
+            queued += usize::from(env.store.get(id).await?.unwrap().status == JobStatus::Queued);
+        }
+        if queued == ids.len() {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{queued} of {} jobs queued after the outage",
+            ids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let mut sent: Vec<ocr_core::JobId> = Vec::new();
+    for url in [&env.queues.express, &env.queues.bulk] {
+        for body in env.drain(url, 2).await? {
+            sent.push(JobMessage::parse(&body)?.job_id);
+        }
+    }
+    sent.sort_by_key(|id| id.to_string());
+    let mut want = ids.clone();
+    want.sort_by_key(|id| id.to_string());
+    assert_eq!(sent, want, "each job queued exactly once");
+    assert_eq!(queue_total(&env, &upload_dlq).await?, 0, "the sweep deletes what it handled");
+    let _ = stop.send(true);
+    poller.await?;
+    Ok(())
+}
+
+/// The on-upload Lambda binary, invoked by its schedule (`{"sweep": "upload-events-dlq"}`),
+/// hands every dead-lettered upload event to the upload check and deletes it once handled:
+/// after an outage longer than the events' backoff, their jobs are queued without an operator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_on_upload_function_sweeps_its_dead_letter_queue_on_its_schedule() -> anyhow::Result<()> {
+    use ocr_integration_tests::lambda::{FakeLambdaRuntime, sqs_s3_event};
+
+    let env = TestEnv::with(Options { poller: false, ..Options::default() }).await?;
+    let runtime = FakeLambdaRuntime::start().await?;
+    let upload_dlq = env.queues.dlqs[0].clone();
+    let mut function_env = runtime.env("ocr-on-upload");
+    function_env.push(("UPLOAD_EVENTS_QUEUE_URL", env.queues.upload_events.clone()));
+    function_env.push(("UPLOAD_EVENTS_DLQ_URL", upload_dlq.clone()));
+    let function = env.spawn("on-upload", &function_env)?;
+
+    let png = tiny_png();
+    let mut ids = Vec::new();
+    for priority in ["express", "bulk"] {
+        let (status, job) =
+            create(&env, json!({"content_type": "image/png", "content_length": png.len(), "priority": priority}))
+                .await?;
+        assert_eq!(status, StatusCode::CREATED, "{job}");
+        assert_eq!(put(&env, &job, png.clone(), None).await?, StatusCode::OK);
+        let id = job["job_id"].as_str().unwrap().to_owned();
+        // Its event, as a long outage leaves it: in the upload-events DLQ.
+        let event = sqs_s3_event(&env.bucket, &[format!("uploads/{priority}/{id}")]);
+        let body = event["Records"][0]["body"].as_str().unwrap().to_owned();
+        env.sqs.send_message().queue_url(&upload_dlq).message_body(body).send().await?;
+        ids.push(id);
+    }
+    let answer = runtime.invoke(json!({"sweep": "upload-events-dlq"}), WAIT).await?;
+    let answer = answer.map_err(|e| anyhow::anyhow!("{e}\n{}", function.logs()))?;
+    assert_eq!(answer, json!({"handled": 2, "left": 0, "outage": false}), "{}", function.logs());
+    for id in &ids {
+        env.wait_for_status(id, "queued", WAIT).await?;
+    }
+    assert_eq!(queue_total(&env, &upload_dlq).await?, 0);
+    let queued = env.drain(&env.queues.express, 2).await?.len() + env.drain(&env.queues.bulk, 2).await?.len();
+    assert_eq!(queued, 2);
+    // Anything else is refused rather than guessed at.
+    assert!(runtime.invoke(json!({"hello": "world"}), WAIT).await?.is_err());
+    Ok(())
+}

@@ -316,3 +316,83 @@ async fn caller_quotas_hold_across_instances_and_concurrent_creations() -> anyho
     conn.disconnect().await?;
     Ok(())
 }
+
+/// Issue 12 (2): a server that stops answering without closing its connections (stopped with
+/// SIGSTOP, a proxy on the way that hangs). The driver has no read timeout, so before
+/// `DB_TIMEOUT_MS` every call on such a connection waited forever. Now each call, on a pooled
+/// connection or a new one, and each write in a transaction, fails as retryable within the
+/// timeout; once the server answers again the same store works, nothing half-written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_database_fails_each_call_in_bounded_time_then_recovers() -> anyhow::Result<()> {
+    use std::time::{Duration, Instant};
+
+    use ocr_aws::MySqlJobStore;
+    use ocr_core::worker::ResultStore;
+    use ocr_integration_tests::worker::DbProxy;
+
+    let env = TestEnv::with(Options { poller: false, ..Options::default() }).await?;
+    let server = std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into());
+    let target = server.trim_start_matches("mysql://").rsplit('@').next().unwrap_or("127.0.0.1:3306").to_owned();
+    let target = target.split('?').next().unwrap_or(&target).to_owned();
+    let proxy = DbProxy::start(&target).await?;
+    let db_name = env.database_url.rsplit('/').next().unwrap().to_owned();
+    let url = format!("mysql://root@127.0.0.1:{}/{db_name}", proxy.port);
+    ocr_aws::sql::set_timeout(Duration::from_secs(1));
+    let store = MySqlJobStore::new(&url, 2, None)?;
+    let job = env.store.insert(new_job("alice", None)).await?;
+    let queued = StatusChange { at_ms: 1_000, error: None, ..Default::default() };
+    assert!(store.set_status(&job.id, JobStatus::AwaitingUpload, JobStatus::Queued, queued).await?);
+
+    proxy.freeze();
+    let bounded = |started: Instant, what: &str| {
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(3), "{what} took {took:?} against a hung server");
+    };
+    let t = Instant::now();
+    let e = store.get(&job.id).await.expect_err("a hung server cannot answer");
+    assert!(e.is_retryable(), "{e}");
+    assert!(e.to_string().contains("DB_TIMEOUT_MS"), "{e}");
+    bounded(t, "a read on a pooled connection");
+    let t = Instant::now();
+    let e = store.take(&[job.id], 2_000).await.expect_err("nor write");
+    assert!(e.is_retryable(), "{e}");
+    bounded(t, "a transaction");
+    // A store with no connection yet: the handshake itself hangs.
+    let fresh = MySqlJobStore::new(&url, 1, None)?;
+    let t = Instant::now();
+    assert!(fresh.get(&job.id).await.expect_err("no handshake").is_retryable());
+    bounded(t, "a new connection");
+
+    proxy.thaw();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let got = loop {
+        match store.get(&job.id).await {
+            Ok(got) => break got,
+            Err(e) if Instant::now() < deadline => {
+                assert!(e.is_retryable(), "{e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => anyhow::bail!("the store did not recover: {e}"),
+        }
+    };
+    let got = got.expect("the job");
+    // The timed-out take either committed whole or not at all.
+    assert!(matches!(got.status, JobStatus::Queued | JobStatus::Processing), "{:?}", got.status);
+    assert_eq!(got.attempts, u32::from(got.status == JobStatus::Processing));
+    assert!(!store.take(&[job.id], 3_000).await?.is_empty());
+    assert!(fresh.get(&job.id).await?.is_some());
+    Ok(())
+}
+
+/// Issue 12 (7): the template deploys RDS for MariaDB because every test runs on MariaDB; a
+/// run against another engine would no longer test what ships.
+#[tokio::test]
+async fn the_tests_run_on_the_engine_the_template_deploys() -> anyhow::Result<()> {
+    let env = TestEnv::with(Options { poller: false, ..Options::default() }).await?;
+    let mut conn = mysql_async::Conn::from_url(&env.database_url).await?;
+    let version: Option<String> = conn.query_first("SELECT VERSION()").await?;
+    conn.disconnect().await?;
+    let version = version.unwrap_or_default();
+    assert!(version.contains("MariaDB"), "the template deploys RDS for MariaDB; this server is {version}");
+    Ok(())
+}

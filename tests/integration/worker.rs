@@ -300,6 +300,59 @@ async fn a_database_outage_holds_work_until_it_returns() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Issue 12 (2): a database that hangs (connections open, nothing answered) for longer than
+/// the worker's DB_RETRY_SECS. Each call gives up after DB_TIMEOUT_MS instead of waiting
+/// forever, the batch gives up after DB_RETRY_SECS, and its messages go back to the queue as new
+/// ones (requeued) instead of being held, so no attempt is used: every job succeeds once the
+/// database answers again, none fails, nothing reaches the DLQ.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_database_hands_batches_back_without_using_attempts() -> anyhow::Result<()> {
+    if !models_available() {
+        return Ok(());
+    }
+    let env = TestEnv::with(Options { job_visibility_secs: 6, ..Options::default() }).await?;
+    let server = std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into());
+    let target = server.trim_start_matches("mysql://").rsplit('@').next().unwrap_or("127.0.0.1:3306").to_owned();
+    let proxy = DbProxy::start(&target).await?;
+    let db_name = env.database_url.rsplit('/').next().unwrap().to_owned();
+    let through_proxy = format!("mysql://root@127.0.0.1:{}/{db_name}", proxy.port);
+    let images = line_images(10)?;
+    for (bytes, _) in &images[..2] {
+        upload(&env, bytes, "bulk", None).await?;
+    }
+    wait_until("jobs queued", Duration::from_secs(30), || async { Ok(count(&env, "queued").await? == 2) }).await?;
+    let worker = env.spawn_worker(&[
+        ("DATABASE_URL", through_proxy),
+        ("BATCH_MAX", "4".into()),
+        ("DB_TIMEOUT_MS", "1000".into()),
+        ("DB_RETRY_SECS", "2".into()),
+    ])?;
+    wait_until("the first jobs done", Duration::from_secs(60), || async { Ok(count(&env, "succeeded").await? == 2) })
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\nworker log:\n{}", worker.logs()))?;
+    proxy.freeze();
+    for (bytes, _) in &images[2..] {
+        upload(&env, bytes, "bulk", None).await?;
+    }
+    wait_until("a batch handed back", Duration::from_secs(60), || async {
+        Ok(worker.logs().contains("message requeued (no attempt used)"))
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\nworker log:\n{}", worker.logs()))?;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(worker.logs().contains("DB_TIMEOUT_MS"), "each call gave up on its own");
+    proxy.thaw();
+    wait_until("all jobs succeeded", Duration::from_secs(120), || async { Ok(count(&env, "succeeded").await? == 10) })
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\nworker log:\n{}", worker.logs()))?;
+    assert_eq!(count(&env, "failed").await?, 0);
+    assert_eq!(results(&env).await?, 10);
+    for dlq in &env.queues.dlqs {
+        assert_eq!(queue_total(&env, dlq).await?, 0, "{dlq}");
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_batch_exits_zero_and_loses_nothing() -> anyhow::Result<()> {
     if !models_available() {

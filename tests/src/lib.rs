@@ -98,6 +98,11 @@ pub struct TestEnv {
     server_db: String,
 }
 
+/// The tests' upload-event backoff: 1 s, then 2 s (production: 30 s doubling to 15 min).
+pub fn quick_backoff() -> ocr_api::upload::Backoff {
+    ocr_api::upload::Backoff { base: Duration::from_secs(1), max: Duration::from_secs(2) }
+}
+
 pub fn aws_endpoint() -> String {
     std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| "http://127.0.0.1:4566".into())
 }
@@ -213,7 +218,8 @@ impl TestEnv {
         let api = serve_api(state, stop_rx.clone()).await?;
         if options.poller {
             let consumer = SqsConsumer::new(&aws, &queues.upload_events);
-            tokio::spawn(ocr_api::poller::run(uploads.clone(), consumer, stop_rx));
+            let settings = ocr_api::poller::PollerSettings { backoff: quick_backoff(), dead_letters: None };
+            tokio::spawn(ocr_api::poller::run(uploads.clone(), consumer, settings, stop_rx));
         }
         Ok(TestEnv {
             name,

@@ -222,10 +222,39 @@ impl WebhookReceiver {
 }
 
 /// A TCP proxy in front of the database that a test can cut (closing every connection
-/// and refusing new ones) and restore: an outage without touching the shared server.
+/// and refusing new ones) and restore: an outage without touching the shared server. It can
+/// also freeze: connections stay open (new ones are accepted) but nothing is forwarded, as
+/// when the server is stopped (SIGSTOP) or a proxy on the way hangs.
 pub struct DbProxy {
     pub port: u16,
     cut: watch::Sender<bool>,
+    frozen: watch::Sender<bool>,
+}
+
+/// Copies `from` to `to` until either closes or the proxy is cut; holds each chunk while the
+/// proxy is frozen.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut cut: watch::Receiver<bool>,
+    mut frozen: watch::Receiver<bool>,
+) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = tokio::select! {
+            r = from.read(&mut buf) => match r { Ok(0) | Err(_) => break, Ok(n) => n },
+            _ = cut.wait_for(|c| *c) => break,
+        };
+        tokio::select! {
+            _ = frozen.wait_for(|f| !*f) => {}
+            _ = cut.wait_for(|c| *c) => break,
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
 }
 
 impl DbProxy {
@@ -233,6 +262,7 @@ impl DbProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
         let (cut, cut_rx) = watch::channel(false);
+        let (frozen, frozen_rx) = watch::channel(false);
         let target = target.to_owned();
         tokio::spawn(async move {
             loop {
@@ -242,17 +272,28 @@ impl DbProxy {
                     continue;
                 }
                 let target = target.clone();
-                let mut cut_rx = cut_rx.clone();
+                let (cut_rx, frozen_rx) = (cut_rx.clone(), frozen_rx.clone());
                 tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(&target).await else { return };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = cut_rx.wait_for(|c| *c) => {}
-                    }
+                    let Ok(server) = TcpStream::connect(&target).await else { return };
+                    let (client_read, client_write) = client.into_split();
+                    let (server_read, server_write) = server.into_split();
+                    tokio::join!(
+                        pump(client_read, server_write, cut_rx.clone(), frozen_rx.clone()),
+                        pump(server_read, client_write, cut_rx, frozen_rx),
+                    );
                 });
             }
         });
-        Ok(DbProxy { port, cut })
+        Ok(DbProxy { port, cut, frozen })
+    }
+
+    /// Stops forwarding without closing anything (a hung server).
+    pub fn freeze(&self) {
+        let _ = self.frozen.send(true);
+    }
+
+    pub fn thaw(&self) {
+        let _ = self.frozen.send(false);
     }
 
     pub fn cut(&self) {

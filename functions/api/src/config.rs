@@ -20,6 +20,34 @@ pub struct ProducerArgs {
     pub api: ApiArgs,
 }
 
+/// How upload events that could not be handled come back (the on-upload function and the local
+/// poller alike).
+#[derive(clap::Args, Debug, Clone)]
+pub struct UploadRetryArgs {
+    /// Delay before a failed upload event is delivered again, in seconds; doubles with each
+    /// receive (the queue's maxReceiveCount, 6, then spans half an hour at the defaults).
+    #[arg(long, env = "UPLOAD_RETRY_BASE_SECS", default_value_t = 30)]
+    pub upload_retry_base_secs: u64,
+    /// Longest such delay, in seconds.
+    #[arg(long, env = "UPLOAD_RETRY_MAX_SECS", default_value_t = 900)]
+    pub upload_retry_max_secs: u64,
+    /// The upload-events dead-letter queue, swept back through the handler once the outage that
+    /// filled it is over (see `ocr_api::dead_letters`). Unset: no sweep.
+    #[arg(long, env = "UPLOAD_EVENTS_DLQ_URL")]
+    pub upload_events_dlq_url: Option<String>,
+    /// Seconds between two sweeps of that queue by the local poller (on AWS a schedule invokes
+    /// the on-upload function instead, every 5 minutes).
+    #[arg(long, env = "UPLOAD_DLQ_SWEEP_SECS", default_value_t = 300)]
+    pub upload_dlq_sweep_secs: u64,
+}
+
+impl UploadRetryArgs {
+    pub fn backoff(&self) -> crate::upload::Backoff {
+        let base = Duration::from_secs(self.upload_retry_base_secs.max(1));
+        crate::upload::Backoff { base, max: Duration::from_secs(self.upload_retry_max_secs).max(base) }
+    }
+}
+
 /// How callers are identified.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthMode {

@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod backpressure;
 pub mod config;
+pub mod dead_letters;
 pub mod error;
 pub mod poller;
 pub mod routes;

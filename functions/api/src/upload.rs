@@ -3,6 +3,8 @@
 //! S3 events can arrive more than once and in any order, so every step is
 //! idempotent: the job's status in the store decides what is left to do.
 
+use std::time::{Duration, Instant};
+
 use aws_lambda_events::s3::S3Event;
 use ocr_core::content::{TAIL_LEN, check_shape};
 use ocr_core::job::parse_object_key;
@@ -29,6 +31,46 @@ pub struct UploadHandler {
     pub max_upload_bytes: u64,
 }
 
+/// One upload-events message as delivered (by Lambda's SQS trigger or the local poller).
+#[derive(Debug, Clone)]
+pub struct EventMessage {
+    pub message_id: String,
+    pub receipt_handle: String,
+    pub body: String,
+    /// SQS's ApproximateReceiveCount: this delivery is the n-th.
+    pub receive_count: u32,
+}
+
+/// A message left for another delivery, to show again after `after` (its visibility is set to
+/// that, so a failing event backs off instead of using its receives up at once).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TryAgain {
+    pub message_id: String,
+    pub receipt_handle: String,
+    pub after: Duration,
+}
+
+/// How long a failed upload event waits before its next delivery: `base` after the first
+/// receive, doubling with each, at most `max` (`UPLOAD_RETRY_BASE_SECS`, `UPLOAD_RETRY_MAX_SECS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    pub base: Duration,
+    pub max: Duration,
+}
+
+impl Backoff {
+    pub fn after(&self, receive_count: u32) -> Duration {
+        let doublings = receive_count.clamp(1, 20) - 1;
+        self.base.saturating_mul(1u32 << doublings).min(self.max)
+    }
+}
+
+/// Whether `e` means a service every event needs is away (the database, the job queues), so
+/// that the events after it in the batch would fail the same way.
+pub fn is_outage(e: &PortError) -> bool {
+    matches!(e, PortError::Unavailable { service: "mysql" | "sqs", .. })
+}
+
 /// A message body that is not an S3 event notification.
 #[derive(Debug, thiserror::Error)]
 #[error("not an S3 event notification: {0}")]
@@ -52,6 +94,48 @@ impl UploadHandler {
             outcomes.push(self.handle_object(&key).await?);
         }
         Ok(outcomes)
+    }
+
+    /// Handles a batch of upload-events messages in order and returns those to deliver again.
+    ///
+    /// Each failure is reported alone (the rest of the batch is done), with a delay that grows
+    /// with its receive count. Once one fails because the database or the job queue is away,
+    /// the rest are not tried: they would each wait out the same timeouts, and on Lambda the
+    /// invocation's timeout would then fail the whole batch. Nor is a message started when less
+    /// than `reserve` is left before `deadline` (the invocation's end).
+    pub async fn handle_batch(
+        &self,
+        messages: Vec<EventMessage>,
+        backoff: Backoff,
+        deadline: Option<Instant>,
+        reserve: Duration,
+    ) -> Vec<TryAgain> {
+        let mut again = Vec::new();
+        let mut away: Option<String> = None;
+        for m in messages {
+            let retry = TryAgain {
+                message_id: m.message_id.clone(),
+                receipt_handle: m.receipt_handle.clone(),
+                after: backoff.after(m.receive_count),
+            };
+            let late = deadline.is_some_and(|d| d.saturating_duration_since(Instant::now()) < reserve);
+            if away.is_some() || late {
+                tracing::info!(message_id = %m.message_id, after = ?retry.after, late, "upload event left for later");
+                again.push(retry);
+                continue;
+            }
+            if let Err(e) = self.handle_message(&m.body).await {
+                tracing::warn!(
+                    message_id = %m.message_id, error = %e, retryable = e.is_retryable(),
+                    receive_count = m.receive_count, after = ?retry.after, "upload event failed"
+                );
+                if is_outage(&e) {
+                    away = Some(e.to_string());
+                }
+                again.push(retry);
+            }
+        }
+        again
     }
 
     /// Handles the object `key` having been created.
@@ -183,6 +267,17 @@ fn decode_key(key: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_doubles_per_receive_up_to_its_cap() {
+        let b = Backoff { base: Duration::from_secs(30), max: Duration::from_secs(900) };
+        let secs: Vec<u64> = (1..=7).map(|n| b.after(n).as_secs()).collect();
+        assert_eq!(secs, [30, 60, 120, 240, 480, 900, 900]);
+        assert_eq!(b.after(0), Duration::from_secs(30));
+        assert_eq!(b.after(u32::MAX), Duration::from_secs(900));
+        // Six receives (the queue's maxReceiveCount) span half an hour before the DLQ.
+        assert_eq!((1..=6).map(|n| b.after(n).as_secs()).sum::<u64>(), 1830);
+    }
 
     #[test]
     fn reads_keys_from_events() {

@@ -1,6 +1,7 @@
 //! Handlers on the in-memory fakes: no AWS, no database.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
@@ -9,7 +10,7 @@ use ocr_api::AppState;
 use ocr_api::auth::Authenticator;
 use ocr_api::config::Limits;
 use ocr_api::state::Ports;
-use ocr_api::upload::{UploadHandler, UploadOutcome};
+use ocr_api::upload::{Backoff, EventMessage, UploadHandler, UploadOutcome};
 use ocr_core::fakes::{InMemoryJobQueue, InMemoryJobStore, InMemoryObjectStore, ManualClock};
 use ocr_core::ports::{Clock, JobStore, ObjectInfo, ObjectStore, PresignedPut, StatusChange};
 use ocr_core::quota::CallerQuota;
@@ -552,6 +553,57 @@ async fn a_good_upload_is_queued_once() {
     let job = h.store.get(&id).await.unwrap().unwrap();
     assert_eq!(job.status, JobStatus::Queued);
     assert!(job.enqueued_at_ms.is_some());
+}
+
+fn event(key: &str, n: usize, receive_count: u32) -> EventMessage {
+    let body = json!({"Records": [{
+        "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "us-east-1",
+        "eventTime": "2026-01-01T00:00:00.000Z", "eventName": "ObjectCreated:Put",
+        "userIdentity": {"principalId": "x"}, "requestParameters": {"sourceIPAddress": "127.0.0.1"},
+        "responseElements": {},
+        "s3": {"s3SchemaVersion": "1.0", "configurationId": "c",
+               "bucket": {"name": "b", "ownerIdentity": {"principalId": "x"}, "arn": "arn:aws:s3:::b"},
+               "object": {"key": key, "size": 3, "eTag": "e", "sequencer": "1"}}
+    }]});
+    EventMessage { message_id: format!("m{n}"), receipt_handle: format!("r{n}"), body: body.to_string(), receive_count }
+}
+
+/// With the database away, the first event of a batch fails and the rest are not tried (on
+/// Lambda each would wait out the same timeouts, and the invocation's timeout would fail the
+/// whole batch): every one is reported alone, hidden for a backoff that grows with its
+/// receives. Once the database is back, the same events queue every job once.
+#[tokio::test]
+async fn a_batch_during_a_database_outage_backs_off_and_loses_nothing() {
+    let h = harness();
+    let mut events = Vec::new();
+    for n in 0..4 {
+        let bytes = png_bytes();
+        let (_, key) = uploaded(&h, ContentType::Png, bytes.len(), bytes).await;
+        events.push(event(&key, n, 1 + n as u32));
+    }
+    let backoff = Backoff { base: Duration::from_secs(30), max: Duration::from_secs(900) };
+    h.store.set_down(true);
+    let reads = h.store.reads();
+    let again = h.uploads().handle_batch(events.clone(), backoff, None, Duration::ZERO).await;
+    assert_eq!(h.store.reads() - reads, 1, "only the first event may try the database");
+    let after: Vec<u64> = again.iter().map(|t| t.after.as_secs()).collect();
+    assert_eq!(after, [30, 60, 120, 240]);
+    assert_eq!(again.iter().map(|t| t.receipt_handle.as_str()).collect::<Vec<_>>(), ["r0", "r1", "r2", "r3"]);
+    assert!(h.queue.messages(Priority::Bulk).is_empty());
+
+    // Out of time: nothing is started when less than the reserve is left.
+    h.store.set_down(false);
+    let soon = Some(std::time::Instant::now() + Duration::from_millis(100));
+    let again = h.uploads().handle_batch(events.clone(), backoff, soon, Duration::from_secs(1)).await;
+    assert_eq!(again.len(), 4);
+    assert!(h.queue.messages(Priority::Bulk).is_empty());
+
+    let again = h.uploads().handle_batch(events.clone(), backoff, None, Duration::ZERO).await;
+    assert!(again.is_empty(), "{again:?}");
+    assert_eq!(h.queue.messages(Priority::Bulk).len(), 4);
+    // A late duplicate delivery changes nothing.
+    assert!(h.uploads().handle_batch(events, backoff, None, Duration::ZERO).await.is_empty());
+    assert_eq!(h.queue.messages(Priority::Bulk).len(), 4);
 }
 
 #[tokio::test]

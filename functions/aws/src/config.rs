@@ -42,12 +42,18 @@ pub struct DbArgs {
     /// a certificate from a public CA.
     #[arg(long, env = "DATABASE_CA_FILE")]
     pub database_ca_file: Option<PathBuf>,
+    /// Longest wait for the database on one step (a connection, a statement, a commit), in
+    /// milliseconds; past it the step fails as retryable, so a server that stops answering
+    /// without closing its connections cannot hang a request or a batch.
+    #[arg(long, env = "DB_TIMEOUT_MS", default_value_t = crate::sql::DEFAULT_TIMEOUT_MS)]
+    pub db_timeout_ms: u64,
 }
 
 impl DbArgs {
     /// The store on this database (connections open on first use), its password read from
     /// Secrets Manager first when `DATABASE_PASSWORD` names it.
     pub async fn connect(&self, aws: &aws_config::SdkConfig) -> Result<MySqlJobStore, ocr_core::PortError> {
+        crate::sql::set_timeout(std::time::Duration::from_millis(self.db_timeout_ms));
         let password = match &self.database_password {
             Some(p) => Some(crate::secrets::resolve(p, aws).await?),
             None => None,

@@ -14,7 +14,7 @@ mod results;
 pub mod roles;
 pub mod s3;
 pub mod secrets;
-mod sql;
+pub mod sql;
 pub mod sqs;
 
 pub use aws_config::SdkConfig;
@@ -24,6 +24,17 @@ pub use sqs::{DeadLetterAdmin, ReceivedMessage, SqsConsumer, SqsDeadLetters, Sqs
 
 /// Loads the shared AWS configuration from the environment (region, credentials,
 /// `AWS_ENDPOINT_URL`), as on Lambda, EC2 and against LocalStack.
+///
+/// Every call is bounded: a service (or LocalStack, or a proxy) that accepts a connection and
+/// then stops answering fails the attempt as a timeout, which the SDK retries and then reports
+/// as retryable, instead of hanging a request or a batch. The read timeout sits
+/// above SQS's longest long poll (20 s), which answers only when it ends.
 pub async fn aws_config_from_env() -> aws_config::SdkConfig {
-    aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
+    use std::time::Duration;
+    let timeouts = aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(3))
+        .read_timeout(Duration::from_secs(30))
+        .operation_attempt_timeout(Duration::from_secs(40))
+        .build();
+    aws_config::defaults(aws_config::BehaviorVersion::latest()).timeout_config(timeouts).load().await
 }

@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use std::path::Path;
 
 use mysql_async::prelude::Queryable;
-use mysql_async::{Conn, Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, Row, TxOpts, params};
+use mysql_async::{Conn, Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, Row, params};
 use ocr_core::job::Idempotency;
 use ocr_core::ports::{JobStore, StatusChange};
 use ocr_core::quota::{Admission, CallerQuota, TokenBucket};
@@ -121,6 +121,13 @@ const MIGRATIONS: &[(u32, &str)] = &[
         // A caller's waiting jobs (the quota's count) without reading its finished ones.
         r"ALTER TABLE jobs ADD KEY ix_jobs_owner_status (owner, status, created_at_ms)",
     ),
+    (
+        12,
+        // When an operator last redrove the job (`dlq redrive --reset-jobs`): the dead-letter
+        // sweep leaves such a job alone until its redriven message has had time to move
+        // (ocr_core::worker::REDRIVE_GRACE_MS), instead of failing it again from the old copy.
+        r"ALTER TABLE jobs ADD COLUMN redriven_at_ms BIGINT NULL",
+    ),
 ];
 
 /// A caller's jobs holding a waiting place (ocr_core::quota::CallerQuota::holds_a_place),
@@ -211,8 +218,9 @@ impl MySqlJobStore {
         &self.pool
     }
 
+    /// A connection from the pool (opened when none is idle), within `DB_TIMEOUT_MS`.
     pub async fn conn(&self) -> Result<Conn, PortError> {
-        self.pool.get_conn().await.map_err(db_error)
+        crate::sql::timed("a connection", self.pool.get_conn()).await
     }
 
     /// Applies pending migrations. Safe to run from many processes at once:
@@ -358,7 +366,7 @@ impl JobStore for MySqlJobStore {
         }
         let now = new.created_at_ms;
         let mut conn = self.conn().await?;
-        let mut tx = conn.start_transaction(TxOpts::default()).await.map_err(db_error)?;
+        let mut tx = crate::sql::begin(&mut conn).await?;
         // Creates the caller's row or locks it: one caller's creations (from every API
         // instance) pass here one at a time, so the count below cannot go stale before the
         // insert. Other callers never wait on this row.
@@ -403,7 +411,7 @@ impl JobStore for MySqlJobStore {
         )?
         .ignore(&mut tx)
         .await?;
-        tx.commit().await.map_err(db_error)?;
+        crate::sql::commit(tx).await?;
         Ok(Admission::Admitted(Box::new(job)))
     }
 
@@ -491,7 +499,7 @@ impl JobStore for MySqlJobStore {
 
     async fn mark_deleted(&self, id: &JobId, at_ms: i64) -> Result<(), PortError> {
         let mut conn = self.conn().await?;
-        let mut tx = conn.start_transaction(Default::default()).await.map_err(db_error)?;
+        let mut tx = crate::sql::begin(&mut conn).await?;
         bind("DELETE FROM job_results WHERE job_id = :id", params! { "id" => id.to_string() })?.ignore(&mut tx).await?;
         // The row stays (as `deleted`) so the id keeps answering "deleted", but what the
         // caller sent with it goes.
@@ -505,7 +513,7 @@ impl JobStore for MySqlJobStore {
         )?
         .ignore(&mut tx)
         .await?;
-        tx.commit().await.map_err(db_error)
+        crate::sql::commit(tx).await
     }
 }
 
@@ -519,7 +527,7 @@ impl WebhookKeys for MySqlJobStore {
     async fn rotate_key(&self, owner: &str, overlap: std::time::Duration, now_ms: i64) -> Result<KeyState, PortError> {
         let until = now_ms + overlap.as_millis() as i64;
         let mut conn = self.conn().await?;
-        let mut tx = conn.start_transaction(Default::default()).await.map_err(db_error)?;
+        let mut tx = crate::sql::begin(&mut conn).await?;
         // One statement: two rotations at once are two generations, never one lost.
         bind(
             "INSERT INTO webhook_keys (owner, generation, previous_until_ms, updated_at_ms) VALUES (:owner, 2, :until, :at) \
@@ -529,7 +537,7 @@ impl WebhookKeys for MySqlJobStore {
         .ignore(&mut tx)
         .await?;
         let state = read_key_state(&mut tx, owner).await?;
-        tx.commit().await.map_err(db_error)?;
+        crate::sql::commit(tx).await?;
         state.ok_or_else(|| corrupt("webhook key"))
     }
 }

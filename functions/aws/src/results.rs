@@ -1,11 +1,11 @@
 //! [`ResultStore`] on MySQL: the worker's batch writes.
 
 use async_trait::async_trait;
-use mysql_async::{Params, Row, TxOpts, Value, params};
-use ocr_core::worker::{OwedNotification, Purged, ResultStore, TakenJob, WebhookRecord};
+use mysql_async::{Params, Row, Value, params};
+use ocr_core::worker::{OwedNotification, Purged, REDRIVE_GRACE_MS, ResultStore, TakenJob, WebhookRecord};
 use ocr_core::{JobId, JobStatus, OcrResult, PortError};
 
-use crate::mysql::{MySqlJobStore, db_error, may_become};
+use crate::mysql::{MySqlJobStore, may_become};
 use crate::sql::bind;
 
 /// `?, ?, ?` for `n` values.
@@ -24,16 +24,30 @@ fn unreadable(what: &str) -> PortError {
 impl MySqlJobStore {
     /// Fails a job that has not ended, setting `error` to `error_sql` (which may use
     /// `:reason` and the old `error`), and records its webhook as owed when it has a callback.
-    async fn end_failed(&self, id: &JobId, error_sql: &str, reason: &str, at_ms: i64) -> Result<bool, PortError> {
+    /// `guard` is more SQL the row must meet (it may use `:since`, bound to `since_ms`).
+    async fn end_failed(
+        &self,
+        id: &JobId,
+        error_sql: &str,
+        reason: &str,
+        at_ms: i64,
+        guard: &str,
+        since_ms: i64,
+    ) -> Result<bool, PortError> {
         let mut conn = self.conn().await?;
+        let params = if guard.is_empty() {
+            params! { "reason" => reason, "at" => at_ms, "id" => id.to_string() }
+        } else {
+            params! { "reason" => reason, "at" => at_ms, "id" => id.to_string(), "since" => since_ms }
+        };
         bind(
             format!(
                 "UPDATE jobs SET status = 'failed', error = {error_sql}, finished_at_ms = :at, updated_at_ms = :at, \
              notify_since_ms = IF(callback_url IS NULL, NULL, :at), notify_first_ms = IF(callback_url IS NULL, NULL, :at) \
-             WHERE id = :id AND status IN ({})",
+             WHERE id = :id AND status IN ({}) {guard}",
                 may_become(JobStatus::Failed)
             ),
-            params! { "reason" => reason, "at" => at_ms, "id" => id.to_string() },
+            params,
         )?
         .ignore(&mut conn)
         .await?;
@@ -44,7 +58,7 @@ impl MySqlJobStore {
     /// `settle` (SQL assignments, which may use `:since`), in one transaction.
     async fn webhook_attempt(&self, r: &WebhookRecord, settle: &str, since: Option<i64>) -> Result<(), PortError> {
         let mut conn = self.conn().await?;
-        let mut tx = conn.start_transaction(TxOpts::default()).await.map_err(db_error)?;
+        let mut tx = crate::sql::begin(&mut conn).await?;
         bind(
             "INSERT INTO webhook_deliveries (job_id, url, outcome, attempts, status_code, error, at_ms) \
          VALUES (:job_id, :url, :outcome, :attempts, :status_code, :error, :at)",
@@ -65,7 +79,7 @@ impl MySqlJobStore {
             None => params! { "id" => r.job_id.to_string() },
         };
         bind(format!("UPDATE jobs SET {settle} WHERE id = :id"), params)?.ignore(&mut tx).await?;
-        tx.commit().await.map_err(db_error)
+        crate::sql::commit(tx).await
     }
 
     /// An operator's redrive ([`JobStatus::REDRIVE`]): the jobs that failed go back to `queued`
@@ -76,13 +90,13 @@ impl MySqlJobStore {
             return Ok(0);
         }
         let (from, to) = JobStatus::REDRIVE;
-        let mut params = vec![Value::from(to.as_str()), Value::from(at_ms), Value::from(at_ms)];
+        let mut params = vec![Value::from(to.as_str()), Value::from(at_ms), Value::from(at_ms), Value::from(at_ms)];
         params.extend(id_values(ids));
         params.push(Value::from(from.as_str()));
         let mut conn = self.conn().await?;
         bind(format!(
             "UPDATE jobs SET status = ?, attempts = 0, error = NULL, finished_at_ms = NULL, notify_since_ms = NULL, notify_first_ms = NULL, \
-             queued_at_ms = ?, updated_at_ms = ? WHERE id IN ({}) AND status = ?",
+             queued_at_ms = ?, updated_at_ms = ?, redriven_at_ms = ? WHERE id IN ({}) AND status = ?",
             placeholders(ids.len())
         ), Params::Positional(params))?.ignore(&mut conn).await?;
         Ok(conn.affected_rows())
@@ -96,7 +110,7 @@ impl ResultStore for MySqlJobStore {
             return Ok(Vec::new());
         }
         let mut conn = self.conn().await?;
-        let mut tx = conn.start_transaction(TxOpts::default()).await.map_err(db_error)?;
+        let mut tx = crate::sql::begin(&mut conn).await?;
         let list = placeholders(ids.len());
         // Row locks keep a concurrent `complete` or delete from slipping between read and write.
         let rows: Vec<Row> = bind(
@@ -133,7 +147,7 @@ impl ResultStore for MySqlJobStore {
         )?
         .ignore(&mut tx)
         .await?;
-        tx.commit().await.map_err(db_error)?;
+        crate::sql::commit(tx).await?;
         Ok(taken)
     }
 
@@ -143,7 +157,7 @@ impl ResultStore for MySqlJobStore {
         }
         let ids: Vec<JobId> = results.iter().map(|(id, _)| *id).collect();
         let mut conn = self.conn().await?;
-        let mut tx = conn.start_transaction(TxOpts::default()).await.map_err(db_error)?;
+        let mut tx = crate::sql::begin(&mut conn).await?;
         let eligible: Vec<String> = bind(
             format!(
                 "SELECT id FROM jobs WHERE id IN ({}) AND status IN ({}) FOR UPDATE",
@@ -187,17 +201,26 @@ impl ResultStore for MySqlJobStore {
             .ignore(&mut tx)
             .await?;
         }
-        tx.commit().await.map_err(db_error)?;
+        crate::sql::commit(tx).await?;
         Ok(written)
     }
 
     async fn fail(&self, id: &JobId, reason: &str, at_ms: i64) -> Result<bool, PortError> {
-        self.end_failed(id, ":reason", reason, at_ms).await
+        self.end_failed(id, ":reason", reason, at_ms, "", 0).await
     }
 
     async fn give_up(&self, id: &JobId, reason: &str, at_ms: i64) -> Result<bool, PortError> {
-        self.end_failed(id, "IF(error IS NULL OR error = '', :reason, CONCAT(error, '; ', :reason))", reason, at_ms)
-            .await
+        // A job an operator just redrove, not taken since, is what its old dead letter names
+        // while the message move is under way: not a job to fail (REDRIVE_GRACE_MS).
+        self.end_failed(
+            id,
+            "IF(error IS NULL OR error = '', :reason, CONCAT(error, '; ', :reason))",
+            reason,
+            at_ms,
+            "AND NOT (status = 'queued' AND attempts = 0 AND redriven_at_ms IS NOT NULL AND redriven_at_ms >= :since)",
+            at_ms - REDRIVE_GRACE_MS,
+        )
+        .await
     }
 
     async fn note_attempt_error(&self, id: &JobId, reason: &str, at_ms: i64) -> Result<(), PortError> {
@@ -227,7 +250,7 @@ impl ResultStore for MySqlJobStore {
     ) -> Result<Purged, PortError> {
         let mut conn = self.conn().await?;
         // Strip: one short transaction over at most `max` rows, walked by ix_jobs_created.
-        let mut tx = conn.start_transaction(TxOpts::default()).await.map_err(db_error)?;
+        let mut tx = crate::sql::begin(&mut conn).await?;
         let ids: Vec<String> = bind(
             "SELECT id FROM jobs WHERE created_at_ms < :before AND purged_at_ms IS NULL \
              ORDER BY created_at_ms LIMIT :max FOR UPDATE SKIP LOCKED",
@@ -252,7 +275,7 @@ impl ResultStore for MySqlJobStore {
             .ignore(&mut tx)
             .await?;
         }
-        tx.commit().await.map_err(db_error)?;
+        crate::sql::commit(tx).await?;
         // Delete: stripped rows only, oldest first, at most `max` (a single-table DELETE with
         // ORDER BY … LIMIT locks no more than it removes).
         bind(
@@ -292,7 +315,7 @@ impl ResultStore for MySqlJobStore {
         max: usize,
     ) -> Result<Vec<OwedNotification>, PortError> {
         let mut conn = self.conn().await?;
-        let mut tx = conn.start_transaction(TxOpts::default()).await.map_err(db_error)?;
+        let mut tx = crate::sql::begin(&mut conn).await?;
         // SKIP LOCKED: workers sweeping at the same moment take disjoint rows.
         let rows: Vec<(String, String, String, Option<String>, i64)> = bind(
             "SELECT id, owner, status, callback_url, COALESCE(notify_first_ms, notify_since_ms) FROM jobs \
@@ -325,7 +348,7 @@ impl ResultStore for MySqlJobStore {
             .ignore(&mut tx)
             .await?;
         }
-        tx.commit().await.map_err(db_error)?;
+        crate::sql::commit(tx).await?;
         Ok(claimed)
     }
 }

@@ -13,12 +13,61 @@
 //! `_utf8mb4` introducer (a character string, compared under the column's collation as a quoted
 //! one would be, that no escaping rule touches).
 
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
 use mysql_async::prelude::{FromRow, Queryable};
-use mysql_async::{Params, Value};
+use mysql_async::{Conn, Params, Transaction, TxOpts, Value};
 use mysql_common::named_params::ParsedNamedParams;
 use ocr_core::PortError;
 
 use crate::mysql::db_error;
+
+/// The longest wait for the database on one step (a connection from the pool, a statement, a
+/// transaction's start or commit), in milliseconds: `DB_TIMEOUT_MS`, set once per process by
+/// [`set_timeout`]. The driver has no read timeout of its own, so a server that stops answering
+/// without closing its connections (stopped, a hung proxy, a half-open link) would otherwise
+/// hold a request or a batch forever; past this wait the step fails as retryable instead.
+static TIMEOUT_MS: AtomicU64 = AtomicU64::new(DEFAULT_TIMEOUT_MS);
+
+/// `DB_TIMEOUT_MS`'s default: well above any statement here on a healthy server (they are
+/// single-row or bounded-batch), well under a Lambda's 10 s for the API's few steps.
+pub const DEFAULT_TIMEOUT_MS: u64 = 5_000;
+
+/// Sets the process's database timeout ([`TIMEOUT_MS`]); at least 100 ms.
+pub fn set_timeout(timeout: Duration) {
+    TIMEOUT_MS.store((timeout.as_millis() as u64).max(100), Ordering::Relaxed);
+}
+
+/// The process's database timeout.
+pub fn timeout() -> Duration {
+    Duration::from_millis(TIMEOUT_MS.load(Ordering::Relaxed))
+}
+
+/// `step` within [`timeout`], its error mapped; past it, `Unavailable` (a retry may help).
+/// Dropping a statement mid-flight leaves its connection to the pool, which cleans it up or
+/// closes it; the step's caller has its answer in bounded time either way.
+pub(crate) async fn timed<T>(
+    what: &str,
+    step: impl Future<Output = Result<T, mysql_async::Error>>,
+) -> Result<T, PortError> {
+    let limit = timeout();
+    match tokio::time::timeout(limit, step).await {
+        Ok(result) => result.map_err(db_error),
+        Err(_) => Err(PortError::unavailable("mysql", format!("no answer to {what} within {limit:?} (DB_TIMEOUT_MS)"))),
+    }
+}
+
+/// Starts a transaction on `conn`, within the timeout.
+pub(crate) async fn begin(conn: &mut Conn) -> Result<Transaction<'_>, PortError> {
+    timed("starting a transaction", conn.start_transaction(TxOpts::default())).await
+}
+
+/// Commits `tx`, within the timeout.
+pub(crate) async fn commit(tx: Transaction<'_>) -> Result<(), PortError> {
+    timed("a commit", tx.commit()).await
+}
 
 /// A statement with its values in its text, ready to send.
 #[derive(Debug, Clone, PartialEq)]
@@ -46,7 +95,7 @@ impl Statement {
 
     /// Runs it, dropping any result.
     pub(crate) async fn ignore(self, conn: &mut impl Queryable) -> Result<(), PortError> {
-        conn.query_drop(self.0).await.map_err(db_error)
+        timed("a statement", conn.query_drop(self.0)).await
     }
 
     /// Its first row, if any.
@@ -54,7 +103,7 @@ impl Statement {
     where
         T: FromRow + Send + 'static,
     {
-        conn.query_first(self.0).await.map_err(db_error)
+        timed("a query", conn.query_first(self.0)).await
     }
 
     /// All of its rows.
@@ -62,7 +111,7 @@ impl Statement {
     where
         T: FromRow + Send + 'static,
     {
-        conn.query(self.0).await.map_err(db_error)
+        timed("a query", conn.query(self.0)).await
     }
 }
 

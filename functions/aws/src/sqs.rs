@@ -432,6 +432,25 @@ impl DeadLetterAdmin {
         Ok(seen)
     }
 
+    /// Messages of the queue at `url` that are hidden now (in flight): in a dead-letter queue,
+    /// those the workers' sweep read in the last few minutes, which neither `peek` nor a
+    /// message-move task can reach until they show again.
+    pub async fn hidden(&self, url: &str) -> Result<u64, PortError> {
+        let out = self
+            .client
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await
+            .map_err(|e| sdk_error("sqs", e))?;
+        Ok(out
+            .attributes()
+            .and_then(|a| a.get(&QueueAttributeName::ApproximateNumberOfMessagesNotVisible))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0))
+    }
+
     /// Moves every message of the dead-letter queue at `dlq_url` back to `source_url` with SQS's
     /// own message-move task (at most `rate` per second, or as fast as SQS goes), waiting until
     /// it finishes. Returns the number moved.

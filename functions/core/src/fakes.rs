@@ -55,6 +55,12 @@ pub struct InMemoryJobStore {
     stripped: Mutex<std::collections::HashSet<JobId>>,
     /// Each caller's creation budget (`caller_quotas` in MySQL).
     buckets: Mutex<HashMap<String, TokenBucket>>,
+    /// When an operator last redrove each job (`redriven_at_ms`).
+    redriven: Mutex<HashMap<JobId, i64>>,
+    /// While set, reads fail as they do while the database is away ([`Self::set_down`]).
+    down: std::sync::atomic::AtomicBool,
+    /// Reads made (also those that failed).
+    reads: AtomicI64,
 }
 
 #[async_trait]
@@ -130,6 +136,10 @@ impl JobStore for InMemoryJobStore {
     }
 
     async fn get(&self, id: &JobId) -> Result<Option<Job>, PortError> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        if self.down.load(Ordering::SeqCst) {
+            return Err(PortError::unavailable("mysql", "injected: the database is away"));
+        }
         Ok(self.jobs.lock().unwrap().get(id).cloned())
     }
 
@@ -400,6 +410,15 @@ impl ResultStore for InMemoryJobStore {
     }
 
     async fn give_up(&self, id: &JobId, reason: &str, at_ms: i64) -> Result<bool, PortError> {
+        let redriven = self.redriven.lock().unwrap().get(id).copied();
+        let just_redriven = self.jobs.lock().unwrap().get(id).is_some_and(|j| {
+            j.status == JobStatus::Queued
+                && j.attempts == 0
+                && redriven.is_some_and(|t| t >= at_ms - crate::worker::REDRIVE_GRACE_MS)
+        });
+        if just_redriven {
+            return Ok(false);
+        }
         let last = self.jobs.lock().unwrap().get(id).and_then(|j| j.error.clone()).filter(|e| !e.is_empty());
         let reason = match last {
             Some(last) => format!("{last}; {reason}"),
@@ -512,11 +531,58 @@ impl InMemoryJobStore {
     pub fn result(&self, id: &JobId) -> Option<OcrResult> {
         self.results.lock().unwrap().get(id).cloned()
     }
+    /// While `down`, [`JobStore::get`] fails as it does while the database is away (the first
+    /// call the upload check makes).
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    /// Calls of [`JobStore::get`] so far.
+    pub fn reads(&self) -> i64 {
+        self.reads.load(Ordering::SeqCst)
+    }
+
+    /// An operator's redrive with `--reset-jobs` (`MySqlJobStore::requeue_failed`): the failed
+    /// jobs among `ids` go back to `queued` with no attempts and no error.
+    pub fn requeue_failed(&self, ids: &[JobId], at_ms: i64) -> u64 {
+        let (from, to) = JobStatus::REDRIVE;
+        let mut reset = 0;
+        let mut jobs = self.jobs.lock().unwrap();
+        for id in ids {
+            if let Some(job) = jobs.get_mut(id).filter(|j| j.status == from) {
+                job.status = to;
+                job.attempts = 0;
+                job.error = None;
+                job.finished_at_ms = None;
+                job.queued_at_ms = Some(at_ms);
+                self.owed.lock().unwrap().remove(id);
+                self.redriven.lock().unwrap().insert(*id, at_ms);
+                reset += 1;
+            }
+        }
+        reset
+    }
+
     /// Inserts a job already in `queued`, as the on-upload handler leaves it.
     pub fn insert_queued(&self, job: Job) {
         let mut job = job;
         job.status = JobStatus::Queued;
         self.jobs.lock().unwrap().insert(job.id, job);
+    }
+}
+
+/// A message in [`InMemoryJobSource`]'s dead-letter queue; `hidden_until` is set by a peek.
+#[derive(Debug, Clone)]
+struct DeadLetter {
+    priority: Priority,
+    id: String,
+    body: String,
+    hidden_until: Option<std::time::Instant>,
+}
+
+impl DeadLetter {
+    fn visible(&self, now: std::time::Instant) -> bool {
+        self.hidden_until.is_none_or(|t| t <= now)
     }
 }
 
@@ -536,11 +602,11 @@ struct FakeMessage {
 #[derive(Debug)]
 pub struct InMemoryJobSource {
     queues: Mutex<HashMap<Priority, Vec<FakeMessage>>>,
-    dlq: Mutex<Vec<(Priority, String)>>,
+    /// Dead letters: priority, body, and until when a peek hides each.
+    dlq: Mutex<Vec<DeadLetter>>,
     visibility: Duration,
     max_receive: u32,
     next: AtomicI64,
-    dlq_cursor: AtomicI64,
     /// Visibility changes still to refuse (an injected SQS error), and how many were.
     fail_visibility: AtomicI64,
     failed_visibility: AtomicI64,
@@ -554,7 +620,6 @@ impl InMemoryJobSource {
             visibility,
             max_receive,
             next: AtomicI64::new(0),
-            dlq_cursor: AtomicI64::new(0),
             fail_visibility: AtomicI64::new(0),
             failed_visibility: AtomicI64::new(0),
         }
@@ -597,34 +662,68 @@ impl InMemoryJobSource {
     }
 
     pub fn dead_letters(&self) -> Vec<(Priority, String)> {
-        self.dlq.lock().unwrap().clone()
+        self.dlq.lock().unwrap().iter().map(|d| (d.priority, d.body.clone())).collect()
+    }
+
+    /// Dead letters a peek hid and that are still hidden.
+    pub fn hidden_dead_letters(&self) -> usize {
+        let now = std::time::Instant::now();
+        self.dlq.lock().unwrap().iter().filter(|d| !d.visible(now)).count()
+    }
+
+    /// Lets every hidden dead letter be seen again, as when its hiding time has passed.
+    pub fn reveal_dead_letters(&self) {
+        for letter in self.dlq.lock().unwrap().iter_mut() {
+            letter.hidden_until = None;
+        }
+    }
+
+    /// An operator's redrive (SQS's message-move task): every visible dead letter of
+    /// `priority` goes back to its queue as a new message; hidden ones stay.
+    pub fn redrive(&self, priority: Priority) -> usize {
+        let now = std::time::Instant::now();
+        let mut moved = Vec::new();
+        self.dlq.lock().unwrap().retain(|d| {
+            let moves = d.priority == priority && d.visible(now);
+            if moves {
+                moved.push(d.body.clone());
+            }
+            !moves
+        });
+        let n = moved.len();
+        for body in moved {
+            self.push(priority, body);
+        }
+        n
     }
 }
 
-/// Dead letters are returned in order, `max` at a time, round-robin (so that a sweep paging
-/// through them sees each once before it sees one again).
+/// Dead letters are returned in order, the visible ones only, `max` at a time; each one read is
+/// hidden for `hide`, as SQS does.
 #[async_trait]
 impl DeadLetters for InMemoryJobSource {
-    async fn peek(&self, priority: Priority, max: usize, _hide: Duration) -> Result<Vec<Delivery>, PortError> {
-        let mine: Vec<String> =
-            self.dlq.lock().unwrap().iter().filter(|(p, _)| *p == priority).map(|(_, b)| b.clone()).collect();
-        if mine.is_empty() {
-            return Ok(Vec::new());
+    async fn peek(&self, priority: Priority, max: usize, hide: Duration) -> Result<Vec<Delivery>, PortError> {
+        let now = std::time::Instant::now();
+        let mut dlq = self.dlq.lock().unwrap();
+        let mut out = Vec::new();
+        for d in dlq.iter_mut() {
+            if out.len() >= max.min(10) {
+                break;
+            }
+            if d.priority != priority || !d.visible(now) {
+                continue;
+            }
+            d.hidden_until = Some(now + hide);
+            out.push(Delivery {
+                priority,
+                message_id: d.id.clone(),
+                receipt_handle: format!("{}-dead", d.id),
+                body: d.body.clone(),
+                receive_count: 1,
+                requeues: 0,
+            });
         }
-        let start = self.dlq_cursor.fetch_add(max.min(10) as i64, Ordering::SeqCst) as usize;
-        Ok((start..start + max.min(10).min(mine.len()))
-            .map(|i| {
-                let k = i % mine.len();
-                Delivery {
-                    priority,
-                    message_id: format!("dead{k}"),
-                    receipt_handle: format!("dead{k}-r{i}"),
-                    body: mine[k].clone(),
-                    receive_count: 1,
-                    requeues: 0,
-                }
-            })
-            .collect())
+        Ok(out)
     }
 }
 
@@ -666,7 +765,12 @@ impl JobSource for InMemoryJobSource {
                 for id in dead {
                     if let Some(pos) = queue.iter().position(|m| m.id == id) {
                         let m = queue.remove(pos);
-                        self.dlq.lock().unwrap().push((priority, m.body));
+                        self.dlq.lock().unwrap().push(DeadLetter {
+                            priority,
+                            id: m.id,
+                            body: m.body,
+                            hidden_until: None,
+                        });
                     }
                 }
             }

@@ -9,6 +9,14 @@ use crate::id::JobId;
 use crate::job::{JobStatus, Priority};
 use crate::result::OcrResult;
 
+/// How long after an operator's redrive (`dlq redrive --reset-jobs`) the dead-letter sweep
+/// leaves a reset job that no worker has taken again ([`ResultStore::give_up`]). SQS moves
+/// messages back asynchronously (at up to 500 a second by default, slower when the operator
+/// caps the rate), so the old copy can sit in the DLQ a while after its job went back to
+/// `queued`; an hour covers a move of well over a million messages. A redriven job that a
+/// worker took and whose message dead-letters again is failed at once as usual.
+pub const REDRIVE_GRACE_MS: i64 = 3_600_000;
+
 /// One delivery of a job message by the queue.
 #[derive(Debug, Clone)]
 pub struct Delivery {
@@ -134,6 +142,8 @@ pub trait ResultStore: Send + Sync {
 
     /// Like [`ResultStore::fail`], for a job the queue gave up on: keeps the error its last
     /// attempt recorded in front (`"<last error>; <reason>"`), since that is usually why.
+    /// A job an operator redrove less than [`REDRIVE_GRACE_MS`] ago and no worker has taken
+    /// since is left alone: the dead letter read is the copy its redrive is moving.
     async fn give_up(&self, id: &JobId, reason: &str, at_ms: i64) -> Result<bool, PortError>;
 
     /// Records why an attempt failed, leaving the job to be tried again.

@@ -30,6 +30,19 @@ pub fn decode_image(bytes: &[u8], max_pixels: u64) -> Result<RgbImage> {
     contain_panics(format, || decode_with(reader, format, bytes.len(), max_pixels))
 }
 
+/// Width and height as the header declares them, no pixel decoded: what decoding the image
+/// would cost, to plan memory before spending it. Orientation does not change the product.
+pub fn probe_dimensions(bytes: &[u8]) -> Result<(u32, u32)> {
+    std::panic::catch_unwind(|| {
+        ImageReader::new(Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| EngineError::Decode(e.to_string()))?
+            .into_dimensions()
+            .map_err(map_image_error)
+    })
+    .unwrap_or_else(|_| Err(EngineError::Decode("the image header could not be read".into())))
+}
+
 fn decode_with(
     mut reader: ImageReader<Cursor<&[u8]>>,
     format: ImageFormat,

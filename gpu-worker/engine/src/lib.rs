@@ -40,7 +40,7 @@ pub mod recognition;
 mod scheduler;
 pub mod settings;
 
-pub use decode::{DEFAULT_MAX_PIXELS, decode_image};
+pub use decode::{DEFAULT_MAX_PIXELS, decode_image, probe_dimensions};
 pub use engine::{Engine, EngineOptions, Line, Models, Page, StageTimes};
 pub use error::EngineError;
 pub use geometry::Quad;

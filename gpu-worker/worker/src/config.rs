@@ -61,6 +61,16 @@ pub struct WorkerConfig {
     /// Delay before a failed job is tried again, in milliseconds; doubles per attempt.
     #[arg(long, env = "RETRY_BACKOFF_MS", default_value_t = 2000)]
     pub retry_backoff_ms: u64,
+    /// How long a batch waits for the database (retrying) before its messages go back to the
+    /// queue as new ones, visible again after as long: a long outage then holds no messages
+    /// and uses none of the jobs' attempts.
+    #[arg(long, env = "DB_RETRY_SECS", default_value_t = 60)]
+    pub db_retry_secs: u64,
+    /// Most memory the decoded images in the pipeline may take together, in MiB (3 bytes a
+    /// pixel, from decoding until the engine has read them); a batch takes at most half. Unset:
+    /// a quarter of the machine's memory (or of the cgroup's limit); 0: no budget.
+    #[arg(long, env = "DECODED_BUDGET_MB")]
+    pub decoded_budget_mb: Option<u64>,
     /// Concurrent S3 downloads.
     #[arg(long, env = "PREFETCH_CONCURRENCY", default_value_t = 16)]
     pub prefetch_concurrency: usize,
@@ -158,10 +168,35 @@ impl WorkerConfig {
             bucket: self.resources.upload_bucket.clone(),
             shutdown_grace: self.shutdown_grace(),
             retry_backoff: Duration::from_millis(self.retry_backoff_ms),
+            db_retry_limit: Duration::from_secs(self.db_retry_secs.max(1)),
+            pixel_budget: self.decoded_budget_bytes() / 3,
+        }
+    }
+
+    /// `DECODED_BUDGET_MB` in bytes, or a quarter of the memory this process may use.
+    pub fn decoded_budget_bytes(&self) -> u64 {
+        match self.decoded_budget_mb {
+            Some(mb) => mb.saturating_mul(1 << 20),
+            None => memory_limit().map_or(0, |bytes| bytes / 4),
         }
     }
 
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
+    }
+}
+
+/// The memory this process may use: the machine's (`MemTotal`), or its cgroup's limit when
+/// lower (a container). `None` where neither can be read.
+pub fn memory_limit() -> Option<u64> {
+    let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    });
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max").ok().and_then(|v| v.trim().parse::<u64>().ok());
+    match (total, cgroup) {
+        (Some(t), Some(c)) => Some(t.min(c)),
+        (t, c) => t.or(c),
     }
 }

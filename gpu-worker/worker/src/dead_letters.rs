@@ -10,7 +10,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ocr_core::message::job_id_of;
 use ocr_core::worker::{DeadLetters, ResultStore};
@@ -19,27 +19,38 @@ use tokio::sync::watch;
 
 use crate::metrics::Metrics;
 
-/// Most receives per queue and sweep (10 messages each): bounds one sweep's work when a DLQ is
-/// large; hidden messages let the next sweep see others.
-const MAX_PAGES: usize = 10;
+/// How long a dead letter the sweep has read stays hidden, in sweep intervals (`DLQ_SWEEP_SECS`;
+/// 5 minutes by default): the next sweeps page past it to the ones not seen yet, so that every
+/// message of a deep queue is reached within a few sweeps (each one reads until the queue shows
+/// nothing more or its time is up), and a reread costs one cheap conditional UPDATE after that.
+/// `scripts/dlq` counts the hidden messages, which it cannot list or move meanwhile.
+pub const HIDE_SWEEPS: u32 = 5;
+
+/// Most messages one sweep reads per queue, whatever its time budget.
+const MAX_PER_SWEEP: usize = 100_000;
 
 /// Why the sweep failed a job (stored as its `error`).
 pub const REASON: &str =
     "its message reached the dead-letter queue without a final result (the worker holding its last attempt stopped)";
 
-/// One pass over both dead-letter queues; returns the jobs it failed. A message is hidden for
-/// `hide` once read, so the pages of one pass are distinct messages.
+/// One pass over both dead-letter queues; returns the jobs it failed. Each message read is
+/// hidden for `hide`, so the pages of one pass are distinct messages and the next pass starts
+/// with the ones this pass did not reach. The pass over a queue ends when a read brings nothing
+/// new, when `budget` has passed, or when the database fails (what was read then comes back
+/// after `hide`).
 pub async fn sweep_once(
     dead: &dyn DeadLetters,
     store: &dyn ResultStore,
     metrics: &Metrics,
     hide: Duration,
+    budget: Duration,
     now_ms: i64,
 ) -> Vec<JobId> {
+    let started = Instant::now();
     let mut failed = Vec::new();
     for priority in Priority::ALL {
         let mut seen = HashSet::new();
-        for _ in 0..MAX_PAGES {
+        'pages: while seen.len() < MAX_PER_SWEEP && started.elapsed() < budget {
             let page = match dead.peek(priority, 10, hide).await {
                 Ok(page) => page,
                 Err(e) => {
@@ -71,7 +82,8 @@ pub async fn sweep_once(
                     }
                     Ok(false) => {}
                     Err(e) => {
-                        tracing::warn!(job_id = %job_id, error = %e, "could not fail a dead-lettered job; next sweep")
+                        tracing::warn!(job_id = %job_id, error = %e, "could not fail a dead-lettered job; next sweep");
+                        break 'pages;
                     }
                 }
             }
@@ -80,9 +92,8 @@ pub async fn sweep_once(
     failed
 }
 
-/// Sweeps every `every` until `stop`; messages read are hidden for half of that, so each
-/// sweep pages through new ones while operators' tools still see every message most of the
-/// time.
+/// Sweeps every `every` until `stop`, each sweep for at most half of that, hiding what it read
+/// for [`HIDE_SWEEPS`] intervals.
 pub async fn run(
     dead: Arc<dyn DeadLetters>,
     store: Arc<dyn ResultStore>,
@@ -90,12 +101,13 @@ pub async fn run(
     every: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
-    let hide = (every / 2).max(Duration::from_secs(1));
+    let budget = (every / 2).max(Duration::from_secs(1));
+    let hide = (every * HIDE_SWEEPS).max(Duration::from_secs(1));
     loop {
         if crate::sleep_or_stop(every, &mut stop).await {
             return;
         }
-        sweep_once(dead.as_ref(), store.as_ref(), &metrics, hide, crate::now_ms()).await;
+        sweep_once(dead.as_ref(), store.as_ref(), &metrics, hide, budget, crate::now_ms()).await;
     }
 }
 
@@ -106,6 +118,9 @@ mod tests {
     use ocr_core::{ContentType, Job, JobStatus, NewJob, OcrResult};
 
     use super::*;
+
+    const BUDGET: Duration = Duration::from_secs(60);
+    const HIDE: Duration = Duration::from_secs(300);
 
     fn queued(store: &InMemoryJobStore, callback: bool) -> (JobId, String) {
         let mut job = Job::from_new(NewJob {
@@ -156,7 +171,7 @@ mod tests {
         assert_eq!(status(lost), JobStatus::Processing);
 
         let metrics = Metrics::new();
-        let failed = sweep_once(&queues, &store, &metrics, Duration::from_secs(1), 5_000).await;
+        let failed = sweep_once(&queues, &store, &metrics, Duration::from_secs(1), BUDGET, 5_000).await;
         assert_eq!(failed, vec![lost]);
         let job = store.all().into_iter().find(|j| j.id == lost).unwrap();
         assert_eq!(job.status, JobStatus::Failed);
@@ -165,7 +180,7 @@ mod tests {
         assert_eq!(store.owed_notifications(), vec![lost]);
         assert_eq!(status(done), JobStatus::Succeeded);
         // Sweeping again changes nothing, and the messages stay for operators.
-        assert!(sweep_once(&queues, &store, &metrics, Duration::from_secs(1), 6_000).await.is_empty());
+        assert!(sweep_once(&queues, &store, &metrics, Duration::from_secs(1), BUDGET, 6_000).await.is_empty());
         assert_eq!(queues.dead_letters().len(), 2);
     }
 
@@ -182,7 +197,7 @@ mod tests {
         queues.receive(Priority::Bulk, 10, Duration::ZERO).await.unwrap();
         assert!(queues.receive(Priority::Bulk, 10, Duration::ZERO).await.unwrap().is_empty());
         assert_eq!(queues.dead_letters().len(), 2);
-        let failed = sweep_once(&queues, &store, &Metrics::new(), Duration::from_secs(1), 5_000).await;
+        let failed = sweep_once(&queues, &store, &Metrics::new(), Duration::from_secs(1), BUDGET, 5_000).await;
         assert_eq!(failed, vec![newer], "not left queued forever");
         let job = store.all().into_iter().find(|j| j.id == newer).unwrap();
         assert_eq!(job.status, JobStatus::Failed);
@@ -206,8 +221,86 @@ mod tests {
         queues.receive(Priority::Express, 10, Duration::ZERO).await.unwrap();
         while !queues.receive(Priority::Express, 10, Duration::ZERO).await.unwrap().is_empty() {}
         assert_eq!(queues.dead_letters().len(), 25);
-        let failed = sweep_once(&queues, &store, &Metrics::new(), Duration::from_secs(1), 5_000).await;
+        let failed = sweep_once(&queues, &store, &Metrics::new(), Duration::from_secs(1), BUDGET, 5_000).await;
         assert_eq!(failed.len(), 25);
         assert!(store.all().iter().all(|j| j.status == JobStatus::Failed && j.error.as_deref() == Some(REASON)));
+    }
+
+    /// However deep the queue: one sweep reaches every dead letter (not the first hundred),
+    /// and the next one rereads none of them while they are hidden.
+    #[tokio::test]
+    async fn one_sweep_reaches_every_letter_of_a_deep_queue() {
+        let store = InMemoryJobStore::default();
+        let queues = InMemoryJobSource::new(Duration::ZERO, 0);
+        for _ in 0..2_500 {
+            let (_, body) = queued(&store, false);
+            queues.push(Priority::Bulk, body);
+        }
+        assert!(queues.receive(Priority::Bulk, 10, Duration::ZERO).await.unwrap().is_empty());
+        while queues.len(Priority::Bulk) > 0 {
+            queues.receive(Priority::Bulk, 10, Duration::ZERO).await.unwrap();
+        }
+        assert_eq!(queues.dead_letters().len(), 2_500);
+        let failed = sweep_once(&queues, &store, &Metrics::new(), HIDE, BUDGET, 5_000).await;
+        assert_eq!(failed.len(), 2_500);
+        assert_eq!(queues.hidden_dead_letters(), 2_500, "each one read is hidden for HIDE");
+        assert!(sweep_once(&queues, &store, &Metrics::new(), HIDE, BUDGET, 6_000).await.is_empty());
+    }
+
+    /// An operator's redrive resets the job and moves its message back; a sweep that reads the
+    /// old copy in between must not fail the job again, and once a worker took the redriven
+    /// job and died on its last attempt again, the sweep fails it at once.
+    #[tokio::test]
+    async fn a_sweep_during_a_redrive_leaves_the_reset_job_alone() {
+        let store = InMemoryJobStore::default();
+        let queues = InMemoryJobSource::new(Duration::ZERO, 3);
+        let (id, body) = queued(&store, true);
+        queues.push(Priority::Bulk, body);
+        let die_three_times = || async {
+            for _ in 0..3 {
+                let got = queues.receive(Priority::Bulk, 10, Duration::ZERO).await.unwrap();
+                assert_eq!(got.len(), 1);
+                store.take(&[id], 1_000).await.unwrap();
+            }
+            assert!(queues.receive(Priority::Bulk, 10, Duration::ZERO).await.unwrap().is_empty());
+        };
+        die_three_times().await;
+        let metrics = Metrics::new();
+        assert_eq!(sweep_once(&queues, &store, &metrics, HIDE, BUDGET, 10_000).await, vec![id]);
+
+        // `dlq redrive --reset-jobs` at t = 20 s: the job is reset first...
+        let status = || store.all().into_iter().find(|j| j.id == id).unwrap().status;
+        assert_eq!(store.requeue_failed(&[id], 20_000), 1);
+        assert_eq!(status(), JobStatus::Queued);
+        // ...and while the message move is under way, a sweep reads the old copy.
+        queues.reveal_dead_letters();
+        assert!(sweep_once(&queues, &store, &metrics, Duration::ZERO, BUDGET, 21_000).await.is_empty());
+        assert_eq!(status(), JobStatus::Queued, "the reset job was failed again by the sweep");
+        // The move task moves the message back.
+        assert_eq!(queues.redrive(Priority::Bulk), 1);
+        assert_eq!(queues.len(Priority::Bulk), 1);
+        // The redriven message is tried again; its worker dies on every attempt again.
+        die_three_times().await;
+        assert_eq!(sweep_once(&queues, &store, &metrics, HIDE, BUDGET, 30_000).await, vec![id]);
+        assert_eq!(status(), JobStatus::Failed);
+        assert_eq!(store.owed_notifications(), vec![id]);
+    }
+
+    /// The grace is bounded: a reset job whose redriven message dead-letters again without any
+    /// worker taking it is failed once the grace has passed.
+    #[tokio::test]
+    async fn a_redriven_job_never_taken_again_is_failed_after_the_grace() {
+        let store = InMemoryJobStore::default();
+        let queues = InMemoryJobSource::new(Duration::ZERO, 1);
+        let (id, body) = queued(&store, false);
+        store.fail(&id, "earlier failure", 1_000).await.unwrap();
+        store.requeue_failed(&[id], 2_000);
+        queues.push(Priority::Express, body);
+        queues.receive(Priority::Express, 10, Duration::ZERO).await.unwrap();
+        assert!(queues.receive(Priority::Express, 10, Duration::ZERO).await.unwrap().is_empty());
+        let metrics = Metrics::new();
+        let within = 2_000 + ocr_core::worker::REDRIVE_GRACE_MS;
+        assert!(sweep_once(&queues, &store, &metrics, Duration::ZERO, BUDGET, within).await.is_empty());
+        assert_eq!(sweep_once(&queues, &store, &metrics, Duration::ZERO, BUDGET, within + 1).await, vec![id]);
     }
 }

@@ -113,6 +113,7 @@ pub async fn run(args: DlqArgs) -> anyhow::Result<()> {
                 }
                 let moved = admin.move_back(&dlq, &source, *rate).await?;
                 println!("{dlq_name}: redrove {moved} message(s) to {source_name}");
+                report_hidden(&admin, &dlq).await?;
             }
         }
     }
@@ -141,6 +142,7 @@ async fn reset_store(
         database_password: database_password.clone(),
         db_pool_max: 1,
         database_ca_file: database_ca_file.clone(),
+        db_timeout_ms: ocr_aws::sql::DEFAULT_TIMEOUT_MS,
     };
     Ok(Some(db.connect(aws).await?))
 }
@@ -148,10 +150,26 @@ async fn reset_store(
 async fn list(admin: &DeadLetterAdmin, name: &str, url: &str, max: usize) -> anyhow::Result<()> {
     let messages = admin.peek(url, max, PEEK_HIDE).await?;
     println!("{name}: {} message(s)", messages.len());
+    report_hidden(admin, url).await?;
     for m in messages {
         let job = job_of(&m).map_or_else(|| "-".to_owned(), |id| id.to_string());
         let body: String = m.body.chars().take(120).collect();
         println!("  {}  receives={}  job={job}  {body}", m.message_id, m.receive_count);
+    }
+    Ok(())
+}
+
+/// Says how many messages are hidden: the workers' dead-letter sweep hides each one it has
+/// dealt with for a few minutes (so that it reaches the rest of a deep queue), and a hidden
+/// message is neither listed nor moved.
+async fn report_hidden(admin: &DeadLetterAdmin, url: &str) -> anyhow::Result<()> {
+    let hidden = admin.hidden(url).await?;
+    if hidden > 0 {
+        let sweeps = crate::dead_letters::HIDE_SWEEPS;
+        println!(
+            "  {hidden} more hidden for now (read by the workers' sweep; visible again within {sweeps} sweep intervals, \
+             DLQ_SWEEP_SECS: run this again then)"
+        );
     }
     Ok(())
 }

@@ -311,3 +311,36 @@ async fn a_newer_workers_message_is_requeued_not_dead_lettered() {
     assert_eq!((job.status, job.attempts), (JobStatus::Queued, 0), "untouched: not an attempt");
     assert!(world.source.dead_letters().is_empty());
 }
+
+/// Issue 12 (8): the decoded-pixel budget. A batch decodes no more than half the budget (so the
+/// next one can be decoded while it is in the engine); what does not fit goes back as a new
+/// message (no attempt used) and is read in a later batch; an image larger than a batch's
+/// share goes through alone. Every job ends with its result, none failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_decoded_pixel_budget_bounds_each_batch_and_loses_nothing() {
+    let mut w = World::new();
+    // 16,000 pixels: 8,000 a batch. The images are 8 pixels high.
+    w.settings.pixel_budget = 16_000;
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        ids.push(w.job(Priority::Bulk, png(400)).await); // 3,200 pixels
+    }
+    ids.push(w.job(Priority::Bulk, png(3000)).await); // 24,000: over the whole budget
+    ids.push(w.job(Priority::Express, png(900)).await); // 7,200
+    w.run_until_empty(Duration::from_secs(30)).await;
+
+    let calls = w.recognizer.calls.lock().unwrap().clone();
+    for call in &calls {
+        let pixels: u32 = call.iter().map(|width| width * 8).sum();
+        assert!(pixels <= 8_000 || call.len() == 1, "a batch decoded {pixels} pixels: {calls:?}");
+    }
+    assert!(calls.iter().any(|c| c == &vec![3000]), "the oversized image went through alone: {calls:?}");
+    let jobs = w.store.all();
+    for id in &ids {
+        let job = jobs.iter().find(|j| j.id == *id).unwrap();
+        assert_eq!(job.status, JobStatus::Succeeded, "{job:?}");
+    }
+    let read: usize = calls.iter().map(Vec::len).sum();
+    assert_eq!(read, ids.len(), "each image read once: {calls:?}");
+    assert!(w.source.dead_letters().is_empty());
+}

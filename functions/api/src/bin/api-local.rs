@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use anyhow::Context;
 use clap::Parser;
-use ocr_api::config::ProducerArgs;
+use ocr_api::config::{ProducerArgs, UploadRetryArgs};
 use ocr_api::startup::Services;
 use ocr_aws::SqsConsumer;
 use tokio::sync::watch;
@@ -21,6 +21,8 @@ struct Config {
     /// Queue of S3 upload events; when set, the poller runs in this process.
     #[arg(long, env = "UPLOAD_EVENTS_QUEUE_URL")]
     upload_events_queue_url: Option<String>,
+    #[command(flatten)]
+    upload_retry: UploadRetryArgs,
     /// Apply database migrations at start.
     #[arg(long, env = "DB_MIGRATE", default_value_t = true, action = clap::ArgAction::Set)]
     db_migrate: bool,
@@ -42,7 +44,15 @@ async fn main() -> anyhow::Result<()> {
     let poller = config.upload_events_queue_url.clone().map(|url| {
         let handler = services.upload_handler(api.max_upload_bytes);
         let consumer = SqsConsumer::new(&services.aws, url);
-        tokio::spawn(ocr_api::poller::run(handler, consumer, stop_rx.clone()))
+        let retry = &config.upload_retry;
+        let settings = ocr_api::poller::PollerSettings {
+            backoff: retry.backoff(),
+            dead_letters: retry.upload_events_dlq_url.as_ref().map(|dlq| {
+                let every = std::time::Duration::from_secs(retry.upload_dlq_sweep_secs.max(1));
+                (SqsConsumer::new(&services.aws, dlq), every)
+            }),
+        };
+        tokio::spawn(ocr_api::poller::run(handler, consumer, settings, stop_rx.clone()))
     });
 
     let listener = tokio::net::TcpListener::bind(config.bind_addr)

@@ -121,6 +121,7 @@ async fn migrate(config: &WorkerConfig, aws: &ocr_aws::SdkConfig, store: &MySqlJ
                 database_password: config.migration_database_password.clone(),
                 db_pool_max: 1,
                 database_ca_file: config.db.database_ca_file.clone(),
+                db_timeout_ms: config.db.db_timeout_ms,
             }
             .connect(aws)
             .await?,

@@ -1,5 +1,7 @@
 //! A batch on its way through the stages: one item per delivery, and what became of it.
 
+use std::time::Duration;
+
 use image::RgbImage;
 use ocr_core::worker::{Delivery, TakenJob};
 use ocr_core::{JobId, OcrResult};
@@ -26,6 +28,10 @@ pub enum State {
     Unreadable(String),
     /// A job message of a newer version (a rolling deploy is under way): a newer worker reads it.
     Newer(u32),
+    /// Not read this time, through no fault of the job (the database stayed away for the whole
+    /// retry limit, or its image did not fit the batch's decoded-pixel budget): the message goes
+    /// back to the queue as a new one, visible `after`, using none of the job's attempts.
+    Deferred { reason: String, after: Duration },
 }
 
 #[derive(Debug)]
@@ -60,11 +66,14 @@ impl Item {
 #[derive(Debug, Default)]
 pub struct Batch {
     pub items: Vec<Item>,
+    /// The share of the decoded-pixel budget its images hold, from decoding until the engine
+    /// has read them (`None` when the budget is off or nothing was decoded).
+    pub pixels: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Batch {
     pub fn new(deliveries: Vec<Delivery>) -> Self {
-        Batch { items: deliveries.into_iter().map(Item::new).collect() }
+        Batch { items: deliveries.into_iter().map(Item::new).collect(), pixels: None }
     }
 
     pub fn len(&self) -> usize {

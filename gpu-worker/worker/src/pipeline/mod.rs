@@ -20,10 +20,10 @@ use std::time::Duration;
 use ocr_core::PortError;
 use ocr_core::ports::ObjectStore;
 use ocr_core::worker::{JobSource, ResultStore};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 
 pub use batch::{Batch, Item, State};
-pub use persist::{Decision, Written, decide};
+pub use persist::{Decision, NotWritten, Written, decide};
 
 use crate::heartbeat::{self, InFlight};
 use crate::metrics::Metrics;
@@ -57,6 +57,14 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// Delay before a failed delivery returns; doubles with each attempt (at most a minute).
     pub retry_backoff: Duration,
+    /// How long a batch waits for the database before it gives up and hands its messages back
+    /// as new ones (requeued, visible after as long again), which uses none of their attempts.
+    pub db_retry_limit: Duration,
+    /// Most decoded pixels (3 bytes each) the pipeline holds at once, from decoding until the
+    /// engine has read them; a batch takes at most half, so the next one can be decoded while
+    /// it is in the engine. Images past a batch's share go back (requeued, no attempt used);
+    /// one image larger than the share goes through alone. 0: no budget.
+    pub pixel_budget: u64,
 }
 
 impl Default for Settings {
@@ -74,6 +82,8 @@ impl Default for Settings {
             bucket: String::new(),
             shutdown_grace: Duration::from_secs(60),
             retry_backoff: Duration::from_secs(2),
+            db_retry_limit: Duration::from_secs(60),
+            pixel_budget: 0,
         }
     }
 }
@@ -86,16 +96,19 @@ pub struct Pipeline {
 }
 
 /// Retries `op` while it fails retryably, waiting longer each time (up to 5 s), until it
-/// succeeds or fails for good. Messages stay invisible meanwhile (heartbeat), so an outage
-/// of the database holds the pipeline rather than losing or re-queuing work.
-async fn with_retry<T, F, Fut>(what: &str, op: F) -> Result<T, PortError>
+/// succeeds, fails for good, or `limit` has passed (then the last error, retryable, is
+/// returned). Messages stay invisible meanwhile (heartbeat), so a short outage of the database
+/// holds the batch rather than re-queuing work; a long one does not hold it forever: the batch
+/// goes back to the queue for whichever worker reaches the database again.
+async fn with_retry<T, F, Fut>(what: &str, limit: Duration, op: F) -> Result<T, PortError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, PortError>>,
 {
     use ocr_core::retry::Retryable;
+    let started = std::time::Instant::now();
     op.retry(ocr_core::retry::forever(Duration::from_millis(100), Duration::from_secs(5)))
-        .when(PortError::is_retryable)
+        .when(|e: &PortError| e.is_retryable() && started.elapsed() < limit)
         .notify(|e, delay| tracing::warn!(error = %e, "{what} failed; retrying in {delay:?}"))
         .await
 }
@@ -174,8 +187,8 @@ impl Pipeline {
             return 0;
         }
         let n = batch.len();
-        let decode_permits = Arc::new(Semaphore::new(settings.decode_concurrency.max(1)));
-        let mut batch = prefetch::prepare(deps, settings, &decode_permits, batch).await;
+        let limits = prefetch::Limits::new(settings);
+        let mut batch = prefetch::prepare(deps, settings, &limits, batch).await;
         infer::infer(recognizer, &deps.metrics, &mut batch);
         persist::persist(deps, settings, &self.in_flight, batch).await;
         n

@@ -31,9 +31,10 @@ pub enum Decision {
     GiveUp { reason: String },
     /// Not a message this worker can read: leave it untouched for the dead-letter queue.
     DeadLetter { reason: String, after: Duration },
-    /// A newer worker's message: send it again as a new message, visible `after`, so that this
-    /// delivery counts against neither the job's attempts nor the queue's redrive policy.
-    Requeue { after: Duration },
+    /// Send it again as a new message, visible `after`, so that this delivery counts against
+    /// neither the job's attempts nor the queue's redrive policy: a newer worker's message, or
+    /// one whose batch could not reach the database (`reason`).
+    Requeue { reason: String, after: Duration },
 }
 
 /// How long a message of a newer version waits before it is offered again: a rolling deploy
@@ -45,25 +46,50 @@ pub const NEWER_VERSION_DELAY: Duration = Duration::from_secs(60);
 pub const MAX_REQUEUES: u32 = 1440;
 
 /// Whether the batch's results were written: the ids written by this call, or why not.
-pub type Written = Result<HashSet<JobId>, String>;
+pub type Written = Result<HashSet<JobId>, NotWritten>;
+
+/// Why a batch's results were not written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NotWritten {
+    pub reason: String,
+    /// The database stayed away for the whole retry limit (not a refusal of these rows).
+    pub outage: bool,
+}
 
 /// Decides one item's fate. `max_attempts` is the queue's maxReceiveCount; failed attempts come
 /// back after `retry_backoff`, doubled per attempt (at most a minute).
-pub fn decide(item: &Item, written: &Written, max_attempts: u32, retry_backoff: Duration) -> Decision {
+///
+/// A batch that could not reach the database within `settings.db_retry_limit` is requeued
+/// (its messages sent again, visible after that limit) while the message has requeues left:
+/// an outage of any length uses none of the jobs' attempts.
+pub fn decide(item: &Item, written: &Written, settings: &Settings) -> Decision {
+    let (max_attempts, retry_backoff) = (settings.max_attempts, settings.retry_backoff);
     let attempt = item.delivery.receive_count;
     let last = attempt >= max_attempts;
     let after = backoff(retry_backoff, attempt);
+    let may_requeue = item.delivery.requeues < MAX_REQUEUES;
+    let outage_delay = settings.db_retry_limit.min(Duration::from_secs(900));
     match (&item.state, written) {
         (State::Done(_), Ok(ids)) => {
             Decision::Acknowledge { succeeded: item.job_id().is_some_and(|id| ids.contains(&id)) }
         }
-        (State::Done(_), Err(e)) => Decision::Retry { reason: format!("result not stored: {e}"), after, note: false },
+        (State::Done(_), Err(e)) if e.outage && may_requeue => {
+            Decision::Requeue { reason: format!("result not stored: {}", e.reason), after: outage_delay }
+        }
+        (State::Done(_), Err(e)) => {
+            Decision::Retry { reason: format!("result not stored: {}", e.reason), after, note: false }
+        }
+        (State::Deferred { reason, after: later }, _) if may_requeue => {
+            Decision::Requeue { reason: reason.clone(), after: *later }
+        }
+        (State::Deferred { reason, .. }, _) => Decision::Retry { reason: reason.clone(), after, note: false },
         (State::Ended(_), _) => Decision::Acknowledge { succeeded: false },
         (State::Failed(f), _) if last => Decision::GiveUp { reason: f.reason.clone() },
         (State::Failed(f), _) => Decision::Retry { reason: f.reason.clone(), after, note: true },
-        (State::Newer(_), _) if item.delivery.requeues < MAX_REQUEUES => {
-            Decision::Requeue { after: NEWER_VERSION_DELAY }
-        }
+        (State::Newer(v), _) if may_requeue => Decision::Requeue {
+            reason: format!("job message version {v} is newer than this worker reads"),
+            after: NEWER_VERSION_DELAY,
+        },
         (State::Newer(v), _) => Decision::DeadLetter {
             reason: format!("job message version {v} is newer than this worker reads, and no newer worker took it"),
             after: if last { Duration::ZERO } else { after },
@@ -107,16 +133,16 @@ pub(super) async fn persist(deps: &PipelineDeps, settings: &Settings, in_flight:
             _ => None,
         })
         .collect();
-    let written: Written = match with_retry("writing results", || deps.store.complete(&results, now)).await {
-        Ok(ids) => Ok(ids.into_iter().collect()),
-        Err(e) => {
-            tracing::error!(error = %e, "writing results failed for good");
-            Err(e.to_string())
-        }
-    };
-    let decisions: Vec<Decision> =
-        batch.items.iter().map(|i| decide(i, &written, settings.max_attempts, settings.retry_backoff)).collect();
-    carry_out(deps, &batch, &decisions, now).await;
+    let written: Written =
+        match with_retry("writing results", settings.db_retry_limit, || deps.store.complete(&results, now)).await {
+            Ok(ids) => Ok(ids.into_iter().collect()),
+            Err(e) => {
+                tracing::error!(error = %e, "writing results failed; the batch goes back to the queue");
+                Err(NotWritten { reason: e.to_string(), outage: e.is_retryable() })
+            }
+        };
+    let decisions: Vec<Decision> = batch.items.iter().map(|i| decide(i, &written, settings)).collect();
+    carry_out(deps, settings, &batch, &decisions, now).await;
     for item in &batch.items {
         in_flight.remove(&item.delivery.receipt_handle);
     }
@@ -125,11 +151,14 @@ pub(super) async fn persist(deps: &PipelineDeps, settings: &Settings, in_flight:
 }
 
 /// Does what `decisions` say: job updates, metrics and webhooks per item, then the queue calls.
-async fn carry_out(deps: &PipelineDeps, batch: &Batch, decisions: &[Decision], now: i64) {
+async fn carry_out(deps: &PipelineDeps, settings: &Settings, batch: &Batch, decisions: &[Decision], now: i64) {
     for (item, decision) in batch.items.iter().zip(decisions) {
-        let span = tracing::info_span!("job", job_id = item.job_id().map(|i| i.to_string()).unwrap_or_default());
+        // The job a message names is known from its body even when the database never said
+        // (a deferred batch), so that every line about it carries its id.
+        let job_id = item.job_id().or_else(|| ocr_core::message::job_id_of(&item.delivery.body));
+        let span = tracing::info_span!("job", job_id = job_id.map(|i| i.to_string()).unwrap_or_default());
         let _enter = span.enter();
-        settle_job(deps, item, decision, now).await;
+        settle_job(deps, settings, item, decision, now).await;
     }
     for priority in Priority::ALL {
         let of = |want: fn(&Decision) -> bool| -> Vec<(&Item, &Decision)> {
@@ -141,7 +170,7 @@ async fn carry_out(deps: &PipelineDeps, batch: &Batch, decisions: &[Decision], n
         hand_back(deps, priority, &handed_back).await;
     }
     for (item, decision) in batch.items.iter().zip(decisions) {
-        if let Decision::Requeue { after } = decision
+        if let Decision::Requeue { after, .. } = decision
             && let Err(e) = deps.source.requeue(&item.delivery, *after).await
         {
             // Handed back instead: this delivery then counts toward the redrive policy.
@@ -152,7 +181,7 @@ async fn carry_out(deps: &PipelineDeps, batch: &Batch, decisions: &[Decision], n
 }
 
 /// The database, metrics and webhook side of one decision.
-async fn settle_job(deps: &PipelineDeps, item: &Item, decision: &Decision, now: i64) {
+async fn settle_job(deps: &PipelineDeps, settings: &Settings, item: &Item, decision: &Decision, now: i64) {
     let priority = item.delivery.priority;
     let attempt = item.delivery.receive_count;
     match (decision, &item.job) {
@@ -173,7 +202,9 @@ async fn settle_job(deps: &PipelineDeps, item: &Item, decision: &Decision, now: 
             }
         }
         (Decision::GiveUp { reason }, Some(job)) => {
-            match with_retry("marking a job failed", || deps.store.fail(&job.id, reason, now)).await {
+            match with_retry("marking a job failed", settings.db_retry_limit, || deps.store.fail(&job.id, reason, now))
+                .await
+            {
                 Ok(true) => {
                     deps.metrics.failed(priority);
                     tracing::warn!(%reason, attempts = attempt, "job failed");
@@ -184,9 +215,10 @@ async fn settle_job(deps: &PipelineDeps, item: &Item, decision: &Decision, now: 
             }
         }
         (Decision::GiveUp { .. }, None) => {}
-        (Decision::Requeue { .. }, _) => {
-            tracing::info!(message_id = %item.delivery.message_id, requeues = item.delivery.requeues + 1, "message of a newer version requeued")
-        }
+        (Decision::Requeue { reason, after }, _) => tracing::info!(
+            message_id = %item.delivery.message_id, requeues = item.delivery.requeues + 1, %reason, ?after,
+            "message requeued (no attempt used)"
+        ),
         (Decision::DeadLetter { reason, .. }, _) => tracing::error!(
             message_id = %item.delivery.message_id, %reason, "unreadable message; leaving it for the dead-letter queue"
         ),
@@ -214,7 +246,9 @@ async fn hand_back(deps: &PipelineDeps, priority: Priority, items: &[(&Item, &De
     let mut groups: Vec<(Duration, Vec<String>)> = Vec::new();
     for (item, decision) in items {
         let visibility = match decision {
-            Decision::Retry { after, .. } | Decision::DeadLetter { after, .. } | Decision::Requeue { after } => *after,
+            Decision::Retry { after, .. } | Decision::DeadLetter { after, .. } | Decision::Requeue { after, .. } => {
+                *after
+            }
             Decision::GiveUp { .. } | Decision::Acknowledge { .. } => Duration::ZERO,
         };
         let handle = item.delivery.receipt_handle.clone();
@@ -285,49 +319,82 @@ mod tests {
 
     const BASE: Duration = Duration::from_secs(2);
 
+    /// `decide` with `max_attempts` 3 and `retry_backoff` BASE.
+    fn decide(item: &Item, written: &Written) -> Decision {
+        let settings = Settings { max_attempts: 3, retry_backoff: BASE, ..Settings::default() };
+        super::decide(item, written, &settings)
+    }
+
     #[test]
     fn a_written_result_is_acknowledged_and_counted_once() {
         let i = item(done(), 1);
         let ids: HashSet<JobId> = [i.job_id().unwrap()].into();
-        assert_eq!(decide(&i, &Ok(ids), 3, BASE), Decision::Acknowledge { succeeded: true });
+        assert_eq!(decide(&i, &Ok(ids)), Decision::Acknowledge { succeeded: true });
         // Written earlier (a redelivery): acknowledged, not counted again.
-        assert_eq!(decide(&i, &Ok(HashSet::new()), 3, BASE), Decision::Acknowledge { succeeded: false });
+        assert_eq!(decide(&i, &Ok(HashSet::new())), Decision::Acknowledge { succeeded: false });
     }
 
     #[test]
     fn an_unwritten_result_keeps_its_message() {
-        let d = decide(&item(done(), 2), &Err("db down".into()), 3, BASE);
-        assert_eq!(d, Decision::Retry { reason: "result not stored: db down".into(), after: BASE * 2, note: false });
+        let refused = Err(NotWritten { reason: "db refused".into(), outage: false });
+        let d = decide(&item(done(), 2), &refused);
+        assert_eq!(d, Decision::Retry { reason: "result not stored: db refused".into(), after: BASE * 2, note: false });
+    }
+
+    /// The database away past the retry limit: the message goes back as a new one (no attempt
+    /// used), after the limit (60 s by default), also on its last attempt; only a message
+    /// requeued for a day counts an attempt again.
+    #[test]
+    fn an_outage_requeues_without_using_an_attempt() {
+        let outage = Err(NotWritten { reason: "mysql unavailable".into(), outage: true });
+        let after = Duration::from_secs(60);
+        let reason = "result not stored: mysql unavailable".to_owned();
+        assert_eq!(decide(&item(done(), 3), &outage), Decision::Requeue { reason, after });
+        let deferred = State::Deferred { reason: "database: mysql unavailable".into(), after };
+        let ok = Ok(HashSet::new());
+        assert_eq!(
+            decide(&item(deferred, 3), &ok),
+            Decision::Requeue { reason: "database: mysql unavailable".into(), after }
+        );
+        let mut old = item(State::Deferred { reason: "database: down".into(), after }, 2);
+        old.delivery.requeues = MAX_REQUEUES;
+        assert!(matches!(decide(&old, &ok), Decision::Retry { .. }));
     }
 
     #[test]
     fn failures_back_off_then_give_up_on_the_last_attempt() {
         let ok = Ok(HashSet::new());
         assert_eq!(
-            decide(&item(failed(), 1), &ok, 3, BASE),
+            decide(&item(failed(), 1), &ok),
             Decision::Retry { reason: "bad pixels".into(), after: BASE, note: true }
         );
         assert_eq!(
-            decide(&item(failed(), 2), &ok, 3, BASE),
+            decide(&item(failed(), 2), &ok),
             Decision::Retry { reason: "bad pixels".into(), after: BASE * 2, note: true }
         );
-        assert_eq!(decide(&item(failed(), 3), &ok, 3, BASE), Decision::GiveUp { reason: "bad pixels".into() });
+        assert_eq!(decide(&item(failed(), 3), &ok), Decision::GiveUp { reason: "bad pixels".into() });
     }
 
     #[test]
     fn ended_jobs_are_acknowledged_and_unreadable_messages_dead_lettered() {
         let ok = Ok(HashSet::new());
         assert_eq!(
-            decide(&item(State::Ended("job is deleted".into()), 1), &ok, 3, BASE),
+            decide(&item(State::Ended("job is deleted".into()), 1), &ok),
             Decision::Acknowledge { succeeded: false }
         );
         // A newer worker's message is requeued, also on what would be its last attempt, until
         // no newer worker has come for a day.
-        assert_eq!(decide(&item(State::Newer(2), 3), &ok, 3, BASE), Decision::Requeue { after: NEWER_VERSION_DELAY });
+        assert_eq!(
+            decide(&item(State::Newer(2), 3), &ok),
+            Decision::Requeue {
+                reason: "job message version 2 is newer than this worker reads".into(),
+                after: NEWER_VERSION_DELAY
+            }
+        );
         let mut old = item(State::Newer(2), 3);
         old.delivery.requeues = MAX_REQUEUES;
-        assert!(matches!(decide(&old, &ok, 3, BASE), Decision::DeadLetter { after: Duration::ZERO, .. }));
-        let unreadable = |n| decide(&item(State::Unreadable("v99".into()), n), &ok, 3, BASE);
+        assert!(matches!(decide(&old, &ok), Decision::DeadLetter { after: Duration::ZERO, .. }));
+        let unreadable = |n| decide(&item(State::Unreadable("v99".into()), n), &ok);
         assert_eq!(unreadable(1), Decision::DeadLetter { reason: "v99".into(), after: BASE });
         assert_eq!(unreadable(3), Decision::DeadLetter { reason: "v99".into(), after: Duration::ZERO });
     }
@@ -335,7 +402,7 @@ mod tests {
     #[test]
     fn an_item_that_skipped_a_stage_is_retried_not_acknowledged() {
         for state in [State::Received, State::InEngine] {
-            assert!(matches!(decide(&item(state, 1), &Ok(HashSet::new()), 3, BASE), Decision::Retry { .. }));
+            assert!(matches!(decide(&item(state, 1), &Ok(HashSet::new())), Decision::Retry { .. }));
         }
     }
 

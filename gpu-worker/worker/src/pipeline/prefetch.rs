@@ -2,8 +2,9 @@
 //! their images, while the engine works on the batch before.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures::StreamExt;
 use ocr_core::ports::ObjectStore;
 use ocr_core::{JobId, JobMessage, JobStatus, PortError};
@@ -20,26 +21,47 @@ pub(super) async fn stage(
     mut rx: mpsc::Receiver<Batch>,
     tx: mpsc::Sender<Batch>,
 ) {
-    let decode_permits = Arc::new(Semaphore::new(settings.decode_concurrency.max(1)));
+    let limits = Limits::new(&settings);
     while let Some(batch) = rx.recv().await {
         let Ok(permit) = tx.reserve().await else { break };
-        permit.send(prepare(&deps, &settings, &decode_permits, batch).await);
+        permit.send(prepare(&deps, &settings, &limits, batch).await);
     }
     tracing::debug!("prefetch stage stopped");
 }
 
+/// What bounds decoding: how many at once, and the decoded-pixel budget.
+pub(super) struct Limits {
+    decodes: Arc<Semaphore>,
+    /// Permits are pixels; `None`: no budget.
+    pixels: Option<Arc<Semaphore>>,
+    /// The budget and a batch's share of it, in pixels.
+    budget: u64,
+    per_batch: u64,
+}
+
+impl Limits {
+    pub(super) fn new(settings: &Settings) -> Self {
+        // Semaphore permits are counted in usize and taken 2^32 - 1 at a time at most.
+        let budget = settings.pixel_budget.min(Semaphore::MAX_PERMITS as u64).min(u64::from(u32::MAX));
+        Limits {
+            decodes: Arc::new(Semaphore::new(settings.decode_concurrency.max(1))),
+            pixels: (budget > 0).then(|| Arc::new(Semaphore::new(budget as usize))),
+            budget,
+            per_batch: (budget / 2).max(1),
+        }
+    }
+}
+
+/// How long an image left out of a batch by the pixel budget waits before it is offered again.
+const OVER_BUDGET_DELAY: Duration = Duration::from_secs(1);
+
 /// Moves every item of a fresh batch to `Ready` (decoded image), `Failed`, `Ended` or
 /// `Unreadable`.
-pub(super) async fn prepare(
-    deps: &PipelineDeps,
-    settings: &Settings,
-    decode_permits: &Arc<Semaphore>,
-    mut batch: Batch,
-) -> Batch {
+pub(super) async fn prepare(deps: &PipelineDeps, settings: &Settings, limits: &Limits, mut batch: Batch) -> Batch {
     let started = Instant::now();
     let messages: Vec<Option<JobMessage>> = batch.items.iter_mut().map(|item| parse(item, &settings.bucket)).collect();
     let ids: Vec<JobId> = messages.iter().flatten().map(|m| m.job_id).collect();
-    match with_retry("marking jobs processing", || deps.store.take(&ids, now_ms())).await {
+    match with_retry("marking jobs processing", settings.db_retry_limit, || deps.store.take(&ids, now_ms())).await {
         Ok(taken) => {
             for (item, message) in batch.items.iter_mut().zip(&messages) {
                 if let Some(m) = message {
@@ -50,23 +72,45 @@ pub(super) async fn prepare(
         Err(e) => {
             for (item, m) in batch.items.iter_mut().zip(&messages) {
                 if m.is_some() {
-                    item.state = State::Failed(ImageFailure { reason: format!("database: {e}"), retryable: true });
+                    item.state = if e.is_retryable() {
+                        State::Deferred {
+                            reason: format!("database: {e}"),
+                            after: settings.db_retry_limit.min(Duration::from_secs(900)),
+                        }
+                    } else {
+                        State::Failed(ImageFailure { reason: format!("database: {e}"), retryable: true })
+                    };
                 }
             }
             deps.metrics.stage("prefetch", started.elapsed());
             return batch;
         }
     }
+    // Download everything first (compressed bytes, bounded by the upload limit), then plan the
+    // decoded pixels from the headers, then decode what fits.
     let mut downloads = Vec::new();
     for (index, (item, message)) in batch.items.iter_mut().zip(messages).enumerate() {
         let Some(message) = message.filter(|_| still_open(item)) else { continue };
-        let (objects, permits, max_pixels) = (deps.objects.clone(), decode_permits.clone(), settings.max_pixels);
+        let objects = deps.objects.clone();
         let version = item.job.as_ref().and_then(|j| j.checked_etag.clone());
-        downloads.push(async move {
-            (index, fetch(objects.as_ref(), &message.key, version.as_deref(), &permits, max_pixels).await)
-        });
+        downloads.push(async move { (index, download(objects.as_ref(), &message.key, version.as_deref()).await) });
     }
+    let mut fetched = Vec::new();
     let mut results = futures::stream::iter(downloads).buffer_unordered(settings.prefetch_concurrency.max(1));
+    while let Some((index, outcome)) = results.next().await {
+        match outcome {
+            Ok(bytes) => fetched.push((index, bytes)),
+            Err(state) => batch.items[index].state = state,
+        }
+    }
+    fetched.sort_by_key(|(index, _)| *index);
+    let fetched = plan_pixels(&mut batch, fetched, limits, settings.max_pixels).await;
+    let mut decodes = Vec::new();
+    for (index, bytes) in fetched {
+        let (permits, max_pixels) = (limits.decodes.clone(), settings.max_pixels);
+        decodes.push(async move { (index, decode(bytes, &permits, max_pixels).await) });
+    }
+    let mut results = futures::stream::iter(decodes).buffer_unordered(settings.decode_concurrency.max(1));
     while let Some((index, state)) = results.next().await {
         batch.items[index].state = state;
     }
@@ -115,30 +159,66 @@ fn still_open(item: &mut Item) -> bool {
 pub const CHANGED_REASON: &str =
     "the image was replaced after its upload was checked (a second PUT to the upload URL); create a new job for it";
 
-/// Downloads (exactly the version the upload check passed, when known) and decodes one image,
-/// at most `permits` decodes at once, on blocking threads.
-async fn fetch(
-    objects: &dyn ObjectStore,
-    key: &str,
-    version: Option<&str>,
-    permits: &Arc<Semaphore>,
+/// Keeps the images of `fetched` (in batch order) that fit the batch's share of the pixel
+/// budget, takes their pixels from the budget (waiting while earlier batches hold it) and marks
+/// the rest deferred. An image larger than the share goes through alone, taking the whole
+/// budget. Images whose header cannot be read cost nothing here: decoding fails them.
+async fn plan_pixels(
+    batch: &mut Batch,
+    fetched: Vec<(usize, Bytes)>,
+    limits: &Limits,
     max_pixels: u64,
-) -> State {
-    let bytes = match objects.get(key, version).await {
-        Ok(bytes) => bytes,
+) -> Vec<(usize, Bytes)> {
+    let Some(pixels) = &limits.pixels else { return fetched };
+    let mut kept = Vec::with_capacity(fetched.len());
+    let mut total = 0u64;
+    for (index, bytes) in fetched {
+        let cost = match ocr_engine::probe_dimensions(&bytes) {
+            Ok((w, h)) if u64::from(w) * u64::from(h) <= max_pixels => u64::from(w) * u64::from(h),
+            _ => 0,
+        };
+        if total > 0 && total + cost > limits.per_batch {
+            let item = &mut batch.items[index];
+            tracing::info!(
+                job_id = ?item.job_id().map(|id| id.to_string()), pixels = cost, batch_pixels = total,
+                "image left for a later batch (decoded-pixel budget)"
+            );
+            item.state = State::Deferred {
+                reason: format!(
+                    "its {cost} pixels did not fit this batch's share of the decoded-pixel budget ({} of {} pixels)",
+                    limits.per_batch, limits.budget
+                ),
+                after: OVER_BUDGET_DELAY,
+            };
+            continue;
+        }
+        total += cost;
+        kept.push((index, bytes));
+    }
+    let take = total.min(limits.budget) as u32;
+    if take > 0 {
+        batch.pixels = Some(pixels.clone().acquire_many_owned(take).await.expect("semaphore never closed"));
+    }
+    kept
+}
+
+/// Downloads exactly the version the upload check passed, when known.
+async fn download(objects: &dyn ObjectStore, key: &str, version: Option<&str>) -> Result<Bytes, State> {
+    match objects.get(key, version).await {
+        Ok(bytes) => Ok(bytes),
         Err(PortError::NotFound) => {
-            return State::Failed(ImageFailure { reason: "the image is not in storage".into(), retryable: false });
+            Err(State::Failed(ImageFailure { reason: "the image is not in storage".into(), retryable: false }))
         }
-        Err(PortError::Changed) => {
-            return State::Failed(ImageFailure { reason: CHANGED_REASON.into(), retryable: false });
-        }
-        Err(e) => {
-            return State::Failed(ImageFailure {
-                reason: format!("downloading the image: {e}"),
-                retryable: e.is_retryable(),
-            });
-        }
-    };
+        Err(PortError::Changed) => Err(State::Failed(ImageFailure { reason: CHANGED_REASON.into(), retryable: false })),
+        Err(e) => Err(State::Failed(ImageFailure {
+            reason: format!("downloading the image: {e}"),
+            retryable: e.is_retryable(),
+        })),
+    }
+}
+
+/// Decodes one image, at most `permits` decodes at once, on blocking threads.
+async fn decode(bytes: Bytes, permits: &Arc<Semaphore>, max_pixels: u64) -> State {
     let _permit = permits.clone().acquire_owned().await.expect("semaphore never closed");
     match tokio::task::spawn_blocking(move || ocr_engine::decode_image(&bytes, max_pixels)).await {
         Ok(Ok(image)) => State::Ready(image),
