@@ -20,6 +20,9 @@ from worker_sandbox import bootstrap_constant, read_env, run_bootstrap, secret_a
 PROCESS_ENV = {"AWS_REGION", "LD_LIBRARY_PATH", "RUST_LOG"}
 # Tests only: private webhook receivers, a private CA for the test database (RDS Proxy's is public).
 TEST_ONLY = {"WEBHOOK_ALLOW_HOSTS", "DATABASE_CA_FILE"}
+# Settings whose default the worker derives from the machine it runs on (a quarter of its memory);
+# the bootstrap leaves them unset so that each instance type gets its own.
+MACHINE_DEFAULTS = {"DECODED_BUDGET_MB"}
 # Engine tuning whose defaults come from the engine or the model set; the bootstrap leaves them
 # unset (the worker reads them like the `ocr` tool, should an operator add one).
 ENGINE_TUNING = {"OCR_REC_BATCH", "OCR_REC_BATCH_WIDTH", "OCR_REC_WIDTH_STEP", "OCR_REC_MIN_WIDTH",
@@ -89,7 +92,9 @@ def test_bootstrap_writes_every_worker_setting(sandbox):
     w = read_env(worker_env)
     names = config_env_names()
     assert ENGINE_TUNING <= names, ENGINE_TUNING - names
-    assert names - TEST_ONLY - ENGINE_TUNING - set(w) == set(), "settings of config.rs the bootstrap does not write"
+    assert names - TEST_ONLY - ENGINE_TUNING - MACHINE_DEFAULTS - set(w) == set(), \
+        "settings of config.rs the bootstrap does not write"
+    assert not MACHINE_DEFAULTS & set(w)
     assert set(w) - names - PROCESS_ENV == set(), "settings the worker does not read"
     assert not TEST_ONLY & set(w)
     assert w["DATABASE_URL"] == ("mysql://ocr_worker@ocr-prod-db-proxy.proxy-abc.us-east-1.rds.amazonaws.com"
