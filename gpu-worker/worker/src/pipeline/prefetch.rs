@@ -55,8 +55,8 @@ impl Limits {
 /// How long an image left out of a batch by the pixel budget waits before it is offered again.
 const OVER_BUDGET_DELAY: Duration = Duration::from_secs(1);
 
-/// Moves every item of a fresh batch to `Ready` (decoded image), `Failed`, `Ended` or
-/// `Unreadable`.
+/// Moves every item of a fresh batch to `Ready` (decoded image), `Failed`, `Ended`,
+/// `Unreadable` or `Deferred` (the database away, or over the batch's share of the pixel budget).
 pub(super) async fn prepare(deps: &PipelineDeps, settings: &Settings, limits: &Limits, mut batch: Batch) -> Batch {
     let started = Instant::now();
     let messages: Vec<Option<JobMessage>> = batch.items.iter_mut().map(|item| parse(item, &settings.bucket)).collect();
