@@ -18,17 +18,10 @@ fn through(env: &TestEnv, counter: &CommandCounter) -> String {
     let plain = DatabaseServer::plain();
     let db = env.database_url.rsplit('/').next().expect("database name");
     let proxied = DatabaseServer {
-        url: plain.url.replacen(server_addr(&plain).as_str(), &format!("127.0.0.1:{}", counter.port), 1),
+        url: plain.url.replacen(plain.addr().as_str(), &format!("127.0.0.1:{}", counter.port), 1),
         ca_file: None,
     };
     proxied.database_url(db)
-}
-
-/// `host:port` of a server URL.
-fn server_addr(server: &DatabaseServer) -> String {
-    let rest = server.url.trim_start_matches("mysql://");
-    let rest = rest.rsplit('@').next().unwrap_or(rest);
-    rest.split(['/', '?']).next().unwrap_or(rest).to_owned()
 }
 
 async fn until<F, Fut>(what: &str, process: &WorkerProcess, mut check: F) -> anyhow::Result<()>
@@ -47,7 +40,7 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_and_its_upload_check_never_pin_a_proxy_connection() -> anyhow::Result<()> {
     let env = TestEnv::with(Options { poller: false, ..Options::default() }).await?;
-    let counter = CommandCounter::start(&server_addr(&DatabaseServer::plain())).await?;
+    let counter = CommandCounter::start(&DatabaseServer::plain().addr()).await?;
     // The migrations take a named lock (one pinned connection, closed after): left out here;
     // the worker's test below covers them.
     let (api, base) = env.spawn_api_local(&[("DATABASE_URL", through(&env, &counter))]).await?;
@@ -81,7 +74,7 @@ async fn the_worker_never_pins_a_proxy_connection_after_migrating() -> anyhow::R
         return Ok(());
     }
     let env = TestEnv::new().await?;
-    let counter = CommandCounter::start(&server_addr(&DatabaseServer::plain())).await?;
+    let counter = CommandCounter::start(&DatabaseServer::plain().addr()).await?;
     let mut ids = Vec::new();
     for (image, _) in line_images(3)? {
         let body = json!({"content_type": "image/png", "content_length": image.len(), "callback_url": "https://hooks.example.com/x"});
@@ -116,7 +109,7 @@ async fn the_worker_never_pins_a_proxy_connection_after_migrating() -> anyhow::R
 #[tokio::test]
 async fn the_counter_sees_every_command() -> anyhow::Result<()> {
     use mysql_async::prelude::Queryable;
-    let counter = CommandCounter::start(&server_addr(&DatabaseServer::plain())).await?;
+    let counter = CommandCounter::start(&DatabaseServer::plain().addr()).await?;
     let url = format!("mysql://root@127.0.0.1:{}?prefer_socket=false", counter.port);
     let mut conn = mysql_async::Conn::from_url(&url).await?;
     let before = counter.commands();

@@ -400,21 +400,6 @@ async fn a_requeued_message_comes_back_once_after_its_delay_with_a_fresh_receive
     Ok(())
 }
 
-/// Messages on the queue at `url`, visible or not.
-async fn queue_total(env: &TestEnv, url: &str) -> anyhow::Result<u64> {
-    use aws_sdk_sqs::types::QueueAttributeName as A;
-    let out = env
-        .sqs
-        .get_queue_attributes()
-        .queue_url(url)
-        .attribute_names(A::ApproximateNumberOfMessages)
-        .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
-        .send()
-        .await?;
-    let attrs = out.attributes().cloned().unwrap_or_default();
-    Ok(attrs.values().filter_map(|v| v.parse::<u64>().ok()).sum())
-}
-
 /// Issue 12 (1): the database away on the producer side for longer than an upload event's
 /// backoff. Every event fails, backs off (1 s, 2 s here; 30 s doubling to 15 min in production)
 /// and lands in the upload-events DLQ, and its job waits in `awaiting_upload`. Once the database
@@ -431,18 +416,13 @@ async fn uploads_made_during_a_database_outage_are_all_queued_once_it_returns() 
     use ocr_aws::{MySqlJobStore, SqsConsumer};
     use ocr_core::JobStatus;
     use ocr_core::ports::{JobStore, SystemClock};
-    use ocr_integration_tests::worker::DbProxy;
 
     let env = TestEnv::with(Options { poller: false, ..Options::default() }).await?;
-    let server = std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into());
-    let target = server.trim_start_matches("mysql://").rsplit('@').next().unwrap_or("127.0.0.1:3306").to_owned();
-    let target = target.split('?').next().unwrap_or(&target).to_owned();
-    let proxy = DbProxy::start(&target).await?;
-    let db_name = env.database_url.rsplit('/').next().unwrap().to_owned();
+    let (proxy, through_proxy) = env.db_proxy().await?;
     ocr_aws::sql::set_timeout(Duration::from_secs(1));
     // The on-upload side reaches the database through the proxy; the API (creating the jobs)
     // and the test's own reads do not.
-    let store = Arc::new(MySqlJobStore::new(&format!("mysql://root@127.0.0.1:{}/{db_name}", proxy.port), 2, None)?);
+    let store = Arc::new(MySqlJobStore::new(&through_proxy, 2, None)?);
     let ports = Ports {
         store: store.clone(),
         objects: env.objects.clone(),
@@ -474,7 +454,7 @@ async fn uploads_made_during_a_database_outage_are_all_queued_once_it_returns() 
     }
     // Three receives each, backed off, then the DLQ; the sweep finds the database still away.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
-    while queue_total(&env, &upload_dlq).await? < 6 {
+    while env.queue_total(&upload_dlq).await? < 6 {
         anyhow::ensure!(tokio::time::Instant::now() < deadline, "the events never reached the upload-events DLQ");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -508,7 +488,7 @@ async fn uploads_made_during_a_database_outage_are_all_queued_once_it_returns() 
     let mut want = ids.clone();
     want.sort_by_key(|id| id.to_string());
     assert_eq!(sent, want, "each job queued exactly once");
-    assert_eq!(queue_total(&env, &upload_dlq).await?, 0, "the sweep deletes what it handled");
+    assert_eq!(env.queue_total(&upload_dlq).await?, 0, "the sweep deletes what it handled");
     let _ = stop.send(true);
     poller.await?;
     Ok(())
@@ -550,7 +530,7 @@ async fn the_on_upload_function_sweeps_its_dead_letter_queue_on_its_schedule() -
     for id in &ids {
         env.wait_for_status(id, "queued", WAIT).await?;
     }
-    assert_eq!(queue_total(&env, &upload_dlq).await?, 0);
+    assert_eq!(env.queue_total(&upload_dlq).await?, 0);
     let queued = env.drain(&env.queues.express, 2).await?.len() + env.drain(&env.queues.bulk, 2).await?.len();
     assert_eq!(queued, 2);
     // Anything else is refused rather than guessed at.

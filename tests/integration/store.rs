@@ -328,15 +328,9 @@ async fn a_hung_database_fails_each_call_in_bounded_time_then_recovers() -> anyh
 
     use ocr_aws::MySqlJobStore;
     use ocr_core::worker::ResultStore;
-    use ocr_integration_tests::worker::DbProxy;
 
     let env = TestEnv::with(Options { poller: false, ..Options::default() }).await?;
-    let server = std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into());
-    let target = server.trim_start_matches("mysql://").rsplit('@').next().unwrap_or("127.0.0.1:3306").to_owned();
-    let target = target.split('?').next().unwrap_or(&target).to_owned();
-    let proxy = DbProxy::start(&target).await?;
-    let db_name = env.database_url.rsplit('/').next().unwrap().to_owned();
-    let url = format!("mysql://root@127.0.0.1:{}/{db_name}", proxy.port);
+    let (proxy, url) = env.db_proxy().await?;
     ocr_aws::sql::set_timeout(Duration::from_secs(1));
     let store = MySqlJobStore::new(&url, 2, None)?;
     let job = env.store.insert(new_job("alice", None)).await?;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use mysql_async::prelude::Queryable;
 use ocr_api::config::Limits;
 use ocr_core::signing::verify;
-use ocr_integration_tests::worker::{DbProxy, WebhookReceiver, WorkerProcess, line_images, models_available};
+use ocr_integration_tests::worker::{WebhookReceiver, WorkerProcess, line_images, models_available};
 use ocr_integration_tests::{ALICE_TOKEN, BOB_TOKEN, Options, TestEnv};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -69,22 +69,6 @@ async fn wait_for_work(env: &TestEnv, worker: &WorkerProcess) -> anyhow::Result<
     })
     .await
     .map_err(|e| anyhow::anyhow!("{e}\nworker log:\n{}", worker.logs()))
-}
-
-/// Messages on a queue, visible or in flight (LocalStack's counts are exact).
-async fn queue_total(env: &TestEnv, url: &str) -> anyhow::Result<u64> {
-    use aws_sdk_sqs::types::QueueAttributeName as A;
-    let out = env
-        .sqs
-        .get_queue_attributes()
-        .queue_url(url)
-        .attribute_names(A::ApproximateNumberOfMessages)
-        .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
-        .send()
-        .await?;
-    let attrs = out.attributes().cloned().unwrap_or_default();
-    let get = |a: A| attrs.get(&a).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    Ok(get(A::ApproximateNumberOfMessages) + get(A::ApproximateNumberOfMessagesNotVisible))
 }
 
 fn normalise(s: &str) -> String {
@@ -175,7 +159,7 @@ async fn a_killed_worker_loses_and_duplicates_nothing() -> anyhow::Result<()> {
     assert_eq!(results(&env).await?, 16, "one result per job");
     assert!(done_by_first < 16, "the kill happened mid-run");
     wait_until("queue drained", Duration::from_secs(20), || async {
-        Ok(queue_total(&env, &env.queues.bulk).await? == 0)
+        Ok(env.queue_total(&env.queues.bulk).await? == 0)
     })
     .await?;
     Ok(())
@@ -215,7 +199,7 @@ async fn a_poison_image_fails_alone_and_lands_in_the_dlq() -> anyhow::Result<()>
     }
     let express_dlq = env.queues.dlqs[1].clone();
     wait_until("the poison message in the DLQ", Duration::from_secs(30), || async {
-        Ok(queue_total(&env, &express_dlq).await? == 1)
+        Ok(env.queue_total(&express_dlq).await? == 1)
     })
     .await?;
     let dead = env.drain(&express_dlq, 1).await?;
@@ -261,7 +245,7 @@ async fn a_job_whose_workers_died_on_every_delivery_is_failed_from_the_dlq() -> 
     let owed: Option<Option<i64>> = conn.exec_first("SELECT notify_since_ms FROM jobs WHERE id = ?", (&id,)).await?;
     conn.disconnect().await?;
     assert!(owed.flatten().is_some(), "webhook owed");
-    assert_eq!(queue_total(&env, &bulk_dlq).await?, 1);
+    assert_eq!(env.queue_total(&bulk_dlq).await?, 1);
     assert!(worker.logs().contains("job failed"), "{}", worker.logs());
     Ok(())
 }
@@ -272,11 +256,7 @@ async fn a_database_outage_holds_work_until_it_returns() -> anyhow::Result<()> {
         return Ok(());
     }
     let env = TestEnv::with(Options { job_visibility_secs: 6, ..Options::default() }).await?;
-    let server = std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into());
-    let target = server.trim_start_matches("mysql://").rsplit('@').next().unwrap_or("127.0.0.1:3306").to_owned();
-    let proxy = DbProxy::start(&target).await?;
-    let db_name = env.database_url.rsplit('/').next().unwrap().to_owned();
-    let through_proxy = format!("mysql://root@127.0.0.1:{}/{db_name}", proxy.port);
+    let (proxy, through_proxy) = env.db_proxy().await?;
     let images = line_images(12)?;
     for (bytes, _) in &images {
         upload(&env, bytes, "bulk", None).await?;
@@ -287,7 +267,7 @@ async fn a_database_outage_holds_work_until_it_returns() -> anyhow::Result<()> {
     proxy.cut();
     // While the database is away: every job is either committed or still has its message.
     for _ in 0..16 {
-        let held = queue_total(&env, &env.queues.bulk).await?;
+        let held = env.queue_total(&env.queues.bulk).await?;
         let committed = results(&env).await?;
         assert!(held + committed >= 12, "a message was deleted without its result: {held} held, {committed} committed");
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -311,11 +291,7 @@ async fn a_hung_database_hands_batches_back_without_using_attempts() -> anyhow::
         return Ok(());
     }
     let env = TestEnv::with(Options { job_visibility_secs: 6, ..Options::default() }).await?;
-    let server = std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into());
-    let target = server.trim_start_matches("mysql://").rsplit('@').next().unwrap_or("127.0.0.1:3306").to_owned();
-    let proxy = DbProxy::start(&target).await?;
-    let db_name = env.database_url.rsplit('/').next().unwrap().to_owned();
-    let through_proxy = format!("mysql://root@127.0.0.1:{}/{db_name}", proxy.port);
+    let (proxy, through_proxy) = env.db_proxy().await?;
     let images = line_images(10)?;
     for (bytes, _) in &images[..2] {
         upload(&env, bytes, "bulk", None).await?;
@@ -348,7 +324,7 @@ async fn a_hung_database_hands_batches_back_without_using_attempts() -> anyhow::
     assert_eq!(count(&env, "failed").await?, 0);
     assert_eq!(results(&env).await?, 10);
     for dlq in &env.queues.dlqs {
-        assert_eq!(queue_total(&env, dlq).await?, 0, "{dlq}");
+        assert_eq!(env.queue_total(dlq).await?, 0, "{dlq}");
     }
     Ok(())
 }

@@ -134,6 +134,18 @@ impl DatabaseServer {
         DatabaseServer { url, ca_file: Some(ca) }
     }
 
+    /// `host:port` of this server.
+    pub fn addr(&self) -> String {
+        let rest = self.url.trim_start_matches("mysql://");
+        let rest = rest.rsplit('@').next().unwrap_or(rest);
+        rest.split(['/', '?']).next().unwrap_or(rest).to_owned()
+    }
+
+    /// The same server reached at `addr` (a proxy in front of it) instead.
+    pub fn via(&self, addr: &str) -> DatabaseServer {
+        DatabaseServer { url: self.url.replacen(self.addr().as_str(), addr, 1), ca_file: self.ca_file.clone() }
+    }
+
     /// The URL of database `db` on this server.
     pub fn database_url(&self, db: &str) -> String {
         match self.url.split_once('?') {
@@ -248,6 +260,30 @@ impl TestEnv {
     }
 
     /// Receives (and deletes) everything now visible on a queue, waiting up to `wait_secs` for the first.
+    /// A proxy in front of this test's database server that the test can cut or freeze, and
+    /// the URL of this test's database through it.
+    pub async fn db_proxy(&self) -> anyhow::Result<(crate::worker::DbProxy, String)> {
+        let proxy = crate::worker::DbProxy::start(&self.database.addr()).await?;
+        let url = self.database.via(&format!("127.0.0.1:{}", proxy.port)).database_url(&self.server_db);
+        Ok((proxy, url))
+    }
+
+    /// Messages on the queue at `url`, visible or in flight (LocalStack's counts are exact).
+    pub async fn queue_total(&self, url: &str) -> anyhow::Result<u64> {
+        let out = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await?;
+        let attrs = out.attributes().cloned().unwrap_or_default();
+        let get = |a: QueueAttributeName| attrs.get(&a).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        Ok(get(QueueAttributeName::ApproximateNumberOfMessages)
+            + get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible))
+    }
+
     pub async fn drain(&self, queue_url: &str, wait_secs: i32) -> anyhow::Result<Vec<String>> {
         let consumer = SqsConsumer::new(&self.aws, queue_url);
         let mut bodies = Vec::new();
