@@ -65,7 +65,7 @@ pub async fn run(
         let again = handler.handle_batch(messages, settings.backoff, None, Duration::ZERO).await;
         for handle in handles {
             let result = match again.iter().find(|t| t.receipt_handle == handle) {
-                Some(t) => consumer.change_visibility(&handle, t.after.as_secs().min(43_200) as i32).await,
+                Some(t) => consumer.change_visibility(&handle, t.visibility_secs()).await,
                 None => consumer.delete(&handle).await,
             };
             if let Err(e) = result {

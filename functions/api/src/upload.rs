@@ -50,6 +50,13 @@ pub struct TryAgain {
     pub after: Duration,
 }
 
+impl TryAgain {
+    /// `after` as the visibility timeout to set, in seconds (SQS allows at most 12 hours).
+    pub fn visibility_secs(&self) -> i32 {
+        self.after.as_secs().min(43_200) as i32
+    }
+}
+
 /// How long a failed upload event waits before its next delivery: `base` after the first
 /// receive, doubling with each, at most `max` (`UPLOAD_RETRY_BASE_SECS`, `UPLOAD_RETRY_MAX_SECS`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -90,25 +90,33 @@ impl JobQueue for SqsJobQueue {
     /// Visible, in flight (received, not yet deleted: a worker's batch, or one being retried)
     /// and delayed (a requeued message of a newer version) together: everything still to do.
     async fn depth(&self, priority: Priority) -> Result<u64, PortError> {
-        const WAITING: [QueueAttributeName; 3] = [
-            QueueAttributeName::ApproximateNumberOfMessages,
-            QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
-            QueueAttributeName::ApproximateNumberOfMessagesDelayed,
-        ];
-        let out = self
-            .client
-            .get_queue_attributes()
-            .queue_url(self.url(priority))
-            .set_attribute_names(Some(WAITING.to_vec()))
-            .send()
-            .await
-            .map_err(|e| sdk_error("sqs", e))?;
-        let attributes = out.attributes();
-        let count = |name: &QueueAttributeName| -> u64 {
-            attributes.and_then(|a| a.get(name)).and_then(|v| v.parse().ok()).unwrap_or(0)
-        };
-        Ok(WAITING.iter().map(count).sum())
+        queue_count(
+            &self.client,
+            self.url(priority),
+            &[
+                QueueAttributeName::ApproximateNumberOfMessages,
+                QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+                QueueAttributeName::ApproximateNumberOfMessagesDelayed,
+            ],
+        )
+        .await
     }
+}
+
+/// The sum of the queue at `url`'s message counts named in `counts`.
+async fn queue_count(client: &aws_sdk_sqs::Client, url: &str, counts: &[QueueAttributeName]) -> Result<u64, PortError> {
+    let out = client
+        .get_queue_attributes()
+        .queue_url(url)
+        .set_attribute_names(Some(counts.to_vec()))
+        .send()
+        .await
+        .map_err(|e| sdk_error("sqs", e))?;
+    let attributes = out.attributes();
+    let count = |name: &QueueAttributeName| -> u64 {
+        attributes.and_then(|a| a.get(name)).and_then(|v| v.parse().ok()).unwrap_or(0)
+    };
+    Ok(counts.iter().map(count).sum())
 }
 
 /// A message taken from a queue, with what is needed to delete it or extend its visibility.
@@ -436,19 +444,7 @@ impl DeadLetterAdmin {
     /// those the workers' sweep read in the last few minutes, which neither `peek` nor a
     /// message-move task can reach until they show again.
     pub async fn hidden(&self, url: &str) -> Result<u64, PortError> {
-        let out = self
-            .client
-            .get_queue_attributes()
-            .queue_url(url)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
-            .send()
-            .await
-            .map_err(|e| sdk_error("sqs", e))?;
-        Ok(out
-            .attributes()
-            .and_then(|a| a.get(&QueueAttributeName::ApproximateNumberOfMessagesNotVisible))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0))
+        queue_count(&self.client, url, &[QueueAttributeName::ApproximateNumberOfMessagesNotVisible]).await
     }
 
     /// Moves every message of the dead-letter queue at `dlq_url` back to `source_url` with SQS's

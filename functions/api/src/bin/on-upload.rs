@@ -81,7 +81,7 @@ impl Function {
         let mut response = SqsBatchResponse::default();
         for t in again {
             if let Some(events) = &self.events
-                && let Err(e) = events.change_visibility(&t.receipt_handle, t.after.as_secs().min(43_200) as i32).await
+                && let Err(e) = events.change_visibility(&t.receipt_handle, t.visibility_secs()).await
             {
                 // The queue's own visibility timeout (60 s) applies instead.
                 tracing::warn!(message_id = %t.message_id, error = %e, "could not back the event off");
