@@ -9,30 +9,16 @@ succeeded (its VmHWM read last). Prints `name: value` lines and a Markdown table
 
 import argparse
 import io
-import json
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 
 from PIL import Image
 
-
-def http(method, url, token=None, body=None, headers=None):
-    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    with urllib.request.urlopen(req, timeout=120) as r:
-        return r.status, r.read()
-
-
-def sql(db, query):
-    out = subprocess.run(["mariadb", "-h127.0.0.1", "-uroot", "-N", "-B", "-e", query, db],
-                         check=True, capture_output=True, text=True).stdout
-    return [line.split("\t") for line in out.strip().splitlines() if line]
+from benchlib import proc_status_kib, sql, upload
 
 
 def near_limit_png(side: int) -> bytes:
@@ -42,32 +28,12 @@ def near_limit_png(side: int) -> bytes:
 
 
 def submit(api, token, data, n):
-    ids = []
-    for _ in range(n):
-        body = json.dumps({"content_type": "image/png", "content_length": len(data), "priority": "bulk"}).encode()
-        _, raw = http("POST", f"{api}/v1/jobs", token, body, {"Content-Type": "application/json"})
-        job = json.loads(raw)
-        up = job["upload"]
-        headers = {k: v for k, v in up["headers"].items() if k != "content-length"}
-        status, _ = http("PUT", up["url"], None, data, headers)
-        assert status == 200, status
-        ids.append(job["job_id"])
-    return ids
+    return [upload(api, token, data, "image/png", "bulk") for _ in range(n)]
 
 
 def count(db, ids, status):
     in_ids = ",".join(f"'{i}'" for i in ids)
     return int(sql(db, f"SELECT COUNT(*) FROM jobs WHERE id IN ({in_ids}) AND status = '{status}'")[0][0])
-
-
-def status_kb(pid, field):
-    try:
-        for line in open(f"/proc/{pid}/status"):
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 def run(args, data, budget_mb):
@@ -79,6 +45,8 @@ def run(args, data, budget_mb):
         time.sleep(0.5)
     env = dict(os.environ, DECODED_BUDGET_MB=str(budget_mb))
     log = open(args.log, "a")
+    # This run's lines only: the log holds the earlier runs' too.
+    since = os.path.getsize(args.log)
     worker = subprocess.Popen(["bash", "-c", args.worker_cmd], env=env, stdout=log, stderr=log,
                               start_new_session=True)
     # The worker is `exec`ed by bash: the pid is the worker's.
@@ -87,16 +55,16 @@ def run(args, data, budget_mb):
 
     def sample():
         while not stop.is_set():
-            peak["rss"] = max(peak["rss"], status_kb(worker.pid, "VmRSS"))
-            peak["hwm"] = max(peak["hwm"], status_kb(worker.pid, "VmHWM"))
+            peak["rss"] = max(peak["rss"], proc_status_kib(worker.pid, "VmRSS"))
+            peak["hwm"] = max(peak["hwm"], proc_status_kib(worker.pid, "VmHWM"))
             time.sleep(0.02)
 
     threading.Thread(target=sample, daemon=True).start()
     t0 = time.time()
     # The models' own footprint: the resident set once the engine is loaded, before any image.
-    while b"engine ready" not in open(args.log, "rb").read()[-20000:] and time.time() - t0 < 120:
+    while b"engine ready" not in open(args.log, "rb").read()[since:] and time.time() - t0 < 120:
         time.sleep(0.05)
-    peak["ready_rss"] = status_kb(worker.pid, "VmRSS")
+    peak["ready_rss"] = proc_status_kib(worker.pid, "VmRSS")
     deadline = time.time() + args.timeout
     while count(args.db, ids, "succeeded") < len(ids):
         if worker.poll() is not None:
@@ -105,7 +73,7 @@ def run(args, data, budget_mb):
             sys.exit(f"not all jobs succeeded within {args.timeout} s (budget {budget_mb} MB)")
         time.sleep(0.2)
     wall = time.time() - t0
-    peak["hwm"] = max(peak["hwm"], status_kb(worker.pid, "VmHWM"))
+    peak["hwm"] = max(peak["hwm"], proc_status_kib(worker.pid, "VmHWM"))
     stop.set()
     os.killpg(worker.pid, signal.SIGTERM)
     worker.wait(timeout=60)

@@ -11,44 +11,22 @@ Prints `name: value` lines.
 
 import argparse
 import concurrent.futures
-import json
 import os
 import resource
 import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
+
+import benchlib
+from benchlib import http, sql
 
 TYPES = {".jpg": "image/jpeg", ".png": "image/png", ".webp": "image/webp"}
 
 
-def http(method, url, token=None, body=None, headers=None):
-    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    with urllib.request.urlopen(req, timeout=60) as r:
-        return r.status, r.read()
-
-
-def sql(db, query):
-    out = subprocess.run(["mariadb", "-h127.0.0.1", "-uroot", "-N", "-B", "-e", query, db],
-                         check=True, capture_output=True, text=True).stdout
-    return [line.split("\t") for line in out.strip().splitlines() if line]
-
-
 def upload(api, token, path, i):
-    data = path.read_bytes()
-    body = json.dumps({"content_type": TYPES[path.suffix], "content_length": len(data),
-                       "priority": "express" if i % 4 == 0 else "bulk"}).encode()
-    _, raw = http("POST", f"{api}/v1/jobs", token, body, {"Content-Type": "application/json"})
-    job = json.loads(raw)
-    up = job["upload"]
-    headers = {k: v for k, v in up["headers"].items() if k != "content-length"}
-    status, _ = http("PUT", up["url"], None, data, headers)
-    assert status == 200, status
-    return job["job_id"]
+    return benchlib.upload(api, token, path.read_bytes(), TYPES[path.suffix], "express" if i % 4 == 0 else "bulk")
 
 
 def children_cpu():

@@ -46,6 +46,8 @@ from pathlib import Path
 import boto3
 from PIL import Image, ImageDraw, ImageFont
 
+from benchlib import proc_status_kib
+
 FONT_DIR = Path("/usr/share/fonts/truetype/dejavu")
 WORDS = (
     "amber basil cedar delta ember fable garnet harbor indigo juniper kestrel lumen maple "
@@ -333,17 +335,6 @@ class Receiver:
 # Processes.
 
 
-def peak_rss_kib(pid: int) -> int:
-    """VmHWM (the peak resident set so far) of a live process, in KiB; 0 when gone."""
-    try:
-        for line in open(f"/proc/{pid}/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
 class Proc:
     def __init__(self, name: str, argv: list[str], env: dict, logfile: Path):
         self.name, self.argv, self.env, self.logfile = name, argv, env, logfile
@@ -353,7 +344,7 @@ class Proc:
 
     def sample(self):
         if self.p is not None:
-            self.peak_kib = max(self.peak_kib, peak_rss_kib(self.p.pid))
+            self.peak_kib = max(self.peak_kib, proc_status_kib(self.p.pid, "VmHWM"))
 
     def start(self):
         out = open(self.logfile, "ab")
@@ -662,7 +653,7 @@ def main() -> int:
         while not stop.is_set():
             for proc in [api, *workers]:
                 proc.sample()
-            localstack_peak["kib"] = max(localstack_peak["kib"], peak_rss_kib(args.localstack_pid))
+            localstack_peak["kib"] = max(localstack_peak["kib"], proc_status_kib(args.localstack_pid, "VmHWM"))
             try:
                 progress["done"] = int(sql(args.db, "SELECT COUNT(*) FROM jobs WHERE status IN ('succeeded','failed')",
                                            patience=0)[0][0])
@@ -692,6 +683,14 @@ def main() -> int:
         if args.db_kill:
             plan.append((0.78, "dbkill", 0.0))
         plan.sort(key=lambda p: p[0])
+        # Faults that last `arg` seconds: how each begins and ends, and the figure it adds to.
+        timed = {
+            "db": (proxy.cut, proxy.restore, "db_cut_s", "database cut"),
+            "outage": (proxy.cut, proxy.restore, "db_outage_s", "database down"),
+            "hang": (proxy.freeze, proxy.thaw, "db_hang_s", "database hung"),
+            "pause": (lambda: os.killpg(args.localstack_pid, signal.SIGSTOP),
+                      lambda: os.killpg(args.localstack_pid, signal.SIGCONT), "localstack_pause_s", "LocalStack paused"),
+        }
         for frac, kind, arg in plan:
             while progress["done"] < frac * n:
                 if stop.is_set():
@@ -706,27 +705,14 @@ def main() -> int:
                 faults.kills += 1
                 faults.log.append(f"SIGKILL {w.name} at {at}")
                 threading.Thread(target=restart_later, args=(w,), daemon=True).start()
-            elif kind == "db":
+            elif kind in timed:
+                begin, end, seconds, what = timed[kind]
                 t = time.time()
-                proxy.cut()
+                begin()
                 time.sleep(arg)
-                proxy.restore()
-                faults.db_cut_s += time.time() - t
-                faults.log.append(f"database cut {arg:.0f} s at {at}")
-            elif kind == "outage":
-                t = time.time()
-                proxy.cut()
-                time.sleep(arg)
-                proxy.restore()
-                faults.db_outage_s += time.time() - t
-                faults.log.append(f"database down {arg:.0f} s at {at}")
-            elif kind == "hang":
-                t = time.time()
-                proxy.freeze()
-                time.sleep(arg)
-                proxy.thaw()
-                faults.db_hang_s += time.time() - t
-                faults.log.append(f"database hung {arg:.0f} s at {at}")
+                end()
+                setattr(faults, seconds, getattr(faults, seconds) + time.time() - t)
+                faults.log.append(f"{what} {arg:.0f} s at {at}")
             elif kind == "dbkill":
                 pid = int(Path(args.db_pidfile).read_text().strip())
                 os.kill(pid, signal.SIGKILL)
@@ -741,13 +727,6 @@ def main() -> int:
                 subprocess.run(args.db_start, shell=True, check=True, stdout=subprocess.DEVNULL)
                 faults.db_kills += 1
                 faults.log.append(f"database server SIGKILLed and restarted in {time.time() - t:.1f} s at {at}")
-            else:
-                t = time.time()
-                os.killpg(args.localstack_pid, signal.SIGSTOP)
-                time.sleep(arg)
-                os.killpg(args.localstack_pid, signal.SIGCONT)
-                faults.localstack_pause_s += time.time() - t
-                faults.log.append(f"LocalStack paused {arg:.0f} s at {at}")
             log(faults.log[-1])
 
     faulter = threading.Thread(target=fault_plan, daemon=True)
