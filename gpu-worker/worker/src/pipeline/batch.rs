@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use image::RgbImage;
 use ocr_core::worker::{Delivery, TakenJob};
-use ocr_core::{JobId, OcrResult};
+use ocr_core::{JobId, OcrResult, Priority};
+
+pub use super::receive::{Lane, Received};
 
 use crate::recognizer::ImageFailure;
 
@@ -39,11 +41,22 @@ pub struct Item {
     pub delivery: Delivery,
     pub job: Option<TakenJob>,
     pub state: State,
+    pub hops: Hops,
+}
+
+/// When the item passed each stage (epoch ms, 0 until it did): the job's line on success
+/// carries them, for `scripts/bench.sh latency`'s per-hop breakdown.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Hops {
+    pub received_ms: i64,
+    pub prepared_ms: i64,
+    pub engine_start_ms: i64,
+    pub engine_end_ms: i64,
 }
 
 impl Item {
     pub fn new(delivery: Delivery) -> Self {
-        Item { delivery, job: None, state: State::Received }
+        Item { delivery, job: None, state: State::Received, hops: Hops::default() }
     }
 
     pub fn job_id(&self) -> Option<JobId> {
@@ -63,17 +76,32 @@ impl Item {
 }
 
 /// The deliveries of one receive, in order.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Batch {
     pub items: Vec<Item>,
+    /// The lane it went through.
+    pub lane: Lane,
     /// The share of the decoded-pixel budget its images hold, from decoding until the engine
     /// has read them (`None` when the budget is off or nothing was decoded).
     pub pixels: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Batch {
-    pub fn new(deliveries: Vec<Delivery>) -> Self {
-        Batch { items: deliveries.into_iter().map(Item::new).collect(), pixels: None }
+    pub fn new(lane: Lane, received: Vec<Received>) -> Self {
+        let items = received
+            .into_iter()
+            .map(|r| {
+                let mut item = Item::new(r.delivery);
+                item.hops.received_ms = r.at_ms;
+                item
+            })
+            .collect();
+        Batch { items, lane, pixels: None }
+    }
+
+    /// How many of its messages are express.
+    pub fn express(&self) -> usize {
+        self.items.iter().filter(|i| i.delivery.priority == Priority::Express).count()
     }
 
     pub fn len(&self) -> usize {

@@ -5,23 +5,57 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
-use super::batch::{Batch, State};
+use super::batch::{Batch, Lane, State};
 use crate::metrics::Metrics;
+use crate::now_ms;
 use crate::recognizer::{ImageFailure, Recognizer};
 
-pub(super) fn stage<R: Recognizer>(
-    mut recognizer: R,
-    metrics: Metrics,
-    mut rx: mpsc::Receiver<Batch>,
-    tx: mpsc::Sender<Batch>,
-) {
-    while let Some(mut batch) = rx.blocking_recv() {
+pub(super) fn stage<R: Recognizer>(mut recognizer: R, metrics: Metrics, mut lanes: Lanes, tx: mpsc::Sender<Batch>) {
+    while let Some(mut batch) = lanes.next() {
         infer(&mut recognizer, &metrics, &mut batch);
         if tx.blocking_send(batch).is_err() {
             break;
         }
     }
     tracing::debug!("infer stage stopped");
+}
+
+/// The two lanes' prepared batches, as the engine takes them: an express lane batch first,
+/// but never twice in a row while a main lane batch waits, so bulk (which only the main lane
+/// carries) keeps moving when express jobs arrive as fast as the engine reads them.
+pub(super) struct Lanes {
+    pub main: mpsc::Receiver<Batch>,
+    pub express: mpsc::Receiver<Batch>,
+    /// To wait on both channels from this (non-runtime) thread.
+    pub runtime: tokio::runtime::Handle,
+    pub last_express: bool,
+}
+
+impl Lanes {
+    /// The next batch for the engine; `None` once both lanes are closed and empty.
+    fn next(&mut self) -> Option<Batch> {
+        let picked = if self.last_express {
+            self.main.try_recv().or_else(|_| self.express.try_recv())
+        } else {
+            self.express.try_recv().or_else(|_| self.main.try_recv())
+        };
+        let batch = match picked {
+            Ok(batch) => batch,
+            Err(_) => {
+                let (main, express) = (&mut self.main, &mut self.express);
+                self.runtime.block_on(async {
+                    tokio::select! {
+                        biased;
+                        Some(b) = express.recv() => Some(b),
+                        Some(b) = main.recv() => Some(b),
+                        else => None,
+                    }
+                })?
+            }
+        };
+        self.last_express = batch.lane == Lane::Express;
+        Some(batch)
+    }
 }
 
 /// Moves every `Ready` item to `Done` or `Failed`. A panic inside the engine, or a result count
@@ -34,6 +68,7 @@ pub(super) fn infer<R: Recognizer>(recognizer: &mut R, metrics: &Metrics, batch:
         return;
     }
     let started = Instant::now();
+    let started_ms = now_ms();
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| recognizer.recognize(&images)));
     let took = started.elapsed();
     // The decoded pixels go, and with them the batch's share of the budget: the next batch may
@@ -54,8 +89,11 @@ pub(super) fn infer<R: Recognizer>(recognizer: &mut R, metrics: &Metrics, batch:
     // One line per engine call with the jobs it read: how often each job's image was read is
     // what the chaos run checks (above once only for batches a stopped or killed worker held).
     let jobs: Vec<String> = slots.iter().filter_map(|&i| batch.items[i].job_id()).map(|id| id.to_string()).collect();
-    tracing::info!(images = n_images, seconds = took.as_secs_f64(), jobs = %jobs.join(","), "engine batch");
+    tracing::info!(images = n_images, lane = batch.lane.as_str(), seconds = took.as_secs_f64(), jobs = %jobs.join(","), "engine batch");
+    let ended_ms = now_ms();
     for (slot, result) in slots.into_iter().zip(results) {
+        batch.items[slot].hops.engine_start_ms = started_ms;
+        batch.items[slot].hops.engine_end_ms = ended_ms;
         batch.items[slot].state = match result {
             Ok(r) => State::Done(r),
             Err(f) => State::Failed(f),

@@ -1,12 +1,14 @@
 //! The worker's pipeline, one file per stage:
 //!
 //! ```text
-//! receive ──(1)──▶ prefetch ──(1)──▶ infer (own thread) ──(1)──▶ persist ──▶ webhooks
+//!            ┌─ main lane:    gather ─▶ prefetch ──(1)─┐
+//! intake ────┤                                         ├─▶ infer (own thread) ──(1)──▶ persist ──▶ webhooks
+//! (receive)  └─ express lane: gather ─▶ prefetch ──(1)─┘
 //! ```
 //!
 //! [`Pipeline::run`] joins the stages with channels of capacity 1 and runs them side by side
-//! until stopped; [`Pipeline::process_once`] takes one batch through all four in turn, which is
-//! what tests and tools want.
+//! until stopped; [`Pipeline::process_once`] takes one main-lane batch through all four in
+//! turn, which is what tests and tools want.
 
 mod batch;
 mod infer;
@@ -22,7 +24,7 @@ use ocr_core::ports::ObjectStore;
 use ocr_core::worker::{JobSource, ResultStore};
 use tokio::sync::{mpsc, watch};
 
-pub use batch::{Batch, Item, State};
+pub use batch::{Batch, Hops, Item, Lane, Received, State};
 pub use persist::{Decision, NotWritten, Written, decide};
 
 use crate::heartbeat::{self, InFlight};
@@ -93,6 +95,7 @@ pub struct Pipeline {
     deps: PipelineDeps,
     settings: Settings,
     in_flight: InFlight,
+    intake: receive::Intake,
 }
 
 /// Retries `op` while it fails retryably, waiting longer each time (up to 5 s), until it
@@ -115,7 +118,10 @@ where
 
 impl Pipeline {
     pub fn new(deps: PipelineDeps, settings: Settings) -> Self {
-        Pipeline { deps, settings, in_flight: InFlight::default() }
+        let in_flight = InFlight::default();
+        let intake =
+            receive::Intake::new(deps.source.clone(), in_flight.clone(), deps.metrics.clone(), settings.receive_wait);
+        Pipeline { deps, settings, in_flight, intake }
     }
 
     /// Messages currently held (received, not yet deleted or handed back).
@@ -127,15 +133,16 @@ impl Pipeline {
     /// than the shutdown grace, what is left is handed back to the queue (visibility 0)
     /// for another worker. Returns when everything held is either done or handed back.
     pub async fn run<R: Recognizer>(self, recognizer: R, stop: watch::Receiver<bool>) {
-        let Pipeline { deps, settings, in_flight } = self;
+        let Pipeline { deps, settings, in_flight, intake } = self;
         let settings = Arc::new(settings);
-        // Capacity 1 everywhere, and each stage reserves its slot before starting the next
-        // batch: at most one batch waits between two stages (batch N+1 prefetched while N is
-        // in the engine), so a slow stage holds back the earlier ones instead of piling up.
-        let (received_tx, received_rx) = mpsc::channel::<Batch>(1);
-        let (prepared_tx, prepared_rx) = mpsc::channel::<Batch>(1);
+        // Capacity 1 everywhere, and each lane reserves its place before gathering the next
+        // batch: at most one batch per lane waits for the engine (batch N+1 prefetched while N
+        // is in the engine), so a slow stage holds back the earlier ones instead of piling up.
+        let (main_tx, main_rx) = mpsc::channel::<Batch>(1);
+        let (express_tx, express_rx) = mpsc::channel::<Batch>(1);
         let (inferred_tx, inferred_rx) = mpsc::channel::<Batch>(1);
         let (heartbeat_stop_tx, heartbeat_stop_rx) = watch::channel(false);
+        let (armed_tx, armed_rx) = watch::channel(false);
 
         let heartbeat = tokio::spawn(heartbeat::run(
             deps.source.clone(),
@@ -143,13 +150,25 @@ impl Pipeline {
             settings.visibility,
             heartbeat_stop_rx,
         ));
-        let receive =
-            tokio::spawn(receive::stage(deps.clone(), settings.clone(), in_flight.clone(), received_tx, stop.clone()));
-        let prefetch = tokio::spawn(prefetch::stage(deps.clone(), settings.clone(), received_rx, prepared_tx));
+        let shared = prefetch::LaneShared {
+            deps: deps.clone(),
+            settings: settings.clone(),
+            intake: intake.clone(),
+            limits: Arc::new(prefetch::Limits::new(&settings)),
+        };
+        let lane = |which, tx, armed| tokio::spawn(prefetch::lane(which, shared.clone(), tx, armed, stop.clone()));
+        let main = lane(Lane::Main, main_tx, prefetch::Armed::Sets(armed_tx));
+        let express = lane(Lane::Express, express_tx, prefetch::Armed::Reads(armed_rx));
         let metrics = deps.metrics.clone();
+        let lanes = infer::Lanes {
+            main: main_rx,
+            express: express_rx,
+            runtime: tokio::runtime::Handle::current(),
+            last_express: false,
+        };
         let infer = std::thread::Builder::new()
             .name("ocr-infer".into())
-            .spawn(move || infer::stage(recognizer, metrics, prepared_rx, inferred_tx))
+            .spawn(move || infer::stage(recognizer, metrics, lanes, inferred_tx))
             .expect("spawning the inference thread");
         let persist = tokio::spawn(persist::stage(deps.clone(), settings.clone(), in_flight.clone(), inferred_rx));
 
@@ -158,8 +177,11 @@ impl Pipeline {
         let _ = stop_wait.wait_for(|s| *s).await;
         tracing::info!(in_flight = in_flight.len(), "stopping: finishing the work in hand");
         let drained = tokio::time::timeout(settings.shutdown_grace, async {
-            let _ = receive.await;
-            let _ = prefetch.await;
+            let _ = main.await;
+            let _ = express.await;
+            // Receives still open end within the receive wait; what they bring is held and
+            // in flight, and handed back below.
+            intake.close().await;
             let _ = persist.await;
         })
         .await;
@@ -181,11 +203,12 @@ impl Pipeline {
     /// persist. Returns the number of messages it settled (0 when both queues stayed empty).
     pub async fn process_once<R: Recognizer>(&self, recognizer: &mut R) -> usize {
         let (deps, settings) = (&self.deps, &self.settings);
-        let (_, running) = watch::channel(false);
-        let batch = receive::receive(deps, settings, &self.in_flight, &running).await;
-        if batch.is_empty() {
+        let (_running_tx, running) = watch::channel(false);
+        let received = self.intake.gather(Lane::Main, settings, &running, None).await;
+        if received.is_empty() {
             return 0;
         }
+        let batch = Batch::new(Lane::Main, received);
         let n = batch.len();
         let limits = prefetch::Limits::new(settings);
         let mut batch = prefetch::prepare(deps, settings, &limits, batch).await;

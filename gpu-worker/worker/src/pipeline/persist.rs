@@ -12,7 +12,7 @@ use ocr_core::worker::TakenJob;
 use ocr_core::{JobId, JobStatus, OcrResult, Priority};
 use tokio::sync::mpsc;
 
-use super::batch::{Batch, Item, State};
+use super::batch::{Batch, Item, Lane, State};
 use super::{PipelineDeps, Settings, with_retry};
 use crate::heartbeat::InFlight;
 use crate::now_ms;
@@ -158,7 +158,7 @@ async fn carry_out(deps: &PipelineDeps, settings: &Settings, batch: &Batch, deci
         let job_id = item.job_id().or_else(|| ocr_core::message::job_id_of(&item.delivery.body));
         let span = tracing::info_span!("job", job_id = job_id.map(|i| i.to_string()).unwrap_or_default());
         let _enter = span.enter();
-        settle_job(deps, settings, item, decision, now).await;
+        settle_job(deps, settings, item, decision, now, batch.lane).await;
     }
     for priority in Priority::ALL {
         let of = |want: fn(&Decision) -> bool| -> Vec<(&Item, &Decision)> {
@@ -181,14 +181,20 @@ async fn carry_out(deps: &PipelineDeps, settings: &Settings, batch: &Batch, deci
 }
 
 /// The database, metrics and webhook side of one decision.
-async fn settle_job(deps: &PipelineDeps, settings: &Settings, item: &Item, decision: &Decision, now: i64) {
+async fn settle_job(deps: &PipelineDeps, settings: &Settings, item: &Item, decision: &Decision, now: i64, lane: Lane) {
     let priority = item.delivery.priority;
     let attempt = item.delivery.receive_count;
     match (decision, &item.job) {
         (Decision::Acknowledge { succeeded: true }, Some(job)) => {
             let latency = job.queued_at_ms.map(|q| Duration::from_millis((now - q).max(0) as u64));
             deps.metrics.succeeded(priority, latency);
-            tracing::info!(attempt, "job succeeded");
+            let h = item.hops;
+            // The per-hop times scripts/bench.sh latency reads (epoch ms; committed is `now`).
+            tracing::info!(
+                attempt, %priority, lane = lane.as_str(), queued_ms = job.queued_at_ms.unwrap_or(0),
+                received_ms = h.received_ms, prepared_ms = h.prepared_ms, engine_start_ms = h.engine_start_ms,
+                engine_end_ms = h.engine_end_ms, committed_ms = now, "job succeeded"
+            );
             notify(deps, job, JobStatus::Succeeded, now);
         }
         (Decision::Acknowledge { .. }, _) => tracing::debug!(state = ?item.state, "acknowledging without a new result"),
@@ -306,7 +312,7 @@ mod tests {
             queued_at_ms: None,
             checked_etag: None,
         };
-        Item { delivery, job: Some(job), state }
+        Item { delivery, job: Some(job), state, hops: Default::default() }
     }
 
     fn done() -> State {

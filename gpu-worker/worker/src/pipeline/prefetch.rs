@@ -8,25 +8,80 @@ use bytes::Bytes;
 use futures::StreamExt;
 use ocr_core::ports::ObjectStore;
 use ocr_core::{JobId, JobMessage, JobStatus, PortError};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, watch};
 
-use super::batch::{Batch, Item, State};
+use super::batch::{Batch, Item, Lane, State};
+use super::receive::Intake;
 use super::{PipelineDeps, Settings, with_retry};
 use crate::now_ms;
 use crate::recognizer::ImageFailure;
 
-pub(super) async fn stage(
-    deps: PipelineDeps,
-    settings: Arc<Settings>,
-    mut rx: mpsc::Receiver<Batch>,
+/// A lane: reserves a place before the engine, gathers a batch for it, prepares the batch and
+/// puts it there. Two run side by side:
+///
+/// - `Main` takes whatever the queues have, express first with bulk's share.
+/// - `Express` takes express jobs only, and only while `armed`: while the main lane's next
+///   batch (being prepared or waiting for the engine) left express room unused, i.e. it was
+///   gathered while the express queue was short. The engine takes an express batch before
+///   the main lane's (see [`super::infer::Lanes`]), so an express job that arrives during a
+///   bulk flood waits behind the batch in the engine only, not also behind the bulk batch
+///   already prefetched.
+///
+/// A lane gathers only once its place is free, so nothing is received long before the engine
+/// can take it.
+pub(super) async fn lane(
+    lane: Lane,
+    shared: LaneShared,
     tx: mpsc::Sender<Batch>,
+    armed: Armed,
+    mut stop: watch::Receiver<bool>,
 ) {
-    let limits = Limits::new(&settings);
-    while let Some(batch) = rx.recv().await {
+    let LaneShared { deps, settings, intake, limits } = shared;
+    let express_room = settings.batch_max.max(1)
+        - ((settings.batch_max.max(1) as f64) * settings.bulk_share.clamp(0.0, 1.0)).ceil() as usize;
+    while !*stop.borrow() {
         let Ok(permit) = tx.reserve().await else { break };
+        let keep = match &armed {
+            Armed::Sets(flag) => {
+                // Gathering: express jobs come here now.
+                flag.send_replace(false);
+                None
+            }
+            Armed::Reads(flag) => {
+                let mut flag = flag.clone();
+                tokio::select! {
+                    r = flag.wait_for(|a| *a) => if r.is_err() { break },
+                    _ = stop.wait_for(|s| *s) => break,
+                }
+                Some(flag)
+            }
+        };
+        let received = intake.gather(lane, &settings, &stop, keep.as_ref()).await;
+        if received.is_empty() {
+            continue;
+        }
+        let batch = Batch::new(lane, received);
+        if let Armed::Sets(flag) = &armed {
+            flag.send_replace(batch.express() < express_room);
+        }
         permit.send(prepare(&deps, &settings, &limits, batch).await);
     }
-    tracing::debug!("prefetch stage stopped");
+    tracing::debug!(lane = lane.as_str(), "lane stopped");
+}
+
+/// What both lanes work with.
+#[derive(Clone)]
+pub(super) struct LaneShared {
+    pub deps: PipelineDeps,
+    pub settings: Arc<Settings>,
+    pub intake: Intake,
+    pub limits: Arc<Limits>,
+}
+
+/// The main lane sets whether the express lane may gather; the express lane reads it.
+pub(super) enum Armed {
+    Sets(watch::Sender<bool>),
+    Reads(watch::Receiver<bool>),
 }
 
 /// What bounds decoding: how many at once, and the decoded-pixel budget.
@@ -115,6 +170,10 @@ pub(super) async fn prepare(deps: &PipelineDeps, settings: &Settings, limits: &L
         batch.items[index].state = state;
     }
     deps.metrics.stage("prefetch", started.elapsed());
+    let at = now_ms();
+    for item in &mut batch.items {
+        item.hops.prepared_ms = at;
+    }
     batch
 }
 
