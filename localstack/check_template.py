@@ -12,9 +12,9 @@ dropped resource goes). Parameters and conditions nothing kept uses are dropped 
   - the stack creates (no dependency cycle; the queue policy admits the bucket, so S3 accepts
     the notification),
   - resource names equal localstack/init.py's names_for(stage) (one naming rule),
-  - every job queue redrives to its DLQ after init.py's MAX_RECEIVE_COUNT (3), upload-events
-    after UPLOAD_EVENTS_MAX_RECEIVE_COUNT (6)
-    receives, with init.py's visibility timeouts and retention, SSE-SQS on every queue, and the
+  - every job queue redrives to its DLQ after init.py's MAX_RECEIVE_COUNT (3), both
+    upload-events queues (express, bulk) to the one upload-events DLQ after
+    UPLOAD_EVENTS_MAX_RECEIVE_COUNT (6) receives, with init.py's visibility timeouts and retention, SSE-SQS on every queue, and the
     workers' user data (VISIBILITY_TIMEOUT_SECS, MAX_ATTEMPTS) agrees with the queues,
   - the bucket blocks public access and encrypts,
   - the alarms exist with the intended thresholds: every DLQ > 0, queue
@@ -22,7 +22,8 @@ dropped resource goes). Parameters and conditions nothing kept uses are dropped 
     oldest express message at ExpressMaxAgeSecs, and the database's (proxy pinning > 0,
     connections > DatabaseConnectionsAlarmThreshold, CPU > 80%, free storage < 5 GiB) on the
     stage's instance and proxy names,
-  - an object put under uploads/ reaches the upload-events queue as ObjectCreated:Put.
+  - an object put under uploads/express/ reaches the express upload-events queue as
+    ObjectCreated:Put, one under uploads/bulk/ the bulk one, and neither reaches the other.
 Then deletes the stack. Used by scripts/test.sh; needs .venv/localstack (boto3, cfn-lint).
 """
 
@@ -46,6 +47,7 @@ from init import (  # noqa: E402
     JOB_VISIBILITY_SECS,
     LOCAL_ACCOUNT,
     MAX_RECEIVE_COUNT,
+    PRIORITIES,
     UPLOAD_EVENTS_MAX_RECEIVE_COUNT,
     QUEUE_RETENTION_SECS,
     UPLOAD_EVENTS_VISIBILITY_SECS,
@@ -205,11 +207,13 @@ def main() -> int:
             raise SystemExit(f"stack {st['StackStatus']}: {detail}")
         out = {o["OutputKey"]: o["OutputValue"] for o in st.get("Outputs", [])}
         want = names_for(args.stage, account=LOCAL_ACCOUNT, region=region)
-        pairs = [("BucketName", want.bucket), ("UploadEventsQueueUrl", want.upload_events),
+        pairs = [("BucketName", want.bucket),
+                 ("UploadEventsExpressQueueUrl", want.upload_events_express),
+                 ("UploadEventsBulkQueueUrl", want.upload_events_bulk),
                  ("ExpressQueueUrl", want.express), ("BulkQueueUrl", want.bulk),
                  ("ExpressDeadLetterQueueUrl", f"{want.express}-dlq"),
                  ("BulkDeadLetterQueueUrl", f"{want.bulk}-dlq"),
-                 ("UploadEventsDeadLetterQueueUrl", f"{want.upload_events}-dlq")]
+                 ("UploadEventsDeadLetterQueueUrl", want.upload_events_dlq)]
         for key, name in pairs:
             got = out.get(key, "")
             if got.rsplit("/", 1)[-1] != name:
@@ -218,7 +222,8 @@ def main() -> int:
             failures += check_queues(sqs, out, user_data_settings(template))
             failures += check_bucket(s3, want.bucket)
             failures += check_alarms(cw, args.stage, template_defaults(template), out)
-            failures += check_events(s3, sqs, want.bucket, out["UploadEventsQueueUrl"])
+            failures += check_events(s3, sqs, want.bucket, {
+                "express": out["UploadEventsExpressQueueUrl"], "bulk": out["UploadEventsBulkQueueUrl"]})
     finally:
         cfn.delete_stack(StackName=stack)
         wait(cfn, stack, "DELETE")
@@ -227,21 +232,25 @@ def main() -> int:
     if not failures:
         print(f"check_template: stack for stage {args.stage} created from {len(core['Resources'])} core "
               "resources; names match init.py; redrive, visibility, retention, SSE, bucket and alarm "
-              "thresholds as intended; S3 events reach upload-events", file=sys.stderr)
+              "thresholds as intended; S3 events reach their priority's upload-events queue", file=sys.stderr)
     return 1 if failures else 0
 
 
 def check_queues(sqs, out: dict, worker: dict[str, str]) -> list[str]:
     failures = []
-    queues = {"ExpressQueueUrl": JOB_VISIBILITY_SECS, "BulkQueueUrl": JOB_VISIBILITY_SECS,
-              "UploadEventsQueueUrl": UPLOAD_EVENTS_VISIBILITY_SECS}
-    for key, visibility in queues.items():
+    # queue -> (its visibility timeout, its DLQ, receives before it): both upload-events queues
+    # share one DLQ (one sweep, one alarm).
+    queues = {"ExpressQueueUrl": (JOB_VISIBILITY_SECS, "ExpressDeadLetterQueueUrl", MAX_RECEIVE_COUNT),
+              "BulkQueueUrl": (JOB_VISIBILITY_SECS, "BulkDeadLetterQueueUrl", MAX_RECEIVE_COUNT),
+              "UploadEventsExpressQueueUrl": (UPLOAD_EVENTS_VISIBILITY_SECS, "UploadEventsDeadLetterQueueUrl",
+                                              UPLOAD_EVENTS_MAX_RECEIVE_COUNT),
+              "UploadEventsBulkQueueUrl": (UPLOAD_EVENTS_VISIBILITY_SECS, "UploadEventsDeadLetterQueueUrl",
+                                           UPLOAD_EVENTS_MAX_RECEIVE_COUNT)}
+    for key, (visibility, dlq_key, want) in queues.items():
         url = out[key]
         a = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
-        dlq_url = out[key.replace("QueueUrl", "DeadLetterQueueUrl")]
-        dlq = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["All"])["Attributes"]
+        dlq = sqs.get_queue_attributes(QueueUrl=out[dlq_key], AttributeNames=["All"])["Attributes"]
         redrive = json.loads(a.get("RedrivePolicy", "{}"))
-        want = UPLOAD_EVENTS_MAX_RECEIVE_COUNT if key == "UploadEventsQueueUrl" else MAX_RECEIVE_COUNT
         if int(redrive.get("maxReceiveCount", 0)) != want:
             failures.append(f"{key}: maxReceiveCount {redrive.get('maxReceiveCount')}, want {want}")
         if redrive.get("deadLetterTargetArn") != dlq["QueueArn"]:
@@ -315,17 +324,30 @@ def check_alarms(cw, stage: str, defaults: dict, out: dict) -> list[str]:
     return failures
 
 
-def check_events(s3, sqs, bucket: str, events_url: str) -> list[str]:
-    s3.put_object(Bucket=bucket, Key="uploads/bulk/check", Body=b"x")
-    seen: list = []
+def check_events(s3, sqs, bucket: str, events_urls: dict[str, str]) -> list[str]:
+    """An upload of each priority notifies its own upload-events queue, and only that one."""
+    failures = []
+    for priority in PRIORITIES:
+        s3.put_object(Bucket=bucket, Key=f"uploads/{priority}/check", Body=b"x")
+    seen: dict[str, list] = {p: [] for p in PRIORITIES}
     deadline = time.monotonic() + 10
-    while "ObjectCreated:Put" not in seen and time.monotonic() < deadline:
-        for m in sqs.receive_message(QueueUrl=events_url, MaxNumberOfMessages=10,
-                                     WaitTimeSeconds=1).get("Messages", []):
-            body = json.loads(m["Body"])
-            seen += [r["eventName"] for r in body.get("Records", [])] or [body.get("Event")]
-    s3.delete_object(Bucket=bucket, Key="uploads/bulk/check")
-    return [] if "ObjectCreated:Put" in seen else [f"no ObjectCreated event on upload-events (saw {seen})"]
+    while time.monotonic() < deadline and not all(
+            any(key == f"uploads/{p}/check" for _, key in seen[p]) for p in PRIORITIES):
+        for priority, url in events_urls.items():
+            for m in sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10,
+                                         WaitTimeSeconds=1).get("Messages", []):
+                body = json.loads(m["Body"])
+                seen[priority] += [(r["eventName"], r["s3"]["object"]["key"]) for r in body.get("Records", [])]
+    for priority in PRIORITIES:
+        s3.delete_object(Bucket=bucket, Key=f"uploads/{priority}/check")
+        want = ("ObjectCreated:Put", f"uploads/{priority}/check")
+        if want not in seen[priority]:
+            failures.append(f"no ObjectCreated event of uploads/{priority}/ on its upload-events queue "
+                            f"(saw {seen[priority]})")
+        stray = [e for e in seen[priority] if not e[1].startswith(f"uploads/{priority}/")]
+        if stray:
+            failures.append(f"the {priority} upload-events queue got another priority's events: {stray}")
+    return failures
 
 
 def wait(cfn, stack: str, op: str, timeout: float = 120) -> dict:

@@ -3,14 +3,20 @@
 
 The same resources, with the same names, as template.yaml creates for a stage:
 
-    bucket   <base>-uploads            private, SSE, CORS for PUT, lifecycle, and an
-                                       s3:ObjectCreated:* notification (prefix uploads/)
-                                       to the upload-events queue
-    queues   <base>-upload-events      visibility 60 s   (DLQ <base>-upload-events-dlq)
-             <base>-express            visibility 30 s   (DLQ <base>-express-dlq)
-             <base>-bulk               visibility 30 s   (DLQ <base>-bulk-dlq)
+    bucket   <base>-uploads            private, SSE, CORS for PUT, lifecycle, and two
+                                       s3:ObjectCreated:* notifications: prefix
+                                       uploads/express/ to the express upload-events queue,
+                                       uploads/bulk/ to the bulk one
+    queues   <base>-upload-events-express  visibility 60 s   (DLQ <base>-upload-events-dlq)
+             <base>-upload-events-bulk     visibility 60 s   (DLQ <base>-upload-events-dlq)
+             <base>-express                visibility 30 s   (DLQ <base>-express-dlq)
+             <base>-bulk                   visibility 30 s   (DLQ <base>-bulk-dlq)
              a job queue's DLQ takes a message after 3 receives (maxReceiveCount 3), the
-             upload-events DLQ after 6
+             upload-events DLQ (one for both upload-events queues) after 6
+
+An upload's event goes to its priority's own queue so that an express event never waits
+behind a bulk backlog (issue #15): on-upload reads each with its own event source mapping, the
+local poller with its own loop.
 
 Naming (see README "Resource names"): stage `local` uses base `ocr`, so the names are the plain
 `ocr-uploads`, `ocr-express`, ...; any other stage uses `ocr-<stage>` (`ocr-prod-express`) and
@@ -21,7 +27,8 @@ own set (`--prefix t1234` -> `t1234-uploads`, `t1234-express`, ...).
 Prints the env lines the functions read (stdout, one per line):
 
     UPLOAD_BUCKET=ocr-uploads
-    UPLOAD_EVENTS_QUEUE_URL=http://127.0.0.1:4566/queue/us-east-1/000000000000/ocr-upload-events
+    UPLOAD_EVENTS_EXPRESS_QUEUE_URL=http://127.0.0.1:4566/queue/us-east-1/000000000000/ocr-upload-events-express
+    UPLOAD_EVENTS_BULK_QUEUE_URL=http://127.0.0.1:4566/queue/us-east-1/000000000000/ocr-upload-events-bulk
     EXPRESS_QUEUE_URL=...
     BULK_QUEUE_URL=...
     (and UPLOAD_EVENTS_DLQ_URL, EXPRESS_DLQ_URL, BULK_DLQ_URL)
@@ -58,19 +65,36 @@ UPLOAD_EVENTS_VISIBILITY_SECS = 60
 DLQ_RETENTION_SECS = 14 * 24 * 3600
 QUEUE_RETENTION_SECS = 4 * 24 * 3600
 UPLOAD_PREFIX = "uploads/"
+# Each priority's uploads (uploads/<priority>/<job id>) notify their own upload-events queue.
+PRIORITIES = ("express", "bulk")
 UPLOAD_EXPIRY_DAYS = 7
 
 
 @dataclass(frozen=True)
 class Names:
     bucket: str
-    upload_events: str
+    upload_events_express: str
+    upload_events_bulk: str
+    # The one DLQ of both upload-events queues.
+    upload_events_dlq: str
     express: str
     bulk: str
 
     @property
+    def upload_events(self) -> list[str]:
+        """The upload-events queues, in PRIORITIES' order."""
+        return [self.upload_events_express, self.upload_events_bulk]
+
+    @property
     def queues(self) -> list[str]:
-        return [self.upload_events, self.express, self.bulk]
+        return [*self.upload_events, self.express, self.bulk]
+
+    @property
+    def dlqs(self) -> list[str]:
+        return [self.upload_events_dlq, f"{self.express}-dlq", f"{self.bulk}-dlq"]
+
+    def dlq_of(self, queue: str) -> str:
+        return self.upload_events_dlq if queue in self.upload_events else f"{queue}-dlq"
 
 
 def names_for(stage: str = "local", prefix: str | None = None,
@@ -83,7 +107,9 @@ def names_for(stage: str = "local", prefix: str | None = None,
     else:
         base = f"ocr-{stage}"
         bucket = f"{base}-uploads-{account}-{region}"
-    return Names(bucket=bucket, upload_events=f"{base}-upload-events",
+    return Names(bucket=bucket, upload_events_express=f"{base}-upload-events-express",
+                 upload_events_bulk=f"{base}-upload-events-bulk",
+                 upload_events_dlq=f"{base}-upload-events-dlq",
                  express=f"{base}-express", bulk=f"{base}-bulk")
 
 
@@ -206,13 +232,14 @@ def ensure_bucket(s3, bucket: str, region: str) -> None:
     ]})
 
 
-def ensure_notification(s3, bucket: str, queue_arn: str) -> None:
+def ensure_notification(s3, bucket: str, queue_arns: dict[str, str]) -> None:
+    """queue_arns: priority -> its upload-events queue's ARN."""
     want = {"QueueConfigurations": [{
-        "Id": "upload-events",
-        "QueueArn": queue_arn,
+        "Id": f"upload-events-{priority}",
+        "QueueArn": queue_arns[priority],
         "Events": ["s3:ObjectCreated:*"],
-        "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": UPLOAD_PREFIX}]}},
-    }]}
+        "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": f"{UPLOAD_PREFIX}{priority}/"}]}},
+    } for priority in PRIORITIES]}
     have = s3.get_bucket_notification_configuration(Bucket=bucket)
     have.pop("ResponseMetadata", None)
     if _normalise_notification(have) == _normalise_notification(want):
@@ -220,7 +247,8 @@ def ensure_notification(s3, bucket: str, queue_arn: str) -> None:
         return
     # Only written when it changed: S3 sends an s3:TestEvent to the queue on every write.
     s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration=want)
-    log(f"bucket {bucket}: s3:ObjectCreated:* on {UPLOAD_PREFIX} -> {queue_arn}")
+    for priority in PRIORITIES:
+        log(f"bucket {bucket}: s3:ObjectCreated:* on {UPLOAD_PREFIX}{priority}/ -> {queue_arns[priority]}")
 
 
 def _normalise_notification(cfg: dict) -> list:
@@ -236,36 +264,35 @@ def _normalise_notification(cfg: dict) -> list:
 
 def create(s3, sqs, names: Names, region: str, account: str) -> dict[str, str]:
     urls: dict[str, str] = {}
-    for name in names.queues:
-        visibility = (UPLOAD_EVENTS_VISIBILITY_SECS if name == names.upload_events
-                      else JOB_VISIBILITY_SECS)
-        dlq_url, dlq_arn = ensure_queue(sqs, f"{name}-dlq", {
+    arns: dict[str, str] = {}
+    for dlq in names.dlqs:
+        urls[dlq], arns[dlq] = ensure_queue(sqs, dlq, {
             "MessageRetentionPeriod": str(DLQ_RETENTION_SECS),
             "SqsManagedSseEnabled": "true",
         })
+    for name in names.queues:
+        events = name in names.upload_events
         attrs = {
-            "VisibilityTimeout": str(visibility),
+            "VisibilityTimeout": str(UPLOAD_EVENTS_VISIBILITY_SECS if events else JOB_VISIBILITY_SECS),
             "MessageRetentionPeriod": str(QUEUE_RETENTION_SECS),
             "SqsManagedSseEnabled": "true",
-            "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": (
-                UPLOAD_EVENTS_MAX_RECEIVE_COUNT if name == names.upload_events else MAX_RECEIVE_COUNT)}),
+            "RedrivePolicy": json.dumps({"deadLetterTargetArn": arns[names.dlq_of(name)], "maxReceiveCount": (
+                UPLOAD_EVENTS_MAX_RECEIVE_COUNT if events else MAX_RECEIVE_COUNT)}),
         }
-        if name == names.upload_events:
+        if events:
             arn = f"arn:aws:sqs:{region}:{account}:{name}"
             attrs["Policy"] = s3_send_policy(arn, names.bucket, account)
-        url, arn = ensure_queue(sqs, name, attrs)
-        urls[name] = url
-        urls[f"{name}-dlq"] = dlq_url
-        if name == names.upload_events:
-            upload_events_arn = arn
+        urls[name], arns[name] = ensure_queue(sqs, name, attrs)
     ensure_bucket(s3, names.bucket, region)
-    ensure_notification(s3, names.bucket, upload_events_arn)
+    ensure_notification(s3, names.bucket, {
+        priority: arns[queue] for priority, queue in zip(PRIORITIES, names.upload_events)})
     return {
         "UPLOAD_BUCKET": names.bucket,
-        "UPLOAD_EVENTS_QUEUE_URL": urls[names.upload_events],
+        "UPLOAD_EVENTS_EXPRESS_QUEUE_URL": urls[names.upload_events_express],
+        "UPLOAD_EVENTS_BULK_QUEUE_URL": urls[names.upload_events_bulk],
         "EXPRESS_QUEUE_URL": urls[names.express],
         "BULK_QUEUE_URL": urls[names.bulk],
-        "UPLOAD_EVENTS_DLQ_URL": urls[f"{names.upload_events}-dlq"],
+        "UPLOAD_EVENTS_DLQ_URL": urls[names.upload_events_dlq],
         "EXPRESS_DLQ_URL": urls[f"{names.express}-dlq"],
         "BULK_DLQ_URL": urls[f"{names.bulk}-dlq"],
     }
@@ -284,12 +311,11 @@ def delete(s3, sqs, names: Names) -> None:
     except ClientError as e:
         if e.response["Error"]["Code"] not in ("NoSuchBucket", "404"):
             raise
-    for name in names.queues:
-        for q in (name, f"{name}-dlq"):
-            url = queue_url(sqs, q)
-            if url:
-                sqs.delete_queue(QueueUrl=url)
-                log(f"deleted queue {q}")
+    for q in names.queues + names.dlqs:
+        url = queue_url(sqs, q)
+        if url:
+            sqs.delete_queue(QueueUrl=url)
+            log(f"deleted queue {q}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,8 +17,13 @@
 #              (scripts/bench-api.sh)
 #   pipeline   a few hundred images through LocalStack, the API and the worker vs the same
 #              engine alone, in one run (scripts/bench-pipeline.sh)
+#   latency    an express job's time per hop (PUT → on-upload → queued → received → prefetched →
+#              engine → committed → seen), idle and under a 5,000-job bulk flood, in one run
+#              (scripts/bench-latency.sh)
 #   memory     peak RSS of one worker fed near-limit (50 MP) images, decoded-pixel budget off
 #              and on, in one run (scripts/bench-memory.sh)
+#   wait       `GET /v1/jobs/{id}?wait=20` vs polling every 0.5 s: GETs per job and job end →
+#              client latency, in one run (scripts/bench-wait.sh; --simulate: no worker or models)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=lib/python-env.sh
@@ -31,7 +36,9 @@ case "$mode" in
   api) exec "$ROOT/scripts/bench-api.sh" "$@" ;;
   pipeline) exec "$ROOT/scripts/bench-pipeline.sh" "$@" ;;
   memory) exec "$ROOT/scripts/bench-memory.sh" "$@" ;;
-  *) sed -n '2,22p' "$0" >&2; exit 2 ;;
+  latency) exec "$ROOT/scripts/bench-latency.sh" "$@" ;;
+  wait) exec "$ROOT/scripts/bench-wait.sh" "$@" ;;
+  *) sed -n '2,/^set -euo/{/^set -euo/!p}' "$0" >&2; exit 2 ;;
 esac
 
 limit=0 sets="A B" threads="1 2" systems="ours rapidocr faster-paddle" model_set=ppocrv6-small fp_size="" batch=8

@@ -309,14 +309,16 @@ check_quota() {
 }
 
 # check_lambda_concurrency: the API function's reservation leaves the account at least 100
-# unreserved concurrent executions (AWS refuses less), and enough for on-upload's cap. A
+# unreserved concurrent executions (AWS refuses less), and enough for on-upload's caps. A
 # redeploy gives back what the function reserves now.
 check_lambda_concurrency() {
-    local api upload fn settings limit unreserved held=0 left floor
-    api=$(param ApiReservedConcurrency) upload=$(param OnUploadMaxConcurrency) fn="ocr-$STAGE-api"
+    local api express bulk upload fn settings limit unreserved held=0 left floor
+    api=$(param ApiReservedConcurrency) fn="ocr-$STAGE-api"
+    express=$(param OnUploadExpressMaxConcurrency) bulk=$(param OnUploadBulkMaxConcurrency)
+    upload=$((express + bulk))
     floor=$LAMBDA_UNRESERVED_FLOOR
     ((upload > floor)) && floor=$upload
-    note "Lambda concurrency: unreserved + what $fn holds now - ApiReservedConcurrency $api must stay >= $floor (AWS keeps $LAMBDA_UNRESERVED_FLOOR unreserved; on-upload draws up to OnUploadMaxConcurrency $upload from them)"
+    note "Lambda concurrency: unreserved + what $fn holds now - ApiReservedConcurrency $api must stay >= $floor (AWS keeps $LAMBDA_UNRESERVED_FLOOR unreserved; on-upload draws up to OnUploadExpressMaxConcurrency $express + OnUploadBulkMaxConcurrency $bulk = $upload from them)"
     settings=$(ask lambda get-account-settings \
         --query 'AccountLimit.[ConcurrentExecutions,UnreservedConcurrentExecutions]' --output text) || settings=""
     if ((${#STACK_PARAMS[@]} || DRY_RUN)); then

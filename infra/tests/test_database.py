@@ -40,13 +40,18 @@ def test_function_concurrency_is_capped(tpl, transformed, defaults):
     assert api["ReservedConcurrentExecutions"] == {"Ref": "ApiReservedConcurrency"}
     assert transformed["Resources"]["ApiFunction"]["Properties"]["ReservedConcurrentExecutions"] == \
         {"Ref": "ApiReservedConcurrency"}
-    (mapping,) = resources_of(transformed, "AWS::Lambda::EventSourceMapping").values()
-    assert mapping["Properties"]["ScalingConfig"] == {"MaximumConcurrency": {"Ref": "OnUploadMaxConcurrency"}}
+    # on-upload: one cap per upload-events mapping, and no reservation (the caps are its whole
+    # concurrency; test_template.py checks which mapping reads which queue).
+    assert "ReservedConcurrentExecutions" not in props(tpl, "OnUploadFunction")
+    caps = sorted(m["Properties"]["ScalingConfig"]["MaximumConcurrency"]["Ref"]
+                  for m in resources_of(transformed, "AWS::Lambda::EventSourceMapping").values())
+    assert caps == ["OnUploadBulkMaxConcurrency", "OnUploadExpressMaxConcurrency"]
     # The defaults: well above the peak's needs (README "The connection arithmetic"), and the
     # SQS event source's bounds.
     assert 50 <= int(defaults["ApiReservedConcurrency"]) <= 200
-    p = tpl["Parameters"]["OnUploadMaxConcurrency"]
-    assert int(p["MinValue"]) == 2 and int(p["MaxValue"]) == 1000 and 2 <= int(defaults["OnUploadMaxConcurrency"]) <= 50
+    for cap in caps:
+        p = tpl["Parameters"][cap]
+        assert int(p["MinValue"]) == 2 and int(p["MaxValue"]) == 1000 and 2 <= int(defaults[cap]) <= 50, cap
 
 
 # ------------------------------------------------------------------ the proxy
@@ -84,14 +89,16 @@ def test_connection_arithmetic(tpl, defaults):
     function_pool = int(tpl["Globals"]["Function"]["Environment"]["Variables"]["DB_POOL_MAX"])
     # A rolling update or a capacity rebalance runs one worker beyond MaxWorkers for a while.
     workers = (int(defaults["MaxWorkers"]) + 1) * worker_pool
-    clients = workers + (int(defaults["ApiReservedConcurrency"]) + int(defaults["OnUploadMaxConcurrency"])) * function_pool
+    functions = sum(int(defaults[p]) for p in ("ApiReservedConcurrency", "OnUploadExpressMaxConcurrency",
+                                              "OnUploadBulkMaxConcurrency"))
+    clients = workers + functions * function_pool
     cls = defaults["DatabaseInstanceClass"]
     ceiling = math.floor(CLASS_MEMORY_GIB[cls] * 2**30 / 12582880)
     planning = PLANNING_MAX_CONNECTIONS[cls]
     assert (ceiling, planning) == (341, 312)
     pct = int(props(tpl, "DatabaseProxyTargetGroup")["ConnectionPoolConfigurationInfo"]["MaxConnectionsPercent"])
     budget = planning * pct // 100
-    assert (worker_pool, workers, clients, budget) == (4, 20, 130, 249)
+    assert (worker_pool, workers, clients, budget) == (4, 20, 135, 249)
     assert clients < budget
     threshold = int(defaults["DatabaseConnectionsAlarmThreshold"])
     assert clients < threshold < budget, (clients, threshold, budget)

@@ -315,7 +315,7 @@ def test_rollback_command_line(tmp_path):
 
 
 def test_the_alias_is_the_templates(tpl, transformed):
-    """--rollback moves the alias that API Gateway and the SQS event source call, and the versions
+    """--rollback moves the alias that API Gateway and the SQS event sources call, and the versions
     it moves between are kept."""
     assert "LAMBDA_ALIAS=live" in DEPLOY.read_text()
     assert tpl["Globals"]["Function"]["AutoPublishAlias"] == "live"
@@ -332,8 +332,10 @@ def test_the_alias_is_the_templates(tpl, transformed):
             want = "ApiFunction" if caller == "apigateway.amazonaws.com" else "OnUploadFunction"
             assert caller in ("apigateway.amazonaws.com", "events.amazonaws.com"), k
             assert r["Properties"]["FunctionName"] == {"Ref": aliases[want]}, k
-    (mapping,) = [r for r in res.values() if r["Type"] == "AWS::Lambda::EventSourceMapping"]
-    assert mapping["Properties"]["FunctionName"] == {"Ref": aliases["OnUploadFunction"]}
+    mappings = [r for r in res.values() if r["Type"] == "AWS::Lambda::EventSourceMapping"]
+    assert len(mappings) == 2  # one per upload-events queue (express, bulk)
+    for mapping in mappings:
+        assert mapping["Properties"]["FunctionName"] == {"Ref": aliases["OnUploadFunction"]}
     body = json.dumps(res["HttpApi"]["Properties"]["Body"])
     uris = [m for m in __import__("re").findall(r"functions/\$\{(\w+)\}/invocations", body)]
     assert uris and set(uris) == {aliases["ApiFunction"]}, uris

@@ -109,6 +109,10 @@ def test_functions_use_their_own_explicit_roles(tpl, transformed):
         assert transformed["Resources"][fn]["Properties"]["Role"] == {"Fn::GetAtt": [f"{fn}Role", "Arn"]}
 
 
+# Each priority's upload-events queue (the bucket notifies uploads/<priority>/ to it).
+UPLOAD_EVENTS_QUEUES = {"express": "UploadEventsExpressQueue", "bulk": "UploadEventsBulkQueue"}
+
+
 def test_on_upload_role_is_least_privilege(tpl, transformed):
     stmts = {st["Sid"]: st for rid, st in iam_statements(tpl) if rid == "OnUploadFunctionRole"}
     assert set(stmts) == {"ConsumeUploadEvents", "SweepUploadEventsDeadLetters", "EnqueueJobs",
@@ -120,11 +124,13 @@ def test_on_upload_role_is_least_privilege(tpl, transformed):
     consume = stmts["ConsumeUploadEvents"]
     assert sorted(actions_of(consume)) == sorted(["sqs:ReceiveMessage", "sqs:DeleteMessage",
                                                   "sqs:GetQueueAttributes", "sqs:ChangeMessageVisibility"])
-    assert consume["Resource"] == {"Fn::GetAtt": ["UploadEventsQueue", "Arn"]}
-    # ... which is the queue the function's event source mapping reads.
-    (mapping,) = [r for r in transformed["Resources"].values() if r["Type"] == "AWS::Lambda::EventSourceMapping"]
-    assert mapping["Properties"]["EventSourceArn"] == consume["Resource"]
-    assert mapping["Properties"]["FunctionName"] == {"Ref": "OnUploadFunctionAliaslive"}  # the alias
+    assert consume["Resource"] == [{"Fn::GetAtt": [q, "Arn"]} for q in UPLOAD_EVENTS_QUEUES.values()]
+    # ... which are the queues the function's event source mappings read.
+    mappings = [r for r in transformed["Resources"].values() if r["Type"] == "AWS::Lambda::EventSourceMapping"]
+    assert sorted(json.dumps(m["Properties"]["EventSourceArn"]) for m in mappings) == \
+        sorted(json.dumps(r) for r in consume["Resource"])
+    for mapping in mappings:
+        assert mapping["Properties"]["FunctionName"] == {"Ref": "OnUploadFunctionAliaslive"}  # the alias
     assert actions_of(stmts["EnqueueJobs"]) == ["sqs:SendMessage"]
     assert stmts["EnqueueJobs"]["Resource"] == [{"Fn::GetAtt": ["ExpressQueue", "Arn"]},
                                                 {"Fn::GetAtt": ["BulkQueue", "Arn"]}]
@@ -159,11 +165,12 @@ def test_worker_role_is_least_privilege(tpl):
                                         "sqs:GetQueueAttributes"])
     assert stmts["JobQueues"]["Resource"] == [{"Fn::GetAtt": ["ExpressQueue", "Arn"]}, {"Fn::GetAtt": ["BulkQueue", "Arn"]}]
     # The dead-letter queues (the sweep, and the operators' gpu-worker dlq run on a worker) and
-    # the queues they redrive to: exactly the stage's three pairs (test_dlq_tool_permissions).
+    # the queues they redrive to: exactly the stage's three DLQs and the four queues that
+    # dead-letter into them (test_dlq_tool_permissions).
     dlqs = [{"Fn::GetAtt": [q, "Arn"]} for q in ("ExpressDeadLetterQueue", "BulkDeadLetterQueue",
                                                  "UploadEventsDeadLetterQueue")]
     assert stmts["DeadLetterQueues"]["Resource"] == dlqs
-    sources = [{"Fn::GetAtt": [q, "Arn"]} for q in ("ExpressQueue", "BulkQueue", "UploadEventsQueue")]
+    sources = [{"Fn::GetAtt": [q, "Arn"]} for q in ("ExpressQueue", "BulkQueue", *UPLOAD_EVENTS_QUEUES.values())]
     assert stmts["RedriveTargets"]["Resource"] == sources
     assert acts["RedriveTargets"] == sorted(["sqs:GetQueueUrl", "sqs:GetQueueAttributes", "sqs:SendMessage"])
     # The pipeline requeues a newer version's message (SqsJobSource::requeue) to the job queues.
@@ -211,16 +218,23 @@ def test_dlq_tool_permissions(tpl):
     on_dlq = set(actions_of(stmts["DeadLetterQueues"]))
     assert needed_on_dlq <= on_dlq, needed_on_dlq - on_dlq
     assert on_dlq - needed_on_dlq == set(), "more than the tool and the sweep use"
-    # Each DLQ's redrive target is the queue that dead-letters into it.
+    # Each DLQ's redrive targets are the queues that dead-letter into it (upload-events': both
+    # priorities' queues; the tool moves each message back to the one it came from).
     res = tpl["Resources"]
-    pairs = {res[q]["Properties"]["RedrivePolicy"]["deadLetterTargetArn"]["Fn::GetAtt"][0]: q
-             for q in ("ExpressQueue", "BulkQueue", "UploadEventsQueue")}
+    sources_of: dict[str, list[str]] = {}
+    for q, r in res.items():
+        if r["Type"] == "AWS::SQS::Queue" and "RedrivePolicy" in r["Properties"]:
+            sources_of.setdefault(r["Properties"]["RedrivePolicy"]["deadLetterTargetArn"]["Fn::GetAtt"][0], []).append(q)
     dlqs = [r["Fn::GetAtt"][0] for r in stmts["DeadLetterQueues"]["Resource"]]
     targets = [r["Fn::GetAtt"][0] for r in stmts["RedriveTargets"]["Resource"]]
-    assert [pairs[d] for d in dlqs] == targets
+    assert sorted(dlqs) == sorted(sources_of)
+    assert [q for d in dlqs for q in sources_of[d]] == targets
+    assert sources_of["UploadEventsDeadLetterQueue"] == list(UPLOAD_EVENTS_QUEUES.values())
     # The tool finds them by name: ocr-<stage>-<queue>-dlq, the template's names.
     dlq_rs = (ROOT / "gpu-worker" / "worker" / "src" / "dlq.rs").read_text()
     assert 'format!("{prefix}-{}-dlq", queue.name())' in dlq_rs
+    # A DLQ with one source names it; the shared one lets SQS send each message home.
+    assert "(queue != Queue::UploadEvents).then(" in dlq_rs
     for d, q in zip(dlqs, ("express", "bulk", "upload-events")):
         assert res[d]["Properties"]["QueueName"]["Fn::If"][2]["Fn::Sub"] == "ocr-${StageName}-" + q + "-dlq"
 
@@ -517,7 +531,8 @@ def test_the_upload_events_dlq_is_swept_on_a_schedule(tpl, transformed):
     assert json.loads(sweep["Properties"]["Input"]) == {"sweep": "upload-events-dlq"}
     # Six backed-off receives span the half hour the README promises before the DLQ.
     base, top = int(env["UPLOAD_RETRY_BASE_SECS"]), int(env["UPLOAD_RETRY_MAX_SECS"])
-    receives = tpl["Resources"]["UploadEventsQueue"]["Properties"]["RedrivePolicy"]["maxReceiveCount"]
+    (receives,) = {tpl["Resources"][q]["Properties"]["RedrivePolicy"]["maxReceiveCount"]
+                   for q in UPLOAD_EVENTS_QUEUES.values()}
     assert receives == 6
     assert sum(min(base * 2 ** n, top) for n in range(receives)) == 1830
     rules = [r for r in transformed["Resources"].values() if r["Type"] == "AWS::Events::Rule"]
@@ -533,3 +548,76 @@ def test_the_database_is_the_engine_the_tests_run_on(tpl):
     assert db["Engine"] == "mariadb"
     assert tpl["Parameters"]["DatabaseEngineVersion"]["AllowedValues"] == ["10.11", "11.4"]
     assert tpl["Resources"]["DatabaseProxy"]["Properties"]["EngineFamily"] == "MYSQL"
+
+
+# ------------------------------------------------------------------ express events never wait
+def test_each_priority_has_its_own_upload_events_queue_and_mapping(tpl, transformed, defaults):
+    """Issue 15: an express upload's event never waits behind a bulk backlog. The bucket sends
+    uploads/express/ and uploads/bulk/ each to its own queue (both dead-lettering into the one
+    upload-events DLQ, which the sweep and its alarm watch), and on-upload reads each with its own
+    mapping and cap: express one event at a time with no batching window, bulk capped so that a
+    flood never takes the function's whole concurrency."""
+    res = tpl["Resources"]
+    (bucket,) = resources_of(tpl, "AWS::S3::Bucket").values()
+    notified = {}
+    for q in bucket["Properties"]["NotificationConfiguration"]["QueueConfigurations"]:
+        assert q["Event"] == "s3:ObjectCreated:*"
+        (rule,) = q["Filter"]["S3Key"]["Rules"]
+        assert rule["Name"] == "prefix"
+        notified[rule["Value"]] = q["Queue"]
+    assert notified == {f"uploads/{p}/": {"Fn::GetAtt": [q, "Arn"]} for p, q in UPLOAD_EVENTS_QUEUES.items()}
+    # The keys the API writes: uploads/<priority>/<job id>, priority one of these two.
+    job_rs = (ROOT / "functions" / "core" / "src" / "job.rs").read_text()
+    assert 'Priority::Express => "express"' in job_rs and 'Priority::Bulk => "bulk"' in job_rs
+    assert 'pub const UPLOAD_PREFIX: &str = "uploads/";' in job_rs
+    assert 'format!("{UPLOAD_PREFIX}{priority}/{id}")' in job_rs
+
+    # Named like the rest, sharing the one DLQ; S3 may send to both (and only from the bucket).
+    for p, q in UPLOAD_EVENTS_QUEUES.items():
+        props = res[q]["Properties"]
+        assert props["QueueName"]["Fn::If"][1] == f"ocr-upload-events-{p}"
+        assert props["QueueName"]["Fn::If"][2] == {"Fn::Sub": f"ocr-${{StageName}}-upload-events-{p}"}
+        assert props["RedrivePolicy"]["deadLetterTargetArn"] == {"Fn::GetAtt": ["UploadEventsDeadLetterQueue", "Arn"]}
+        assert props["VisibilityTimeout"] >= 6 * tpl["Globals"]["Function"]["Timeout"]
+    policy = res["UploadEventsQueuePolicy"]["Properties"]
+    assert policy["Queues"] == [{"Ref": q} for q in UPLOAD_EVENTS_QUEUES.values()]
+    (st,) = policy["PolicyDocument"]["Statement"]
+    assert st["Resource"] == [{"Fn::GetAtt": [q, "Arn"]} for q in UPLOAD_EVENTS_QUEUES.values()]
+    assert res["UploadBucket"]["DependsOn"] == "UploadEventsQueuePolicy"
+    # The functions get both URLs, under the names the code reads.
+    env = tpl["Globals"]["Function"]["Environment"]["Variables"]
+    assert env["UPLOAD_EVENTS_EXPRESS_QUEUE_URL"] == {"Ref": "UploadEventsExpressQueue"}
+    assert env["UPLOAD_EVENTS_BULK_QUEUE_URL"] == {"Ref": "UploadEventsBulkQueue"}
+    assert "UPLOAD_EVENTS_QUEUE_URL" not in json.dumps(tpl)
+    config_rs = (ROOT / "functions" / "api" / "src" / "config.rs").read_text()
+    for name in ("UPLOAD_EVENTS_EXPRESS_QUEUE_URL", "UPLOAD_EVENTS_BULK_QUEUE_URL"):
+        assert f'env = "{name}"' in config_rs, name
+
+    # One mapping per queue, each with its own cap.
+    events = res["OnUploadFunction"]["Properties"]["Events"]
+    sqs = {k: e["Properties"] for k, e in events.items() if e["Type"] == "SQS"}
+    by_queue = {e["Queue"]["Fn::GetAtt"][0]: e for e in sqs.values()}
+    assert set(by_queue) == set(UPLOAD_EVENTS_QUEUES.values()) and len(sqs) == 2
+    express, bulk = by_queue["UploadEventsExpressQueue"], by_queue["UploadEventsBulkQueue"]
+    for e in (express, bulk):
+        assert e["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+        assert e.get("MaximumBatchingWindowInSeconds", 0) == 0
+    # Express: one event per invocation, so none waits for another's checks.
+    assert express["BatchSize"] == 1
+    assert express["ScalingConfig"] == {"MaximumConcurrency": {"Ref": "OnUploadExpressMaxConcurrency"}}
+    assert 1 <= bulk["BatchSize"] <= 10
+    assert bulk["ScalingConfig"] == {"MaximumConcurrency": {"Ref": "OnUploadBulkMaxConcurrency"}}
+    # Without a reservation the two caps are separate pools: bulk at its cap leaves express all of
+    # its own (a reservation below their sum would let a bulk flood throttle express).
+    assert "ReservedConcurrentExecutions" not in res["OnUploadFunction"]["Properties"]
+    assert int(defaults["OnUploadExpressMaxConcurrency"]) >= 2
+    # The same after the SAM transform: two mappings on the alias, with the same settings.
+    mappings = {m["Properties"]["EventSourceArn"]["Fn::GetAtt"][0]: m["Properties"]
+                for m in resources_of(transformed, "AWS::Lambda::EventSourceMapping").values()}
+    assert set(mappings) == set(UPLOAD_EVENTS_QUEUES.values())
+    assert mappings["UploadEventsExpressQueue"]["BatchSize"] == 1
+    assert mappings["UploadEventsExpressQueue"]["ScalingConfig"] == express["ScalingConfig"]
+    assert mappings["UploadEventsBulkQueue"]["ScalingConfig"] == bulk["ScalingConfig"]
+    # deploy.sh checks the account's unreserved concurrency against both caps.
+    deploy = (ROOT / "scripts" / "deploy.sh").read_text()
+    assert "param OnUploadExpressMaxConcurrency" in deploy and "param OnUploadBulkMaxConcurrency" in deploy

@@ -5,7 +5,8 @@
 # are out of reach (still checked, as shipped). Source after common.sh, mariadb.sh, localstack.sh
 # and python-env.sh.
 
-# bench_env_up NAME ADDR POOL: starts all of it (api-local on ADDR with DB_POOL_MAX=POOL) and a
+# bench_env_up NAME ADDR POOL: starts all of it (api-local on ADDR with DB_POOL_MAX=POOL, logging JSON
+# at BENCH_API_LOG, default warn) and a
 # trap that stops it on exit. Sets BENCH_ENV (the resources' env file, for the worker), BIN (the
 # release binaries), TOKEN (the caller's) and exports DATABASE_URL.
 bench_env_up() {
@@ -40,7 +41,7 @@ bench_env_up() {
         set +a
         export AUTH_MODE=static API_TOKENS="$TOKEN:bench" BIND_ADDR=$addr QUEUE_DEPTH_LIMIT=100000 \
             DB_POOL_MAX=$pool CALLER_MAX_QUEUED=100000000 CALLER_MAX_RATE=100000000 CALLER_BURST=100000000 \
-            RUST_LOG=warn
+            RUST_LOG=${BENCH_API_LOG:-warn} LOG_FORMAT=json
         exec setsid "$BIN/api-local"
     ) </dev/null >"$RUN_DIR/bench-$BENCH_NAME-api.log" 2>&1 &
     echo "$!" >"$BENCH_PIDFILE"

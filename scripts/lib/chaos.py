@@ -415,9 +415,10 @@ def sql(db: str, query: str, patience: float = 60.0) -> list[list[str]]:
 
 
 class Client:
-    def __init__(self, api: str, token: str, sqs, events_queue: str, bucket: str, stats: dict):
+    def __init__(self, api: str, token: str, sqs, events_queues: dict[str, str], bucket: str, stats: dict):
+        """events_queues: priority -> the upload-events queue S3 notifies for it."""
         self.api, self.token, self.sqs = api, token, sqs
-        self.events_queue, self.bucket = events_queue, bucket
+        self.events_queues, self.bucket = events_queues, bucket
         self.stats = stats
         self.lock = threading.Lock()
         self.signatures: set[str] = set()
@@ -505,7 +506,7 @@ class Client:
                    "object": {"key": spec.key, "size": len(spec.data)}}}]}
         for _ in range(30):
             try:
-                self.sqs.send_message(QueueUrl=self.events_queue, MessageBody=json.dumps(event))
+                self.sqs.send_message(QueueUrl=self.events_queues[spec.priority], MessageBody=json.dumps(event))
                 self.bump("duplicate_events")
                 return
             except Exception:  # LocalStack paused: try again
@@ -638,8 +639,9 @@ def main() -> int:
 
     sqs = boto3.client("sqs", endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name="us-east-1")
     stats: dict[str, int] = {}
-    clients = [Client(f"http://127.0.0.1:{args.api_port}", t, sqs, res["UPLOAD_EVENTS_QUEUE_URL"],
-                      res["UPLOAD_BUCKET"], stats) for t in tokens]
+    events_queues = {"express": res["UPLOAD_EVENTS_EXPRESS_QUEUE_URL"], "bulk": res["UPLOAD_EVENTS_BULK_QUEUE_URL"]}
+    clients = [Client(f"http://127.0.0.1:{args.api_port}", t, sqs, events_queues, res["UPLOAD_BUCKET"], stats)
+               for t in tokens]
 
     # Progress: terminal jobs, read directly from MariaDB; and each result as first stored (its
     # MD5: the result holds the engine's timing, so a second engine run's result differs), to

@@ -80,3 +80,40 @@ async fn dlq_lists_then_redrives_and_resets_only_failed_jobs() -> anyhow::Result
     assert_eq!(env.drain(express_dlq, 1).await?, [failed_body], "the express DLQ was not touched");
     Ok(())
 }
+
+/// The upload-events DLQ serves both upload-events queues (express and bulk): `redrive --queue
+/// upload-events` sends each dead letter back to the queue it came from, so a redriven express
+/// event is not put behind the bulk ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_redrives_upload_events_to_the_queue_each_came_from() -> anyhow::Result<()> {
+    use ocr_integration_tests::lambda::s3_event_body;
+
+    let env = TestEnv::with(Options { poller: false, ..Options::default() }).await?;
+    let upload_dlq = env.queues.dlqs[0].clone();
+    let mut sent = Vec::new();
+    for priority in [Priority::Express, Priority::Bulk] {
+        let url = env.queues.upload_events(priority).to_owned();
+        env.drain(&url, 1).await?; // the bucket's s3:TestEvent
+        let body = s3_event_body(&env.bucket, &ocr_core::job::object_key(priority, &JobId::new()));
+        env.sqs.send_message().queue_url(&url).message_body(&body).send().await?;
+        sent.push((url, body));
+    }
+    // Received until SQS dead-letters them (maxReceiveCount 3), shown again at once each time.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while env.queue_total(&upload_dlq).await? < 2 {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "the events never reached the upload-events DLQ");
+        for (url, _) in &sent {
+            ocr_aws::SqsConsumer::new(&env.aws, url).receive_with(10, 0, Some(0)).await?;
+        }
+    }
+
+    let listed = dlq(&env, &["list", "--queue", "upload-events"])?;
+    assert!(listed.contains(&format!("{}-upload-events-dlq: 2 message(s)", env.name)), "{listed}");
+    let redriven = dlq(&env, &["redrive", "--queue", "upload-events"])?;
+    assert!(redriven.contains("redrove 2 message(s) to the queue each came from"), "{redriven}");
+    for (url, body) in &sent {
+        assert_eq!(&env.drain(url, 2).await?, std::slice::from_ref(body), "{url}");
+    }
+    assert_eq!(env.queue_total(&upload_dlq).await?, 0);
+    Ok(())
+}

@@ -8,4 +8,5 @@ mod producer;
 mod roles;
 mod store;
 mod tls;
+mod wait;
 mod worker;

@@ -148,7 +148,7 @@ async fn repeated_s3_events_enqueue_once() -> anyhow::Result<()> {
     let (_, job) = create(&env, json!({"content_type": "image/png", "content_length": png.len()})).await?;
     assert_eq!(put(&env, &job, png, None).await?, StatusCode::OK);
     // Take the real event S3 sent, then deliver it three times (twice at once).
-    let events = env.drain(&env.queues.upload_events, 10).await?;
+    let events = env.drain(&env.queues.upload_events_bulk, 10).await?;
     let event = events.iter().find(|e| e.contains("ObjectCreated")).expect("an ObjectCreated event");
     let (a, b) = tokio::join!(env.uploads.handle_message(event), env.uploads.handle_message(event));
     let c = env.uploads.handle_message(event).await?;
@@ -402,7 +402,7 @@ async fn a_requeued_message_comes_back_once_after_its_delay_with_a_fresh_receive
 
 /// Issue 12 (1): the database away on the producer side for longer than an upload event's
 /// backoff. Every event fails, backs off (1 s, 2 s here; 30 s doubling to 15 min in production)
-/// and lands in the upload-events DLQ, and its job waits in `awaiting_upload`. Once the database
+/// and lands in the upload-events DLQ (one for both priorities' queues), and its job waits in `awaiting_upload`. Once the database
 /// is back, the DLQ sweep hands each event to the handler again: every upload made during the
 /// outage is queued, once, and the DLQ is empty. Before the sweep, these jobs stayed
 /// `awaiting_upload` for good (and read `expired` with no webhook).
@@ -429,6 +429,7 @@ async fn uploads_made_during_a_database_outage_are_all_queued_once_it_returns() 
         queue: env.job_queue.clone(),
         clock: Arc::new(SystemClock),
         keys: store.clone(),
+        statuses: store.clone(),
     };
     let handler = UploadHandler { ports, max_upload_bytes: 20_000_000 };
     let upload_dlq = env.queues.dlqs[0].clone();
@@ -438,7 +439,10 @@ async fn uploads_made_during_a_database_outage_are_all_queued_once_it_returns() 
         dead_letters: Some((SqsConsumer::new(&env.aws, &upload_dlq), Duration::from_secs(2))),
     };
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let events = SqsConsumer::new(&env.aws, &env.queues.upload_events);
+    let events = vec![
+        (SqsConsumer::new(&env.aws, &env.queues.upload_events_express), 2),
+        (SqsConsumer::new(&env.aws, &env.queues.upload_events_bulk), 4),
+    ];
     let poller = tokio::spawn(ocr_api::poller::run(handler, events, settings, stop_rx));
 
     proxy.cut();
@@ -499,13 +503,14 @@ async fn uploads_made_during_a_database_outage_are_all_queued_once_it_returns() 
 /// after an outage longer than the events' backoff, their jobs are queued without an operator.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_on_upload_function_sweeps_its_dead_letter_queue_on_its_schedule() -> anyhow::Result<()> {
-    use ocr_integration_tests::lambda::{FakeLambdaRuntime, sqs_s3_event};
+    use ocr_integration_tests::lambda::{FakeLambdaRuntime, s3_event_body};
 
     let env = TestEnv::with(Options { poller: false, ..Options::default() }).await?;
     let runtime = FakeLambdaRuntime::start().await?;
     let upload_dlq = env.queues.dlqs[0].clone();
     let mut function_env = runtime.env("ocr-on-upload");
-    function_env.push(("UPLOAD_EVENTS_QUEUE_URL", env.queues.upload_events.clone()));
+    function_env.push(("UPLOAD_EVENTS_EXPRESS_QUEUE_URL", env.queues.upload_events_express.clone()));
+    function_env.push(("UPLOAD_EVENTS_BULK_QUEUE_URL", env.queues.upload_events_bulk.clone()));
     function_env.push(("UPLOAD_EVENTS_DLQ_URL", upload_dlq.clone()));
     let function = env.spawn("on-upload", &function_env)?;
 
@@ -519,8 +524,7 @@ async fn the_on_upload_function_sweeps_its_dead_letter_queue_on_its_schedule() -
         assert_eq!(put(&env, &job, png.clone(), None).await?, StatusCode::OK);
         let id = job["job_id"].as_str().unwrap().to_owned();
         // Its event, as a long outage leaves it: in the upload-events DLQ.
-        let event = sqs_s3_event(&env.bucket, &[format!("uploads/{priority}/{id}")]);
-        let body = event["Records"][0]["body"].as_str().unwrap().to_owned();
+        let body = s3_event_body(&env.bucket, &format!("uploads/{priority}/{id}"));
         env.sqs.send_message().queue_url(&upload_dlq).message_body(body).send().await?;
         ids.push(id);
     }
@@ -535,5 +539,178 @@ async fn the_on_upload_function_sweeps_its_dead_letter_queue_on_its_schedule() -
     assert_eq!(queued, 2);
     // Anything else is refused rather than guessed at.
     assert!(runtime.invoke(json!({"hello": "world"}), WAIT).await?.is_err());
+    Ok(())
+}
+
+/// Issue 15, "express means express": a bulk backlog in upload-events does not delay an express
+/// event. Hundreds of real bulk uploads' S3 events wait on their queue and the poller (what
+/// `api-local` runs, playing the function's two SQS mappings) is working through them; an express
+/// upload made then is queued on the express job queue within seconds, while the bulk backlog is
+/// still far from drained. With one upload-events queue for both priorities, its event came after
+/// the backlog (30.7 s behind 400 bulk uploads); a bulk loop that held the express one back
+/// would fail the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_backlog_in_upload_events_does_not_delay_an_express_event() -> anyhow::Result<()> {
+    use futures::{StreamExt, TryStreamExt};
+    use ocr_api::poller::PollerSettings;
+    use ocr_aws::SqsConsumer;
+    use ocr_core::ports::JobStore;
+    use ocr_core::{ContentType, NewJob};
+
+    const BACKLOG: u64 = 400;
+    // Queued this long after its upload at most: the event's trip through LocalStack, one receive
+    // and one check, with room for a loaded CI machine; the backlog takes several times longer.
+    const BOUND: Duration = Duration::from_secs(5);
+
+    let env = TestEnv::with(Options { poller: false, ..Options::default() }).await?;
+    let png = tiny_png();
+    // The backlog: bulk jobs and their uploads (each a real S3 event on the bulk queue), in place
+    // before the poller starts.
+    let started = tokio::time::Instant::now();
+    futures::stream::iter(0..BACKLOG)
+        .map(|_| {
+            let (env, png) = (&env, png.clone());
+            async move {
+                let new =
+                    NewJob::plain("bob", Priority::Bulk, ContentType::Png, png.len() as u64, ocr_core::ports::now_ms());
+                let key = ocr_core::job::object_key(Priority::Bulk, &new.id);
+                env.store.insert(new).await?;
+                env.s3.put_object().bucket(&env.bucket).key(key).body(png.into()).send().await?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(16)
+        .try_collect::<()>()
+        .await?;
+    let bulk_events = env.queues.upload_events(Priority::Bulk).to_owned();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    // S3 notifies asynchronously (the bucket's test event may be there too).
+    while env.queue_total(&bulk_events).await? < BACKLOG {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "the bulk events never all arrived");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("backlog of {BACKLOG} bulk events made in {:?}", started.elapsed());
+
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let queues = vec![
+        (SqsConsumer::new(&env.aws, &env.queues.upload_events_express), 2),
+        (SqsConsumer::new(&env.aws, &env.queues.upload_events_bulk), 4),
+    ];
+    let settings = PollerSettings { backoff: ocr_integration_tests::quick_backoff(), dead_letters: None };
+    let poller = tokio::spawn(ocr_api::poller::run(env.uploads.clone(), queues, settings, stop_rx));
+    // The poller is busy with the backlog: its first bulk jobs are queued.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while env.queue_total(&env.queues.bulk).await? < 10 {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "no bulk event was handled");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let (status, job) =
+        create(&env, json!({"content_type": "image/png", "content_length": png.len(), "priority": "express"})).await?;
+    assert_eq!(status, StatusCode::CREATED, "{job}");
+    let id: ocr_core::JobId = job["job_id"].as_str().unwrap().parse()?;
+    assert_eq!(put(&env, &job, png.clone(), None).await?, StatusCode::OK);
+    let uploaded = tokio::time::Instant::now();
+    let express = SqsConsumer::new(&env.aws, &env.queues.express);
+    let message = loop {
+        let left = BOUND.saturating_sub(uploaded.elapsed());
+        let bulk_left = env.queue_total(&bulk_events).await?;
+        anyhow::ensure!(
+            !left.is_zero(),
+            "the express job was not queued within {BOUND:?} of its upload ({bulk_left} bulk events still waiting)"
+        );
+        let got = express.receive(10, left.as_secs().clamp(1, 20) as i32).await?;
+        if let Some(m) = got.into_iter().next() {
+            break m;
+        }
+    };
+    let waited = uploaded.elapsed();
+    let bulk_left = env.queue_total(&bulk_events).await?;
+    let bulk_queued = env.queue_total(&env.queues.bulk).await?;
+    eprintln!(
+        "express job queued {waited:?} after its upload; {bulk_left} bulk events still waiting, {bulk_queued} bulk jobs queued"
+    );
+    assert_eq!(JobMessage::parse(&message.body)?.job_id, id);
+    // Queued while the backlog was still there: the express event overtook it, not followed it.
+    assert!(
+        bulk_left >= BACKLOG / 4,
+        "only {bulk_left} of {BACKLOG} bulk events were left: the backlog was nearly drained"
+    );
+    assert_eq!(env.store.get(&id).await?.expect("job").status, ocr_core::JobStatus::Queued);
+
+    let _ = stop.send(true);
+    poller.await?;
+    Ok(())
+}
+
+/// The on-upload function reads two queues (one event source mapping each) and backs a failed
+/// event off on the queue it came from, named by the record's `eventSourceARN`: with the database
+/// away, an express and a bulk event each stay hidden on their own queue for the backoff (30 s)
+/// rather than coming back when their receive's visibility (2 s) ends. Backing off on one fixed
+/// queue would fail for the other's receipt handle, and that event would come back at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_on_upload_function_backs_an_event_off_on_the_queue_it_came_from() -> anyhow::Result<()> {
+    use ocr_aws::SqsConsumer;
+    use ocr_integration_tests::lambda::{FakeLambdaRuntime, SqsRecord, sqs_event};
+
+    let env = TestEnv::with(Options { poller: false, ..Options::default() }).await?;
+    let (proxy, through_proxy) = env.db_proxy().await?;
+    let runtime = FakeLambdaRuntime::start().await?;
+    let mut function_env = runtime.env("ocr-on-upload");
+    function_env.extend([
+        ("DATABASE_URL", through_proxy),
+        ("DB_TIMEOUT_MS", "1000".to_owned()),
+        ("UPLOAD_RETRY_BASE_SECS", "30".to_owned()),
+        ("UPLOAD_EVENTS_EXPRESS_QUEUE_URL", env.queues.upload_events_express.clone()),
+        ("UPLOAD_EVENTS_BULK_QUEUE_URL", env.queues.upload_events_bulk.clone()),
+    ]);
+    let function = env.spawn("on-upload", &function_env)?;
+
+    let png = tiny_png();
+    for priority in ["express", "bulk"] {
+        let (status, job) =
+            create(&env, json!({"content_type": "image/png", "content_length": png.len(), "priority": priority}))
+                .await?;
+        assert_eq!(status, StatusCode::CREATED, "{job}");
+        assert_eq!(put(&env, &job, png.clone(), None).await?, StatusCode::OK);
+    }
+    proxy.cut();
+    for priority in [Priority::Express, Priority::Bulk] {
+        // Each event as its mapping takes it: received, hidden 2 s, handed to the function.
+        let url = env.queues.upload_events(priority);
+        let queue = SqsConsumer::new(&env.aws, url);
+        let mut event = None;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while event.is_none() {
+            anyhow::ensure!(tokio::time::Instant::now() < deadline, "no {priority} upload event");
+            for m in queue.receive_with(10, 2, Some(2)).await? {
+                if m.body.contains("ObjectCreated") {
+                    event = Some(m);
+                } else {
+                    queue.delete(&m.receipt_handle).await?; // the bucket's s3:TestEvent
+                }
+            }
+        }
+        let m = event.expect("an event");
+        let record = SqsRecord {
+            message_id: m.message_id.clone(),
+            receipt_handle: m.receipt_handle,
+            body: m.body,
+            receive_count: m.receive_count,
+        };
+        let answer = runtime.invoke(sqs_event(&env.queue_arn(url).await?, &[record]), WAIT).await?;
+        let answer = answer.map_err(|e| anyhow::anyhow!("{e}\n{}", function.logs()))?;
+        assert_eq!(answer, json!({"batchItemFailures": [{"itemIdentifier": m.message_id}]}), "{}", function.logs());
+    }
+    // Past the 2 s of their receives: each event is still hidden on its own queue, backed off.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for priority in [Priority::Express, Priority::Bulk] {
+        let url = env.queues.upload_events(priority);
+        let visible = SqsConsumer::new(&env.aws, url).receive(10, 0).await?;
+        assert!(visible.is_empty(), "the {priority} event came back before its backoff\n{}", function.logs());
+        assert_eq!(env.queue_total(url).await?, 1, "{priority}");
+    }
+    assert!(!function.logs().contains("could not back the event off"), "{}", function.logs());
+    proxy.restore();
     Ok(())
 }

@@ -147,33 +147,62 @@ pub fn http_api_event(method: &str, path: &str, body: Option<&Value>, claims: Op
     })
 }
 
-/// An SQS event carrying S3 ObjectCreated notifications for `keys` of `bucket`, as the
-/// on-upload function's event source mapping delivers them.
-pub fn sqs_s3_event(bucket: &str, keys: &[String]) -> Value {
-    let records: Vec<Value> = keys
+/// One SQS message as Lambda's event source mapping hands it to the function.
+#[derive(Debug, Clone)]
+pub struct SqsRecord {
+    pub message_id: String,
+    pub receipt_handle: String,
+    pub body: String,
+    pub receive_count: u32,
+}
+
+/// An SQS event of `records`, read from the queue `source_arn` (each record's `eventSourceARN`).
+pub fn sqs_event(source_arn: &str, records: &[SqsRecord]) -> Value {
+    let records: Vec<Value> = records
         .iter()
-        .enumerate()
-        .map(|(i, key)| {
-            // A complete S3 notification record, as S3 writes it.
-            let s3 = serde_json::json!({"Records": [{
-                "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "us-east-1",
-                "eventTime": "2026-11-29T00:00:00.000Z", "eventName": "ObjectCreated:Put",
-                "userIdentity": {"principalId": "AWS:AIDAEXAMPLE"},
-                "requestParameters": {"sourceIPAddress": "192.0.2.1"},
-                "responseElements": {"x-amz-request-id": "EXAMPLE", "x-amz-id-2": "EXAMPLE"},
-                "s3": {"s3SchemaVersion": "1.0", "configurationId": "uploads",
-                       "bucket": {"name": bucket, "ownerIdentity": {"principalId": "EXAMPLE"},
-                                  "arn": format!("arn:aws:s3:::{bucket}")},
-                       "object": {"key": key, "size": 1, "eTag": "0", "sequencer": "0"}}
-            }]});
+        .map(|r| {
             serde_json::json!({
-                "messageId": format!("m{i}"), "receiptHandle": format!("h{i}"), "body": s3.to_string(),
-                "attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": "0",
+                "messageId": r.message_id, "receiptHandle": r.receipt_handle, "body": r.body,
+                "attributes": {"ApproximateReceiveCount": r.receive_count.to_string(), "SentTimestamp": "0",
                                "SenderId": "s3", "ApproximateFirstReceiveTimestamp": "0"},
                 "messageAttributes": {}, "md5OfBody": "", "eventSource": "aws:sqs",
-                "eventSourceARN": "arn:aws:sqs:us-east-1:000000000000:upload-events", "awsRegion": "us-east-1"
+                "eventSourceARN": source_arn, "awsRegion": "us-east-1"
             })
         })
         .collect();
     serde_json::json!({ "Records": records })
+}
+
+/// A complete S3 ObjectCreated notification for `key` of `bucket`, as S3 writes it.
+pub fn s3_event_body(bucket: &str, key: &str) -> String {
+    serde_json::json!({"Records": [{
+        "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "us-east-1",
+        "eventTime": "2026-11-29T00:00:00.000Z", "eventName": "ObjectCreated:Put",
+        "userIdentity": {"principalId": "AWS:AIDAEXAMPLE"},
+        "requestParameters": {"sourceIPAddress": "192.0.2.1"},
+        "responseElements": {"x-amz-request-id": "EXAMPLE", "x-amz-id-2": "EXAMPLE"},
+        "s3": {"s3SchemaVersion": "1.0", "configurationId": "uploads",
+               "bucket": {"name": bucket, "ownerIdentity": {"principalId": "EXAMPLE"},
+                          "arn": format!("arn:aws:s3:::{bucket}")},
+               "object": {"key": key, "size": 1, "eTag": "0", "sequencer": "0"}}
+    }]})
+    .to_string()
+}
+
+/// An SQS event carrying S3 ObjectCreated notifications for `keys` of `bucket`, as the
+/// on-upload function's event source mapping delivers them: from the upload-events queue of the
+/// first key's priority (`uploads/<priority>/…`).
+pub fn sqs_s3_event(bucket: &str, keys: &[String]) -> Value {
+    let priority = keys.first().and_then(|k| k.split('/').nth(1)).unwrap_or("bulk");
+    let records: Vec<SqsRecord> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, key)| SqsRecord {
+            message_id: format!("m{i}"),
+            receipt_handle: format!("h{i}"),
+            body: s3_event_body(bucket, key),
+            receive_count: 1,
+        })
+        .collect();
+    sqs_event(&format!("arn:aws:sqs:us-east-1:000000000000:upload-events-{priority}"), &records)
 }

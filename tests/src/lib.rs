@@ -2,7 +2,8 @@
 //!
 //! Each [`TestEnv`] makes its own MariaDB database, S3 bucket and SQS queues
 //! (random names, so tests run side by side), wires the bucket's ObjectCreated
-//! notification to its upload-events queue like template.yaml does, and serves
+//! notifications to its two upload-events queues (`uploads/express/` and `uploads/bulk/`, each
+//! to its own) like template.yaml does, and serves
 //! the real API router on a random loopback port. Dropping it removes them.
 //!
 //! Endpoints: `AWS_ENDPOINT_URL` (default `http://127.0.0.1:4566`, LocalStack) and
@@ -70,10 +71,37 @@ impl Default for Options {
 /// URLs of one queue set.
 #[derive(Debug, Clone)]
 pub struct Queues {
-    pub upload_events: String,
+    /// S3 events of `uploads/express/` objects.
+    pub upload_events_express: String,
+    /// S3 events of `uploads/bulk/` objects.
+    pub upload_events_bulk: String,
     pub express: String,
     pub bulk: String,
+    /// The dead-letter queues: upload-events' (shared by both upload-events queues), express's,
+    /// bulk's.
     pub dlqs: Vec<String>,
+}
+
+impl Queues {
+    /// The upload-events queue of `priority`'s uploads.
+    pub fn upload_events(&self, priority: ocr_core::Priority) -> &str {
+        match priority {
+            ocr_core::Priority::Express => &self.upload_events_express,
+            ocr_core::Priority::Bulk => &self.upload_events_bulk,
+        }
+    }
+
+    /// Every queue of the set, the DLQs included.
+    pub fn all(&self) -> Vec<String> {
+        let mut all = vec![
+            self.upload_events_express.clone(),
+            self.upload_events_bulk.clone(),
+            self.express.clone(),
+            self.bulk.clone(),
+        ];
+        all.extend(self.dlqs.iter().cloned());
+        all
+    }
 }
 
 pub struct TestEnv {
@@ -207,7 +235,7 @@ impl TestEnv {
 
         let queues = create_queues(&sqs, &name, options.job_visibility_secs).await?;
         let bucket = format!("{name}-uploads");
-        create_bucket(&s3, &sqs, &bucket, &queues.upload_events).await?;
+        create_bucket(&s3, &sqs, &bucket, &queues).await?;
 
         let objects = Arc::new(S3ObjectStore::new(&aws, &bucket));
         let job_queue = Arc::new(SqsJobQueue::new(&aws, &queues.express, &queues.bulk));
@@ -221,6 +249,7 @@ impl TestEnv {
             queue: job_queue.clone(),
             clock: Arc::new(SystemClock),
             keys: store.clone(),
+            statuses: store.clone(),
         };
         let state = AppState::new(ports.clone(), auth, options.limits.clone())
             .with_signing(ocr_core::signing::MasterKey::new(WEBHOOK_SECRET));
@@ -229,9 +258,12 @@ impl TestEnv {
         let (stop, stop_rx) = watch::channel(false);
         let api = serve_api(state, stop_rx.clone()).await?;
         if options.poller {
-            let consumer = SqsConsumer::new(&aws, &queues.upload_events);
+            let consumers = vec![
+                (SqsConsumer::new(&aws, &queues.upload_events_express), 2),
+                (SqsConsumer::new(&aws, &queues.upload_events_bulk), 4),
+            ];
             let settings = ocr_api::poller::PollerSettings { backoff: quick_backoff(), dead_letters: None };
-            tokio::spawn(ocr_api::poller::run(uploads.clone(), consumer, settings, stop_rx));
+            tokio::spawn(ocr_api::poller::run(uploads.clone(), consumers, settings, stop_rx));
         }
         Ok(TestEnv {
             name,
@@ -259,7 +291,6 @@ impl TestEnv {
         self.http.request(method, format!("{}{path}", self.api)).bearer_auth(token)
     }
 
-    /// Receives (and deletes) everything now visible on a queue, waiting up to `wait_secs` for the first.
     /// A proxy in front of this test's database server that the test can cut or freeze, and
     /// the URL of this test's database through it.
     pub async fn db_proxy(&self) -> anyhow::Result<(crate::worker::DbProxy, String)> {
@@ -284,6 +315,12 @@ impl TestEnv {
             + get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible))
     }
 
+    /// The ARN of the queue at `url` (what Lambda's SQS events name as `eventSourceARN`).
+    pub async fn queue_arn(&self, url: &str) -> anyhow::Result<String> {
+        queue_arn(&self.sqs, url).await
+    }
+
+    /// Receives (and deletes) everything now visible on a queue, waiting up to `wait_secs` for the first.
     pub async fn drain(&self, queue_url: &str, wait_secs: i32) -> anyhow::Result<Vec<String>> {
         let consumer = SqsConsumer::new(&self.aws, queue_url);
         let mut bodies = Vec::new();
@@ -407,73 +444,82 @@ async fn serve_api(state: AppState, mut stop: watch::Receiver<bool>) -> anyhow::
 }
 
 async fn create_queues(sqs: &aws_sdk_sqs::Client, name: &str, job_visibility: u32) -> anyhow::Result<Queues> {
-    let mut urls = Vec::new();
-    let mut dlqs = Vec::new();
     let job_visibility = job_visibility.to_string();
-    for (kind, visibility) in
-        [("upload-events", "60"), ("express", job_visibility.as_str()), ("bulk", job_visibility.as_str())]
-    {
-        let dlq = sqs.create_queue().queue_name(format!("{name}-{kind}-dlq")).send().await?;
-        let dlq_url = dlq.queue_url().context("dlq url")?.to_owned();
-        let arn = sqs
-            .get_queue_attributes()
-            .queue_url(&dlq_url)
-            .attribute_names(QueueAttributeName::QueueArn)
-            .send()
-            .await?
-            .attributes()
-            .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
-            .context("dlq arn")?;
-        let redrive = serde_json::json!({"deadLetterTargetArn": arn, "maxReceiveCount": 3}).to_string();
-        let queue = sqs
-            .create_queue()
-            .queue_name(format!("{name}-{kind}"))
-            .attributes(QueueAttributeName::VisibilityTimeout, visibility)
-            .attributes(QueueAttributeName::RedrivePolicy, redrive)
-            .send()
-            .await?;
-        urls.push(queue.queue_url().context("queue url")?.to_owned());
+    let mut dlqs = Vec::new();
+    let mut urls = Vec::new();
+    // As template.yaml: each priority's upload events on its own queue, both redriving to the
+    // one upload-events DLQ.
+    for (dlq, kinds) in [
+        ("upload-events", &[("upload-events-express", "60"), ("upload-events-bulk", "60")][..]),
+        ("express", &[("express", job_visibility.as_str())][..]),
+        ("bulk", &[("bulk", job_visibility.as_str())][..]),
+    ] {
+        let dlq_url = create_queue(sqs, &format!("{name}-{dlq}-dlq"), &[]).await?;
+        let redrive = serde_json::json!({"deadLetterTargetArn": queue_arn(sqs, &dlq_url).await?, "maxReceiveCount": 3})
+            .to_string();
+        for (kind, visibility) in kinds {
+            let attributes =
+                [(QueueAttributeName::VisibilityTimeout, *visibility), (QueueAttributeName::RedrivePolicy, &redrive)];
+            urls.push(create_queue(sqs, &format!("{name}-{kind}"), &attributes).await?);
+        }
         dlqs.push(dlq_url);
     }
-    let bulk = urls.pop().expect("3 queues");
-    let express = urls.pop().expect("3 queues");
-    let upload_events = urls.pop().expect("3 queues");
-    Ok(Queues { upload_events, express, bulk, dlqs })
+    let [upload_events_express, upload_events_bulk, express, bulk] = <[String; 4]>::try_from(urls).expect("4 queues");
+    Ok(Queues { upload_events_express, upload_events_bulk, express, bulk, dlqs })
 }
 
-async fn create_bucket(
-    s3: &aws_sdk_s3::Client,
+async fn create_queue(
     sqs: &aws_sdk_sqs::Client,
-    bucket: &str,
-    events_url: &str,
-) -> anyhow::Result<()> {
-    s3.create_bucket().bucket(bucket).send().await?;
-    let arn = sqs
-        .get_queue_attributes()
-        .queue_url(events_url)
+    name: &str,
+    attributes: &[(QueueAttributeName, &str)],
+) -> anyhow::Result<String> {
+    let mut request = sqs.create_queue().queue_name(name);
+    for (key, value) in attributes {
+        request = request.attributes(key.clone(), *value);
+    }
+    Ok(request.send().await?.queue_url().context("queue url")?.to_owned())
+}
+
+async fn queue_arn(sqs: &aws_sdk_sqs::Client, url: &str) -> anyhow::Result<String> {
+    sqs.get_queue_attributes()
+        .queue_url(url)
         .attribute_names(QueueAttributeName::QueueArn)
         .send()
         .await?
         .attributes()
         .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
-        .context("queue arn")?;
-    let filter = NotificationConfigurationFilter::builder()
-        .key(
-            S3KeyFilter::builder()
-                .filter_rules(FilterRule::builder().name(FilterRuleName::Prefix).value("uploads/").build())
-                .build(),
-        )
-        .build();
-    let config = NotificationConfiguration::builder()
-        .queue_configurations(
+        .context("queue arn")
+}
+
+/// The bucket, its ObjectCreated events sent by prefix: `uploads/express/` to the express
+/// upload-events queue, `uploads/bulk/` to the bulk one.
+async fn create_bucket(
+    s3: &aws_sdk_s3::Client,
+    sqs: &aws_sdk_sqs::Client,
+    bucket: &str,
+    queues: &Queues,
+) -> anyhow::Result<()> {
+    s3.create_bucket().bucket(bucket).send().await?;
+    let mut config = NotificationConfiguration::builder();
+    for (prefix, url) in
+        [("uploads/express/", &queues.upload_events_express), ("uploads/bulk/", &queues.upload_events_bulk)]
+    {
+        let filter = NotificationConfigurationFilter::builder()
+            .key(
+                S3KeyFilter::builder()
+                    .filter_rules(FilterRule::builder().name(FilterRuleName::Prefix).value(prefix).build())
+                    .build(),
+            )
+            .build();
+        config = config.queue_configurations(
             QueueConfiguration::builder()
-                .queue_arn(arn)
+                .queue_arn(queue_arn(sqs, url).await?)
                 .events(Event::from("s3:ObjectCreated:*"))
                 .filter(filter)
                 .build()?,
-        )
-        .build();
-    s3.put_bucket_notification_configuration().bucket(bucket).notification_configuration(config).send().await?;
+        );
+    }
+    s3.put_bucket_notification_configuration().bucket(bucket).notification_configuration(config.build()).send().await?;
     Ok(())
 }
 
@@ -486,8 +532,7 @@ impl Drop for TestEnv {
         let s3 = self.s3.clone();
         let sqs = self.sqs.clone();
         let bucket = self.bucket.clone();
-        let mut queues = vec![self.queues.upload_events.clone(), self.queues.express.clone(), self.queues.bulk.clone()];
-        queues.extend(self.queues.dlqs.iter().cloned());
+        let queues = self.queues.all();
         let _ = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
             rt.block_on(async move {

@@ -130,7 +130,8 @@ impl TestEnv {
             ("AUTH_MODE", "static".into()),
             ("API_TOKENS", format!("{}:alice", crate::ALICE_TOKEN)),
             ("BIND_ADDR", addr.to_string()),
-            ("UPLOAD_EVENTS_QUEUE_URL", self.queues.upload_events.clone()),
+            ("UPLOAD_EVENTS_EXPRESS_QUEUE_URL", self.queues.upload_events_express.clone()),
+            ("UPLOAD_EVENTS_BULK_QUEUE_URL", self.queues.upload_events_bulk.clone()),
             ("DB_MIGRATE", "false".into()),
         ];
         env.extend(extra.iter().cloned());

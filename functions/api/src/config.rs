@@ -7,6 +7,8 @@ use ocr_core::net::AllowHosts;
 use ocr_core::quota::CallerQuota;
 use secrecy::SecretString;
 
+use crate::wait::{DEFAULT_WAIT_MAX_WAITERS, DEFAULT_WAIT_TICK_MS, WaitSettings};
+
 pub use ocr_aws::config::{DbArgs, ResourceArgs};
 
 /// What the API needs, on Lambda (`api`) and on a TCP port (`api-local`).
@@ -45,6 +47,28 @@ impl UploadRetryArgs {
     pub fn backoff(&self) -> crate::upload::Backoff {
         let base = Duration::from_secs(self.upload_retry_base_secs.max(1));
         crate::upload::Backoff { base, max: Duration::from_secs(self.upload_retry_max_secs).max(base) }
+    }
+}
+
+/// The upload-events queues, one per priority: the bucket sends `uploads/express/` and
+/// `uploads/bulk/` events each to its own, so an express event never waits behind a bulk backlog.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct UploadEventQueueArgs {
+    /// Queue of S3 events for express uploads (`uploads/express/`).
+    #[arg(long, env = "UPLOAD_EVENTS_EXPRESS_QUEUE_URL")]
+    pub upload_events_express_queue_url: Option<String>,
+    /// Queue of S3 events for bulk uploads (`uploads/bulk/`).
+    #[arg(long, env = "UPLOAD_EVENTS_BULK_QUEUE_URL")]
+    pub upload_events_bulk_queue_url: Option<String>,
+}
+
+impl UploadEventQueueArgs {
+    /// The queues that are set, express first.
+    pub fn urls(&self) -> Vec<&str> {
+        [&self.upload_events_express_queue_url, &self.upload_events_bulk_queue_url]
+            .into_iter()
+            .filter_map(|url| url.as_deref())
+            .collect()
     }
 }
 
@@ -105,6 +129,14 @@ pub struct ApiArgs {
     /// caller's key from it to show the caller (`GET /v1/webhook-secret`).
     #[arg(long, env = "WEBHOOK_SECRET", hide_env_values = true, default_value = "")]
     pub webhook_secret: SecretString,
+    /// Most requests one process holds waiting at once (`GET /v1/jobs/{id}?wait=`); past it a
+    /// waiting request answers at once with the job as it is. 0: no request ever waits.
+    #[arg(long, env = "WAIT_MAX_WAITERS", default_value_t = DEFAULT_WAIT_MAX_WAITERS)]
+    pub wait_max_waiters: usize,
+    /// Milliseconds between two checks of every waited-on job (one read per 500 jobs); a waiter
+    /// answers within about this long of its job's end. 10 to 5000.
+    #[arg(long, env = "WAIT_TICK_MS", default_value_t = DEFAULT_WAIT_TICK_MS)]
+    pub wait_tick_ms: u64,
 }
 
 /// The shipped per-caller limits: one caller may fill 80 % of QUEUE_DEPTH_LIMIT's default
@@ -135,6 +167,8 @@ pub struct Limits {
     pub retention_days: u32,
     /// Per-caller admission (`CALLER_MAX_QUEUED`, `CALLER_MAX_RATE`, `CALLER_BURST`).
     pub caller: CallerQuota,
+    /// Waiting requests (`WAIT_MAX_WAITERS`, `WAIT_TICK_MS`).
+    pub wait: WaitSettings,
 }
 
 impl Default for Limits {
@@ -148,6 +182,7 @@ impl Default for Limits {
             webhook_allow_hosts: AllowHosts::default(),
             retention_days: 7,
             caller: DEFAULT_CALLER,
+            wait: WaitSettings::default(),
         }
     }
 }
@@ -169,6 +204,10 @@ impl From<&ApiArgs> for Limits {
                 burst: a.caller_burst.max(1),
                 upload_window_ms: presign_expiry.as_millis() as i64,
                 waiting_retry_after_secs: a.retry_after_secs,
+            },
+            wait: WaitSettings {
+                tick: Duration::from_millis(a.wait_tick_ms.clamp(10, 5_000)),
+                max_waiters: a.wait_max_waiters,
             },
         }
     }

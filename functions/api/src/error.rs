@@ -15,6 +15,9 @@ pub enum ApiError {
     MalformedJson(String),
     #[error("{0}")]
     InvalidRequest(String),
+    /// A query parameter the route reads is malformed (e.g. `wait` out of range).
+    #[error("{0}")]
+    InvalidParameter(String),
     #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("{0}")]
@@ -42,6 +45,7 @@ impl ApiError {
             ApiError::Unauthenticated => StatusCode::UNAUTHORIZED,
             ApiError::MalformedJson(_) => StatusCode::BAD_REQUEST,
             ApiError::InvalidRequest(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::InvalidParameter(_) => StatusCode::BAD_REQUEST,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
@@ -58,6 +62,7 @@ impl ApiError {
             ApiError::Unauthenticated => "unauthenticated",
             ApiError::MalformedJson(_) => "malformed_json",
             ApiError::InvalidRequest(_) => "invalid_request",
+            ApiError::InvalidParameter(_) => "invalid_parameter",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::TooLarge(_) => "too_large",
             ApiError::NotFound => "not_found",

@@ -3,6 +3,8 @@
 //! - [`routes::router`]: the HTTP API (create a job and get an upload URL, or post
 //!   the image itself; read and delete jobs; OpenAPI document). The same axum
 //!   Router runs on Lambda (`api` binary) and on a TCP port (`api-local`).
+//! - [`wait::WaitHub`]: holds `GET /v1/jobs/{id}?wait=` requests until their jobs end, one
+//!   batched status read a tick for all of them.
 //! - [`upload::UploadHandler`]: reacts to S3 ObjectCreated events: checks the
 //!   upload, queues the job. Runs on Lambda (`on-upload`) or in the local poller.
 
@@ -19,6 +21,7 @@ pub mod state;
 pub mod telemetry;
 pub mod upload;
 pub mod view;
+pub mod wait;
 
 pub use error::ApiError;
 pub use state::AppState;

@@ -1,6 +1,7 @@
-//! Plays Lambda's SQS trigger locally: long-polls the upload-events queue and hands each batch
-//! to the same [`UploadHandler::handle_batch`] the `on-upload` function runs, then sweeps the
-//! upload-events dead-letter queue as the function's schedule does on AWS.
+//! Plays Lambda's SQS triggers locally: long-polls each upload-events queue (express and bulk)
+//! in its own loop and hands each batch to the same [`UploadHandler::handle_batch`] the
+//! `on-upload` function runs, then sweeps the upload-events dead-letter queue as the function's
+//! schedule does on AWS.
 
 use std::time::Duration;
 
@@ -17,19 +18,36 @@ pub struct PollerSettings {
     pub dead_letters: Option<(SqsConsumer, Duration)>,
 }
 
-/// Runs until `shutdown` turns true. A handled message is deleted; one to try again is hidden
-/// for its backoff (then SQS delivers it again, or after maxReceiveCount moves it to the DLQ,
-/// from where the sweep brings it back once the outage is over).
+/// Runs until `shutdown` turns true: `loops` receive loops per queue of `queues`, side by side,
+/// as AWS runs one event source mapping per queue with up to its MaximumConcurrency batches at
+/// once, so a slow batch on the bulk queue (a backlog of
+/// hundreds) never holds back the express one. A handled message is deleted; one to try again is
+/// hidden for its backoff on the queue it came from (then SQS delivers it again, or after
+/// maxReceiveCount moves it to the DLQ, from where the sweep brings it back once the outage is
+/// over). The DLQ, shared by the queues, is swept by one task.
 pub async fn run(
     handler: UploadHandler,
-    consumer: SqsConsumer,
+    queues: Vec<(SqsConsumer, usize)>,
     settings: PollerSettings,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    tracing::info!(queue = consumer.queue_url(), "upload-event poller started");
     let sweeper = settings
         .dead_letters
         .map(|(dlq, every)| tokio::spawn(sweep_every(handler.clone(), dlq, every, settings.backoff, shutdown.clone())));
+    let loops: Vec<_> = queues
+        .into_iter()
+        .flat_map(|(consumer, loops)| std::iter::repeat_n(consumer, loops))
+        .map(|consumer| tokio::spawn(poll(handler.clone(), consumer, settings.backoff, shutdown.clone())))
+        .collect();
+    for task in loops.into_iter().chain(sweeper) {
+        let _ = task.await;
+    }
+    tracing::info!("upload-event poller stopped");
+}
+
+/// One queue's receive loop, until `shutdown` turns true.
+async fn poll(handler: UploadHandler, consumer: SqsConsumer, backoff: Backoff, mut shutdown: watch::Receiver<bool>) {
+    tracing::info!(queue = consumer.queue_url(), "upload-event poller started");
     // Receive errors (LocalStack or SQS away) back off up to 10 s; a success starts over.
     let schedule = ocr_core::retry::forever(Duration::from_millis(200), Duration::from_secs(10));
     let mut delays = schedule.build();
@@ -47,7 +65,7 @@ pub async fn run(
                 m
             }
             Err(e) => {
-                tracing::warn!(error = %e, "receiving upload events failed");
+                tracing::warn!(queue = consumer.queue_url(), error = %e, "receiving upload events failed");
                 tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(10))).await;
                 continue;
             }
@@ -62,7 +80,7 @@ pub async fn run(
             })
             .collect();
         let handles: Vec<String> = messages.iter().map(|m| m.receipt_handle.clone()).collect();
-        let again = handler.handle_batch(messages, settings.backoff, None, Duration::ZERO).await;
+        let again = handler.handle_batch(messages, backoff, None, Duration::ZERO).await;
         for handle in handles {
             let result = match again.iter().find(|t| t.receipt_handle == handle) {
                 Some(t) => consumer.change_visibility(&handle, t.visibility_secs()).await,
@@ -75,10 +93,6 @@ pub async fn run(
             }
         }
     }
-    if let Some(sweeper) = sweeper {
-        let _ = sweeper.await;
-    }
-    tracing::info!("upload-event poller stopped");
 }
 
 async fn sweep_every(

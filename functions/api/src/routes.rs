@@ -15,11 +15,14 @@ use ocr_core::quota::Admission;
 use ocr_core::request::{CreateLimits, JobSpec, RawCreateRequest, check_callback_target, parse_create};
 use ocr_core::{Job, JobId, JobStatus, NewJob, PortError};
 
+use tracing::Instrument;
+
 use crate::auth::Caller;
 use crate::config::MAX_DIRECT_UPLOAD_BYTES;
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::view::JobView;
+use crate::wait::MAX_WAIT_SECS;
 
 /// The OpenAPI 3.1 document of these routes (kept in the repo as `functions/api/openapi.json`).
 pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
@@ -140,20 +143,25 @@ async fn create(
     };
     let span =
         tracing::info_span!("create_job", job_id = %job.id, priority = %job.priority, direct = direct_body.is_some());
-    let _enter = span.enter();
-    match direct_body {
-        Some(body) => store_direct_upload(state, &job, body).await,
-        None => match upload_view(state, &job).await {
-            Ok(view) => {
-                tracing::info!("job created; upload URL issued");
-                Ok(job_response(StatusCode::CREATED, view))
-            }
-            Err(e) => {
-                let _ = state.ports.store.remove(&job.id).await;
-                Err(e)
-            }
-        },
+    // Instrumented, not entered: a guard held across an await would lend this job's id to
+    // whatever else runs on the thread meanwhile.
+    async {
+        match direct_body {
+            Some(body) => store_direct_upload(state, &job, body).await,
+            None => match upload_view(state, &job).await {
+                Ok(view) => {
+                    tracing::info!("job created; upload URL issued");
+                    Ok(job_response(StatusCode::CREATED, view))
+                }
+                Err(e) => {
+                    let _ = state.ports.store.remove(&job.id).await;
+                    Err(e)
+                }
+            },
+        }
     }
+    .instrument(span)
+    .await
 }
 
 /// A direct upload's image goes to the job's key; the S3 event then queues it like any upload.
@@ -268,14 +276,24 @@ async fn expire_if_due(state: &AppState, job: Job) -> Result<Job, ApiError> {
 }
 
 /// `GET /v1/jobs/{id}`: status, times, attempts, error, and the result when there is one.
+/// With `?wait=SECONDS` it answers once the job has ended or the wait is over, whichever comes
+/// first (see [`wait_for_end`]); another caller's job is the same immediate 404 as without.
 async fn get_job(
     State(state): State<AppState>,
     caller: Caller,
     id: Result<Path<String>, PathRejection>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let job = expire_if_due(&state, owned_job(&state, &caller, id).await?).await?;
+    let wait = wait_param(query)?;
+    let mut job = expire_if_due(&state, owned_job(&state, &caller, id).await?).await?;
     let retention_ms = i64::from(state.limits.retention_days) * 86_400_000;
-    if job.status != JobStatus::Deleted && state.ports.clock.now_ms() - job.created_at_ms >= retention_ms {
+    let past_retention =
+        |job: &Job| job.status != JobStatus::Deleted && state.ports.clock.now_ms() - job.created_at_ms >= retention_ms;
+    // A job past retention already reads `expired`: nothing to wait for.
+    if !wait.is_zero() && !job.status.is_terminal() && !past_retention(&job) {
+        job = wait_for_end(&state, job, wait).await?;
+    }
+    if past_retention(&job) {
         return Ok(axum::Json(JobView::past_retention(&job, state.limits.retention_days)).into_response());
     }
     let mut view = JobView::new(&job);
@@ -283,6 +301,42 @@ async fn get_job(
         view.result = state.ports.store.get_result(&job.id).await?;
     }
     Ok(axum::Json(view).into_response())
+}
+
+/// `?wait=` of `GET /v1/jobs/{id}`: whole seconds from 0 to [`MAX_WAIT_SECS`]; absent: 0.
+/// Other query parameters are ignored, as they were before `wait` existed.
+fn wait_param(query: Result<Query<Vec<(String, String)>>, QueryRejection>) -> Result<Duration, ApiError> {
+    let invalid = || ApiError::InvalidParameter(format!("wait must be whole seconds from 0 to {MAX_WAIT_SECS}"));
+    let Query(query) = query.map_err(|e| ApiError::InvalidParameter(format!("invalid query: {e}")))?;
+    let mut waits = query.iter().filter(|(name, _)| name == "wait").map(|(_, value)| value);
+    let Some(value) = waits.next() else { return Ok(Duration::ZERO) };
+    if waits.next().is_some() {
+        return Err(ApiError::InvalidParameter("wait given more than once".into()));
+    }
+    // Digits only: no sign, no fraction, no spaces.
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(invalid());
+    }
+    match value.parse::<u64>() {
+        Ok(secs) if secs <= MAX_WAIT_SECS => Ok(Duration::from_secs(secs)),
+        _ => Err(invalid()),
+    }
+}
+
+/// Holds the request until the job ends or `wait` is over, then reads the job again (as it is
+/// then, ended or not). The process's hub checks every waited-on job in one read a tick, so a
+/// waiter costs no query of its own. When the hub is full (`WAIT_MAX_WAITERS`) the job is
+/// answered at once as it is, like a plain GET.
+async fn wait_for_end(state: &AppState, job: Job, wait: Duration) -> Result<Job, ApiError> {
+    let Some(waiter) = state.waits.register(job.id) else {
+        tracing::warn!(job_id = %job.id, max = state.waits.settings().max_waiters, "too many waiting requests: answering at once");
+        return Ok(job);
+    };
+    let ended = waiter.ended_within(wait).await;
+    tracing::debug!(job_id = %job.id, ended, "wait over");
+    // The owner never changes, so the job stays the caller's; gone since: 404 as any unknown id.
+    let job = state.ports.store.get(&job.id).await?.ok_or(ApiError::NotFound)?;
+    expire_if_due(state, job).await
 }
 
 /// `DELETE /v1/jobs/{id}`: removes the image and the result; the job then reads as deleted.

@@ -70,6 +70,7 @@ impl Services {
             queue: self.queue.clone(),
             clock: Arc::new(SystemClock),
             keys: self.store.clone(),
+            statuses: self.store.clone(),
         }
     }
 }

@@ -9,7 +9,8 @@ use aws_lambda_events::s3::S3Event;
 use ocr_core::content::{TAIL_LEN, check_shape};
 use ocr_core::job::parse_object_key;
 use ocr_core::ports::{ObjectInfo, StatusChange};
-use ocr_core::{ContentType, JobId, JobMessage, JobStatus, PortError};
+use ocr_core::{ContentType, JobId, JobMessage, JobStatus, PortError, Priority};
+use tracing::Instrument;
 
 use crate::state::Ports;
 
@@ -147,11 +148,22 @@ impl UploadHandler {
 
     /// Handles the object `key` having been created.
     pub async fn handle_object(&self, key: &str) -> Result<UploadOutcome, PortError> {
+        let started_ms = self.ports.clock.now_ms();
         let Some((priority, id)) = parse_object_key(key) else {
             return Ok(UploadOutcome::Ignored(format!("not an upload key: {key}")));
         };
         let span = tracing::info_span!("upload", job_id = %id, %priority);
-        let _enter = span.enter();
+        // Instrumented, not entered: see routes::create.
+        self.handle_upload(key, priority, id, started_ms).instrument(span).await
+    }
+
+    async fn handle_upload(
+        &self,
+        key: &str,
+        priority: Priority,
+        id: JobId,
+        started_ms: i64,
+    ) -> Result<UploadOutcome, PortError> {
         let Some(job) = self.ports.store.get(&id).await? else {
             tracing::warn!("upload for an unknown job");
             return Ok(UploadOutcome::Ignored("unknown job".into()));
@@ -166,7 +178,7 @@ impl UploadHandler {
             JobStatus::Queued if job.enqueued_at_ms.is_none() => {
                 let info = self.ports.objects.head(key).await?;
                 let size = info.map_or(job.content_length, |i| i.size);
-                return self.enqueue(&job, size).await;
+                return self.enqueue(&job, size, started_ms).await;
             }
             JobStatus::Failed | JobStatus::Deleted => {
                 // A failed or deleted job's image must not linger (deleting twice is harmless).
@@ -200,7 +212,7 @@ impl UploadHandler {
         if !won {
             return Ok(UploadOutcome::Ignored("another handler took this upload".into()));
         }
-        self.enqueue(&job, info.size).await
+        self.enqueue(&job, info.size, started_ms).await
     }
 
     /// Why the object cannot be this job's image, if it cannot.
@@ -235,12 +247,14 @@ impl UploadHandler {
         Ok(UploadOutcome::Rejected { job_id: *id, reason })
     }
 
-    async fn enqueue(&self, job: &ocr_core::Job, size: u64) -> Result<UploadOutcome, PortError> {
+    /// `started_ms`: when handling the upload began (its line gives it to scripts/bench.sh
+    /// latency).
+    async fn enqueue(&self, job: &ocr_core::Job, size: u64, started_ms: i64) -> Result<UploadOutcome, PortError> {
         let now = self.ports.clock.now_ms();
         let message = JobMessage::for_job(job, self.ports.objects.bucket(), size, now);
         self.ports.queue.send(&message).await?;
         self.ports.store.mark_enqueued(&job.id, now).await?;
-        tracing::info!(size, "job queued");
+        tracing::info!(size, started_ms, queued_ms = now, "job queued");
         Ok(UploadOutcome::Enqueued(job.id))
     }
 }

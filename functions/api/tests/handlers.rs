@@ -1,7 +1,7 @@
 //! Handlers on the in-memory fakes: no AWS, no database.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
@@ -11,6 +11,7 @@ use ocr_api::auth::Authenticator;
 use ocr_api::config::Limits;
 use ocr_api::state::Ports;
 use ocr_api::upload::{Backoff, EventMessage, UploadHandler, UploadOutcome};
+use ocr_api::wait::WaitSettings;
 use ocr_core::fakes::{InMemoryJobQueue, InMemoryJobStore, InMemoryObjectStore, ManualClock};
 use ocr_core::ports::{Clock, JobStore, ObjectInfo, ObjectStore, PresignedPut, StatusChange};
 use ocr_core::quota::CallerQuota;
@@ -46,6 +47,7 @@ fn harness_with(limits: Limits) -> Harness {
         queue: queue.clone(),
         clock: clock.clone(),
         keys: store.clone(),
+        statuses: store.clone(),
     };
     let state = AppState::new(ports, auth, limits).with_signing(MasterKey::new("test-master-key"));
     Harness { clock, store, objects, queue, state }
@@ -68,6 +70,7 @@ impl Harness {
             queue: self.queue.clone(),
             clock: Arc::new(ManualClock::new(1_700_000_001_000)),
             keys: self.store.clone(),
+            statuses: self.store.clone(),
         };
         UploadHandler { ports, max_upload_bytes: 20_000_000 }
     }
@@ -846,4 +849,147 @@ async fn a_job_past_retention_reads_expired() {
     assert_eq!(json["status"], "expired", "{json}");
     assert!(json.get("result").is_none() && json.get("metadata").is_none() && json.get("callback_url").is_none());
     assert!(json["error"].as_str().unwrap().contains("retention"));
+}
+
+/// A harness whose waiting hub checks every 20 ms (and holds at most `max_waiters`).
+fn waiting_harness(max_waiters: usize) -> Harness {
+    let wait = WaitSettings { tick: Duration::from_millis(20), max_waiters };
+    harness_with(Limits { queue_depth_limit: 100, queue_depth_refresh: Duration::ZERO, wait, ..Limits::default() })
+}
+
+impl Harness {
+    /// The request answered in the background: its status, body and how long it took.
+    fn spawn_call(&self, request: Request<Body>) -> tokio::task::JoinHandle<(StatusCode, Value, Duration)> {
+        let app = ocr_api::routes::router(self.state.clone());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let response = app.oneshot(request).await.unwrap();
+            let status = response.status();
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            (status, serde_json::from_slice(&bytes).unwrap(), started.elapsed())
+        })
+    }
+
+    /// A job of Alice's, uploaded directly and now `processing`.
+    async fn processing_job(&self) -> JobId {
+        let (_, _, json) = self.call(direct(ALICE, "image/png", "", png_bytes())).await;
+        let id: JobId = json["job_id"].as_str().unwrap().parse().unwrap();
+        let change = |at| StatusChange { at_ms: at, ..Default::default() };
+        self.store.set_status(&id, JobStatus::AwaitingUpload, JobStatus::Queued, change(1)).await.unwrap();
+        self.store.set_status(&id, JobStatus::Queued, JobStatus::Processing, change(2)).await.unwrap();
+        id
+    }
+}
+
+#[tokio::test]
+async fn a_wait_answers_as_soon_as_the_job_ends() {
+    let h = waiting_harness(100);
+    let id = h.processing_job().await;
+    let waiting = h.spawn_call(get(ALICE, &format!("/v1/jobs/{id}?wait=20")));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(h.state.waits.stats().waiters, 1);
+    h.store.put_result(id, OcrResult { text: "HELLO".into(), lines: vec![], width: 10, height: 4, seconds: 0.1 });
+    let change = StatusChange { at_ms: 3, ..Default::default() };
+    assert!(h.store.set_status(&id, JobStatus::Processing, JobStatus::Succeeded, change).await.unwrap());
+    let ended = Instant::now();
+    let (status, json, took) = waiting.await.unwrap();
+    let after_end = ended.elapsed();
+    assert_eq!(status, StatusCode::OK, "{json}");
+    assert_eq!((json["status"].as_str(), json["result"]["text"].as_str()), (Some("succeeded"), Some("HELLO")));
+    // A tick is 20 ms; the wait was 20 s.
+    assert!(after_end < Duration::from_secs(2), "answered {after_end:?} after the end");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    // The same body as a plain GET.
+    assert_eq!(h.call(get(ALICE, &format!("/v1/jobs/{id}"))).await.2, json);
+    assert_eq!(h.state.waits.stats().waiters, 0);
+}
+
+#[tokio::test]
+async fn a_wait_that_runs_out_answers_the_job_as_it_is() {
+    let h = waiting_harness(100);
+    let id = h.processing_job().await;
+    let (status, json, took) = h.spawn_call(get(ALICE, &format!("/v1/jobs/{id}?wait=1"))).await.unwrap();
+    assert_eq!((status, json["status"].as_str()), (StatusCode::OK, Some("processing")));
+    assert!(took >= Duration::from_secs(1) && took < Duration::from_secs(3), "{took:?}");
+    assert_eq!(h.call(get(ALICE, &format!("/v1/jobs/{id}"))).await.2, json);
+    // No wait, wait=0 and an already ended job answer at once.
+    for query in ["", "?wait=0", "?wait=00"] {
+        let (status, _, took) = h.spawn_call(get(ALICE, &format!("/v1/jobs/{id}{query}"))).await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert!(took < Duration::from_millis(500), "{query}: {took:?}");
+    }
+    h.store.set_status(&id, JobStatus::Processing, JobStatus::Failed, StatusChange::default()).await.unwrap();
+    let (status, json, took) = h.spawn_call(get(ALICE, &format!("/v1/jobs/{id}?wait=20"))).await.unwrap();
+    assert_eq!((status, json["status"].as_str()), (StatusCode::OK, Some("failed")));
+    assert!(took < Duration::from_millis(500), "{took:?}");
+}
+
+#[tokio::test]
+async fn a_job_deleted_while_waited_on_answers_deleted() {
+    let h = waiting_harness(100);
+    let id = h.processing_job().await;
+    let waiting = h.spawn_call(get(ALICE, &format!("/v1/jobs/{id}?wait=20")));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let path = format!("/v1/jobs/{id}");
+    let delete =
+        Request::delete(&path).header(header::AUTHORIZATION, format!("Bearer {ALICE}")).body(Body::empty()).unwrap();
+    assert_eq!(h.call(delete).await.0, StatusCode::OK);
+    let (status, json, took) = waiting.await.unwrap();
+    assert_eq!((status, json["status"].as_str()), (StatusCode::OK, Some("deleted")));
+    assert!(took < Duration::from_secs(5), "{took:?}");
+}
+
+#[tokio::test]
+async fn waiting_on_someone_elses_job_is_the_same_immediate_404() {
+    let h = waiting_harness(100);
+    let id = h.processing_job().await;
+    let plain = h.call(get(BOB, &format!("/v1/jobs/{id}"))).await;
+    assert_eq!(plain.0, StatusCode::NOT_FOUND);
+    for path in [format!("/v1/jobs/{id}?wait=20"), format!("/v1/jobs/{}?wait=20", JobId::new())] {
+        let (status, json, took) = h.spawn_call(get(BOB, &path)).await.unwrap();
+        assert_eq!((status, &json), (StatusCode::NOT_FOUND, &plain.2), "{path}");
+        assert!(took < Duration::from_millis(500), "{path}: {took:?}");
+    }
+    // Nobody was registered, nothing was read for them.
+    assert_eq!(h.state.waits.stats(), Default::default());
+    assert_eq!(h.store.status_reads(), 0);
+}
+
+#[tokio::test]
+async fn malformed_waits_get_400() {
+    let h = waiting_harness(100);
+    let id = h.processing_job().await;
+    for query in ["wait=21", "wait=-1", "wait=abc", "wait=", "wait=1.5", "wait=+5", "wait=%205", "wait=1&wait=2"] {
+        let (status, _, json) = h.call(get(ALICE, &format!("/v1/jobs/{id}?{query}"))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {json}");
+        assert_eq!(json["error"]["code"], "invalid_parameter", "{query}");
+        assert_eq!(json["error"]["retryable"], false, "{query}");
+        assert!(json["error"]["message"].as_str().unwrap().contains("wait"), "{query}: {json}");
+    }
+    // Other parameters are ignored, as before `wait` existed.
+    assert_eq!(h.call(get(ALICE, &format!("/v1/jobs/{id}?colour=red"))).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn past_the_waiter_cap_a_wait_answers_at_once() {
+    let h = waiting_harness(1);
+    let id = h.processing_job().await;
+    let first = h.spawn_call(get(ALICE, &format!("/v1/jobs/{id}?wait=2")));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, json, took) = h.spawn_call(get(ALICE, &format!("/v1/jobs/{id}?wait=20"))).await.unwrap();
+    assert_eq!((status, json["status"].as_str()), (StatusCode::OK, Some("processing")));
+    assert!(took < Duration::from_millis(500), "{took:?}");
+    let (status, _, took) = first.await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert!(took >= Duration::from_secs(2), "the first one waited: {took:?}");
+}
+
+#[tokio::test]
+async fn a_running_job_past_retention_reads_expired_at_once() {
+    let h = waiting_harness(100);
+    let id = h.processing_job().await;
+    h.clock.advance(Duration::from_secs(7 * 86_400));
+    let (status, json, took) = h.spawn_call(get(ALICE, &format!("/v1/jobs/{id}?wait=20"))).await.unwrap();
+    assert_eq!((status, json["status"].as_str()), (StatusCode::OK, Some("expired")));
+    assert!(took < Duration::from_millis(500), "{took:?}");
 }

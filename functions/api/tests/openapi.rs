@@ -52,6 +52,7 @@ fn every_error() -> Vec<ApiError> {
         ApiError::Unauthenticated,
         ApiError::MalformedJson("DETAIL".into()),
         ApiError::InvalidRequest("DETAIL".into()),
+        ApiError::InvalidParameter("DETAIL".into()),
         ApiError::UnsupportedMediaType("DETAIL".into()),
         ApiError::TooLarge("DETAIL".into()),
         ApiError::NotFound,
@@ -69,6 +70,7 @@ fn every_error() -> Vec<ApiError> {
             ApiError::Unauthenticated
             | ApiError::MalformedJson(_)
             | ApiError::InvalidRequest(_)
+            | ApiError::InvalidParameter(_)
             | ApiError::UnsupportedMediaType(_)
             | ApiError::TooLarge(_)
             | ApiError::NotFound
@@ -170,6 +172,7 @@ fn harness() -> AppState {
         queue: Arc::new(InMemoryJobQueue::default()),
         clock: Arc::new(ManualClock::new(1_700_000_000_000)),
         keys: Arc::new(InMemoryJobStore::default()),
+        statuses: Arc::new(InMemoryJobStore::default()),
     };
     AppState::new(ports, auth, Limits::default())
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, Row, params};
 use ocr_core::job::Idempotency;
-use ocr_core::ports::{JobStore, StatusChange};
+use ocr_core::ports::{JobStatuses, JobStore, STATUS_BATCH, StatusChange};
 use ocr_core::quota::{Admission, CallerQuota, TokenBucket};
 use ocr_core::signing::{KeyState, WebhookKeys};
 use ocr_core::{Job, JobId, JobStatus, NewJob, OcrResult, PortError};
@@ -539,6 +539,29 @@ impl WebhookKeys for MySqlJobStore {
         let state = read_key_state(&mut tx, owner).await?;
         crate::sql::commit(tx).await?;
         state.ok_or_else(|| corrupt("webhook key"))
+    }
+}
+
+/// One `SELECT … WHERE id IN (…)` per [`STATUS_BATCH`] ids: the waiting hub's check of every
+/// watched job each tick.
+#[async_trait]
+impl JobStatuses for MySqlJobStore {
+    async fn statuses(&self, ids: &[JobId]) -> Result<Vec<(JobId, JobStatus)>, PortError> {
+        let mut found = Vec::with_capacity(ids.len());
+        if ids.is_empty() {
+            return Ok(found);
+        }
+        let mut conn = self.conn().await?;
+        for chunk in ids.chunks(STATUS_BATCH) {
+            let marks = vec!["?"; chunk.len()].join(", ");
+            let values: Vec<mysql_async::Value> = chunk.iter().map(|id| id.to_string().into()).collect();
+            let rows: Vec<(String, String)> =
+                bind(format!("SELECT id, status FROM jobs WHERE id IN ({marks})"), values)?.fetch(&mut conn).await?;
+            for (id, status) in rows {
+                found.push((id.parse().map_err(|_| corrupt("id"))?, status.parse().map_err(|_| corrupt("status"))?));
+            }
+        }
+        Ok(found)
     }
 }
 

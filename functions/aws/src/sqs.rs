@@ -449,13 +449,23 @@ impl DeadLetterAdmin {
 
     /// Moves every message of the dead-letter queue at `dlq_url` back to `source_url` with SQS's
     /// own message-move task (at most `rate` per second, or as fast as SQS goes), waiting until
-    /// it finishes. Returns the number moved.
-    pub async fn move_back(&self, dlq_url: &str, source_url: &str, rate: Option<i32>) -> Result<i64, PortError> {
-        let (source_arn, destination_arn) = (self.arn(dlq_url).await?, self.arn(source_url).await?);
+    /// it finishes. Returns the number moved. With no `source_url`, each message goes back to
+    /// the queue it was dead-lettered from (a DLQ shared by several queues: upload-events').
+    pub async fn move_back(
+        &self,
+        dlq_url: &str,
+        source_url: Option<&str>,
+        rate: Option<i32>,
+    ) -> Result<i64, PortError> {
+        let source_arn = self.arn(dlq_url).await?;
+        let destination_arn = match source_url {
+            Some(url) => Some(self.arn(url).await?),
+            None => None,
+        };
         self.client
             .start_message_move_task()
             .source_arn(&source_arn)
-            .destination_arn(&destination_arn)
+            .set_destination_arn(destination_arn)
             .set_max_number_of_messages_per_second(rate)
             .send()
             .await

@@ -13,7 +13,7 @@ use crate::error::PortError;
 use crate::id::JobId;
 use crate::job::{Job, JobStatus, NewJob, Priority};
 use crate::message::JobMessage;
-use crate::ports::{Clock, JobQueue, JobStore, ObjectInfo, ObjectStore, PresignedPut, StatusChange};
+use crate::ports::{Clock, JobQueue, JobStatuses, JobStore, ObjectInfo, ObjectStore, PresignedPut, StatusChange};
 use crate::quota::{Admission, CallerQuota, TokenBucket};
 use crate::result::OcrResult;
 use crate::signing::{KeyState, WebhookKeys};
@@ -61,6 +61,8 @@ pub struct InMemoryJobStore {
     down: std::sync::atomic::AtomicBool,
     /// Reads made (also those that failed).
     reads: AtomicI64,
+    /// Batched status reads made ([`JobStatuses::statuses`]), also those that failed.
+    status_reads: AtomicI64,
 }
 
 #[async_trait]
@@ -211,6 +213,19 @@ impl JobStore for InMemoryJobStore {
         }
         self.results.lock().unwrap().remove(id);
         Ok(())
+    }
+}
+
+#[async_trait]
+impl JobStatuses for InMemoryJobStore {
+    /// Counted apart from `get` ([`InMemoryJobStore::status_reads`]); fails while the store is down.
+    async fn statuses(&self, ids: &[JobId]) -> Result<Vec<(JobId, JobStatus)>, PortError> {
+        self.status_reads.fetch_add(1, Ordering::SeqCst);
+        if self.down.load(Ordering::SeqCst) {
+            return Err(PortError::unavailable("mysql", "injected: the database is away"));
+        }
+        let jobs = self.jobs.lock().unwrap();
+        Ok(ids.iter().filter_map(|id| jobs.get(id).map(|j| (*id, j.status))).collect())
     }
 }
 
@@ -531,8 +546,8 @@ impl InMemoryJobStore {
     pub fn result(&self, id: &JobId) -> Option<OcrResult> {
         self.results.lock().unwrap().get(id).cloned()
     }
-    /// While `down`, [`JobStore::get`] fails as it does while the database is away (the first
-    /// call the upload check makes).
+    /// While `down`, [`JobStore::get`] (the first call the upload check makes) and
+    /// [`JobStatuses::statuses`] fail as they do while the database is away.
     pub fn set_down(&self, down: bool) {
         self.down.store(down, Ordering::SeqCst);
     }
@@ -540,6 +555,11 @@ impl InMemoryJobStore {
     /// Calls of [`JobStore::get`] so far.
     pub fn reads(&self) -> i64 {
         self.reads.load(Ordering::SeqCst)
+    }
+
+    /// Calls of [`JobStatuses::statuses`] so far.
+    pub fn status_reads(&self) -> i64 {
+        self.status_reads.load(Ordering::SeqCst)
     }
 
     /// An operator's redrive with `--reset-jobs` (`MySqlJobStore::requeue_failed`): the failed

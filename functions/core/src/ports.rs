@@ -93,6 +93,19 @@ pub trait JobStore: Send + Sync {
     async fn mark_deleted(&self, id: &JobId, at_ms: i64) -> Result<(), PortError>;
 }
 
+/// Most ids one [`JobStatuses::statuses`] read asks for at once: one MySQL statement of about
+/// 20 KB, one primary-key lookup per id.
+pub const STATUS_BATCH: usize = 500;
+
+/// Many jobs' statuses in one read: what a waiting hub checks each tick for everyone waiting
+/// (`GET /v1/jobs/{id}?wait=`), instead of one read per waiter.
+#[async_trait]
+pub trait JobStatuses: Send + Sync {
+    /// The status of each job in `ids` that exists, in any order; an unknown id is left out.
+    /// Up to [`STATUS_BATCH`] ids are one statement on MySQL.
+    async fn statuses(&self, ids: &[JobId]) -> Result<Vec<(JobId, JobStatus)>, PortError>;
+}
+
 /// A presigned upload request the client performs itself.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PresignedPut {

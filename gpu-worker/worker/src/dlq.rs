@@ -7,7 +7,8 @@
 //!
 //! `list` reads each queue (hiding each message for a moment so the pages are distinct, then
 //! showing it again) and changes nothing. `redrive` moves messages back to their source queue
-//! with SQS's own message-move task; with `--reset-jobs` the failed jobs among them go back to
+//! (upload-events': to the express or bulk upload-events queue each came from) with SQS's own
+//! message-move task; with `--reset-jobs` the failed jobs among them go back to
 //! `queued` first (the life cycle's operator-only [`ocr_core::JobStatus::REDRIVE`]), since a
 //! worker acknowledges a message whose job already ended.
 
@@ -104,15 +105,21 @@ pub async fn run(args: DlqArgs) -> anyhow::Result<()> {
         match &args.action {
             Action::List { max } => list(&admin, &dlq_name, &dlq, *max).await?,
             Action::Redrive { rate, .. } => {
-                let source_name = format!("{prefix}-{}", queue.name());
-                let source = admin.url(&source_name).await.with_context(|| format!("finding queue {source_name}"))?;
+                // The upload-events DLQ serves both upload-events queues (express, bulk): each
+                // message goes back to the one it came from, which SQS remembers.
+                let source_name = (queue != Queue::UploadEvents).then(|| format!("{prefix}-{}", queue.name()));
+                let source = match &source_name {
+                    Some(name) => Some(admin.url(name).await.with_context(|| format!("finding queue {name}"))?),
+                    None => None,
+                };
                 if let Some(store) = &store
                     && queue != Queue::UploadEvents
                 {
                     reset_jobs_of(&admin, &dlq, store).await?;
                 }
-                let moved = admin.move_back(&dlq, &source, *rate).await?;
-                println!("{dlq_name}: redrove {moved} message(s) to {source_name}");
+                let moved = admin.move_back(&dlq, source.as_deref(), *rate).await?;
+                let to = source_name.unwrap_or_else(|| "the queue each came from".to_owned());
+                println!("{dlq_name}: redrove {moved} message(s) to {to}");
                 report_hidden(&admin, &dlq).await?;
             }
         }

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use anyhow::Context;
 use clap::Parser;
-use ocr_api::config::{ProducerArgs, UploadRetryArgs};
+use ocr_api::config::{ProducerArgs, UploadEventQueueArgs, UploadRetryArgs};
 use ocr_api::startup::Services;
 use ocr_aws::SqsConsumer;
 use tokio::sync::watch;
@@ -18,9 +18,17 @@ struct Config {
     /// Address to listen on.
     #[arg(long, env = "BIND_ADDR", default_value = "127.0.0.1:8080")]
     bind_addr: SocketAddr,
-    /// Queue of S3 upload events; when set, the poller runs in this process.
-    #[arg(long, env = "UPLOAD_EVENTS_QUEUE_URL")]
-    upload_events_queue_url: Option<String>,
+    /// The upload-events queues; when set, the poller runs in this process (a loop per queue).
+    #[command(flatten)]
+    upload_events: UploadEventQueueArgs,
+    /// Receive loops on the express upload-events queue (on AWS: the express event source
+    /// mapping's MaximumConcurrency, OnUploadExpressMaxConcurrency).
+    #[arg(long, env = "UPLOAD_EVENTS_EXPRESS_LOOPS", default_value_t = 2)]
+    upload_events_express_loops: usize,
+    /// Receive loops on the bulk upload-events queue (on AWS: OnUploadBulkMaxConcurrency): a
+    /// bulk backlog is checked this many batches at a time.
+    #[arg(long, env = "UPLOAD_EVENTS_BULK_LOOPS", default_value_t = 4)]
+    upload_events_bulk_loops: usize,
     #[command(flatten)]
     upload_retry: UploadRetryArgs,
     /// Apply database migrations at start.
@@ -38,12 +46,23 @@ async fn main() -> anyhow::Result<()> {
     if config.db_migrate {
         services.store.migrate().await.context("database migrations")?;
     }
-    let app = ocr_api::routes::router(services.app_state(api).await?);
+    let state = services.app_state(api).await?;
+    // Waiting requests (`?wait=`) answer at once on shutdown instead of holding it up to 20 s.
+    let waits = state.waits.clone();
+    let app = ocr_api::routes::router(state);
     let (stop_tx, stop_rx) = watch::channel(false);
 
-    let poller = config.upload_events_queue_url.clone().map(|url| {
+    let events = &config.upload_events;
+    let queues: Vec<(&String, usize)> = [
+        (events.upload_events_express_queue_url.as_ref(), config.upload_events_express_loops),
+        (events.upload_events_bulk_queue_url.as_ref(), config.upload_events_bulk_loops),
+    ]
+    .into_iter()
+    .filter_map(|(url, loops)| url.map(|url| (url, loops.max(1))))
+    .collect();
+    let poller = (!queues.is_empty()).then(|| {
         let handler = services.upload_handler(api.max_upload_bytes);
-        let consumer = SqsConsumer::new(&services.aws, url);
+        let consumers = queues.into_iter().map(|(url, loops)| (SqsConsumer::new(&services.aws, url), loops)).collect();
         let retry = &config.upload_retry;
         let settings = ocr_api::poller::PollerSettings {
             backoff: retry.backoff(),
@@ -52,7 +71,7 @@ async fn main() -> anyhow::Result<()> {
                 (SqsConsumer::new(&services.aws, dlq), every)
             }),
         };
-        tokio::spawn(ocr_api::poller::run(handler, consumer, settings, stop_rx.clone()))
+        tokio::spawn(ocr_api::poller::run(handler, consumers, settings, stop_rx.clone()))
     });
 
     let listener = tokio::net::TcpListener::bind(config.bind_addr)
@@ -66,6 +85,7 @@ async fn main() -> anyhow::Result<()> {
     let server = tokio::spawn(async move { server.await });
 
     ocr_aws::process::shutdown_signal().await;
+    waits.close();
     let _ = stop_tx.send(true);
     server.await??;
     if let Some(p) = poller {

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use ocr_core::worker::TakenJob;
 use ocr_core::{JobId, JobStatus, OcrResult, Priority};
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use super::batch::{Batch, Item, Lane, State};
 use super::{PipelineDeps, Settings, with_retry};
@@ -157,8 +158,9 @@ async fn carry_out(deps: &PipelineDeps, settings: &Settings, batch: &Batch, deci
         // (a deferred batch), so that every line about it carries its id.
         let job_id = item.job_id().or_else(|| ocr_core::message::job_id_of(&item.delivery.body));
         let span = tracing::info_span!("job", job_id = job_id.map(|i| i.to_string()).unwrap_or_default());
-        let _enter = span.enter();
-        settle_job(deps, settings, item, decision, now, batch.lane).await;
+        // Instrumented, not entered: a guard held across an await would lend this job's id to
+        // whatever else runs on the thread meanwhile.
+        settle_job(deps, settings, item, decision, now, batch.lane).instrument(span).await;
     }
     for priority in Priority::ALL {
         let of = |want: fn(&Decision) -> bool| -> Vec<(&Item, &Decision)> {
