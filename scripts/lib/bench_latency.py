@@ -8,8 +8,9 @@ began handling the upload and when it queued the job) and the worker's (`job suc
 prefetched, engine start and end, committed).
 
 Idle: probes one after the other, half a second apart. Flood: `--flood` bulk jobs (every other one
-a direct upload, the rest presigned) submitted as fast as 12 threads can, and once a backlog has
-built up, one express probe every `--probe-every` seconds until `--flood-probes` probes are done.
+a direct upload, the rest presigned) submitted as fast as 12 threads can, with the worker stopped
+until `--backlog` of them are queued; then the worker starts again and one express probe goes every
+`--probe-every` seconds until `--flood-probes` probes are done.
 Prints `name: value` lines and Markdown tables (p50 / p99 / max per hop).
 """
 
@@ -33,9 +34,13 @@ from PIL import Image, ImageDraw, ImageFont
 
 from benchlib import http, sql, upload
 
+sys.path.insert(0, os.path.dirname(__file__))
+from bench_pipeline import cpu_seconds, pids_of  # noqa: E402
+
 FONT = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
 HOPS = [
-    ("PUT → on-upload", "put_end", "onupload_start"),
+    ("PUT → S3 event queued", "put_end", "event_sent"),
+    ("event queued → on-upload", "event_sent", "onupload_start"),
     ("on-upload → queued", "onupload_start", "queued"),
     ("queued → received", "queued", "received"),
     ("received → prefetched", "received", "prepared"),
@@ -126,6 +131,8 @@ def merge_logs(records, api_log, worker_log):
         if rec.get("message") == "job queued" and job_of(rec) in records:
             r = records[job_of(rec)]
             r["onupload_start"], r["queued"] = float(rec["started_ms"]), float(rec["queued_ms"])
+            if rec.get("event_sent_ms"):
+                r["event_sent"] = float(rec["event_sent_ms"])
     for rec in json_lines(worker_log):
         if rec.get("message") == "job succeeded" and job_of(rec) in records:
             r = records[job_of(rec)]
@@ -173,6 +180,24 @@ def table(title, records):
     return done
 
 
+def start_worker(args):
+    """The worker, once its engine is loaded (its log is appended to: this start's lines only)."""
+    since = Path(args.worker_log).stat().st_size
+    worker = subprocess.Popen(["bash", "-c", args.worker_cmd], start_new_session=True)
+    t0 = time.time()
+    while b"engine ready" not in Path(args.worker_log).read_bytes()[since:]:
+        if worker.poll() is not None or time.time() - t0 > 180:
+            sys.exit(f"the worker did not start; see {args.worker_log}")
+        time.sleep(0.1)
+    return worker
+
+
+def stop_worker(worker):
+    if worker.poll() is None:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(timeout=90)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--api", required=True)
@@ -185,16 +210,12 @@ def main():
     ap.add_argument("--flood", type=int, default=5000)
     ap.add_argument("--flood-probes", type=int, default=40)
     ap.add_argument("--probe-every", type=float, default=1.5)
-    ap.add_argument("--backlog", type=int, default=300, help="bulk jobs queued before the first flood probe")
+    ap.add_argument("--backlog", type=int, default=1000,
+                    help="bulk jobs queued (worker stopped) before the worker starts and the probes begin")
     args = ap.parse_args()
 
-    worker = subprocess.Popen(["bash", "-c", args.worker_cmd], start_new_session=True)
+    worker = start_worker(args)
     try:
-        t0 = time.time()
-        while b"engine ready" not in Path(args.worker_log).read_bytes():
-            if worker.poll() is not None or time.time() - t0 > 180:
-                sys.exit(f"the worker did not start; see {args.worker_log}")
-            time.sleep(0.1)
         express = [line_png(f"express probe {i} amber basil") for i in range(args.probes + args.flood_probes + 3)]
         bulk_images = [line_png(f"bulk job {i} cedar delta ember") for i in range(64)]
 
@@ -206,6 +227,10 @@ def main():
             probe(args.api, args.token, express[3 + i], idle, "idle")
             time.sleep(0.5)
 
+        # The flood: the worker is stopped until `--backlog` bulk jobs are queued, so that the
+        # probes meet full engine batches and a prefetched bulk batch, not only the trickle the
+        # upload checks let through.
+        stop_worker(worker)
         flood = {}
         bulk_ids = []
         lock = threading.Lock()
@@ -218,8 +243,16 @@ def main():
 
         pool = ThreadPoolExecutor(12)
         futures = [pool.submit(one, i) for i in range(args.flood)]
-        while len(bulk_ids) < min(args.backlog, args.flood):
-            time.sleep(0.1)
+        backlog = min(args.backlog, args.flood)
+        while int(sql(args.db, "SELECT COUNT(*) FROM jobs WHERE status = 'queued'")[0][0]) < backlog:
+            time.sleep(0.5)
+        backlog_at = now_ms()
+        worker = start_worker(args)
+        probes_start = now_ms()
+        pids = {"localstack": pids_of("-f", "localstack/run_host.py"), "api-local": pids_of("-x", "api-local"),
+                "gpu-worker": str(worker.pid), "bench driver": str(os.getpid()), "mariadb": pids_of("-x", "mariadbd")}
+        pids = {k: v for k, v in pids.items() if v}
+        cpu_before = cpu_seconds(pids)
         probe_threads = []
         base = 3 + args.probes
         for i in range(args.flood_probes):
@@ -230,6 +263,7 @@ def main():
         for t in probe_threads:
             t.join()
         probes_end = now_ms()
+        cpu_after = cpu_seconds(pids)
         for f in futures:
             f.result()
         submitted_end = now_ms()
@@ -238,21 +272,24 @@ def main():
         ids = ",".join(f"'{i}'" for i in bulk_ids)
         rows = sql(args.db, f"SELECT finished_at_ms FROM jobs WHERE id IN ({ids}) AND status = 'succeeded'")
         finished = sorted(int(r[0]) for r in rows if r[0] != "NULL")
-        in_window = [f for f in finished if flood_start <= f <= probes_end]
-        window_s = (probes_end - flood_start) / 1000
+        in_window = [f for f in finished if probes_start <= f <= probes_end]
+        window_s = (probes_end - probes_start) / 1000
     finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        worker.wait(timeout=90)
+        stop_worker(worker)
 
     merge_logs(idle, args.api_log, args.worker_log)
     merge_logs(flood, args.api_log, args.worker_log)
     print(f"flood_jobs: {args.flood}")
     print(f"flood_submit_seconds: {(submitted_end - flood_start) / 1000:.1f}")
+    print(f"backlog: {backlog} bulk jobs queued after {(backlog_at - flood_start) / 1000:.1f} s; worker started")
     print(f"bulk_succeeded_during_probes: {len(in_window)} in {window_s:.1f} s ({len(in_window) / window_s:.1f}/s)")
     print(f"bulk_succeeded_by_end: {len(finished)}")
+    window = (probes_end - probes_start) / 1000
+    print("cpu_during_probes (cores used, of " + str(os.cpu_count()) + "): " + ", ".join(
+        f"{k} {(cpu_after[k] - cpu_before[k]) / window:.2f}" for k in pids))
     idle_done = table("Idle", idle)
     flood_done = table(f"Under a flood of {args.flood} bulk jobs", flood)
-    batches = engine_batches(args.worker_log, flood_start, probes_end)
+    batches = engine_batches(args.worker_log, probes_start, probes_end)
     main = [s for s, n, lane in batches if lane == "main"]
     if main and flood_done:
         median_batch = statistics.median(main)

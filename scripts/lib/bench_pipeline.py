@@ -118,7 +118,7 @@ def main():
         # CPU used by the emulated cloud (LocalStack, MariaDB, the API + poller) in the window:
         # on AWS none of it runs on the worker's machine.
         watched = {k: v for k, v in {
-            "localstack": pids_of("-f", "localstack.runtime.main"),
+            "localstack": pids_of("-f", "localstack/run_host.py"),
             "mariadb": pids_of("-x", "mariadbd"),
             "api-local": pids_of("-x", "api-local"),
             "worker": pids_of("-x", "gpu-worker"),

@@ -53,7 +53,7 @@ localstack_start() {
             EAGER_SERVICE_LOADING=1 \
             SERVICES=s3,sqs,cloudwatch,sts,secretsmanager,cloudformation,iam,ssm \
             LOCALSTACK_VOLUME_DIR="$LOCALSTACK_VOLUME" \
-            setsid "$LOCALSTACK_VENV/bin/python" -m localstack.runtime.main
+            setsid "$LOCALSTACK_VENV/bin/python" "$ROOT/localstack/run_host.py"
     ) </dev/null >>"$LOCALSTACK_LOG" 2>&1 &
     pid=$!
     echo "$pid" >"$LOCALSTACK_PIDFILE"
