@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from conftest import MYSQL_RS, num, resolve, resources_of
+from conftest import MYSQL_RS, ROOT, num, resolve, resources_of
 from worker_sandbox import bootstrap_constant
 
 # RDS for MariaDB (as for MySQL): max_connections = {DBInstanceClassMemory/12582880}. DBInstanceClassMemory is the
@@ -52,6 +52,27 @@ def test_function_concurrency_is_capped(tpl, transformed, defaults):
     for cap in caps:
         p = tpl["Parameters"][cap]
         assert int(p["MinValue"]) == 2 and int(p["MaxValue"]) == 1000 and 2 <= int(defaults[cap]) <= 50, cap
+
+
+def test_waiting_requests_take_at_most_half_the_api_concurrency(tpl, defaults):
+    """A waiting GET (`?wait=`) holds an API environment for up to 20 s, so waits are capped across
+    every environment (WAIT_MAX_TOTAL, counted in MySQL) at half the reserved concurrency, and one
+    caller gets a few of those places (WAIT_MAX_PER_CALLER): one caller's waits never throttle
+    everyone's job creation. CloudFormation cannot divide, so ApiMaxWaiting is its own parameter."""
+    env = props(tpl, "ApiFunction")["Environment"]["Variables"]
+    assert env["WAIT_MAX_TOTAL"] == {"Ref": "ApiMaxWaiting"}
+    total, reserved = int(defaults["ApiMaxWaiting"]), int(defaults["ApiReservedConcurrency"])
+    assert total * 2 == reserved, (total, reserved)
+    assert int(tpl["Parameters"]["ApiMaxWaiting"]["MinValue"]) == 0
+    per_caller = int(env["WAIT_MAX_PER_CALLER"])
+    assert 1 <= per_caller <= total // 10, (per_caller, total)
+    # One name per setting: the code's and the README's.
+    config_rs = (ROOT / "functions" / "api" / "src" / "config.rs").read_text()
+    readme = (ROOT / "README.md").read_text()
+    for name in ("WAIT_MAX_TOTAL", "WAIT_MAX_PER_CALLER"):
+        assert f'env = "{name}"' in config_rs, name
+        assert f"| `{name}` |" in readme, name
+    assert "ApiMaxWaiting" in readme
 
 
 # ------------------------------------------------------------------ the proxy

@@ -41,6 +41,7 @@ bench_env_up() {
         set +a
         export AUTH_MODE=static API_TOKENS="$TOKEN:bench" BIND_ADDR=$addr QUEUE_DEPTH_LIMIT=100000 \
             DB_POOL_MAX=$pool CALLER_MAX_QUEUED=100000000 CALLER_MAX_RATE=100000000 CALLER_BURST=100000000 \
+            WAIT_MAX_TOTAL=100000000 WAIT_MAX_PER_CALLER=100000000 \
             RUST_LOG=${BENCH_API_LOG:-warn} LOG_FORMAT=json
         exec setsid "$BIN/api-local"
     ) </dev/null >"$RUN_DIR/bench-$BENCH_NAME-api.log" 2>&1 &

@@ -430,6 +430,7 @@ async fn uploads_made_during_a_database_outage_are_all_queued_once_it_returns() 
         clock: Arc::new(SystemClock),
         keys: store.clone(),
         statuses: store.clone(),
+        wait_slots: store.clone(),
     };
     let handler = UploadHandler { ports, max_upload_bytes: 20_000_000 };
     let upload_dlq = env.queues.dlqs[0].clone();

@@ -97,6 +97,13 @@ async fn each_role_may_do_only_what_its_code_does() -> anyhow::Result<()> {
         (&upload, &upload_pw, "SELECT owner FROM caller_quotas LIMIT 1", false),
         (&worker, &worker_pw, "DELETE FROM caller_quotas WHERE at_ms < 0", true),
         (&worker, &worker_pw, "UPDATE caller_quotas SET milli_tokens = 0", false),
+        (&api, &api_pw, "SELECT swept_ms FROM job_wait_gate WHERE id = 1 FOR UPDATE", true),
+        (&api, &api_pw, "UPDATE job_wait_gate SET swept_ms = 1 WHERE id = 1", true),
+        (&api, &api_pw, "INSERT INTO job_waits (token, caller, job_id, expires_ms) VALUES ('t', 'x', 'j', 1)", true),
+        (&api, &api_pw, "DELETE FROM job_waits WHERE expires_ms <= 1 ORDER BY expires_ms LIMIT 5", true),
+        (&api, &api_pw, "DELETE FROM job_wait_gate", false),
+        (&worker, &worker_pw, "SELECT token FROM job_waits LIMIT 1", false),
+        (&upload, &upload_pw, "DELETE FROM job_waits", false),
         (&api, &api_pw, "CREATE TABLE evil (x INT)", false),
         (&worker, &worker_pw, "DROP TABLE jobs", false),
     ] {
@@ -144,9 +151,20 @@ async fn the_functions_run_as_their_own_users_with_passwords_from_secrets_manage
     let answer = upload_runtime.invoke(sqs_s3_event(&env.bucket, &[format!("uploads/bulk/{id}")]), WAIT).await?;
     let answer = answer.map_err(|e| anyhow::anyhow!("{e}\n{}", upload_fn.logs()))?;
     assert_eq!(answer["batchItemFailures"], json!([]), "{answer}\n{}", upload_fn.logs());
-    let answer = api_runtime.invoke(http_api_event("GET", &format!("/v1/jobs/{id}"), None, claims), WAIT).await?;
+    let answer =
+        api_runtime.invoke(http_api_event("GET", &format!("/v1/jobs/{id}"), None, claims.clone()), WAIT).await?;
     let view: Value = serde_json::from_str(answer.map_err(anyhow::Error::msg)?["body"].as_str().unwrap())?;
     assert_eq!(view["status"], "queued");
+    // A waiting GET takes a place in `job_waits` and gives it back, as this user: it waits.
+    let mut waiting = http_api_event("GET", &format!("/v1/jobs/{id}"), None, claims);
+    waiting["rawQueryString"] = json!("wait=1");
+    waiting["queryStringParameters"] = json!({"wait": "1"});
+    let started = std::time::Instant::now();
+    let answer = api_runtime.invoke(waiting, WAIT).await?.map_err(anyhow::Error::msg)?;
+    assert_eq!(answer["statusCode"], 200, "{answer}");
+    let logs = api_fn.logs();
+    assert!(started.elapsed() >= Duration::from_secs(1), "it answered at once: {logs}");
+    assert!(!logs.contains("waiting place"), "{logs}");
     for logs in [api_fn.logs(), upload_fn.logs()] {
         assert!(!logs.contains(&api_pw) && !logs.contains(&upload_pw), "a password was logged");
     }

@@ -250,6 +250,7 @@ impl TestEnv {
             clock: Arc::new(SystemClock),
             keys: store.clone(),
             statuses: store.clone(),
+            wait_slots: store.clone(),
         };
         let state = AppState::new(ports.clone(), auth, options.limits.clone())
             .with_signing(ocr_core::signing::MasterKey::new(WEBHOOK_SECRET));

@@ -7,7 +7,10 @@ use ocr_core::net::AllowHosts;
 use ocr_core::quota::CallerQuota;
 use secrecy::SecretString;
 
-use crate::wait::{DEFAULT_WAIT_MAX_WAITERS, DEFAULT_WAIT_TICK_MS, WaitSettings};
+use crate::wait::{
+    DEFAULT_WAIT_MAX_PER_CALLER, DEFAULT_WAIT_MAX_TOTAL, DEFAULT_WAIT_MAX_WAITERS, DEFAULT_WAIT_TICK_MS, WaitCaps,
+    WaitSettings,
+};
 
 pub use ocr_aws::config::{DbArgs, ResourceArgs};
 
@@ -137,6 +140,16 @@ pub struct ApiArgs {
     /// answers within about this long of its job's end. 10 to 5000.
     #[arg(long, env = "WAIT_TICK_MS", default_value_t = DEFAULT_WAIT_TICK_MS)]
     pub wait_tick_ms: u64,
+    /// Most `?wait=` requests waiting at once across every API process (counted in MySQL): on
+    /// Lambda each holds an environment of the API function, so keep it well under its reserved
+    /// concurrency (the stack: half). Past it a waiting request answers at once with the job as
+    /// it is. 0: no request ever waits.
+    #[arg(long, env = "WAIT_MAX_TOTAL", default_value_t = DEFAULT_WAIT_MAX_TOTAL)]
+    pub wait_max_total: u32,
+    /// Most `?wait=` requests of one caller waiting at once across every API process; past it
+    /// that caller's waiting request answers at once. 0: no request ever waits.
+    #[arg(long, env = "WAIT_MAX_PER_CALLER", default_value_t = DEFAULT_WAIT_MAX_PER_CALLER)]
+    pub wait_max_per_caller: u32,
 }
 
 /// The shipped per-caller limits: one caller may fill 80 % of QUEUE_DEPTH_LIMIT's default
@@ -167,8 +180,10 @@ pub struct Limits {
     pub retention_days: u32,
     /// Per-caller admission (`CALLER_MAX_QUEUED`, `CALLER_MAX_RATE`, `CALLER_BURST`).
     pub caller: CallerQuota,
-    /// Waiting requests (`WAIT_MAX_WAITERS`, `WAIT_TICK_MS`).
+    /// Waiting requests in this process (`WAIT_MAX_WAITERS`, `WAIT_TICK_MS`).
     pub wait: WaitSettings,
+    /// Waiting requests across every process (`WAIT_MAX_TOTAL`, `WAIT_MAX_PER_CALLER`).
+    pub wait_caps: WaitCaps,
 }
 
 impl Default for Limits {
@@ -183,6 +198,7 @@ impl Default for Limits {
             retention_days: 7,
             caller: DEFAULT_CALLER,
             wait: WaitSettings::default(),
+            wait_caps: WaitCaps::default(),
         }
     }
 }
@@ -209,6 +225,7 @@ impl From<&ApiArgs> for Limits {
                 tick: Duration::from_millis(a.wait_tick_ms.clamp(10, 5_000)),
                 max_waiters: a.wait_max_waiters,
             },
+            wait_caps: WaitCaps { max_total: a.wait_max_total, max_per_caller: a.wait_max_per_caller },
         }
     }
 }

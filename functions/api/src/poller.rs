@@ -77,6 +77,7 @@ async fn poll(handler: UploadHandler, consumer: SqsConsumer, backoff: Backoff, m
                 receipt_handle: m.receipt_handle,
                 body: m.body,
                 receive_count: m.receive_count,
+                sent_ms: m.sent_ms,
             })
             .collect();
         let handles: Vec<String> = messages.iter().map(|m| m.receipt_handle.clone()).collect();

@@ -22,7 +22,7 @@ use crate::config::MAX_DIRECT_UPLOAD_BYTES;
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::view::JobView;
-use crate::wait::MAX_WAIT_SECS;
+use crate::wait::{MAX_WAIT_SECS, SLOT_MARGIN, WaitSlot};
 
 /// The OpenAPI 3.1 document of these routes (kept in the repo as `functions/api/openapi.json`).
 pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
@@ -325,18 +325,50 @@ fn wait_param(query: Result<Query<Vec<(String, String)>>, QueryRejection>) -> Re
 
 /// Holds the request until the job ends or `wait` is over, then reads the job again (as it is
 /// then, ended or not). The process's hub checks every waited-on job in one read a tick, so a
-/// waiter costs no query of its own. When the hub is full (`WAIT_MAX_WAITERS`) the job is
+/// waiter costs no query of its own. A waiter also takes a place counted across every process
+/// (`WAIT_MAX_TOTAL` in all, `WAIT_MAX_PER_CALLER` of one caller: on Lambda each waiting
+/// request holds an environment of the API function), given back when the wait is over. When
+/// the hub is full (`WAIT_MAX_WAITERS`), no place is left, or taking one fails, the job is
 /// answered at once as it is, like a plain GET.
 async fn wait_for_end(state: &AppState, job: Job, wait: Duration) -> Result<Job, ApiError> {
+    if !state.limits.wait_caps.allow_waiting() {
+        return Ok(job);
+    }
     let Some(waiter) = state.waits.register(job.id) else {
         tracing::warn!(job_id = %job.id, max = state.waits.settings().max_waiters, "too many waiting requests: answering at once");
         return Ok(job);
     };
+    let Some(slot) = take_place(state, &job, wait).await else { return Ok(job) };
     let ended = waiter.ended_within(wait).await;
+    slot.release().await;
     tracing::debug!(job_id = %job.id, ended, "wait over");
     // The owner never changes, so the job stays the caller's; gone since: 404 as any unknown id.
     let job = state.ports.store.get(&job.id).await?.ok_or(ApiError::NotFound)?;
     expire_if_due(state, job).await
+}
+
+/// A place among the requests waiting across every process for the caller's wait on `job`, or
+/// `None` (logged) when a cap is reached or the places cannot be counted.
+async fn take_place(state: &AppState, job: &Job, wait: Duration) -> Option<WaitSlot> {
+    let caps = state.limits.wait_caps;
+    let now = state.ports.clock.now_ms();
+    let until = now + (wait + SLOT_MARGIN).as_millis() as i64;
+    // The caller is the job's owner (checked before), as stored.
+    let slots = &state.ports.wait_slots;
+    match slots.acquire(&job.owner, job.id, until, now, caps.max_total, caps.max_per_caller).await {
+        Ok(Some(token)) => Some(WaitSlot::new(slots.clone(), token)),
+        Ok(None) => {
+            tracing::warn!(
+                job_id = %job.id, max_total = caps.max_total, max_per_caller = caps.max_per_caller,
+                "too many waiting requests in all or of this caller: answering at once"
+            );
+            None
+        }
+        Err(e) => {
+            tracing::warn!(job_id = %job.id, error = %e, "taking a waiting place failed: answering at once");
+            None
+        }
+    }
 }
 
 /// `DELETE /v1/jobs/{id}`: removes the image and the result; the job then reads as deleted.

@@ -71,6 +71,7 @@ impl Services {
             clock: Arc::new(SystemClock),
             keys: self.store.clone(),
             statuses: self.store.clone(),
+            wait_slots: self.store.clone(),
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use ocr_core::ports::{Clock, JobQueue, JobStatuses, JobStore, ObjectStore};
+use ocr_core::ports::{Clock, JobQueue, JobStatuses, JobStore, ObjectStore, WaitSlots};
 use ocr_core::signing::{MasterKey, WebhookKeys};
 
 use crate::auth::Authenticator;
@@ -21,6 +21,8 @@ pub struct Ports {
     pub keys: Arc<dyn WebhookKeys>,
     /// Many jobs' statuses at once (the waiting hub's reads).
     pub statuses: Arc<dyn JobStatuses>,
+    /// Places of waiting requests, counted across every process (`?wait=`).
+    pub wait_slots: Arc<dyn WaitSlots>,
 }
 
 /// Ports, limits and the authenticator; cheap to clone (all behind `Arc`).

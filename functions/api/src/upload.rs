@@ -40,6 +40,8 @@ pub struct EventMessage {
     pub body: String,
     /// SQS's ApproximateReceiveCount: this delivery is the n-th.
     pub receive_count: u32,
+    /// SQS's SentTimestamp (epoch ms): when S3's event reached the queue.
+    pub sent_ms: Option<i64>,
 }
 
 /// A message left for another delivery, to show again after `after` (its visibility is set to
@@ -89,6 +91,11 @@ impl UploadHandler {
     /// with several records, or S3's test event). Returns one outcome per record;
     /// a retryable error means the whole message should be delivered again.
     pub async fn handle_message(&self, body: &str) -> Result<Vec<UploadOutcome>, PortError> {
+        self.handle_event(body, None).await
+    }
+
+    /// [`UploadHandler::handle_message`] for a message SQS took at `sent_ms`.
+    async fn handle_event(&self, body: &str, sent_ms: Option<i64>) -> Result<Vec<UploadOutcome>, PortError> {
         let keys = match object_created_keys(body) {
             Ok(keys) => keys,
             Err(e) => {
@@ -99,7 +106,7 @@ impl UploadHandler {
         };
         let mut outcomes = Vec::with_capacity(keys.len());
         for key in keys {
-            outcomes.push(self.handle_object(&key).await?);
+            outcomes.push(self.handle_object_sent(&key, sent_ms).await?);
         }
         Ok(outcomes)
     }
@@ -132,7 +139,7 @@ impl UploadHandler {
                 again.push(retry);
                 continue;
             }
-            if let Err(e) = self.handle_message(&m.body).await {
+            if let Err(e) = self.handle_event(&m.body, m.sent_ms).await {
                 tracing::warn!(
                     message_id = %m.message_id, error = %e, retryable = e.is_retryable(),
                     receive_count = m.receive_count, after = ?retry.after, "upload event failed"
@@ -148,13 +155,19 @@ impl UploadHandler {
 
     /// Handles the object `key` having been created.
     pub async fn handle_object(&self, key: &str) -> Result<UploadOutcome, PortError> {
+        self.handle_object_sent(key, None).await
+    }
+
+    /// [`UploadHandler::handle_object`], for an event SQS took at `sent_ms` (its line then says
+    /// how long the event waited in the queue).
+    async fn handle_object_sent(&self, key: &str, sent_ms: Option<i64>) -> Result<UploadOutcome, PortError> {
         let started_ms = self.ports.clock.now_ms();
         let Some((priority, id)) = parse_object_key(key) else {
             return Ok(UploadOutcome::Ignored(format!("not an upload key: {key}")));
         };
         let span = tracing::info_span!("upload", job_id = %id, %priority);
         // Instrumented, not entered: see routes::create.
-        self.handle_upload(key, priority, id, started_ms).instrument(span).await
+        self.handle_upload(key, priority, id, (sent_ms, started_ms)).instrument(span).await
     }
 
     async fn handle_upload(
@@ -162,7 +175,7 @@ impl UploadHandler {
         key: &str,
         priority: Priority,
         id: JobId,
-        started_ms: i64,
+        times: (Option<i64>, i64),
     ) -> Result<UploadOutcome, PortError> {
         let Some(job) = self.ports.store.get(&id).await? else {
             tracing::warn!("upload for an unknown job");
@@ -178,7 +191,7 @@ impl UploadHandler {
             JobStatus::Queued if job.enqueued_at_ms.is_none() => {
                 let info = self.ports.objects.head(key).await?;
                 let size = info.map_or(job.content_length, |i| i.size);
-                return self.enqueue(&job, size, started_ms).await;
+                return self.enqueue(&job, size, times).await;
             }
             JobStatus::Failed | JobStatus::Deleted => {
                 // A failed or deleted job's image must not linger (deleting twice is harmless).
@@ -212,7 +225,7 @@ impl UploadHandler {
         if !won {
             return Ok(UploadOutcome::Ignored("another handler took this upload".into()));
         }
-        self.enqueue(&job, info.size, started_ms).await
+        self.enqueue(&job, info.size, times).await
     }
 
     /// Why the object cannot be this job's image, if it cannot.
@@ -247,14 +260,19 @@ impl UploadHandler {
         Ok(UploadOutcome::Rejected { job_id: *id, reason })
     }
 
-    /// `started_ms`: when handling the upload began (its line gives it to scripts/bench.sh
-    /// latency).
-    async fn enqueue(&self, job: &ocr_core::Job, size: u64, started_ms: i64) -> Result<UploadOutcome, PortError> {
+    /// `times`: when SQS took the event, if known, and when handling it began (the line gives
+    /// both to scripts/bench.sh latency).
+    async fn enqueue(
+        &self,
+        job: &ocr_core::Job,
+        size: u64,
+        (sent_ms, started_ms): (Option<i64>, i64),
+    ) -> Result<UploadOutcome, PortError> {
         let now = self.ports.clock.now_ms();
         let message = JobMessage::for_job(job, self.ports.objects.bucket(), size, now);
         self.ports.queue.send(&message).await?;
         self.ports.store.mark_enqueued(&job.id, now).await?;
-        tracing::info!(size, started_ms, queued_ms = now, "job queued");
+        tracing::info!(size, event_sent_ms = sent_ms.unwrap_or(0), started_ms, queued_ms = now, "job queued");
         Ok(UploadOutcome::Enqueued(job.id))
     }
 }

@@ -8,14 +8,19 @@
 //! the last waiter and the next registration starts it again. [`WaitSettings::max_waiters`]
 //! bounds the waiters of a process; past it a request answers at once, as without `wait`.
 //!
-//! On Lambda an execution environment serves one request at a time, so its hub watches one id.
+//! On Lambda an execution environment serves one request at a time, so its hub watches one id,
+//! and its cap means nothing: each waiting request holds an environment of the API function,
+//! whose concurrency is reserved and capped. So a wait also takes a place counted across every
+//! process ([`WaitSlot`], the [`WaitSlots`] port: `job_waits` in MySQL), at most
+//! [`WaitCaps::max_total`] in all and [`WaitCaps::max_per_caller`] of one caller; without one the
+//! request answers at once as well.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use ocr_core::ports::{JobStatuses, STATUS_BATCH};
+use ocr_core::ports::{JobStatuses, STATUS_BATCH, SlotToken, WaitSlots};
 use ocr_core::{JobId, JobStatus};
 use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
@@ -30,6 +35,81 @@ pub const DEFAULT_WAIT_TICK_MS: u64 = 100;
 /// `WAIT_MAX_WAITERS`'s default: a few thousand open requests, each a socket and a few hundred
 /// bytes here, and ⌈5000 / 500⌉ = 10 reads a tick at most.
 pub const DEFAULT_WAIT_MAX_WAITERS: usize = 5_000;
+
+/// `WAIT_MAX_TOTAL`'s default (a long-running `api-local`; the stack sets half the API
+/// function's reserved concurrency).
+pub const DEFAULT_WAIT_MAX_TOTAL: u32 = 1_000;
+
+/// `WAIT_MAX_PER_CALLER`'s default.
+pub const DEFAULT_WAIT_MAX_PER_CALLER: u32 = 20;
+
+/// How long a place outlives the wait it was taken for: the release, which follows the wait,
+/// within one database step (`DB_TIMEOUT_MS`: 5 s by default, 2.5 s in the stack). So a place
+/// never expires while its request still waits, and one whose process died mid-wait (or whose
+/// release failed) is free again this long after its wait would have ended.
+pub const SLOT_MARGIN: Duration = Duration::from_secs(5);
+
+/// Waiting requests counted across every process ([`WaitSlots`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WaitCaps {
+    /// Most requests waiting at once in all (`WAIT_MAX_TOTAL`); 0: none ever waits.
+    pub max_total: u32,
+    /// Most requests of one caller waiting at once (`WAIT_MAX_PER_CALLER`); 0: none ever waits.
+    pub max_per_caller: u32,
+}
+
+impl Default for WaitCaps {
+    fn default() -> Self {
+        WaitCaps { max_total: DEFAULT_WAIT_MAX_TOTAL, max_per_caller: DEFAULT_WAIT_MAX_PER_CALLER }
+    }
+}
+
+impl WaitCaps {
+    /// Whether any request may wait at all.
+    pub fn allow_waiting(&self) -> bool {
+        self.max_total > 0 && self.max_per_caller > 0
+    }
+}
+
+/// One request's place among the waiting ones ([`WaitSlots`]), given back by
+/// [`WaitSlot::release`] once the wait is over, or, when the request is dropped mid-wait (its
+/// client went away), by a task spawned on drop. A place never given back (the process died)
+/// expires on its own.
+pub struct WaitSlot {
+    slots: Arc<dyn WaitSlots>,
+    token: Option<SlotToken>,
+}
+
+impl WaitSlot {
+    pub fn new(slots: Arc<dyn WaitSlots>, token: SlotToken) -> Self {
+        WaitSlot { slots, token: Some(token) }
+    }
+
+    /// Gives the place back now. A failure is only logged: the place expires on its own.
+    pub async fn release(mut self) {
+        if let Some(token) = self.token.clone() {
+            release(self.slots.clone(), token).await;
+            // Only now: a request dropped during the release has the drop release it again.
+            self.token = None;
+        }
+    }
+}
+
+impl Drop for WaitSlot {
+    fn drop(&mut self) {
+        let Some(token) = self.token.take() else { return };
+        // Outside a runtime nothing can run it: the place then expires on its own.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(release(self.slots.clone(), token));
+        }
+    }
+}
+
+async fn release(slots: Arc<dyn WaitSlots>, token: SlotToken) {
+    if let Err(e) = slots.release(&token).await {
+        tracing::warn!(error = %e, "giving a waiting place back failed; it expires on its own");
+    }
+}
 
 /// How the hub checks and how many it holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,8 +11,8 @@ use ocr_api::auth::Authenticator;
 use ocr_api::config::Limits;
 use ocr_api::state::Ports;
 use ocr_api::upload::{Backoff, EventMessage, UploadHandler, UploadOutcome};
-use ocr_api::wait::WaitSettings;
-use ocr_core::fakes::{InMemoryJobQueue, InMemoryJobStore, InMemoryObjectStore, ManualClock};
+use ocr_api::wait::{WaitCaps, WaitSettings};
+use ocr_core::fakes::{InMemoryJobQueue, InMemoryJobStore, InMemoryObjectStore, InMemoryWaitSlots, ManualClock};
 use ocr_core::ports::{Clock, JobStore, ObjectInfo, ObjectStore, PresignedPut, StatusChange};
 use ocr_core::quota::CallerQuota;
 use ocr_core::signing::MasterKey;
@@ -28,6 +28,7 @@ struct Harness {
     store: Arc<InMemoryJobStore>,
     objects: Arc<InMemoryObjectStore>,
     queue: Arc<InMemoryJobQueue>,
+    slots: Arc<InMemoryWaitSlots>,
     state: AppState,
 }
 
@@ -39,6 +40,7 @@ fn harness_with(limits: Limits) -> Harness {
     let store = Arc::new(InMemoryJobStore::default());
     let objects = Arc::new(InMemoryObjectStore::default());
     let queue = Arc::new(InMemoryJobQueue::default());
+    let slots = Arc::new(InMemoryWaitSlots::default());
     let auth = Authenticator::from_static_tokens(&format!("{ALICE}:alice,{BOB}:bob")).unwrap();
     let clock = Arc::new(ManualClock::new(1_700_000_000_000));
     let ports = Ports {
@@ -48,9 +50,10 @@ fn harness_with(limits: Limits) -> Harness {
         clock: clock.clone(),
         keys: store.clone(),
         statuses: store.clone(),
+        wait_slots: slots.clone(),
     };
     let state = AppState::new(ports, auth, limits).with_signing(MasterKey::new("test-master-key"));
-    Harness { clock, store, objects, queue, state }
+    Harness { clock, store, objects, queue, slots, state }
 }
 
 impl Harness {
@@ -71,6 +74,7 @@ impl Harness {
             clock: Arc::new(ManualClock::new(1_700_000_001_000)),
             keys: self.store.clone(),
             statuses: self.store.clone(),
+            wait_slots: self.slots.clone(),
         };
         UploadHandler { ports, max_upload_bytes: 20_000_000 }
     }
@@ -568,7 +572,13 @@ fn event(key: &str, n: usize, receive_count: u32) -> EventMessage {
                "bucket": {"name": "b", "ownerIdentity": {"principalId": "x"}, "arn": "arn:aws:s3:::b"},
                "object": {"key": key, "size": 3, "eTag": "e", "sequencer": "1"}}
     }]});
-    EventMessage { message_id: format!("m{n}"), receipt_handle: format!("r{n}"), body: body.to_string(), receive_count }
+    EventMessage {
+        message_id: format!("m{n}"),
+        receipt_handle: format!("r{n}"),
+        body: body.to_string(),
+        receive_count,
+        sent_ms: None,
+    }
 }
 
 /// With the database away, the first event of a batch fails and the rest are not tried (on
@@ -853,8 +863,19 @@ async fn a_job_past_retention_reads_expired() {
 
 /// A harness whose waiting hub checks every 20 ms (and holds at most `max_waiters`).
 fn waiting_harness(max_waiters: usize) -> Harness {
+    waiting_harness_with(max_waiters, WaitCaps::default())
+}
+
+/// Also with these caps on waiting requests across processes.
+fn waiting_harness_with(max_waiters: usize, wait_caps: WaitCaps) -> Harness {
     let wait = WaitSettings { tick: Duration::from_millis(20), max_waiters };
-    harness_with(Limits { queue_depth_limit: 100, queue_depth_refresh: Duration::ZERO, wait, ..Limits::default() })
+    harness_with(Limits {
+        queue_depth_limit: 100,
+        queue_depth_refresh: Duration::ZERO,
+        wait,
+        wait_caps,
+        ..Limits::default()
+    })
 }
 
 impl Harness {
@@ -872,7 +893,12 @@ impl Harness {
 
     /// A job of Alice's, uploaded directly and now `processing`.
     async fn processing_job(&self) -> JobId {
-        let (_, _, json) = self.call(direct(ALICE, "image/png", "", png_bytes())).await;
+        self.processing_job_of(ALICE).await
+    }
+
+    /// A job of the caller with this token, uploaded directly and now `processing`.
+    async fn processing_job_of(&self, token: &str) -> JobId {
+        let (_, _, json) = self.call(direct(token, "image/png", "", png_bytes())).await;
         let id: JobId = json["job_id"].as_str().unwrap().parse().unwrap();
         let change = |at| StatusChange { at_ms: at, ..Default::default() };
         self.store.set_status(&id, JobStatus::AwaitingUpload, JobStatus::Queued, change(1)).await.unwrap();
@@ -922,6 +948,8 @@ async fn a_wait_that_runs_out_answers_the_job_as_it_is() {
     let (status, json, took) = h.spawn_call(get(ALICE, &format!("/v1/jobs/{id}?wait=20"))).await.unwrap();
     assert_eq!((status, json["status"].as_str()), (StatusCode::OK, Some("failed")));
     assert!(took < Duration::from_millis(500), "{took:?}");
+    // Only the request that really waited took a place, and gave it back.
+    assert_eq!((h.slots.acquires(), h.slots.releases(), h.slots.held(h.clock.now_ms())), (1, 1, 0));
 }
 
 #[tokio::test]
@@ -950,9 +978,10 @@ async fn waiting_on_someone_elses_job_is_the_same_immediate_404() {
         assert_eq!((status, &json), (StatusCode::NOT_FOUND, &plain.2), "{path}");
         assert!(took < Duration::from_millis(500), "{path}: {took:?}");
     }
-    // Nobody was registered, nothing was read for them.
+    // Nobody was registered, nothing was read for them, no place was taken.
     assert_eq!(h.state.waits.stats(), Default::default());
     assert_eq!(h.store.status_reads(), 0);
+    assert_eq!(h.slots.acquires(), 0);
 }
 
 #[tokio::test]
@@ -982,6 +1011,117 @@ async fn past_the_waiter_cap_a_wait_answers_at_once() {
     let (status, _, took) = first.await.unwrap();
     assert_eq!(status, StatusCode::OK);
     assert!(took >= Duration::from_secs(2), "the first one waited: {took:?}");
+}
+
+/// Issue: on Lambda each waiting request holds an environment of the API function (whose
+/// concurrency is capped), so one caller's waits past `WAIT_MAX_PER_CALLER` answer at once
+/// (the job as it is, as past the process's cap) while another caller's still wait.
+#[tokio::test]
+async fn past_the_callers_cap_its_extra_wait_answers_at_once_while_another_caller_waits() {
+    let h = waiting_harness_with(100, WaitCaps { max_total: 10, max_per_caller: 2 });
+    let (a1, a2, b) = (h.processing_job().await, h.processing_job().await, h.processing_job_of(BOB).await);
+    let first = h.spawn_call(get(ALICE, &format!("/v1/jobs/{a1}?wait=2")));
+    let second = h.spawn_call(get(ALICE, &format!("/v1/jobs/{a2}?wait=2")));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let now = h.clock.now_ms();
+    assert_eq!((h.slots.held(now), h.slots.held_by("alice", now)), (2, 2));
+    for id in [a1, a2] {
+        let (status, json, took) = h.spawn_call(get(ALICE, &format!("/v1/jobs/{id}?wait=20"))).await.unwrap();
+        assert_eq!((status, json["status"].as_str()), (StatusCode::OK, Some("processing")), "{json}");
+        assert!(took < Duration::from_millis(500), "alice's third wait answered at once: {took:?}");
+    }
+    let (status, json, took) = h.spawn_call(get(BOB, &format!("/v1/jobs/{b}?wait=1"))).await.unwrap();
+    assert_eq!((status, json["status"].as_str()), (StatusCode::OK, Some("processing")));
+    assert!(took >= Duration::from_secs(1), "bob waited: {took:?}");
+    for waiting in [first, second] {
+        let (status, _, took) = waiting.await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert!(took >= Duration::from_secs(2), "alice's first two waited: {took:?}");
+    }
+    assert_eq!(h.slots.held(now), 0);
+}
+
+/// Past `WAIT_MAX_TOTAL` (all callers together) a wait answers at once, whoever asks.
+#[tokio::test]
+async fn past_the_total_cap_a_wait_answers_at_once() {
+    let h = waiting_harness_with(100, WaitCaps { max_total: 2, max_per_caller: 5 });
+    let (a, b) = (h.processing_job().await, h.processing_job_of(BOB).await);
+    let alice = h.spawn_call(get(ALICE, &format!("/v1/jobs/{a}?wait=2")));
+    let bob = h.spawn_call(get(BOB, &format!("/v1/jobs/{b}?wait=2")));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(h.slots.held(h.clock.now_ms()), 2);
+    // Each caller is under its own cap; the total is reached.
+    for (token, id) in [(ALICE, a), (BOB, b)] {
+        let (status, json, took) = h.spawn_call(get(token, &format!("/v1/jobs/{id}?wait=20"))).await.unwrap();
+        assert_eq!((status, json["status"].as_str()), (StatusCode::OK, Some("processing")), "{json}");
+        assert!(took < Duration::from_millis(500), "{took:?}");
+    }
+    for waiting in [alice, bob] {
+        let (status, _, took) = waiting.await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert!(took >= Duration::from_secs(2), "the first two waited: {took:?}");
+    }
+}
+
+/// A place is given back when its wait ends (the same caller's next wait waits again) and when
+/// its client goes away mid-wait (the request is dropped).
+#[tokio::test]
+async fn a_place_is_given_back_when_its_wait_ends_or_its_client_goes_away() {
+    let h = waiting_harness_with(100, WaitCaps { max_total: 1, max_per_caller: 1 });
+    let id = h.processing_job().await;
+    let now = h.clock.now_ms();
+    for round in 0..2 {
+        let (status, json, took) = h.spawn_call(get(ALICE, &format!("/v1/jobs/{id}?wait=1"))).await.unwrap();
+        assert_eq!((status, json["status"].as_str()), (StatusCode::OK, Some("processing")));
+        assert!(took >= Duration::from_secs(1), "round {round} waited: {took:?}");
+        assert_eq!(h.slots.held(now), 0, "round {round}");
+    }
+    // A job that ends mid-wait gives its place back as well.
+    let waiting = h.spawn_call(get(ALICE, &format!("/v1/jobs/{id}?wait=20")));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(h.slots.held(now), 1);
+    h.store.set_status(&id, JobStatus::Processing, JobStatus::Failed, StatusChange::default()).await.unwrap();
+    let (status, json, took) = waiting.await.unwrap();
+    assert_eq!((status, json["status"].as_str()), (StatusCode::OK, Some("failed")));
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert_eq!(h.slots.held(now), 0);
+
+    let id = h.processing_job().await;
+    let gone = h.spawn_call(get(ALICE, &format!("/v1/jobs/{id}?wait=20")));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(h.slots.held(now), 1);
+    gone.abort();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while h.slots.held(now) > 0 {
+        assert!(Instant::now() < deadline, "the dropped request's place was not given back");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (_, _, took) = h.spawn_call(get(ALICE, &format!("/v1/jobs/{id}?wait=1"))).await.unwrap();
+    assert!(took >= Duration::from_secs(1), "waited again: {took:?}");
+    assert_eq!((h.slots.acquires(), h.slots.releases()), (5, 5));
+}
+
+/// When the places cannot be counted (the database is away) a wait answers at once, as the
+/// plain GET; with `WAIT_MAX_TOTAL=0` nothing waits and nothing is counted.
+#[tokio::test]
+async fn without_a_place_a_wait_answers_at_once() {
+    let h = waiting_harness(100);
+    let id = h.processing_job().await;
+    h.slots.set_down(true);
+    let (status, json, took) = h.spawn_call(get(ALICE, &format!("/v1/jobs/{id}?wait=20"))).await.unwrap();
+    assert_eq!((status, json["status"].as_str()), (StatusCode::OK, Some("processing")), "{json}");
+    assert!(took < Duration::from_millis(500), "{took:?}");
+    assert_eq!(h.slots.acquires(), 1);
+    h.slots.set_down(false);
+    let (_, _, took) = h.spawn_call(get(ALICE, &format!("/v1/jobs/{id}?wait=1"))).await.unwrap();
+    assert!(took >= Duration::from_secs(1), "{took:?}");
+
+    let h = waiting_harness_with(100, WaitCaps { max_total: 0, max_per_caller: 5 });
+    let id = h.processing_job().await;
+    let (status, _, took) = h.spawn_call(get(ALICE, &format!("/v1/jobs/{id}?wait=20"))).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert!(took < Duration::from_millis(500), "{took:?}");
+    assert_eq!((h.slots.acquires(), h.state.waits.stats()), (0, Default::default()));
 }
 
 #[tokio::test]

@@ -15,7 +15,7 @@ use ocr_api::config::Limits;
 use ocr_api::state::Ports;
 use ocr_api::view::{JobView, UploadView};
 use ocr_api::{ApiError, AppState};
-use ocr_core::fakes::{InMemoryJobQueue, InMemoryJobStore, InMemoryObjectStore, ManualClock};
+use ocr_core::fakes::{InMemoryJobQueue, InMemoryJobStore, InMemoryObjectStore, InMemoryWaitSlots, ManualClock};
 use ocr_core::ports::PresignedPut;
 use ocr_core::quota::QuotaRefusal;
 use ocr_core::{ContentType, JobStatus, OcrLine, OcrResult, Priority};
@@ -173,6 +173,7 @@ fn harness() -> AppState {
         clock: Arc::new(ManualClock::new(1_700_000_000_000)),
         keys: Arc::new(InMemoryJobStore::default()),
         statuses: Arc::new(InMemoryJobStore::default()),
+        wait_slots: Arc::new(InMemoryWaitSlots::default()),
     };
     AppState::new(ports, auth, Limits::default())
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, Row, params};
 use ocr_core::job::Idempotency;
-use ocr_core::ports::{JobStatuses, JobStore, STATUS_BATCH, StatusChange};
+use ocr_core::ports::{JobStatuses, JobStore, STATUS_BATCH, SlotToken, StatusChange, WaitSlots};
 use ocr_core::quota::{Admission, CallerQuota, TokenBucket};
 use ocr_core::signing::{KeyState, WebhookKeys};
 use ocr_core::{Job, JobId, JobStatus, NewJob, OcrResult, PortError};
@@ -128,6 +128,31 @@ const MIGRATIONS: &[(u32, &str)] = &[
         // (ocr_core::worker::REDRIVE_GRACE_MS), instead of failing it again from the old copy.
         r"ALTER TABLE jobs ADD COLUMN redriven_at_ms BIGINT NULL",
     ),
+    (
+        13,
+        // The places of requests waiting for a job (`GET /v1/jobs/{id}?wait=`), counted across
+        // every API process (ocr_core::ports::WaitSlots). The caller is compared byte for byte
+        // (binary: no collation, no trailing-space padding); a row past `expires_ms` counts no
+        // more, and the acquire's sweep deletes it.
+        r"CREATE TABLE IF NOT EXISTS job_waits (
+            token CHAR(32) CHARACTER SET ascii NOT NULL PRIMARY KEY,
+            caller VARBINARY(764) NOT NULL,
+            job_id CHAR(32) CHARACTER SET ascii NOT NULL,
+            expires_ms BIGINT NOT NULL,
+            KEY ix_job_waits_expires (expires_ms),
+            KEY ix_job_waits_caller (caller, expires_ms)
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+    ),
+    (
+        14,
+        // One row whose lock admits waits one at a time (count, then insert), and when the
+        // expired waits were last swept.
+        r"CREATE TABLE IF NOT EXISTS job_wait_gate (
+            id TINYINT UNSIGNED NOT NULL PRIMARY KEY,
+            swept_ms BIGINT NOT NULL
+        ) ENGINE=InnoDB",
+    ),
+    (15, r"INSERT IGNORE INTO job_wait_gate (id, swept_ms) VALUES (1, 0)"),
 ];
 
 /// A caller's jobs holding a waiting place (ocr_core::quota::CallerQuota::holds_a_place),
@@ -562,6 +587,118 @@ impl JobStatuses for MySqlJobStore {
             }
         }
         Ok(found)
+    }
+}
+
+/// Live waits in all and of one caller, each counted up to its cap only (a full table costs no
+/// more than one at the cap). No locks: a consistent read.
+const WAITS_SQL: &str = "SELECT
+     (SELECT COUNT(*) FROM (SELECT 1 FROM job_waits WHERE expires_ms > :now LIMIT :total) t),
+     (SELECT COUNT(*) FROM (SELECT 1 FROM job_waits WHERE caller = :caller AND expires_ms > :now LIMIT :per) c)";
+
+/// How often (at most) an acquire deletes expired waits, and how many at once: rows are
+/// deleted by their release, so only a process that died mid-wait (or a failed release) leaves
+/// one; they count no more once expired, and the sweep only keeps the table small.
+const WAIT_SWEEP_EVERY_MS: i64 = 60_000;
+const WAIT_SWEEP_MAX: u64 = 500;
+
+/// Waiting places in `job_waits`, admitted one at a time through the `job_wait_gate` row.
+///
+/// An acquire first counts without locking and refuses at once when a cap is reached (a caller
+/// at its cap, retrying, never touches the gate). Otherwise, in one transaction, it locks the
+/// gate row (`SELECT … FOR UPDATE`: every API process's admissions queue there), counts again
+/// and inserts. The count is a consistent read whose snapshot InnoDB takes at the transaction's
+/// first non-locking read, so after the gate was granted: it sees every admission committed
+/// before (each one commits before it lets the gate go). So concurrent acquires never get past
+/// a cap together, with no overshoot; a release only deletes its own row and never waits for
+/// the gate. Nothing here pins an RDS Proxy connection (text statements, no session state).
+#[async_trait]
+impl WaitSlots for MySqlJobStore {
+    async fn acquire(
+        &self,
+        caller: &str,
+        job: JobId,
+        until_ms: i64,
+        now_ms: i64,
+        max_total: u32,
+        max_per_caller: u32,
+    ) -> Result<Option<SlotToken>, PortError> {
+        if max_total == 0 || max_per_caller == 0 {
+            return Ok(None);
+        }
+        let counts = || {
+            bind(
+                WAITS_SQL,
+                params! { "now" => now_ms, "total" => max_total, "per" => max_per_caller, "caller" => caller },
+            )
+        };
+        let under_caps = |counts: Option<(u64, u64)>| {
+            let (total, mine) = counts.unwrap_or_default();
+            total < u64::from(max_total) && mine < u64::from(max_per_caller)
+        };
+        let mut conn = self.conn().await?;
+        if !under_caps(counts()?.first(&mut conn).await?) {
+            return Ok(None);
+        }
+        let mut tx = crate::sql::begin(&mut conn).await?;
+        let gate: Option<i64> =
+            bind("SELECT swept_ms FROM job_wait_gate WHERE id = 1 FOR UPDATE", mysql_async::Params::Empty)?
+                .first(&mut tx)
+                .await?;
+        let swept_ms = match gate {
+            Some(swept_ms) => swept_ms,
+            None => {
+                // The migration made the row; should it be gone, the first acquire makes it again.
+                bind(
+                    "INSERT INTO job_wait_gate (id, swept_ms) VALUES (1, 0) ON DUPLICATE KEY UPDATE id = id",
+                    mysql_async::Params::Empty,
+                )?
+                .ignore(&mut tx)
+                .await?;
+                0
+            }
+        };
+        let token = if under_caps(counts()?.first(&mut tx).await?) {
+            let token = SlotToken::new();
+            bind(
+                "INSERT INTO job_waits (token, caller, job_id, expires_ms) VALUES (:token, :caller, :job, :until)",
+                params! { "token" => token.as_str(), "caller" => caller, "job" => job.to_string(), "until" => until_ms },
+            )?
+            .ignore(&mut tx)
+            .await?;
+            Some(token)
+        } else {
+            None
+        };
+        let sweep = now_ms - swept_ms >= WAIT_SWEEP_EVERY_MS;
+        if sweep {
+            bind("UPDATE job_wait_gate SET swept_ms = :now WHERE id = 1", params! { "now" => now_ms })?
+                .ignore(&mut tx)
+                .await?;
+        }
+        crate::sql::commit(tx).await?;
+        if sweep {
+            // Outside the gate: admissions do not wait for it. Failing is harmless (expired rows
+            // count no more); the next sweep, a minute on, tries again.
+            let swept = bind(
+                "DELETE FROM job_waits WHERE expires_ms <= :now ORDER BY expires_ms LIMIT :max",
+                params! { "now" => now_ms, "max" => WAIT_SWEEP_MAX },
+            )?
+            .ignore(&mut conn)
+            .await;
+            match swept {
+                Ok(()) => tracing::debug!(deleted = conn.affected_rows(), "expired waits swept"),
+                Err(e) => tracing::warn!(error = %e, "sweeping expired waits failed"),
+            }
+        }
+        Ok(token)
+    }
+
+    async fn release(&self, token: &SlotToken) -> Result<(), PortError> {
+        let mut conn = self.conn().await?;
+        bind("DELETE FROM job_waits WHERE token = :token", params! { "token" => token.as_str() })?
+            .ignore(&mut conn)
+            .await
     }
 }
 

@@ -16,7 +16,8 @@ use crate::mysql::db_error;
 /// A component that connects to the database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
-    /// The HTTP API: creates, reads and deletes jobs, reads results, keeps webhook keys.
+    /// The HTTP API: creates, reads and deletes jobs, reads results, keeps webhook keys and the
+    /// places of waiting requests.
     Api,
     /// The on-upload check: moves jobs from `awaiting_upload` to `queued` or `failed`.
     Upload,
@@ -33,6 +34,9 @@ impl Role {
                 ("job_results", "SELECT, DELETE"),
                 ("webhook_keys", "SELECT, INSERT, UPDATE"),
                 ("caller_quotas", "SELECT, INSERT, UPDATE"),
+                // Waiting requests' places: taken, released, expired ones swept.
+                ("job_waits", "SELECT, INSERT, DELETE"),
+                ("job_wait_gate", "SELECT, INSERT, UPDATE"),
             ],
             Role::Upload => &[("jobs", "SELECT, UPDATE")],
             Role::Worker => &[

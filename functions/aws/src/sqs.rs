@@ -129,6 +129,8 @@ pub struct ReceivedMessage {
     pub receive_count: u32,
     /// The `ocr-requeues` message attribute: times a worker sent it again (0 when absent).
     pub requeues: u32,
+    /// When SQS took the message (`SentTimestamp`, epoch ms).
+    pub sent_ms: Option<i64>,
 }
 
 /// The message attribute counting a message's requeues ([`JobSource::requeue`]).
@@ -185,6 +187,7 @@ impl SqsConsumer {
             .wait_time_seconds(wait_secs.clamp(0, 20))
             .set_visibility_timeout(visibility_secs.map(|v| v.clamp(0, 43_200)))
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
             .message_attribute_names(REQUEUES)
             .send()
             .await
@@ -205,7 +208,12 @@ impl SqsConsumer {
                     .and_then(|v| v.string_value())
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(0);
+                let sent_ms = m
+                    .attributes()
+                    .and_then(|a| a.get(&MessageSystemAttributeName::SentTimestamp))
+                    .and_then(|v| v.parse().ok());
                 Some(ReceivedMessage {
+                    sent_ms,
                     message_id: m.message_id?,
                     receipt_handle: m.receipt_handle?,
                     body: m.body.unwrap_or_default(),

@@ -13,7 +13,9 @@ use crate::error::PortError;
 use crate::id::JobId;
 use crate::job::{Job, JobStatus, NewJob, Priority};
 use crate::message::JobMessage;
-use crate::ports::{Clock, JobQueue, JobStatuses, JobStore, ObjectInfo, ObjectStore, PresignedPut, StatusChange};
+use crate::ports::{
+    Clock, JobQueue, JobStatuses, JobStore, ObjectInfo, ObjectStore, PresignedPut, SlotToken, StatusChange, WaitSlots,
+};
 use crate::quota::{Admission, CallerQuota, TokenBucket};
 use crate::result::OcrResult;
 use crate::signing::{KeyState, WebhookKeys};
@@ -226,6 +228,85 @@ impl JobStatuses for InMemoryJobStore {
         }
         let jobs = self.jobs.lock().unwrap();
         Ok(ids.iter().filter_map(|id| jobs.get(id).map(|j| (*id, j.status))).collect())
+    }
+}
+
+/// Waiting places in a map, with both caps and expiry as in MySQL (`job_waits`); can be told
+/// to fail like a database that is away.
+#[derive(Debug, Default)]
+pub struct InMemoryWaitSlots {
+    /// Token -> (caller, job, expires at).
+    held: Mutex<HashMap<SlotToken, (String, JobId, i64)>>,
+    down: AtomicBool,
+    /// Calls of [`WaitSlots::acquire`] (also those refused or failed).
+    acquires: AtomicI64,
+    /// Calls of [`WaitSlots::release`].
+    releases: AtomicI64,
+}
+
+impl InMemoryWaitSlots {
+    /// Places held at `now_ms` (not expired), by anyone.
+    pub fn held(&self, now_ms: i64) -> usize {
+        self.held.lock().unwrap().values().filter(|(_, _, until)| *until > now_ms).count()
+    }
+
+    /// Places `caller` holds at `now_ms`.
+    pub fn held_by(&self, caller: &str, now_ms: i64) -> usize {
+        self.held.lock().unwrap().values().filter(|(c, _, until)| c == caller && *until > now_ms).count()
+    }
+
+    /// While set, both calls fail as they do while the database is away.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    pub fn acquires(&self) -> i64 {
+        self.acquires.load(Ordering::SeqCst)
+    }
+
+    pub fn releases(&self) -> i64 {
+        self.releases.load(Ordering::SeqCst)
+    }
+
+    fn check(&self) -> Result<(), PortError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(PortError::unavailable("mysql", "injected: the database is away"));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl WaitSlots for InMemoryWaitSlots {
+    async fn acquire(
+        &self,
+        caller: &str,
+        job: JobId,
+        until_ms: i64,
+        now_ms: i64,
+        max_total: u32,
+        max_per_caller: u32,
+    ) -> Result<Option<SlotToken>, PortError> {
+        self.acquires.fetch_add(1, Ordering::SeqCst);
+        self.check()?;
+        // One lock over the counts and the insert, as the MySQL gate row.
+        let mut held = self.held.lock().unwrap();
+        held.retain(|_, (_, _, until)| *until > now_ms);
+        let total = held.len();
+        let mine = held.values().filter(|(c, _, _)| c == caller).count();
+        if total >= max_total as usize || mine >= max_per_caller as usize {
+            return Ok(None);
+        }
+        let token = SlotToken::new();
+        held.insert(token.clone(), (caller.to_owned(), job, until_ms));
+        Ok(Some(token))
+    }
+
+    async fn release(&self, token: &SlotToken) -> Result<(), PortError> {
+        self.releases.fetch_add(1, Ordering::SeqCst);
+        self.check()?;
+        self.held.lock().unwrap().remove(token);
+        Ok(())
     }
 }
 
@@ -850,5 +931,38 @@ impl JobSource for InMemoryJobSource {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn wait_slots_honour_both_caps_expiry_and_release() {
+        let slots = &InMemoryWaitSlots::default();
+        let job = JobId::new();
+        let take = move |caller: &'static str, until: i64, now: i64, total: u32, per: u32| async move {
+            slots.acquire(caller, job, until, now, total, per).await.unwrap()
+        };
+        // Per caller: two for alice, and `Alice` is someone else.
+        let a1 = take("alice", 100, 0, 10, 2).await.expect("first");
+        assert!(take("alice", 100, 0, 10, 2).await.is_some());
+        assert!(take("alice", 100, 0, 10, 2).await.is_none(), "alice's cap");
+        assert!(take("Alice", 100, 0, 10, 2).await.is_some(), "another caller");
+        // In all: three held now, so a cap of 3 refuses bob.
+        assert!(take("bob", 100, 0, 3, 2).await.is_none(), "the total cap");
+        assert_eq!((slots.held(0), slots.held_by("alice", 0)), (3, 2));
+        // Released: alice may wait again.
+        slots.release(&a1).await.unwrap();
+        slots.release(&a1).await.unwrap();
+        assert!(take("alice", 100, 0, 10, 2).await.is_some());
+        // Expired at 100: everything is free again.
+        assert_eq!(slots.held(100), 0);
+        assert!(take("alice", 200, 100, 1, 1).await.is_some());
+        // A cap of 0: no one.
+        assert!(take("carol", 300, 100, 0, 5).await.is_none() && take("carol", 300, 100, 5, 0).await.is_none());
+        slots.set_down(true);
+        assert!(slots.acquire("dave", job, 300, 100, 10, 10).await.unwrap_err().is_retryable());
     }
 }

@@ -106,6 +106,65 @@ pub trait JobStatuses: Send + Sync {
     async fn statuses(&self, ids: &[JobId]) -> Result<Vec<(JobId, JobStatus)>, PortError>;
 }
 
+/// One request's place among those waiting for a job (`GET /v1/jobs/{id}?wait=`), from
+/// [`WaitSlots::acquire`]: 128 random bits as 32 lowercase hex digits, unguessable like a job id.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct SlotToken(String);
+
+impl SlotToken {
+    /// A fresh random token.
+    pub fn new() -> Self {
+        use rand::RngCore;
+        let mut bytes = [0u8; 16];
+        rand::rng().fill_bytes(&mut bytes);
+        Self(hex::encode(bytes))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for SlotToken {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for SlotToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SlotToken({})", self.0)
+    }
+}
+
+/// The places of requests waiting for a job, counted across every API process (on Lambda each
+/// waiting request holds an execution environment, and the API function's concurrency is
+/// reserved and capped): at most `max_total` at once in all, at most `max_per_caller` of one
+/// caller, so waits never take more than their share of the API and no caller takes more than
+/// a few of it.
+#[async_trait]
+pub trait WaitSlots: Send + Sync {
+    /// A place for `caller`'s wait on `job` until `until_ms` (or until released), if fewer than
+    /// `max_total` places are held now (`now_ms`) and fewer than `max_per_caller` by this
+    /// caller; `None` when either cap is reached (or is 0). `caller` is compared byte for byte
+    /// (`alice` and `Alice` are two callers). A place past its `until_ms` counts no more, so a
+    /// process that dies mid-wait holds its place no longer than the wait it asked for. Check
+    /// and take are one step: concurrent acquires from any number of processes never get past
+    /// a cap together.
+    async fn acquire(
+        &self,
+        caller: &str,
+        job: JobId,
+        until_ms: i64,
+        now_ms: i64,
+        max_total: u32,
+        max_per_caller: u32,
+    ) -> Result<Option<SlotToken>, PortError>;
+
+    /// Gives the place back; releasing one already released or expired succeeds.
+    async fn release(&self, token: &SlotToken) -> Result<(), PortError>;
+}
+
 /// A presigned upload request the client performs itself.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PresignedPut {

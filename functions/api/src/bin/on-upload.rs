@@ -84,6 +84,7 @@ impl Function {
                         .get("ApproximateReceiveCount")
                         .and_then(|c| c.parse().ok())
                         .unwrap_or(1),
+                    sent_ms: r.attributes.get("SentTimestamp").and_then(|t| t.parse().ok()),
                     receipt_handle: r.receipt_handle.unwrap_or_default(),
                     body: r.body.unwrap_or_default(),
                 }
