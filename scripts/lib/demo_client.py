@@ -7,9 +7,11 @@ Usage: demo_client.py API_URL TOKEN IMAGE...   (stdlib only)
 import json
 import mimetypes
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp",
@@ -52,22 +54,28 @@ def main():
         jobs.append({"file": path.name, "id": job["job_id"], "priority": priority, "started": started})
         print(f"uploaded {path.name} ({len(data)} bytes, {priority}) as job {job['job_id']}", file=sys.stderr)
 
-    pending = {j["id"]: j for j in jobs}
-    deadline = time.monotonic() + 600
-    last = None
-    while pending and time.monotonic() < deadline:
-        for jid, j in list(pending.items()):
-            status, body = call("GET", f"{api}/v1/jobs/{jid}", token)
+    # Each job read with `?wait=20` (one request answered when the job ends), side by side.
+    done = [0]
+    lock = threading.Lock()
+
+    def wait_for(j):
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            status, body = call("GET", f"{api}/v1/jobs/{j['id']}?wait=20", token)
+            if status != 200:
+                time.sleep(0.5)
+                continue
             view = json.loads(body)
             if view["status"] in ("succeeded", "failed"):
                 j["view"] = view
                 j["seconds"] = time.monotonic() - j["started"]
-                del pending[jid]
-        done = len(jobs) - len(pending)
-        if done != last:
-            print(f"progress: {done}/{len(jobs)} done", file=sys.stderr)
-            last = done
-        time.sleep(0.5)
+                with lock:
+                    done[0] += 1
+                    print(f"progress: {done[0]}/{len(jobs)} done", file=sys.stderr)
+                return
+
+    with ThreadPoolExecutor(max(1, len(jobs))) as pool:
+        list(pool.map(wait_for, jobs))
     failed = 0
     for j in jobs:
         view = j.get("view")
