@@ -6,17 +6,8 @@
 # Options: --probes N (idle express probes, default 20), --flood N (bulk jobs, default 5000),
 #          --flood-probes N (express probes during the flood, default 40), --probe-every SECS (1.5)
 set -euo pipefail
-# shellcheck source=scripts/lib/common.sh
-source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
-# shellcheck source=scripts/lib/mariadb.sh
-source "$ROOT/scripts/lib/mariadb.sh"
-# shellcheck source=scripts/lib/localstack.sh
-source "$ROOT/scripts/lib/localstack.sh"
-# shellcheck source=scripts/lib/python-env.sh
-source "$ROOT/scripts/lib/python-env.sh"
 # shellcheck source=scripts/lib/bench-env.sh
-source "$ROOT/scripts/lib/bench-env.sh"
-cd "$ROOT"
+source "$(dirname "${BASH_SOURCE[0]}")/lib/bench-env.sh"
 
 probes=20 flood=5000 flood_probes=40 every=1.5 model_set=ppocrv6-small
 while (($#)); do

@@ -5,17 +5,8 @@
 # Options: --count N (images per budget, default 64), --budgets "0 1024" (DECODED_BUDGET_MB
 #          values; 0 = off), --side PX (default 7071: 50.0 MP, just under the pixel limit)
 set -euo pipefail
-# shellcheck source=scripts/lib/common.sh
-source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
-# shellcheck source=scripts/lib/mariadb.sh
-source "$ROOT/scripts/lib/mariadb.sh"
-# shellcheck source=scripts/lib/localstack.sh
-source "$ROOT/scripts/lib/localstack.sh"
-# shellcheck source=scripts/lib/python-env.sh
-source "$ROOT/scripts/lib/python-env.sh"
 # shellcheck source=scripts/lib/bench-env.sh
-source "$ROOT/scripts/lib/bench-env.sh"
-cd "$ROOT"
+source "$(dirname "${BASH_SOURCE[0]}")/lib/bench-env.sh"
 
 count=64 budgets="0 1024" side=7071
 while (($#)); do

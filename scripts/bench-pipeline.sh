@@ -8,17 +8,8 @@
 # Options: --count N (default 200), --model-set NAME (default ppocrv6-tiny), --threads N (2),
 #          --batch N (32)
 set -euo pipefail
-# shellcheck source=scripts/lib/common.sh
-source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
-# shellcheck source=scripts/lib/mariadb.sh
-source "$ROOT/scripts/lib/mariadb.sh"
-# shellcheck source=scripts/lib/localstack.sh
-source "$ROOT/scripts/lib/localstack.sh"
-# shellcheck source=scripts/lib/python-env.sh
-source "$ROOT/scripts/lib/python-env.sh"
 # shellcheck source=scripts/lib/bench-env.sh
-source "$ROOT/scripts/lib/bench-env.sh"
-cd "$ROOT"
+source "$(dirname "${BASH_SOURCE[0]}")/lib/bench-env.sh"
 
 count=200 model_set=ppocrv6-tiny threads=2 batch=32
 while (($#)); do

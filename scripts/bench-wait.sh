@@ -7,17 +7,8 @@
 # (PP-OCRv6 tiny), or with --simulate by SQL 1 to 3 s after the clients start (no worker, no models).
 # Options: --count N (jobs per mode, default 50), --simulate, --wait SECS (20), --interval SECS (0.5)
 set -euo pipefail
-# shellcheck source=scripts/lib/common.sh
-source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
-# shellcheck source=scripts/lib/mariadb.sh
-source "$ROOT/scripts/lib/mariadb.sh"
-# shellcheck source=scripts/lib/localstack.sh
-source "$ROOT/scripts/lib/localstack.sh"
-# shellcheck source=scripts/lib/python-env.sh
-source "$ROOT/scripts/lib/python-env.sh"
 # shellcheck source=scripts/lib/bench-env.sh
-source "$ROOT/scripts/lib/bench-env.sh"
-cd "$ROOT"
+source "$(dirname "${BASH_SOURCE[0]}")/lib/bench-env.sh"
 
 count=50 simulate=0 wait=20 interval=0.5
 while (($#)); do

@@ -1,9 +1,19 @@
 # shellcheck shell=bash
-# The local stack the benchmarks share (scripts/bench-pipeline.sh, scripts/bench-memory.sh):
+# The local stack the benchmarks share (scripts/bench-{pipeline,memory,wait,latency}.sh):
 # LocalStack's queues and bucket under the prefix bench-NAME, a fresh MariaDB database
 # ocr_bench_NAME, the release binaries, and api-local serving one caller whose per-caller limits
-# are out of reach (still checked, as shipped). Source after common.sh, mariadb.sh, localstack.sh
-# and python-env.sh.
+# are out of reach (still checked, as shipped). Sourcing it sources common.sh, mariadb.sh,
+# localstack.sh and python-env.sh too, and moves to the repository root.
+
+# shellcheck source=scripts/lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+# shellcheck source=scripts/lib/mariadb.sh
+source "$ROOT/scripts/lib/mariadb.sh"
+# shellcheck source=scripts/lib/localstack.sh
+source "$ROOT/scripts/lib/localstack.sh"
+# shellcheck source=scripts/lib/python-env.sh
+source "$ROOT/scripts/lib/python-env.sh"
+cd "$ROOT" || exit 1
 
 # bench_env_up NAME ADDR POOL: starts all of it (api-local on ADDR with DB_POOL_MAX=POOL, logging JSON
 # at BENCH_API_LOG, default warn) and a
