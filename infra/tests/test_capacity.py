@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.machinery
 import importlib.util
 import itertools
+import json
 import subprocess
 import sys
 
@@ -109,3 +110,45 @@ def test_template_rule_guards_the_rolling_update(tpl):
     # MaxWorkers 1 could never exceed MinWorkers (at least 1): refused by the parameter itself.
     assert int(tpl["Parameters"]["MaxWorkers"]["MinValue"]) == 2
     assert int(tpl["Parameters"]["MinWorkers"]["MinValue"]) == 1
+
+
+# ------------------------------------------------------------------ instance types side by side
+def test_instances_price_cpu_types_beside_the_gpu_one():
+    cap = capacity_module()
+    rows = cap.instances(["ppocrv6-small", "ppocrv6-small-int8"], "A", 6.0)
+    gpu = [r for r in rows if r["kind"] == "gpu"]
+    cpu = [r for r in rows if r["kind"] == "cpu"]
+    assert [r["instance"] for r in gpu] == ["g4dn.xlarge"] and len(cpu) == 2 * (len(cap.PRICES) - 1)
+    assert gpu[0]["images_per_sec"] == 6.0
+    # cost per million images while busy = $/h / (images/s x 3600) x 1e6, per instance type
+    for r in rows:
+        expect = r["on_demand_price_per_hour"] / (r["images_per_sec"] * 3600) * 1e6
+        assert abs(r["cost_per_million_busy_on_demand"] - expect) < 1e-9
+    # a CPU instance's rate is the measured one-thread rate x cores (x the SMT gain with 2 vCPU/core)
+    one = cap.MEASURED["ppocrv6-small"]["A"]
+    c7a = next(r for r in cpu if r["instance"] == "c7a.xlarge" and r["model_set"] == "ppocrv6-small")
+    c7i = next(r for r in cpu if r["instance"] == "c7i.xlarge" and r["model_set"] == "ppocrv6-small")
+    assert abs(c7a["images_per_sec"] - 4 * one) < 1e-9
+    assert abs(c7i["images_per_sec"] - 2 * one * cap.SMT_GAIN) < 1e-9
+    # the faster (quantized) set is cheaper per image on every CPU type
+    for name in {r["instance"] for r in cpu}:
+        small, int8 = (next(r for r in cpu if r["instance"] == name and r["model_set"] == m)
+                       for m in ("ppocrv6-small", "ppocrv6-small-int8"))
+        if cap.MEASURED["ppocrv6-small-int8"]["A"] > one:
+            assert int8["cost_per_million_busy_on_demand"] < small["cost_per_million_busy_on_demand"]
+
+
+def test_instances_cli_text_json_and_price_override():
+    text = subprocess.run([sys.executable, str(CAPACITY), "--instances"], check=True,
+                          capture_output=True, text=True).stdout
+    assert "g4dn.xlarge" in text and "c7i.large" in text and "ppocrv6-small-int8" in text
+    out = subprocess.run([sys.executable, str(CAPACITY), "--instances", "--eval-set", "B", "--format", "json",
+                          "--price", "c7a.large=0.2:0.1"], check=True, capture_output=True, text=True).stdout
+    rows = json.loads(out)
+    c7a = [r for r in rows if r["instance"] == "c7a.large"]
+    assert c7a and all(r["on_demand_price_per_hour"] == 0.2 and r["spot_price_per_hour"] == 0.1 for r in c7a)
+    bad = subprocess.run([sys.executable, str(CAPACITY), "--instances", "--model-set", "nope"],
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "no measured CPU figure" in bad.stderr
+    missing = subprocess.run([sys.executable, str(CAPACITY)], capture_output=True, text=True)
+    assert missing.returncode != 0 and "--images-per-sec is required" in missing.stderr
