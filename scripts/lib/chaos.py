@@ -841,6 +841,9 @@ def main() -> int:
                    for f in logs.glob("worker-*.log"))
     api_log = (logs / "api.log").read_text(errors="replace") if (logs / "api.log").exists() else ""
     events_swept = api_log.count('"dead-lettered upload event handled"')
+    # A timed-out status change that reached the database later, after its retry's read: the
+    # retry lost its compare-and-set to it and sent the job's message itself.
+    landed_late = api_log.count('"job queued by an earlier try that landed late; sending it"')
     events_backed_off = api_log.count('"upload event failed"') + api_log.count('"upload event left for later"')
 
     succeeded = [j for j in ledger if status.get(j) == "succeeded" and result_count.get(j) == 1]
@@ -945,6 +948,7 @@ def main() -> int:
         ("messages_requeued_by_workers", requeued),
         ("upload_events_backed_off", events_backed_off),
         ("upload_events_swept_from_dlq", events_swept),
+        ("upload_checks_landed_late", landed_late),
         ("client_retries", sum(v for k, v in stats.items() if k.startswith("client_retries"))),
         ("secrets_in_logs", leaks),
         ("log_lines_scanned", scanned),
@@ -962,6 +966,11 @@ def main() -> int:
         log(f"submit error #{s.index}: {s.submit_error}")
     for j in lost[:10]:
         log(f"lost {j}: status {status.get(j)} results {result_count.get(j, 0)}")
+        # What the services said about it (the logs are overwritten by the next run).
+        for f in sorted(logs.glob("*.log")):
+            said = [line for line in f.read_text(errors="replace").splitlines() if j in line]
+            for line in said[:8]:
+                log(f"  {f.name}: {line[:400]}")
     for j in failed_not_corrupt[:10]:
         log(f"unexpected failure {j} ({ledger[j].kind}): {errors.get(j)}")
     for s in odd_specs:

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use ocr_aws::SqsConsumer;
 
-use crate::upload::{Backoff, UploadHandler, is_outage};
+use crate::upload::{Backoff, UploadHandler, is_outage, job_ids_of};
 
 /// What one sweep did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -62,7 +62,10 @@ pub async fn sweep(handler: &UploadHandler, dlq: &SqsConsumer, budget: Duration,
                     break;
                 }
                 Err(e) => {
-                    tracing::warn!(message_id = %m.message_id, error = %e, "a dead-lettered upload event failed again");
+                    tracing::warn!(
+                        message_id = %m.message_id, job_ids = %job_ids_of(&m.body), error = %e,
+                        "a dead-lettered upload event failed again"
+                    );
                     report.left += 1;
                 }
             }

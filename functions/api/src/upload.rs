@@ -135,13 +135,16 @@ impl UploadHandler {
             };
             let late = deadline.is_some_and(|d| d.saturating_duration_since(Instant::now()) < reserve);
             if away.is_some() || late {
-                tracing::info!(message_id = %m.message_id, after = ?retry.after, late, "upload event left for later");
+                tracing::info!(
+                    message_id = %m.message_id, job_ids = %job_ids_of(&m.body), after = ?retry.after, late,
+                    "upload event left for later"
+                );
                 again.push(retry);
                 continue;
             }
             if let Err(e) = self.handle_event(&m.body, m.sent_ms).await {
                 tracing::warn!(
-                    message_id = %m.message_id, error = %e, retryable = e.is_retryable(),
+                    message_id = %m.message_id, job_ids = %job_ids_of(&m.body), error = %e, retryable = e.is_retryable(),
                     receive_count = m.receive_count, after = ?retry.after, "upload event failed"
                 );
                 if is_outage(&e) {
@@ -223,9 +226,35 @@ impl UploadHandler {
         let change = StatusChange { at_ms: self.ports.clock.now_ms(), error: None, checked_etag: info.etag.clone() };
         let won = self.ports.store.set_status(&id, job.status, JobStatus::Queued, change).await?;
         if !won {
-            return Ok(UploadOutcome::Ignored("another handler took this upload".into()));
+            return self.after_lost_race(&id, Some(info.size), times).await;
         }
         self.enqueue(&job, info.size, times).await
+    }
+
+    /// The job left `from` between our read and our compare-and-set. Usually another handler
+    /// of the same object won and sends the message itself. But the winner may be this very
+    /// event's earlier try: its UPDATE timed out on our side (a hung database, a cut connection)
+    /// yet reached the server later, after the retry's read. Nobody would then send the message
+    /// and, once this event is acknowledged, nothing would come back to it: the job would stay
+    /// `queued` forever. So a job found queued and not yet sent is sent here; a second message
+    /// when the winner also sends is harmless (workers take a job once).
+    /// `size`: the object's, when known (else the declared length).
+    async fn after_lost_race(
+        &self,
+        id: &JobId,
+        size: Option<u64>,
+        times: (Option<i64>, i64),
+    ) -> Result<UploadOutcome, PortError> {
+        match self.ports.store.get(id).await? {
+            Some(job) if job.status == JobStatus::Queued && job.enqueued_at_ms.is_none() => {
+                tracing::info!("job queued by an earlier try that landed late; sending it");
+                self.enqueue(&job, size.unwrap_or(job.content_length), times).await
+            }
+            Some(job) => {
+                Ok(UploadOutcome::Ignored(format!("another handler took this upload (job is {})", job.status)))
+            }
+            None => Ok(UploadOutcome::Ignored("unknown job".into())),
+        }
     }
 
     /// Why the object cannot be this job's image, if it cannot.
@@ -254,8 +283,13 @@ impl UploadHandler {
             StatusChange { at_ms: self.ports.clock.now_ms(), error: Some(reason.clone()), ..Default::default() };
         // Failed first, then the object: a crash in between leaves a failed job whose
         // repeated event deletes the object (see the Failed arm above).
-        self.ports.store.set_status(id, from, JobStatus::Failed, change).await?;
+        let won = self.ports.store.set_status(id, from, JobStatus::Failed, change).await?;
         self.ports.objects.delete(key).await?;
+        if !won {
+            // Queued meanwhile by a check of an earlier version (see after_lost_race): its
+            // message goes out, and the worker fails the job, its image being gone.
+            return self.after_lost_race(id, None, (None, self.ports.clock.now_ms())).await;
+        }
         tracing::warn!(%reason, "upload rejected");
         Ok(UploadOutcome::Rejected { job_id: *id, reason })
     }
@@ -292,6 +326,14 @@ pub fn object_created_keys(body: &str) -> Result<Vec<String>, NotAnEvent> {
         .filter_map(|r| r.s3.object.key)
         .map(|k| decode_key(&k))
         .collect())
+}
+
+/// The jobs an upload-events message is about, comma-separated, for its log lines (an event
+/// that fails is logged outside any job's span).
+pub fn job_ids_of(body: &str) -> String {
+    let keys = object_created_keys(body).unwrap_or_default();
+    let ids: Vec<String> = keys.iter().filter_map(|k| parse_object_key(k)).map(|(_, id)| id.to_string()).collect();
+    ids.join(",")
 }
 
 /// S3 event keys are URL-encoded with `+` for spaces.

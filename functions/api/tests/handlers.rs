@@ -716,6 +716,88 @@ async fn an_upload_deleted_during_its_check_is_acknowledged_not_failed() {
     assert!(h.queue.messages(Priority::Bulk).is_empty());
 }
 
+/// A job store whose first move to `queued` times out on the caller's side but reaches the
+/// database late: just before the next status change (as a statement held by a hung database or
+/// a stalled connection lands after its client gave up and the event was retried).
+struct LateUpdates {
+    inner: Arc<InMemoryJobStore>,
+    held: std::sync::Mutex<Option<(JobId, JobStatus, JobStatus, StatusChange)>>,
+    timed_out: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl JobStore for LateUpdates {
+    async fn insert(&self, job: ocr_core::NewJob) -> Result<ocr_core::Job, PortError> {
+        self.inner.insert(job).await
+    }
+    async fn insert_within(
+        &self,
+        job: ocr_core::NewJob,
+        quota: &CallerQuota,
+    ) -> Result<ocr_core::quota::Admission, PortError> {
+        self.inner.insert_within(job, quota).await
+    }
+    async fn get(&self, id: &JobId) -> Result<Option<ocr_core::Job>, PortError> {
+        self.inner.get(id).await
+    }
+    async fn find_by_idempotency_key(&self, owner: &str, key: &str) -> Result<Option<ocr_core::Job>, PortError> {
+        self.inner.find_by_idempotency_key(owner, key).await
+    }
+    async fn remove(&self, id: &JobId) -> Result<(), PortError> {
+        self.inner.remove(id).await
+    }
+    async fn set_status(
+        &self,
+        id: &JobId,
+        from: JobStatus,
+        to: JobStatus,
+        change: StatusChange,
+    ) -> Result<bool, PortError> {
+        use std::sync::atomic::Ordering;
+        if to == JobStatus::Queued && !self.timed_out.swap(true, Ordering::SeqCst) {
+            *self.held.lock().unwrap() = Some((*id, from, to, change));
+            return Err(PortError::unavailable("mysql", "injected: the statement timed out"));
+        }
+        let late = self.held.lock().unwrap().take();
+        if let Some((id, from, to, change)) = late {
+            self.inner.set_status(&id, from, to, change).await?;
+        }
+        self.inner.set_status(id, from, to, change).await
+    }
+    async fn mark_enqueued(&self, id: &JobId, at_ms: i64) -> Result<(), PortError> {
+        self.inner.mark_enqueued(id, at_ms).await
+    }
+    async fn get_result(&self, id: &JobId) -> Result<Option<OcrResult>, PortError> {
+        self.inner.get_result(id).await
+    }
+    async fn mark_deleted(&self, id: &JobId, at_ms: i64) -> Result<(), PortError> {
+        self.inner.mark_deleted(id, at_ms).await
+    }
+}
+
+#[tokio::test]
+async fn an_upload_whose_timed_out_status_change_lands_late_is_still_queued() {
+    let h = harness();
+    let bytes = png_bytes();
+    let (id, key) = uploaded(&h, ContentType::Png, bytes.len(), bytes).await;
+    let mut handler = h.uploads();
+    handler.ports.store =
+        Arc::new(LateUpdates { inner: h.store.clone(), held: Default::default(), timed_out: Default::default() });
+    // The first try fails (its event comes back); the retry reads the job still awaiting its
+    // upload, and its compare-and-set loses to the first try's statement landing in between.
+    assert!(handler.handle_object(&key).await.is_err());
+    assert_eq!(h.store.get(&id).await.unwrap().unwrap().status, JobStatus::AwaitingUpload);
+    assert_eq!(handler.handle_object(&key).await.unwrap(), UploadOutcome::Enqueued(id));
+    let messages = h.queue.messages(Priority::Bulk);
+    assert_eq!(messages.len(), 1, "the job's message was sent");
+    let job = h.store.get(&id).await.unwrap().unwrap();
+    assert_eq!(job.status, JobStatus::Queued);
+    assert!(job.enqueued_at_ms.is_some());
+    // A third delivery of the event changes nothing.
+    assert!(matches!(handler.handle_object(&key).await.unwrap(), UploadOutcome::Ignored(_)));
+    assert_eq!(h.queue.messages(Priority::Bulk).len(), 1);
+}
+
 #[tokio::test]
 async fn oversized_uploads_fail() {
     let h = harness();
