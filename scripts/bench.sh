@@ -2,11 +2,11 @@
 # Benchmarks. Usage: scripts/bench.sh MODE [options]
 #
 #   engine   our OCR engine vs RapidOCR (rapidocr==3.10.0 + onnxruntime) and faster-paddle==1.0.4
-#            on eval sets A and B, same images, same thread counts, one system after the other.
+#            on eval sets A, B and C, same images, same thread counts, one system after the other.
 #            Prints images/s (wall and per CPU-second), ratios, CER / word F1 (eval/score.py),
 #            our per-stage time split and each system's peak RSS.
 #     --limit N          first N images of each set (default: all)
-#     --sets "A B"       eval sets (default "A B"); OCR_EVAL_DIR overrides ../shared/eval
+#     --sets "A B C"     eval sets (default "A B C"); OCR_EVAL_DIR overrides ../shared/eval
 #     --threads "1 2"    thread counts (default "1 2")
 #     --systems "ours rapidocr faster-paddle"
 #     --model-set NAME   our set (default ppocrv6-small); RapidOCR is given the same files
@@ -41,7 +41,7 @@ case "$mode" in
   *) sed -n '2,/^set -euo/{/^set -euo/!p}' "$0" >&2; exit 2 ;;
 esac
 
-limit=0 sets="A B" threads="1 2" systems="ours rapidocr faster-paddle" model_set=ppocrv6-small fp_size="" batch=8
+limit=0 sets="A B C" threads="1 2" systems="ours rapidocr faster-paddle" model_set=ppocrv6-small fp_size="" batch=8
 extra=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -123,3 +123,12 @@ PYEOF
 done
 
 "$PY" "$ROOT/gpu-worker/engine/bench/report.py" "$out" | tee "$out/report.txt"
+# Where ours and the peers differ: per image, and the words each reads that the other does not,
+# by the stage that lost them (gpu-worker/engine/bench/compare.py).
+for t in $threads; do
+  "$PY" "$ROOT/gpu-worker/engine/bench/compare.py" "$out" --eval "$EVAL" --sets "$sets" --threads "$t" | tee "$out/compare-t$t.txt"
+  case " $sets " in *" A "*)
+    "$PY" "$ROOT/gpu-worker/engine/bench/compare.py" "$out" --eval "$EVAL" --sets A --kind receipt --threads "$t" \
+      | tee -a "$out/compare-t$t.txt" ;;
+  esac
+done

@@ -841,9 +841,11 @@ def main() -> int:
                    for f in logs.glob("worker-*.log"))
     api_log = (logs / "api.log").read_text(errors="replace") if (logs / "api.log").exists() else ""
     events_swept = api_log.count('"dead-lettered upload event handled"')
-    # A timed-out status change that reached the database later, after its retry's read: the
-    # retry lost its compare-and-set to it and sent the job's message itself.
-    landed_late = api_log.count('"job queued by an earlier try that landed late; sending it"')
+    # Upload checks that lost their compare-and-set to a job queued but not sent (by a concurrent
+    # handler, or by a timed-out try of the same event whose statement reached the database
+    # late), and jobs found queued but unsent, sent by a later delivery.
+    lost_races = api_log.count('"queued by another try whose message is not sent yet; checking again later"')
+    sent_late = api_log.count('"job queued but its message not sent: sending it"')
     events_backed_off = api_log.count('"upload event failed"') + api_log.count('"upload event left for later"')
 
     succeeded = [j for j in ledger if status.get(j) == "succeeded" and result_count.get(j) == 1]
@@ -948,7 +950,8 @@ def main() -> int:
         ("messages_requeued_by_workers", requeued),
         ("upload_events_backed_off", events_backed_off),
         ("upload_events_swept_from_dlq", events_swept),
-        ("upload_checks_landed_late", landed_late),
+        ("upload_checks_lost_to_an_unsent_job", lost_races),
+        ("jobs_queued_but_unsent_sent_later", sent_late),
         ("client_retries", sum(v for k, v in stats.items() if k.startswith("client_retries"))),
         ("secrets_in_logs", leaks),
         ("log_lines_scanned", scanned),

@@ -192,6 +192,7 @@ impl UploadHandler {
             // The message may not have reached the queue (a crash or a failed send
             // after the status changed): send it again; workers are idempotent.
             JobStatus::Queued if job.enqueued_at_ms.is_none() => {
+                tracing::info!("job queued but its message not sent: sending it");
                 let info = self.ports.objects.head(key).await?;
                 let size = info.map_or(job.content_length, |i| i.size);
                 return self.enqueue(&job, size, times).await;
@@ -226,29 +227,24 @@ impl UploadHandler {
         let change = StatusChange { at_ms: self.ports.clock.now_ms(), error: None, checked_etag: info.etag.clone() };
         let won = self.ports.store.set_status(&id, job.status, JobStatus::Queued, change).await?;
         if !won {
-            return self.after_lost_race(&id, Some(info.size), times).await;
+            return self.after_lost_race(&id).await;
         }
         self.enqueue(&job, info.size, times).await
     }
 
     /// The job left `from` between our read and our compare-and-set. Usually another handler
-    /// of the same object won and sends the message itself. But the winner may be this very
+    /// of the same object won, and sends the message itself. But the winner may be this very
     /// event's earlier try: its UPDATE timed out on our side (a hung database, a cut connection)
     /// yet reached the server later, after the retry's read. Nobody would then send the message
-    /// and, once this event is acknowledged, nothing would come back to it: the job would stay
-    /// `queued` forever. So a job found queued and not yet sent is sent here; a second message
-    /// when the winner also sends is harmless (workers take a job once).
-    /// `size`: the object's, when known (else the declared length).
-    async fn after_lost_race(
-        &self,
-        id: &JobId,
-        size: Option<u64>,
-        times: (Option<i64>, i64),
-    ) -> Result<UploadOutcome, PortError> {
+    /// and, were this event acknowledged, nothing would ever come back to the job: it would stay
+    /// `queued` forever. So while the job is queued and its message not yet sent, the event is
+    /// kept: on its next delivery the message has been sent (by the winner: nothing to do) or
+    /// not (the winner is gone: the `Queued` arm of `handle_upload` sends it).
+    async fn after_lost_race(&self, id: &JobId) -> Result<UploadOutcome, PortError> {
         match self.ports.store.get(id).await? {
             Some(job) if job.status == JobStatus::Queued && job.enqueued_at_ms.is_none() => {
-                tracing::info!("job queued by an earlier try that landed late; sending it");
-                self.enqueue(&job, size.unwrap_or(job.content_length), times).await
+                tracing::info!("queued by another try whose message is not sent yet; checking again later");
+                Err(PortError::unavailable("upload", "queued by another try whose message is not sent yet"))
             }
             Some(job) => {
                 Ok(UploadOutcome::Ignored(format!("another handler took this upload (job is {})", job.status)))
@@ -286,9 +282,9 @@ impl UploadHandler {
         let won = self.ports.store.set_status(id, from, JobStatus::Failed, change).await?;
         self.ports.objects.delete(key).await?;
         if !won {
-            // Queued meanwhile by a check of an earlier version (see after_lost_race): its
-            // message goes out, and the worker fails the job, its image being gone.
-            return self.after_lost_race(id, None, (None, self.ports.clock.now_ms())).await;
+            // Queued meanwhile by a check of an earlier version (see after_lost_race): the
+            // worker then fails the job, its image being gone.
+            return self.after_lost_race(id).await;
         }
         tracing::warn!(%reason, "upload rejected");
         Ok(UploadOutcome::Rejected { job_id: *id, reason })

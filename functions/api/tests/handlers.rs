@@ -787,13 +787,17 @@ async fn an_upload_whose_timed_out_status_change_lands_late_is_still_queued() {
     // upload, and its compare-and-set loses to the first try's statement landing in between.
     assert!(handler.handle_object(&key).await.is_err());
     assert_eq!(h.store.get(&id).await.unwrap().unwrap().status, JobStatus::AwaitingUpload);
+    // Not acknowledged as someone else's: the job is queued and nobody sent its message.
+    let lost = handler.handle_object(&key).await.unwrap_err();
+    assert!(lost.is_retryable(), "{lost}");
+    assert!(h.queue.messages(Priority::Bulk).is_empty());
+    // The event's next delivery sends it.
     assert_eq!(handler.handle_object(&key).await.unwrap(), UploadOutcome::Enqueued(id));
-    let messages = h.queue.messages(Priority::Bulk);
-    assert_eq!(messages.len(), 1, "the job's message was sent");
+    assert_eq!(h.queue.messages(Priority::Bulk).len(), 1, "the job's message was sent");
     let job = h.store.get(&id).await.unwrap().unwrap();
     assert_eq!(job.status, JobStatus::Queued);
     assert!(job.enqueued_at_ms.is_some());
-    // A third delivery of the event changes nothing.
+    // And one more changes nothing.
     assert!(matches!(handler.handle_object(&key).await.unwrap(), UploadOutcome::Ignored(_)));
     assert_eq!(h.queue.messages(Priority::Bulk).len(), 1);
 }
