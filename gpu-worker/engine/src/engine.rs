@@ -190,6 +190,33 @@ enum Input<'a> {
 }
 
 /// An image that went through detection, waiting for its lines' texts.
+/// Lines the upside-down check reads both ways ([`Engine::reads_better_turned`]).
+const TURN_SAMPLE: usize = 2;
+/// Width of the middle part of each line the check reads, in recogniser pixels (48 high).
+const TURN_SAMPLE_WIDTH: u32 = 160;
+/// An image this many times longer than wide (or wider than long) is a single line.
+const LINE_SHAPE: u32 = 4;
+
+/// A page's lines after the page turns 180°: each quad moves to the turned `w × h` page (its
+/// first corner still the text's top left), each crop turns over, and the reading order is
+/// found again there.
+fn turn_over(quads: Vec<Quad>, crops: Vec<RgbImage>, w: u32, h: u32) -> (Vec<Quad>, Vec<RgbImage>) {
+    let (w, h) = (w as f32, h as f32);
+    let m = |p: [f32; 2]| [w - p[0], h - p[1]];
+    let turned: Vec<Quad> = quads.iter().map(|q| [m(q[2]), m(q[3]), m(q[0]), m(q[1])]).collect();
+    let order = reading_order(&turned);
+    let mut crops: Vec<Option<RgbImage>> = crops.into_iter().map(Some).collect();
+    let crops = order
+        .iter()
+        .map(|&i| {
+            let mut c = crops[i].take().expect("reading order lists each line once");
+            image::imageops::rotate180_in_place(&mut c);
+            c
+        })
+        .collect();
+    (order.iter().map(|&i| turned[i]).collect(), crops)
+}
+
 pub(crate) struct Prepared {
     width: u32,
     height: u32,
@@ -429,7 +456,7 @@ impl Engine {
         let (width, height) = img.dimensions();
         crate::decode::check_dimensions(width, height, self.opts.max_pixels)?;
         let t = Instant::now();
-        let rotation = self.page_rotation(img)?;
+        let (mut rotation, unsure) = self.page_rotation(img)?;
         let rotated = rotation.apply(img);
         let upright = rotated.as_ref().unwrap_or(img);
         times.orient += t.elapsed().as_secs_f64();
@@ -456,7 +483,7 @@ impl Engine {
         );
         let quads: Vec<Quad> = boxes.iter().map(|b| b.quad).collect();
         let order = reading_order(&quads);
-        let quads: Vec<Quad> = order.iter().map(|&i| quads[i]).collect();
+        let mut quads: Vec<Quad> = order.iter().map(|&i| quads[i]).collect();
         times.post += t.elapsed().as_secs_f64();
 
         let t = Instant::now();
@@ -467,6 +494,15 @@ impl Engine {
             self.fix_upside_down(cls.as_ref(), spec, &mut crops)?;
         }
         times.crop += t.elapsed().as_secs_f64();
+
+        if unsure && !crops.is_empty() {
+            let t = Instant::now();
+            if self.reads_better_turned(&crops)? {
+                rotation = rotation.then_180();
+                (quads, crops) = turn_over(quads, crops, upright.width(), upright.height());
+            }
+            times.orient += t.elapsed().as_secs_f64();
+        }
         Ok((Prepared { width, height, rotation, quads }, crops))
     }
 
@@ -492,10 +528,23 @@ impl Engine {
         Ok(())
     }
 
-    fn page_rotation(&self, img: &RgbImage) -> Result<Rotation> {
+    /// The turn that makes the page upright, and whether the classifier was unsure of it: it
+    /// saw anything but an upright page, confidently or not. It sees only the page's centre
+    /// square, and its probabilities say little (0.90–0.93 on right and wrong calls alike):
+    /// on the shared sets it called an upright scene photo and single text lines upside down,
+    /// and left upside-down receipts alone below its threshold. An unsure page's lines then
+    /// decide between it and its turn by 180° ([`Engine::reads_better_turned`]).
+    fn page_rotation(&self, img: &RgbImage) -> Result<(Rotation, bool)> {
         let Some((model, spec)) = &self.orientation else {
-            return Ok(Rotation::R0);
+            return Ok((Rotation::R0, false));
         };
+        // A line-shaped image (a single text line, cut out by the caller) shows the classifier
+        // a few letters of its centre, which tell it nothing (it called 3 of set C's 300 upright
+        // lines upside down): such an image is read as it comes, which is how callers send them.
+        let (w, h) = img.dimensions();
+        if w.max(h) >= LINE_SHAPE * w.min(h) {
+            return Ok((Rotation::R0, false));
+        }
         let input = orientation_input(img, spec.width);
         let (class, p) = classify(model.as_ref(), input.view())?[0];
         // Classes are the page's current rotation (0, 90, 180, 270 clockwise); turning the page
@@ -507,7 +556,31 @@ impl Engine {
             _ => Rotation::R0,
         };
         tracing::debug!(class, p, "page orientation");
-        Ok(if p >= spec.thresh { rot } else { Rotation::R0 })
+        Ok((if p >= spec.thresh { rot } else { Rotation::R0 }, class != 0))
+    }
+
+    /// Whether a sample of the page's lines reads better turned over: the recogniser's mean
+    /// confidence on the middle of its [`TURN_SAMPLE`] widest lines as they are and turned by
+    /// 180°. Upside-down text decodes with far lower confidence than upright text.
+    fn reads_better_turned(&self, crops: &[RgbImage]) -> Result<bool> {
+        let mut idx: Vec<usize> = (0..crops.len()).collect();
+        // The widest lines, each cut to its middle TURN_SAMPLE_WIDTH px: one small batch of one
+        // shape whatever the page, a few milliseconds.
+        idx.sort_by_key(|&i| std::cmp::Reverse(crops[i].width()));
+        idx.truncate(TURN_SAMPLE);
+        let cut = |c: &RgbImage| {
+            let w = c.width().min(TURN_SAMPLE_WIDTH);
+            image::imageops::crop_imm(c, (c.width() - w) / 2, 0, w, c.height()).to_image()
+        };
+        let as_is: Vec<RgbImage> = idx.iter().map(|&i| cut(&crops[i])).collect();
+        let turned: Vec<RgbImage> = as_is.iter().map(image::imageops::rotate180).collect();
+        let refs: Vec<&RgbImage> = as_is.iter().chain(turned.iter()).collect();
+        let width = TURN_SAMPLE_WIDTH.max(self.rec_spec.min_width);
+        let texts = recognize_batch(self.rec.as_ref(), &self.decoder, &refs, self.rec_spec.height, width)?;
+        let (as_is, over) = texts.split_at(idx.len());
+        let mean = |t: &[RecText]| t.iter().map(|r| r.confidence).sum::<f32>() / t.len() as f32;
+        tracing::debug!(as_is = mean(as_is), turned = mean(over), "page orientation check");
+        Ok(mean(over) > mean(as_is))
     }
 
     fn fix_upside_down(&self, model: &dyn Model, spec: &ClsSpec, crops: &mut [RgbImage]) -> Result<()> {

@@ -83,6 +83,16 @@ impl Rotation {
         }
     }
 
+    /// This rotation followed by a turn of 180°.
+    pub fn then_180(self) -> Rotation {
+        match self {
+            Rotation::R0 => Rotation::R180,
+            Rotation::R90 => Rotation::R270,
+            Rotation::R180 => Rotation::R0,
+            Rotation::R270 => Rotation::R90,
+        }
+    }
+
     /// Turns `img` by this rotation.
     pub fn apply(self, img: &RgbImage) -> Option<RgbImage> {
         match self {

@@ -72,6 +72,12 @@ fn rec_spec() -> RecSpec {
 }
 
 fn engine_with(rec: Arc<FakeRec>, orientation: Option<usize>) -> Engine {
+    engine_with_models(rec, orientation.map(|class| (class, 0.99)))
+}
+
+/// An engine with this recogniser and, when given, an orientation model that always answers
+/// `(class, probability)`.
+fn engine_with_models(rec: Arc<dyn Model>, orientation: Option<(usize, f32)>) -> Engine {
     let models = Models {
         det: Arc::new(FakeDet),
         det_spec: det_spec(),
@@ -79,8 +85,8 @@ fn engine_with(rec: Arc<FakeRec>, orientation: Option<usize>) -> Engine {
         rec_spec: rec_spec(),
         dict: vec!["a".into(), "b".into()],
         cls: None,
-        orientation: orientation.map(|class| {
-            let m: Arc<dyn Model> = Arc::new(FakeCls { classes: 4, class, p: 0.99 });
+        orientation: orientation.map(|(class, p)| {
+            let m: Arc<dyn Model> = Arc::new(FakeCls { classes: 4, class, p });
             (m, ClsSpec { model: PathBuf::new(), height: 224, width: 224, thresh: 0.9 })
         }),
     };
@@ -181,6 +187,69 @@ fn a_turned_page_is_read_and_boxes_map_back() {
     assert!(q[0][0] > 250.0 && q[0][1] > 150.0, "{q:?}");
     // Corner order follows the text: the first corner is the text's top-left.
     assert!(q[0][0] > q[1][0], "{q:?}");
+}
+
+/// Recogniser sure only of upright text: "a" with confidence 0.9 when the crop's top half is
+/// darker than its bottom half (the bars of [`marked_page`] as they stand), 0.3 otherwise.
+struct UprightRec;
+impl Model for UprightRec {
+    fn run(&self, input: ArrayView4<'_, f32>) -> Result<ArrayD<f32>, EngineError> {
+        let (n, _, h, w) = input.dim();
+        let t = (w / 8).max(4);
+        let mut out = Array3::<f32>::zeros((n, t, 4));
+        for b in 0..n {
+            let half = |rows: std::ops::Range<usize>| input.slice(ndarray::s![b, .., rows, ..]).sum();
+            let p = if half(0..h / 2) < half(h / 2..h) { 0.9 } else { 0.3 };
+            out[[b, 0, 1]] = p;
+            for step in 1..t {
+                out[[b, step, 0]] = 0.9;
+            }
+        }
+        Ok(out.into_dyn())
+    }
+}
+
+/// [`page`]'s layout with every bar black in its top half and dark grey in its bottom half,
+/// so that the page's way up shows in each line.
+fn marked_page() -> RgbImage {
+    let mut img = RgbImage::from_pixel(400, 200, Rgb([255, 255, 255]));
+    for (x0, y0, x1) in [(20, 20, 150), (250, 20, 380), (20, 120, 300)] {
+        for y in y0..y0 + 20 {
+            let v = if y < y0 + 10 { 0 } else { 40 };
+            for x in x0..x1 {
+                img.put_pixel(x, y, Rgb([v, v, v]));
+            }
+        }
+    }
+    img
+}
+
+#[test]
+fn an_upright_page_the_orientation_model_calls_upside_down_is_read_upright() {
+    // The model is sure (0.99) and wrong, as it was on a scene photo and on single text lines of
+    // the shared sets: the lines, read both ways, overrule it.
+    let engine = engine_with_models(Arc::new(UprightRec), Some((2, 0.99)));
+    let p = engine.recognize(&[marked_page()]).pop().unwrap().unwrap();
+    assert_eq!(p.rotation, 0);
+    assert_eq!(p.lines.len(), 3, "{p:?}");
+    assert!(p.lines.iter().all(|l| (l.confidence - 0.9).abs() < 1e-5), "{p:?}");
+    // Reading order and corners as on an upright page: top left first, corners from its top left.
+    let q = p.lines[0].quad;
+    assert!(q[0][0] < 30.0 && q[0][1] < 30.0 && q[1][0] > q[0][0], "{q:?}");
+    assert!(p.lines[2].quad[0][1] > 100.0, "{p:?}");
+}
+
+#[test]
+fn an_upside_down_page_the_orientation_model_is_unsure_of_is_turned() {
+    // Below the model's threshold the page used to be read as it lay, upside down.
+    let turned = image::imageops::rotate180(&marked_page());
+    let engine = engine_with_models(Arc::new(UprightRec), Some((2, 0.6)));
+    let p = engine.recognize(&[turned]).pop().unwrap().unwrap();
+    assert_eq!(p.rotation, 180);
+    assert_eq!(p.lines.len(), 3, "{p:?}");
+    // The upright page's top-left bar is read first; it lies bottom right in the input.
+    let q = p.lines[0].quad;
+    assert!(q[0][0] > 350.0 && q[0][1] > 150.0 && q[0][0] > q[1][0], "{q:?}");
 }
 
 #[test]
