@@ -189,7 +189,6 @@ enum Input<'a> {
     Encoded(&'a [u8]),
 }
 
-/// An image that went through detection, waiting for its lines' texts.
 /// Lines the upside-down check reads both ways ([`Engine::reads_better_turned`]).
 const TURN_SAMPLE: usize = 2;
 /// Width of the middle part of each line the check reads, in recogniser pixels (48 high).
@@ -217,6 +216,7 @@ fn turn_over(quads: Vec<Quad>, crops: Vec<RgbImage>, w: u32, h: u32) -> (Vec<Qua
     (order.iter().map(|&i| turned[i]).collect(), crops)
 }
 
+/// An image that went through detection, waiting for its lines' texts.
 pub(crate) struct Prepared {
     width: u32,
     height: u32,
