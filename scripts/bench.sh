@@ -13,6 +13,8 @@
 #     --fp-size SIZE     faster-paddle model size (default: small, or tiny for ppocrv6-tiny)
 #     --batch N          images per engine call for ours (default 8)
 #     -- ARGS            extra arguments for our `ocr` CLI
+#   words      word boxes: ours vs RapidOCR's return_word_box on set B's ground-truth word
+#              quadrilaterals (eval/score_words.py), same model files, one thread each
 #   api        the producer: wrk on /healthz vs POST /v1/jobs, Lambda binary sizes and init time
 #              (scripts/bench-api.sh)
 #   pipeline   a few hundred images through LocalStack, the API and the worker vs the same
@@ -32,7 +34,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${OCR_FLEET_CACHE:-$HOME/.cache/ocr
 
 mode="${1:-}"; shift || true
 case "$mode" in
-  engine) ;;
+  engine|words) ;;
   api) exec "$ROOT/scripts/bench-api.sh" "$@" ;;
   pipeline) exec "$ROOT/scripts/bench-pipeline.sh" "$@" ;;
   memory) exec "$ROOT/scripts/bench-memory.sh" "$@" ;;
@@ -70,6 +72,12 @@ cargo build -q --release -p ocr-engine --manifest-path "$ROOT/Cargo.toml"
 OCR="$CARGO_TARGET_DIR/release/ocr"
 PY=$(python_env bench rapidocr==3.10.0 onnxruntime==1.32.0 faster-paddle==1.0.4 rapidfuzz==3.14.6)
 
+if [ "$mode" = words ]; then
+  out="$ROOT/.run/bench/words-$(date -u +%Y%m%dT%H%M%S)"
+  echo "bench: results in $out" >&2
+  exec "$PY" "$ROOT/gpu-worker/engine/bench/words.py" --ocr "$OCR" --eval "$EVAL" --model-dir "$OCR_MODEL_DIR" \
+    --set "$model_set" --out "$out"
+fi
 out="$ROOT/.run/bench/engine-$(date -u +%Y%m%dT%H%M%S)"
 mkdir -p "$out"
 echo "bench: results in $out" >&2
@@ -106,7 +114,7 @@ for t in $threads; do
 import json, sys
 back = {l.rstrip("\n").split("\t")[1]: l.split("\t")[0] for l in open(sys.argv[1]) if l.strip()}
 for l in open(sys.argv[2]):
-    r = json.loads(l); r["image"] = back.get(r.pop("file"), "?"); r.pop("lines", None); print(json.dumps(r))
+    r = json.loads(l); r["image"] = back.get(r.pop("file"), "?"); r.pop("lines", None); r.pop("pages", None); print(json.dumps(r))
 PYEOF
           grep '^{' "$out/$tag.log" | tail -n1 >"$out/$tag.stats.json" || true ;;
         rapidocr)

@@ -5,7 +5,8 @@
 #      none answers, and stopping at exit only what it started), and starts a private MariaDB
 #      that requires TLS on 127.0.0.1:3307 (scripts/lib/mariadb-tls.sh)
 #   3. fetches the OCR models when scripts/fetch-models.sh exists (exports ORT_DYLIB_PATH,
-#      OCR_MODEL_DIR and OCR_REQUIRE_MODELS=1)
+#      OCR_MODEL_DIR and OCR_REQUIRE_MODELS=1), and the output-format checkers (hocr-check,
+#      xmllint with the ALTO v4 schema, pdftotext: scripts/lib/checkers.sh)
 #   4. runs cargo fmt --check, cargo clippy -D warnings, a check that the fuzz targets compile,
 #      cfn-lint template.yaml, scripts/openapi-clients.sh (openapi-python-client and
 #      openapi-typescript on the API's OpenAPI document: a schema they drop fails, and the code
@@ -98,6 +99,14 @@ fetch_models() {
 if [[ -f "$ROOT/scripts/fetch-models.sh" ]]; then
     step "fetch models" fetch_models
 fi
+# hocr-check, xmllint + the ALTO v4 schema, pdftotext: the format tests then must run them.
+# shellcheck source=scripts/lib/checkers.sh
+source "$ROOT/scripts/lib/checkers.sh"
+format_checkers() {
+    checkers_ensure
+    export OCR_REQUIRE_CHECKERS=1
+}
+step "format checkers" format_checkers
 
 init_smoke() {
     # Create a throw-away resource set twice (idempotence), then delete it.

@@ -99,7 +99,7 @@ async fn owed_webhooks_are_kept_until_recorded() -> anyhow::Result<()> {
         ids.push(job.id);
     }
     store.take(&ids, 2_000).await?;
-    let result = OcrResult { text: "t".into(), lines: vec![], width: 1, height: 1, seconds: 0.0 };
+    let result = OcrResult::image(1, 1, vec![], 0.0);
     store.complete(&[(ids[0], result.clone()), (ids[2], result)], 3_000).await?;
     assert!(store.fail(&ids[1], "bad image", 4_000).await?);
     // Giving up keeps the last attempt's error in front of the reason, and only for jobs not
@@ -204,7 +204,7 @@ async fn the_purge_strips_then_deletes_old_jobs_in_bounded_batches() -> anyhow::
         let at = StatusChange { at_ms: now, ..Default::default() };
         env.store.set_status(&id, JobStatus::AwaitingUpload, JobStatus::Queued, at.clone()).await?;
         env.store.take(&[id], now).await?;
-        let result = ocr_core::OcrResult { text: "x".into(), lines: vec![], width: 1, height: 1, seconds: 0.0 };
+        let result = ocr_core::OcrResult::image(1, 1, vec![], 0.0);
         env.store.complete(&[(id, result)], now).await?;
         let record = WebhookRecord {
             job_id: id,

@@ -500,9 +500,7 @@ async fn get_shows_the_result_and_delete_removes_it() {
     h.store.set_status(&id, JobStatus::AwaitingUpload, JobStatus::Queued, change(1)).await.unwrap();
     h.store.set_status(&id, JobStatus::Queued, JobStatus::Processing, change(2)).await.unwrap();
     h.store.set_status(&id, JobStatus::Processing, JobStatus::Succeeded, change(3)).await.unwrap();
-    let line =
-        OcrLine { text: "HELLO".into(), confidence: 0.9, bbox: [[0.0, 0.0], [9.0, 0.0], [9.0, 3.0], [0.0, 3.0]] };
-    h.store.put_result(id, OcrResult { text: "HELLO".into(), lines: vec![line], width: 10, height: 4, seconds: 0.1 });
+    h.store.put_result(id, OcrResult::image(10, 4, vec![hello_line()], 0.1));
 
     let path = format!("/v1/jobs/{id}");
     let (status, _, json) = h.call(get(ALICE, &path)).await;
@@ -935,7 +933,7 @@ async fn a_job_past_retention_reads_expired() {
     h.store.set_status(&id, JobStatus::AwaitingUpload, JobStatus::Queued, change(1)).await.unwrap();
     h.store.set_status(&id, JobStatus::Queued, JobStatus::Processing, change(2)).await.unwrap();
     h.store.set_status(&id, JobStatus::Processing, JobStatus::Succeeded, change(3)).await.unwrap();
-    h.store.put_result(id, OcrResult { text: "x".into(), lines: vec![], width: 1, height: 1, seconds: 0.0 });
+    h.store.put_result(id, OcrResult::image(1, 1, vec![], 0.0));
     h.clock.advance(std::time::Duration::from_secs(7 * 86_400 - 1));
     let (_, _, json) = h.call(get(ALICE, &format!("/v1/jobs/{id}"))).await;
     assert_eq!((json["status"].as_str(), json["result"]["text"].as_str()), (Some("succeeded"), Some("x")));
@@ -1000,7 +998,7 @@ async fn a_wait_answers_as_soon_as_the_job_ends() {
     let waiting = h.spawn_call(get(ALICE, &format!("/v1/jobs/{id}?wait=20")));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(h.state.waits.stats().waiters, 1);
-    h.store.put_result(id, OcrResult { text: "HELLO".into(), lines: vec![], width: 10, height: 4, seconds: 0.1 });
+    h.store.put_result(id, OcrResult::image(10, 4, vec![hello_line()], 0.1));
     let change = StatusChange { at_ms: 3, ..Default::default() };
     assert!(h.store.set_status(&id, JobStatus::Processing, JobStatus::Succeeded, change).await.unwrap());
     let ended = Instant::now();
@@ -1218,4 +1216,11 @@ async fn a_running_job_past_retention_reads_expired_at_once() {
     let (status, json, took) = h.spawn_call(get(ALICE, &format!("/v1/jobs/{id}?wait=20"))).await.unwrap();
     assert_eq!((status, json["status"].as_str()), (StatusCode::OK, Some("expired")));
     assert!(took < Duration::from_millis(500), "{took:?}");
+}
+
+/// One line reading HELLO, with its one word.
+fn hello_line() -> OcrLine {
+    let bbox = [[0.0, 0.0], [9.0, 0.0], [9.0, 3.0], [0.0, 3.0]];
+    let word = ocr_core::OcrWord { text: "HELLO".into(), confidence: 0.9, bbox };
+    OcrLine { text: "HELLO".into(), confidence: 0.9, bbox, words: vec![word] }
 }

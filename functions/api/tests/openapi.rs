@@ -246,9 +246,10 @@ fn job_view(everything: bool) -> JobView {
         headers: vec![("content-type".into(), "image/png".into())],
         expires_at_ms: 1_700_000_000_000,
     });
-    let line =
-        OcrLine { text: "HELLO".into(), confidence: 0.9, bbox: [[0.0, 0.0], [9.0, 0.0], [9.0, 3.0], [0.0, 3.0]] };
-    let result = OcrResult { text: "HELLO".into(), lines: vec![line], width: 10, height: 4, seconds: 0.1 };
+    let bbox = [[0.0, 0.0], [9.0, 0.0], [9.0, 3.0], [0.0, 3.0]];
+    let word = ocr_core::OcrWord { text: "HELLO".into(), confidence: 0.9, bbox };
+    let line = OcrLine { text: "HELLO".into(), confidence: 0.9, bbox, words: vec![word] };
+    let result = OcrResult::image(10, 4, vec![line], 0.1);
     JobView {
         job_id: "0".repeat(32),
         status: JobStatus::Succeeded.as_str(),

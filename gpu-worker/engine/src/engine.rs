@@ -13,13 +13,14 @@ use crate::classify::{classify, line_cls_input, orientation_input};
 use crate::decode::{DEFAULT_MAX_PIXELS, decode_image};
 use crate::detection::{db_postprocess, det_preprocess};
 use crate::error::{EngineError, Result};
-use crate::geometry::{Quad, Rotation, crop_line};
+use crate::geometry::{Quad, Rotation, crop_line, crop_source};
 use crate::layout::reading_order;
 use crate::manifest::{ClsSpec, DetSpec, LimitType, Manifest, RecSpec, load_dict};
 use crate::model::Model;
 use crate::ort_backend::{OrtModel, SessionSettings};
 use crate::recognition::{CtcDecoder, RecText, plan_batches, recognize_batch};
 use crate::scheduler::Scheduler;
+use crate::words::{Word, words_of};
 
 /// One recognised line.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -32,6 +33,8 @@ pub struct Line {
     /// bottom-right, bottom-left as the text reads.
     #[serde(rename = "box")]
     pub quad: Quad,
+    /// Its words in reading order, boxes in the same pixels and corner order.
+    pub words: Vec<Word>,
 }
 
 /// The result for one image.
@@ -52,6 +55,23 @@ impl Page {
     pub fn text(&self) -> String {
         let texts: Vec<&str> = self.lines.iter().map(|l| l.text.as_str()).collect();
         texts.join("\n")
+    }
+
+    /// This page as page `number` (1-based) of a job's result.
+    pub fn into_result_page(self, number: u32) -> ocr_core::OcrPage {
+        let lines = self
+            .lines
+            .into_iter()
+            .map(|l| {
+                let words = l
+                    .words
+                    .into_iter()
+                    .map(|w| ocr_core::OcrWord { text: w.text, confidence: w.confidence, bbox: w.quad })
+                    .collect();
+                ocr_core::OcrLine { text: l.text, confidence: l.confidence, bbox: l.quad, words }
+            })
+            .collect();
+        ocr_core::OcrPage::new(number, self.width, self.height, lines)
     }
 }
 
@@ -425,11 +445,9 @@ impl Engine {
             if text.is_empty() || r.confidence < self.opts.min_confidence {
                 continue;
             }
-            lines.push(Line {
-                text: text.to_string(),
-                confidence: r.confidence,
-                quad: p.rotation.unmap_quad(q, p.width, p.height),
-            });
+            let unmap = |q: &Quad| p.rotation.unmap_quad(q, p.width, p.height);
+            let words = words_of(&r, &crop_source(q)).into_iter().map(|w| Word { quad: unmap(&w.quad), ..w }).collect();
+            lines.push(Line { text: text.to_string(), confidence: r.confidence, quad: unmap(q), words });
         }
         Page { lines, width: p.width, height: p.height, rotation: p.rotation.degrees() }
     }
@@ -491,7 +509,7 @@ impl Engine {
         let mut crops: Vec<RgbImage> =
             quads.iter().map(|q| crop_line(upright, q, r.height, 8, r.max_width).image).collect();
         if let Some((cls, spec)) = &self.cls {
-            self.fix_upside_down(cls.as_ref(), spec, &mut crops)?;
+            self.fix_upside_down(cls.as_ref(), spec, &mut crops, &mut quads)?;
         }
         times.crop += t.elapsed().as_secs_f64();
 
@@ -583,14 +601,24 @@ impl Engine {
         Ok(mean(over) > mean(as_is))
     }
 
-    fn fix_upside_down(&self, model: &dyn Model, spec: &ClsSpec, crops: &mut [RgbImage]) -> Result<()> {
-        for chunk in crops.chunks_mut(self.opts.rec_batch) {
+    /// Turns over the crops the line-angle classifier calls upside down, and their quads with
+    /// them (the text's top left is then the opposite corner), so words map back the right way.
+    fn fix_upside_down(
+        &self,
+        model: &dyn Model,
+        spec: &ClsSpec,
+        crops: &mut [RgbImage],
+        quads: &mut [Quad],
+    ) -> Result<()> {
+        let n = self.opts.rec_batch;
+        for (chunk, quads) in crops.chunks_mut(n).zip(quads.chunks_mut(n)) {
             let refs: Vec<&RgbImage> = chunk.iter().collect();
             let input = line_cls_input(&refs, spec.height, spec.width);
             let res = classify(model, input.view())?;
-            for (c, (class, p)) in chunk.iter_mut().zip(res) {
+            for ((c, q), (class, p)) in chunk.iter_mut().zip(quads.iter_mut()).zip(res) {
                 if class == 1 && p >= spec.thresh {
                     image::imageops::rotate180_in_place(c);
+                    *q = [q[2], q[3], q[0], q[1]];
                 }
             }
         }

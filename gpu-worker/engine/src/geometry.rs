@@ -39,8 +39,8 @@ pub struct LineCrop {
 /// within `min_w..=max_w`). Crops at least 1.5× taller than wide are turned 90° counter-clockwise,
 /// as PaddleOCR does, since they are usually vertical lines read top to bottom.
 pub fn crop_line(img: &RgbImage, quad: &Quad, height: u32, min_w: u32, max_w: u32) -> LineCrop {
-    let (w, h) = quad_side_lengths(quad);
-    let (src, w, h) = if h >= 1.5 * w { ([quad[1], quad[2], quad[3], quad[0]], h, w) } else { (*quad, w, h) };
+    let src = crop_source(quad);
+    let (w, h) = quad_side_lengths(&src);
     let out_w = ((height as f32 * w / h.max(1.0)).ceil() as u32).clamp(min_w.max(1), max_w.max(1));
     let mut out = RgbImage::new(out_w, height);
     let (ow, oh) = (out_w as f32, height as f32);
@@ -56,6 +56,22 @@ pub fn crop_line(img: &RgbImage, quad: &Quad, height: u32, min_w: u32, max_w: u3
         }
     }
     LineCrop { image: out }
+}
+
+/// The quad as [`crop_line`] reads it: its corners at the crop's top left, top right, bottom
+/// right and bottom left. A quad at least 1.5× taller than wide starts at its top right, so the
+/// crop lies turned 90° counter-clockwise.
+pub fn crop_source(quad: &Quad) -> Quad {
+    let (w, h) = quad_side_lengths(quad);
+    if h >= 1.5 * w { [quad[1], quad[2], quad[3], quad[0]] } else { *quad }
+}
+
+/// The part of a crop's quad between fractions `u0..u1` of its width (0 = its left edge), as a
+/// quad in the same image: points along the top and bottom edges. Exact for the rectangles the
+/// detector gives (the crop is then an affine map of the quad).
+pub fn quad_span(src: &Quad, u0: f32, u1: f32) -> Quad {
+    let lerp = |a: [f32; 2], b: [f32; 2], u: f32| [a[0] + (b[0] - a[0]) * u, a[1] + (b[1] - a[1]) * u];
+    [lerp(src[0], src[1], u0), lerp(src[0], src[1], u1), lerp(src[3], src[2], u1), lerp(src[3], src[2], u0)]
 }
 
 /// A quarter turn applied to a page, clockwise.

@@ -39,6 +39,7 @@ pub mod ort_backend;
 pub mod recognition;
 mod scheduler;
 pub mod settings;
+pub mod words;
 
 pub use decode::{DEFAULT_MAX_PIXELS, decode_image, probe_dimensions};
 pub use engine::{Engine, EngineOptions, Line, Models, Page, StageTimes};
@@ -48,3 +49,4 @@ pub use manifest::{LimitType, Manifest};
 pub use model::Model;
 pub use ort_backend::{ConvAlgoSearch, OrtModel, Provider, SessionSettings, check_dylib};
 pub use settings::EngineSettings;
+pub use words::Word;

@@ -7,12 +7,29 @@ use crate::error::{EngineError, Result};
 use crate::model::Model;
 
 /// Recognised text of one crop.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct RecText {
     /// Decoded text.
     pub text: String,
     /// Mean probability of the kept characters, 0..1 (0 when empty).
     pub confidence: f32,
+    /// Each kept character and where along the crop the recogniser saw it.
+    pub glyphs: Vec<Glyph>,
+    /// Width of the crop in pixels (before padding), the scale of the glyphs' positions.
+    pub width: f32,
+}
+
+/// One decoded character and the recogniser columns where it was the best class.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Glyph {
+    /// Byte range of the character in [`RecText::text`].
+    pub range: std::ops::Range<usize>,
+    /// Left edge of its first column, crop pixels.
+    pub x0: f32,
+    /// Right edge of its last column (the run of columns before the next change), crop pixels.
+    pub x1: f32,
+    /// Probability of the character at its first column.
+    pub prob: f32,
 }
 
 /// CTC greedy decoder over a dictionary.
@@ -39,28 +56,42 @@ impl CtcDecoder {
         self.symbols.len()
     }
 
-    /// Decodes one `[T, C]` probability sequence.
-    pub fn decode(&self, probs: ArrayView3<'_, f32>, item: usize) -> RecText {
+    /// Decodes one `[T, C]` probability sequence; `column_px` is the width of one time step
+    /// in crop pixels (padded width / T), which places each character along the crop.
+    pub fn decode(&self, probs: ArrayView3<'_, f32>, item: usize, column_px: f32) -> RecText {
         let seq = probs.slice(s![item, .., ..]);
         let mut text = String::new();
-        let (mut sum, mut n) = (0.0f32, 0usize);
+        let mut glyphs: Vec<Glyph> = Vec::new();
+        let mut sum = 0.0f32;
         let mut prev = usize::MAX;
-        for row in seq.rows() {
+        // Whether the previous column's class is the last glyph pushed (its run goes on).
+        let mut in_run = false;
+        for (t, row) in seq.rows().into_iter().enumerate() {
             let (best, best_p) = match row.as_slice() {
                 Some(r) => argmax(r),
                 None => argmax(&row.to_vec()),
             };
-            if best != 0
+            let right = (t + 1) as f32 * column_px;
+            if best != 0 && best == prev && in_run {
+                if let Some(g) = glyphs.last_mut() {
+                    g.x1 = right;
+                }
+            } else if best != 0
                 && best != prev
                 && let Some(sym) = self.symbols.get(best)
             {
+                let start = text.len();
                 text.push_str(sym);
+                glyphs.push(Glyph { range: start..text.len(), x0: t as f32 * column_px, x1: right, prob: best_p });
                 sum += best_p;
-                n += 1;
+                in_run = true;
+            } else {
+                in_run = false;
             }
             prev = best;
         }
-        RecText { text, confidence: if n == 0 { 0.0 } else { sum / n as f32 } }
+        let confidence = if glyphs.is_empty() { 0.0 } else { sum / glyphs.len() as f32 };
+        RecText { text, confidence, glyphs, width: 0.0 }
     }
 }
 
@@ -178,7 +209,11 @@ pub fn recognize_batch(
                 decoder.num_classes()
             )));
         }
-        texts.extend((0..crops.len()).map(|k| decoder.decode(probs.view(), k)));
+        let column_px = width as f32 / probs.shape()[1].max(1) as f32;
+        texts.extend(crops.iter().enumerate().map(|(k, crop)| RecText {
+            width: crop.width().min(width) as f32,
+            ..decoder.decode(probs.view(), k, column_px)
+        }));
         Ok(())
     })?;
     tracing::debug!(n = crops.len(), width, secs = t.elapsed().as_secs_f64(), "rec batch");
@@ -200,9 +235,15 @@ mod tests {
         for (t, &c) in seq.iter().enumerate() {
             p[[0, t, c]] = 0.8;
         }
-        let r = dec.decode(p.view(), 0);
+        let r = dec.decode(p.view(), 0, 4.0);
         assert_eq!(r.text, "aab b");
         assert!((r.confidence - 0.8).abs() < 1e-6);
+        // Each character spans the columns of its run: "a a" is one run, then blank.
+        let spans: Vec<(&str, f32, f32)> = r.glyphs.iter().map(|g| (&r.text[g.range.clone()], g.x0, g.x1)).collect();
+        assert_eq!(
+            spans,
+            vec![("a", 0.0, 8.0), ("a", 12.0, 16.0), ("b", 16.0, 20.0), (" ", 20.0, 24.0), ("b", 24.0, 28.0)]
+        );
     }
 
     #[test]

@@ -316,3 +316,143 @@ fn eval_receipt_reads_in_every_orientation() {
         assert!(f1 >= 0.9, "rotation {}: F1 vs upright {f1:.3}\n{t}", 90 * k);
     }
 }
+
+/// Whether the output-format tests must run their external checkers (scripts/test.sh installs
+/// them with scripts/lib/checkers.sh and sets `OCR_REQUIRE_CHECKERS=1`).
+fn checkers() -> Option<(PathBuf, PathBuf)> {
+    let hocr = std::env::var_os("OCR_HOCR_CHECK").map(PathBuf::from).filter(|p| p.is_file());
+    let xsd = std::env::var_os("OCR_ALTO_XSD").map(PathBuf::from).filter(|p| p.is_file());
+    let tools = ["xmllint", "pdftotext"].iter().all(|t| std::process::Command::new(t).arg("-v").output().is_ok());
+    match (hocr, xsd, tools) {
+        (Some(h), Some(x), true) => Some((h, x)),
+        _ => {
+            let msg = "hocr-check (OCR_HOCR_CHECK), the ALTO schema (OCR_ALTO_XSD), xmllint or pdftotext missing; \
+                       source scripts/lib/checkers.sh and run checkers_ensure";
+            let required = std::env::var("OCR_REQUIRE_CHECKERS").is_ok_and(|v| v == "1");
+            assert!(!required, "OCR_REQUIRE_CHECKERS=1 but {msg}");
+            eprintln!("SKIPPED output-format checks: {msg}");
+            None
+        }
+    }
+}
+
+/// Where [`rendered_page`] drew each word: `(word, [x0, y0, x1, y1])`, from the font's advances.
+fn drawn_words() -> Vec<(String, [f32; 4])> {
+    let font = font().expect("font");
+    let mut out = Vec::new();
+    for (i, line) in LINES.iter().enumerate() {
+        let y = 30.0 + 62.0 * i as f32;
+        let mut start = 0;
+        for word in line.split(' ') {
+            let before = imageproc::drawing::text_size(34.0, &font, &line[..start]).0 as f32;
+            let width = imageproc::drawing::text_size(34.0, &font, word).0 as f32;
+            out.push((word.to_string(), [40.0 + before, y, 40.0 + before + width, y + 34.0]));
+            start += word.len() + 1;
+        }
+    }
+    out
+}
+
+fn iou(a: [f32; 4], b: [f32; 4]) -> f32 {
+    let i = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0) * (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+    let area = |r: [f32; 4]| (r[2] - r[0]) * (r[3] - r[1]);
+    i / (area(a) + area(b) - i)
+}
+
+fn rect(q: &[[f32; 2]; 4]) -> [f32; 4] {
+    let xs = q.iter().map(|p| p[0]);
+    let ys = q.iter().map(|p| p[1]);
+    [
+        xs.clone().fold(f32::MAX, f32::min),
+        ys.clone().fold(f32::MAX, f32::min),
+        xs.fold(0.0, f32::max),
+        ys.fold(0.0, f32::max),
+    ]
+}
+
+/// Words come with boxes on the words as drawn, and a two-page result of the page passes each
+/// format's external checker: hOCR `hocr-check`, ALTO the v4 schema, the searchable PDF
+/// `pdftotext` (its text in reading order, a form feed between pages, and each extracted word's
+/// box on the word's box).
+#[test]
+fn words_have_boxes_and_every_output_format_passes_its_checker() {
+    use ocr_core::render::{self, PageImage};
+    let Some(engine) = engine() else { return };
+    let Some(img) = rendered_page() else { return };
+    let Some((hocr_check, alto_xsd)) = checkers() else { return };
+    // Page 2 is the page lower on a taller sheet: hocr-check 1.1.1 compares the boxes of every
+    // page's lines with every page's (its XPath starts at the root), so two pages with text in
+    // the same places fail its overlap check.
+    let mut low = RgbImage::from_pixel(img.width(), img.height() * 2, Rgb([250, 250, 245]));
+    image::imageops::replace(&mut low, &img, 0, i64::from(img.height()));
+    let mut pages = engine.recognize(&[img.clone(), low.clone()]).into_iter();
+    let (page, p2) = (pages.next().unwrap().unwrap(), pages.next().unwrap().unwrap());
+
+    // Every drawn word is read as a word whose box overlaps where it was drawn (IoU >= 0.5).
+    let words: Vec<&ocr_engine::Word> = page.lines.iter().flat_map(|l| &l.words).collect();
+    for (text, drawn) in drawn_words() {
+        let best = words.iter().filter(|w| w.text == text).map(|w| iou(rect(&w.quad), drawn)).fold(0.0, f32::max);
+        assert!(best >= 0.5, "{text}: best IoU {best:.2} at {drawn:?}; words {words:?}");
+    }
+
+    let result = ocr_core::OcrResult::from_pages(vec![page.into_result_page(1), p2.into_result_page(2)], 0.0);
+    let dir = std::env::temp_dir().join(format!("ocr-formats-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |cmd: &mut std::process::Command| {
+        let out = cmd.output().expect("checker runs");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    };
+
+    let hocr = dir.join("page.hocr");
+    std::fs::write(&hocr, render::hocr(&result, "page.png")).unwrap();
+    let (ok, out) = run(std::process::Command::new(&hocr_check).arg(&hocr));
+    assert!(ok && !out.contains("not ok") && out.contains("ok 1"), "hocr-check:\n{out}");
+
+    let alto = dir.join("page.xml");
+    std::fs::write(&alto, render::alto(&result, "page.png")).unwrap();
+    let (ok, out) =
+        run(std::process::Command::new("xmllint").args(["--noout", "--nonet", "--schema"]).arg(&alto_xsd).arg(&alto));
+    assert!(ok, "ALTO does not validate against {}:\n{out}", alto_xsd.display());
+
+    let mut jpeg = Vec::new();
+    image::DynamicImage::ImageRgb8(img.clone())
+        .write_to(&mut std::io::Cursor::new(&mut jpeg), image::ImageFormat::Jpeg)
+        .unwrap();
+    let image = PageImage { jpeg, width: img.width(), height: img.height(), gray: false };
+    let mut jpeg = Vec::new();
+    image::DynamicImage::ImageRgb8(low.clone())
+        .write_to(&mut std::io::Cursor::new(&mut jpeg), image::ImageFormat::Jpeg)
+        .unwrap();
+    let image2 = PageImage { jpeg, width: low.width(), height: low.height(), gray: false };
+    let pdf = dir.join("page.pdf");
+    std::fs::write(&pdf, render::searchable_pdf(&result, &[Some(image), Some(image2)], 72.0)).unwrap();
+    let (ok, text) = run(std::process::Command::new("pdftotext").arg(&pdf).arg("-"));
+    assert!(ok, "pdftotext: {text}");
+    let pages: Vec<&str> = text.split('\u{c}').filter(|p| !p.trim().is_empty()).collect();
+    assert_eq!(pages.len(), 2, "{text}");
+    for p in pages {
+        let f1 = word_f1(p, &LINES.join("\n"));
+        assert!(f1 >= 0.9, "pdftotext page F1 {f1:.3}:\n{p}");
+    }
+    // At 72 dpi a PDF point is an image pixel: each extracted word's centre lies in its box.
+    let (ok, bbox) = run(std::process::Command::new("pdftotext").arg("-bbox").arg(&pdf).arg("-"));
+    assert!(ok, "{bbox}");
+    let first_page = bbox.split("</page>").next().unwrap();
+    let ours: Vec<(String, [f32; 4])> =
+        result.pages[0].lines.iter().flat_map(|l| &l.words).map(|w| (w.text.clone(), rect(&w.bbox))).collect();
+    let mut found = 0;
+    for tag in first_page.split("<word ").skip(1) {
+        let attr = |name: &str| -> f32 {
+            let v = tag.split(&format!("{name}=\"")).nth(1).unwrap().split('"').next().unwrap();
+            v.parse().unwrap()
+        };
+        let word = tag.split('>').nth(1).unwrap().split('<').next().unwrap().replace("&amp;", "&");
+        let (cx, cy) = ((attr("xMin") + attr("xMax")) / 2.0, (attr("yMin") + attr("yMax")) / 2.0);
+        let inside = ours.iter().any(|(t, r)| *t == word && cx >= r[0] && cx <= r[2] && cy >= r[1] && cy <= r[3]);
+        assert!(inside, "pdftotext word {word:?} centred at ({cx:.1}, {cy:.1}) is in none of our boxes {ours:?}");
+        found += 1;
+    }
+    assert_eq!(found, ours.len(), "{first_page}");
+    std::fs::remove_dir_all(&dir).ok();
+}

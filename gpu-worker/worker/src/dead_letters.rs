@@ -161,7 +161,7 @@ mod tests {
         for _ in 0..3 {
             queues.receive(Priority::Bulk, 10, Duration::ZERO).await.unwrap();
         }
-        let result = OcrResult { text: "x".into(), lines: vec![], width: 1, height: 1, seconds: 0.0 };
+        let result = OcrResult::image(1, 1, vec![], 0.0);
         store.take(&[done], 1_000).await.unwrap();
         store.complete(&[(done, result)], 2_000).await.unwrap();
         // The next receive moves both to the dead-letter queue; nobody ended `lost`.

@@ -1,7 +1,7 @@
 //! The engine behind a small trait, so the pipeline is tested with a fake one.
 
 use image::RgbImage;
-use ocr_core::{OcrLine, OcrResult};
+use ocr_core::OcrResult;
 use ocr_engine::{Engine, EngineError, EngineSettings, Provider};
 
 /// Why one image produced no result.
@@ -54,17 +54,7 @@ impl Recognizer for EngineRecognizer {
         pages
             .into_iter()
             .map(|page| match page {
-                Ok(page) => Ok(OcrResult {
-                    text: page.text(),
-                    lines: page
-                        .lines
-                        .into_iter()
-                        .map(|l| OcrLine { text: l.text, confidence: l.confidence, bbox: l.quad })
-                        .collect(),
-                    width: page.width,
-                    height: page.height,
-                    seconds: share,
-                }),
+                Ok(page) => Ok(OcrResult::from_pages(vec![page.into_result_page(1)], share)),
                 Err(e) => Err(ImageFailure::from(&e)),
             })
             .collect()

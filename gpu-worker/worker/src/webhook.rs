@@ -796,7 +796,7 @@ mod tests {
         store.take(&[id], 1_000).await.unwrap();
         // The result is written (the webhook is owed from then on); the worker dies before
         // it notifies anyone.
-        let result = ocr_core::OcrResult { text: "x".into(), lines: vec![], width: 1, height: 1, seconds: 0.0 };
+        let result = ocr_core::OcrResult::image(1, 1, vec![], 0.0);
         assert_eq!(store.complete(&[(id, result)], 2_000).await.unwrap(), vec![id]);
         assert_eq!(store.owed_notifications(), vec![id]);
         // Not before its lease has passed.

@@ -12,7 +12,7 @@ use gpu_worker::{ImageFailure, Recognizer};
 use image::RgbImage;
 use ocr_core::fakes::{InMemoryJobSource, InMemoryJobStore, InMemoryObjectStore};
 use ocr_core::ports::ObjectStore;
-use ocr_core::{ContentType, Job, JobId, JobMessage, JobStatus, NewJob, OcrResult, Priority};
+use ocr_core::{ContentType, Job, JobId, JobMessage, JobStatus, NewJob, OcrLine, OcrResult, Priority};
 use tokio::sync::{mpsc, watch};
 
 /// "Reads" an image as its width; widths of 13 pixels fail like an engine error.
@@ -33,13 +33,13 @@ impl Recognizer for FakeRecognizer {
                 if i.width() == 13 {
                     return Err(ImageFailure { reason: "cannot read width 13".into(), retryable: false });
                 }
-                Ok(OcrResult {
+                let line = OcrLine {
                     text: format!("width {}", i.width()),
-                    lines: Vec::new(),
-                    width: i.width(),
-                    height: i.height(),
-                    seconds: 0.0,
-                })
+                    confidence: 1.0,
+                    bbox: [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]],
+                    words: Vec::new(),
+                };
+                Ok(OcrResult::image(i.width(), i.height(), vec![line], 0.0))
             })
             .collect()
     }

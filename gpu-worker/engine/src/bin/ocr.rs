@@ -1,7 +1,9 @@
 //! `ocr`: run the OCR engine on image files.
 //!
-//! Prints text (default) or JSON Lines, one object per file:
-//! `{"file","text","lines":[{"text","confidence","box":[[x,y]x4]}],"seconds"}` or `{"file","error"}`.
+//! Prints text (default) or JSON Lines, one object per file: the API's result object
+//! (`text`, `pages` with lines and words, and the first page's `lines`, `width`, `height`)
+//! plus `file`, `rotation`, `seconds`, `cpu_seconds`; or `{"file","error"}`. hOCR, ALTO and
+//! searchable PDF go to stdout for one file, or one file each into `--output-dir`.
 //! Exits with status 1 when any input could not be read or recognised.
 
 use std::io::Write;
@@ -10,21 +12,34 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
+use ocr_core::OcrResult;
+use ocr_core::render::{self, PageImage};
 use ocr_engine::{Engine, EngineSettings, Page, StageTimes};
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, ValueEnum)]
 enum Format {
     Text,
     Json,
+    Hocr,
+    Alto,
+    Pdf,
 }
 
 /// Recognise text in images (JPEG, PNG, WebP, TIFF).
 #[derive(Debug, Parser)]
 #[command(name = "ocr", version)]
 struct Args {
-    /// Output format: plain text, or JSON Lines (one object per file).
+    /// Output format: plain text, JSON Lines (one object per file), hOCR, ALTO v4 XML, or a
+    /// searchable PDF (the image with an invisible text layer on the words).
     #[arg(long, value_enum, default_value = "text")]
     format: Format,
+    /// Write each file's result to DIR/<file name>.<txt|json|hocr|xml|pdf> instead of stdout
+    /// (needed for hOCR, ALTO and PDF of more than one file).
+    #[arg(long, value_name = "DIR")]
+    output_dir: Option<PathBuf>,
+    /// Resolution a searchable PDF places the images at (pixels per inch).
+    #[arg(long, default_value_t = 300.0)]
+    pdf_dpi: f32,
     /// Images per engine call; detection and recognition overlap within a call.
     #[arg(long, env = "OCR_BATCH", default_value_t = 8)]
     batch: usize,
@@ -52,6 +67,13 @@ fn run() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    let whole_documents = matches!(args.format, Format::Hocr | Format::Alto | Format::Pdf);
+    if whole_documents && args.output_dir.is_none() && args.files.len() > 1 {
+        anyhow::bail!("--format {:?} writes one document per file: give one file or --output-dir", args.format);
+    }
+    if let Some(dir) = &args.output_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     let session = args.engine.session()?;
     let opts = args.engine.options();
     let t_load = Instant::now();
@@ -67,7 +89,7 @@ fn run() -> anyhow::Result<()> {
     let total = args.files.len();
     let t_all = Instant::now();
     for (chunk_no, chunk) in args.files.chunks(args.batch.max(1)).enumerate() {
-        failures += read_chunk(&engine, chunk, args.format, &mut times, &mut out)?;
+        failures += read_chunk(&engine, chunk, &args, &mut times, &mut out)?;
         if total > 5 {
             let done = ((chunk_no + 1) * args.batch.max(1)).min(total);
             eprintln!("ocr: {done}/{total} files, {:.1}s", t_all.elapsed().as_secs_f64());
@@ -96,7 +118,7 @@ fn run() -> anyhow::Result<()> {
 fn read_chunk(
     engine: &Engine,
     chunk: &[PathBuf],
-    format: Format,
+    args: &Args,
     times: &mut StageTimes,
     out: &mut impl Write,
 ) -> anyhow::Result<usize> {
@@ -113,34 +135,89 @@ fn read_chunk(
     let mut pages = pages.into_iter();
     let mut failures = 0;
     for (f, r) in chunk.iter().zip(read) {
-        let res: Result<Page, String> = match r {
+        let res: Result<(Page, Vec<u8>), String> = match r {
             Err(e) => Err(e),
-            Ok(_) => pages.next().expect("one page per input").map_err(|e| e.to_string()),
+            Ok(bytes) => pages.next().expect("one page per input").map(|p| (p, bytes)).map_err(|e| e.to_string()),
         };
         let file = f.display().to_string();
-        match (&res, format) {
-            (Ok(page), Format::Text) => writeln!(out, "{}", page.text())?,
-            (Ok(page), Format::Json) => {
-                let v = serde_json::json!({
-                    "file": file,
-                    "text": page.text(),
-                    "lines": page.lines,
-                    "rotation": page.rotation,
-                    "seconds": per_image,
-                    "cpu_seconds": cpu_per_image,
-                });
-                writeln!(out, "{v}")?;
+        let written = match res {
+            Ok((page, bytes)) => {
+                let rotation = page.rotation;
+                let result = OcrResult::from_pages(vec![page.into_result_page(1)], per_image);
+                render_one(&result, &bytes, f, args, rotation, cpu_per_image)
+                    .and_then(|doc| emit(f, args, &doc, out).map_err(|e| format!("{e:#}")))
             }
-            (Err(e), Format::Json) => writeln!(out, "{}", serde_json::json!({"file": file, "error": e}))?,
-            (Err(_), Format::Text) => {}
-        }
-        if let Err(e) = res {
+            Err(e) => {
+                if args.format == Format::Json && args.output_dir.is_none() {
+                    writeln!(out, "{}", serde_json::json!({"file": file, "error": e}))?;
+                }
+                Err(e)
+            }
+        };
+        if let Err(e) = written {
             failures += 1;
             eprintln!("ocr: {file}: {e}");
         }
     }
     out.flush()?;
     Ok(failures)
+}
+
+/// One file's result in the chosen format.
+fn render_one(
+    result: &OcrResult,
+    bytes: &[u8],
+    file: &std::path::Path,
+    args: &Args,
+    rotation: u32,
+    cpu_seconds: f64,
+) -> Result<Vec<u8>, String> {
+    let name = file.file_name().map_or_else(|| file.display().to_string(), |n| n.to_string_lossy().into_owned());
+    Ok(match args.format {
+        Format::Text => render::text(result).into_bytes(),
+        Format::Json => {
+            let mut v = serde_json::to_value(result).map_err(|e| e.to_string())?;
+            v["file"] = file.display().to_string().into();
+            v["rotation"] = rotation.into();
+            v["cpu_seconds"] = cpu_seconds.into();
+            let mut line = v.to_string().into_bytes();
+            line.push(b'\n');
+            line
+        }
+        Format::Hocr => render::hocr(result, &name).into_bytes(),
+        Format::Alto => render::alto(result, &name).into_bytes(),
+        Format::Pdf => render::searchable_pdf(result, &[Some(page_image(bytes, args)?)], args.pdf_dpi),
+    })
+}
+
+/// The image under a PDF page: the upright picture the boxes are measured on, as JPEG.
+fn page_image(bytes: &[u8], args: &Args) -> Result<PageImage, String> {
+    let img = ocr_engine::decode_image(bytes, args.engine.max_pixels).map_err(|e| e.to_string())?;
+    let mut jpeg = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 85)
+        .encode_image(&img)
+        .map_err(|e| format!("encoding the page image: {e}"))?;
+    Ok(PageImage { jpeg, width: img.width(), height: img.height(), gray: false })
+}
+
+/// Writes a document to stdout or to its file in `--output-dir`.
+fn emit(file: &std::path::Path, args: &Args, doc: &[u8], out: &mut impl Write) -> anyhow::Result<()> {
+    match &args.output_dir {
+        None => out.write_all(doc)?,
+        Some(dir) => {
+            let ext = match args.format {
+                Format::Text => "txt",
+                Format::Json => "json",
+                Format::Hocr => "hocr",
+                Format::Alto => "xml",
+                Format::Pdf => "pdf",
+            };
+            let stem = file.file_name().map_or_else(|| "out".into(), |n| n.to_string_lossy().into_owned());
+            let path = dir.join(format!("{stem}.{ext}"));
+            std::fs::write(&path, doc).with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// User + system CPU time of this process, all threads (Linux `/proc/self/stat`, 10 ms ticks);

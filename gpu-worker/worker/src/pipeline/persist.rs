@@ -318,7 +318,7 @@ mod tests {
     }
 
     fn done() -> State {
-        State::Done(OcrResult { text: "x".into(), lines: Vec::new(), width: 1, height: 1, seconds: 0.0 })
+        State::Done(OcrResult::image(1, 1, vec![], 0.0))
     }
 
     fn failed() -> State {
