@@ -108,6 +108,26 @@ async fn images_become_text_and_signed_webhooks() -> anyhow::Result<()> {
         assert_eq!(job["attempts"], 1);
     }
     assert!(exact >= 5, "{exact} of {} lines read exactly", jobs.len());
+    // Words are stored with the result, and the output formats read it (the PDF draws the
+    // upload, fetched from the bucket, under its text).
+    let (id, _) = &jobs[0];
+    let job: Value = env.request(Method::GET, &format!("/v1/jobs/{id}"), ALICE_TOKEN).send().await?.json().await?;
+    let words = job["result"]["pages"][0]["lines"][0]["words"].as_array().cloned().unwrap_or_default();
+    assert!(!words.is_empty() && words.iter().all(|w| w["box"].as_array().map(Vec::len) == Some(4)), "{job}");
+    for (format, magic) in [("pdf", "%PDF-"), ("hocr", "<?xml"), ("alto", "<?xml"), ("text", "")] {
+        let response =
+            env.request(Method::GET, &format!("/v1/jobs/{id}/result?format={format}"), ALICE_TOKEN).send().await?;
+        assert_eq!(response.status(), 200, "{format}");
+        let body = response.bytes().await?;
+        assert!(
+            body.starts_with(magic.as_bytes()),
+            "{format}: {:?}",
+            String::from_utf8_lossy(&body[..body.len().min(80)])
+        );
+        if format == "text" {
+            assert_eq!(std::str::from_utf8(&body)?.trim_end(), job["result"]["text"].as_str().unwrap());
+        }
+    }
 
     wait_until("webhooks", Duration::from_secs(30), || async {
         Ok(hooks.received.lock().unwrap().len() >= jobs.len())

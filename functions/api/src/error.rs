@@ -24,6 +24,9 @@ pub enum ApiError {
     TooLarge(String),
     #[error("job not found")]
     NotFound,
+    /// The job has no result to give (it has not succeeded, or its result is past retention).
+    #[error("{0}")]
+    NoResult(String),
     #[error("method not allowed on this path")]
     MethodNotAllowed,
     #[error("this Idempotency-Key was already used with a different request")]
@@ -49,6 +52,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::NoResult(_) => StatusCode::CONFLICT,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::IdempotencyConflict => StatusCode::CONFLICT,
             ApiError::Quota(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -66,6 +70,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::TooLarge(_) => "too_large",
             ApiError::NotFound => "not_found",
+            ApiError::NoResult(_) => "no_result",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::IdempotencyConflict => "idempotency_conflict",
             ApiError::Quota(QuotaRefusal::TooManyWaiting { .. }) => "caller_queue_full",

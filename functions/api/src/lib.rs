@@ -13,6 +13,7 @@ pub mod backpressure;
 pub mod config;
 pub mod dead_letters;
 pub mod error;
+pub mod page_image;
 pub mod poller;
 pub mod routes;
 pub mod signing;

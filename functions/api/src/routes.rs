@@ -12,6 +12,7 @@ use axum::routing::get;
 use ocr_core::job::Idempotency;
 use ocr_core::ports::StatusChange;
 use ocr_core::quota::Admission;
+use ocr_core::render::{self, Format};
 use ocr_core::request::{CreateLimits, JobSpec, RawCreateRequest, check_callback_target, parse_create};
 use ocr_core::{Job, JobId, JobStatus, NewJob, PortError};
 
@@ -33,6 +34,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/openapi.json", get(openapi))
         .route("/v1/jobs", axum::routing::post(create_job))
         .route("/v1/jobs/{id}", get(get_job).delete(delete_job))
+        .route("/v1/jobs/{id}/result", get(get_result))
         .route("/v1/webhook-secret", get(crate::signing::get_secret))
         .route("/v1/webhook-secret/rotate", axum::routing::post(crate::signing::rotate_secret))
         .fallback(not_found)
@@ -301,6 +303,64 @@ async fn get_job(
         view.result = state.ports.store.get_result(&job.id).await?;
     }
     Ok(axum::Json(view).into_response())
+}
+
+/// `GET /v1/jobs/{id}/result?format=json|text|hocr|alto|pdf`: a succeeded job's result in one
+/// of the output formats (JSON by default: the same object as the job's `result`). Another
+/// caller's job is 404 like an unknown one; a job without a result is 409 `no_result`.
+async fn get_result(
+    State(state): State<AppState>,
+    caller: Caller,
+    id: Result<Path<String>, PathRejection>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let format = format_param(query)?;
+    let job = expire_if_due(&state, owned_job(&state, &caller, id).await?).await?;
+    let retention_ms = i64::from(state.limits.retention_days) * 86_400_000;
+    if job.status != JobStatus::Deleted && state.ports.clock.now_ms() - job.created_at_ms >= retention_ms {
+        return Err(ApiError::NoResult(format!(
+            "the job's result is past its {} days of retention",
+            state.limits.retention_days
+        )));
+    }
+    if job.status != JobStatus::Succeeded {
+        return Err(ApiError::NoResult(format!(
+            "the job is {}; only a succeeded job has a result",
+            job.status.as_str()
+        )));
+    }
+    let Some(result) = state.ports.store.get_result(&job.id).await? else {
+        return Err(ApiError::NoResult("the job's result is gone".into()));
+    };
+    let name = format!("{}.{}", job.id, format.extension());
+    let body: Vec<u8> = match format {
+        Format::Json => return Ok(axum::Json(result).into_response()),
+        Format::Text => render::text(&result).into_bytes(),
+        Format::Hocr => render::hocr(&result, &job.id.to_string()).into_bytes(),
+        Format::Alto => render::alto(&result, &job.id.to_string()).into_bytes(),
+        Format::Pdf => {
+            let upload = state.ports.objects.get(&job.object_key(), None).await?;
+            let (w, h) = result.pages.first().map_or((0, 0), |p| (p.width, p.height));
+            let image = tokio::task::spawn_blocking(move || crate::page_image::page_image(&upload, w, h))
+                .await
+                .map_err(|e| ApiError::Internal(format!("page image task: {e}")))??;
+            render::searchable_pdf(&result, &[Some(image)], crate::page_image::PDF_DPI)
+        }
+    };
+    let disposition = format!("inline; filename=\"{name}\"");
+    Ok(([(header::CONTENT_TYPE, format.media_type().to_owned()), (header::CONTENT_DISPOSITION, disposition)], body)
+        .into_response())
+}
+
+/// `?format=` of `GET /v1/jobs/{id}/result`; absent: JSON. Other query parameters are ignored.
+fn format_param(query: Result<Query<Vec<(String, String)>>, QueryRejection>) -> Result<Format, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::InvalidParameter(format!("invalid query: {e}")))?;
+    let mut formats = query.iter().filter(|(name, _)| name == "format").map(|(_, value)| value);
+    let Some(value) = formats.next() else { return Ok(Format::Json) };
+    if formats.next().is_some() {
+        return Err(ApiError::InvalidParameter("format given more than once".into()));
+    }
+    value.parse().map_err(ApiError::InvalidParameter)
 }
 
 /// `?wait=` of `GET /v1/jobs/{id}`: whole seconds from 0 to [`MAX_WAIT_SECS`]; absent: 0.

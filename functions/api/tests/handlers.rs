@@ -933,16 +933,22 @@ async fn a_job_past_retention_reads_expired() {
     h.store.set_status(&id, JobStatus::AwaitingUpload, JobStatus::Queued, change(1)).await.unwrap();
     h.store.set_status(&id, JobStatus::Queued, JobStatus::Processing, change(2)).await.unwrap();
     h.store.set_status(&id, JobStatus::Processing, JobStatus::Succeeded, change(3)).await.unwrap();
-    h.store.put_result(id, OcrResult::image(1, 1, vec![], 0.0));
+    let line = OcrLine { text: "x".into(), ..hello_line() };
+    h.store.put_result(id, OcrResult::image(1, 1, vec![line], 0.0));
     h.clock.advance(std::time::Duration::from_secs(7 * 86_400 - 1));
     let (_, _, json) = h.call(get(ALICE, &format!("/v1/jobs/{id}"))).await;
     assert_eq!((json["status"].as_str(), json["result"]["text"].as_str()), (Some("succeeded"), Some("x")));
+    let (status, _, _) = h.call(get(ALICE, &format!("/v1/jobs/{id}/result?format=text"))).await;
+    assert_eq!(status, StatusCode::OK);
     h.clock.advance(std::time::Duration::from_secs(1));
     let (status, _, json) = h.call(get(ALICE, &format!("/v1/jobs/{id}"))).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(json["status"], "expired", "{json}");
     assert!(json.get("result").is_none() && json.get("metadata").is_none() && json.get("callback_url").is_none());
     assert!(json["error"].as_str().unwrap().contains("retention"));
+    // Its result in any format is gone too.
+    let (status, _, json) = h.call(get(ALICE, &format!("/v1/jobs/{id}/result?format=text"))).await;
+    assert_eq!((status, json["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("no_result")), "{json}");
 }
 
 /// A harness whose waiting hub checks every 20 ms (and holds at most `max_waiters`).
@@ -1223,4 +1229,69 @@ fn hello_line() -> OcrLine {
     let bbox = [[0.0, 0.0], [9.0, 0.0], [9.0, 3.0], [0.0, 3.0]];
     let word = ocr_core::OcrWord { text: "HELLO".into(), confidence: 0.9, bbox };
     OcrLine { text: "HELLO".into(), confidence: 0.9, bbox, words: vec![word] }
+}
+
+#[tokio::test]
+async fn a_result_reads_in_every_format_for_its_caller_only() {
+    let h = harness();
+    let mut png = Vec::new();
+    image::DynamicImage::ImageRgb8(image::RgbImage::from_pixel(10, 4, image::Rgb([255, 255, 255])))
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    let (_, _, json) = h.call(direct(ALICE, "image/png", "", png)).await;
+    let id: JobId = json["job_id"].as_str().unwrap().parse().unwrap();
+    let path = format!("/v1/jobs/{id}/result");
+
+    // Not succeeded yet: 409 no_result, whatever the format.
+    let (status, _, json) = h.call(get(ALICE, &format!("{path}?format=hocr"))).await;
+    assert_eq!((status, json["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("no_result")), "{json}");
+
+    let change = |at| StatusChange { at_ms: at, error: None, ..Default::default() };
+    h.store.set_status(&id, JobStatus::AwaitingUpload, JobStatus::Queued, change(1)).await.unwrap();
+    h.store.set_status(&id, JobStatus::Queued, JobStatus::Processing, change(2)).await.unwrap();
+    h.store.set_status(&id, JobStatus::Processing, JobStatus::Succeeded, change(3)).await.unwrap();
+    h.store.put_result(id, OcrResult::image(10, 4, vec![hello_line()], 0.1));
+
+    // JSON (the default) is the job's result; old clients' fields and pages with words.
+    let (_, _, job) = h.call(get(ALICE, &format!("/v1/jobs/{id}"))).await;
+    let (status, headers, json) = h.call(get(ALICE, &path)).await;
+    assert_eq!((status, headers[header::CONTENT_TYPE].to_str().unwrap()), (StatusCode::OK, "application/json"));
+    assert_eq!(json, job["result"]);
+    assert_eq!(
+        (json["text"].as_str(), json["width"].as_u64(), json["lines"][0]["text"].as_str()),
+        (Some("HELLO"), Some(10), Some("HELLO"))
+    );
+    assert_eq!(json["pages"][0]["lines"][0]["words"][0]["text"], "HELLO");
+
+    let expect = [
+        ("text", "text/plain; charset=utf-8", "HELLO\n"),
+        ("hocr", "application/xhtml+xml; charset=utf-8", "class=\"ocrx_word\""),
+        ("alto", "application/alto+xml; charset=utf-8", "CONTENT=\"HELLO\""),
+        ("pdf", "application/pdf", "%PDF-"),
+    ];
+    for (format, media_type, needle) in expect {
+        let response = ocr_api::routes::router(h.state.clone())
+            .oneshot(get(ALICE, &format!("{path}?format={format}")))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{format}");
+        assert_eq!(response.headers()[header::CONTENT_TYPE], media_type, "{format}");
+        let disposition = response.headers()[header::CONTENT_DISPOSITION].to_str().unwrap().to_owned();
+        assert!(disposition.starts_with("inline; filename=") && disposition.contains(&id.to_string()), "{disposition}");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let body = String::from_utf8_lossy(&body);
+        assert!(body.contains(needle), "{format}: {body}");
+    }
+
+    // Another caller: the same 404 as an unknown job. A bad or repeated format: 400.
+    let (status, _, _) = h.call(get(BOB, &format!("{path}?format=pdf"))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    for query in ["format=docx", "format=PDF", "format=text&format=pdf"] {
+        let (status, _, json) = h.call(get(ALICE, &format!("{path}?{query}"))).await;
+        assert_eq!(
+            (status, json["error"]["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("invalid_parameter")),
+            "{query}"
+        );
+    }
 }

@@ -56,6 +56,7 @@ fn every_error() -> Vec<ApiError> {
         ApiError::UnsupportedMediaType("DETAIL".into()),
         ApiError::TooLarge("DETAIL".into()),
         ApiError::NotFound,
+        ApiError::NoResult("DETAIL".into()),
         ApiError::MethodNotAllowed,
         ApiError::IdempotencyConflict,
         ApiError::QueueFull { queue: "bulk", retry_after_secs: 30 },
@@ -74,6 +75,7 @@ fn every_error() -> Vec<ApiError> {
             | ApiError::UnsupportedMediaType(_)
             | ApiError::TooLarge(_)
             | ApiError::NotFound
+            | ApiError::NoResult(_)
             | ApiError::MethodNotAllowed
             | ApiError::IdempotencyConflict
             | ApiError::QueueFull { .. }
