@@ -25,6 +25,21 @@ pub enum EngineError {
         /// The configured limit (width × height).
         limit: u64,
     },
+    /// A document has more pages than the configured limit.
+    #[error("the document has more than {limit} pages, the limit")]
+    TooManyPages {
+        /// The configured limit (`MAX_PAGES`).
+        limit: usize,
+    },
+    /// One page of a document failed.
+    #[error("page {page}: {source}")]
+    Page {
+        /// 1-based page number.
+        page: usize,
+        /// What failed.
+        #[source]
+        source: Box<EngineError>,
+    },
     /// Zero width or height.
     #[error("image is empty ({width}x{height})")]
     Empty {
@@ -57,7 +72,10 @@ impl EngineError {
     /// Whether retrying the same input later can succeed (transient runtime failures and I/O),
     /// as opposed to bad input or configuration, which fail the same way every time.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, EngineError::Inference(_) | EngineError::Io { .. })
+        match self {
+            EngineError::Page { source, .. } => source.is_retryable(),
+            e => matches!(e, EngineError::Inference(_) | EngineError::Io { .. }),
+        }
     }
 }
 

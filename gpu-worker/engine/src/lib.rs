@@ -29,6 +29,7 @@
 pub mod classify;
 pub mod decode;
 pub mod detection;
+pub mod document;
 pub mod engine;
 pub mod error;
 pub mod geometry;
@@ -42,6 +43,7 @@ pub mod settings;
 pub mod words;
 
 pub use decode::{DEFAULT_MAX_PIXELS, decode_image, probe_dimensions};
+pub use document::{DEFAULT_MAX_PAGES, decode_pages, page_count, probe_pages};
 pub use engine::{Engine, EngineOptions, Line, Models, Page, StageTimes};
 pub use error::EngineError;
 pub use geometry::Quad;

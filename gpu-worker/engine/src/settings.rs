@@ -99,6 +99,9 @@ pub struct EngineSettings {
     /// Refuse images with more pixels than this.
     #[arg(long, env = "OCR_MAX_PIXELS", default_value_t = crate::DEFAULT_MAX_PIXELS)]
     pub max_pixels: u64,
+    /// Refuse documents (multi-page TIFF) with more pages than this.
+    #[arg(long, env = "MAX_PAGES", default_value_t = crate::DEFAULT_MAX_PAGES)]
+    pub max_pages: usize,
 }
 
 /// Width step on GPU: each distinct recogniser width costs a cuDNN search at warm-up.

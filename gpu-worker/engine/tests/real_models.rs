@@ -456,3 +456,64 @@ fn words_have_boxes_and_every_output_format_passes_its_checker() {
     assert_eq!(found, ours.len(), "{first_page}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Character error rate: edit distance over the reference's length, whitespace runs as one space.
+fn cer(pred: &str, truth: &str) -> f64 {
+    let norm = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ").chars().collect::<Vec<char>>();
+    let (p, t) = (norm(pred), norm(truth));
+    let mut row: Vec<usize> = (0..=p.len()).collect();
+    for (i, tc) in t.iter().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, pc) in p.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(tc != pc)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[p.len()] as f64 / t.len().max(1) as f64
+}
+
+/// Every page of a multi-page TIFF reads as its own page (CER <= 0.01 each), in order.
+#[test]
+fn every_page_of_a_tiff_reads() {
+    let Some(engine) = engine() else { return };
+    let Some(font) = font() else { return };
+    let texts = [
+        ["Page one of three", "Invoice 2026-0417", "Total EUR 23.40"],
+        ["Page two of three", "Delivery note 88", "Weight 12.5 kg"],
+        ["Page three of three", "Signed by the driver", "Thank you"],
+    ];
+    let pages: Vec<RgbImage> = texts
+        .iter()
+        .map(|lines| {
+            let mut img = RgbImage::from_pixel(560, 240, Rgb([255, 255, 255]));
+            for (i, line) in lines.iter().enumerate() {
+                imageproc::drawing::draw_text_mut(
+                    &mut img,
+                    Rgb([10, 10, 10]),
+                    30,
+                    30 + 64 * i as i32,
+                    34.0,
+                    &font,
+                    line,
+                );
+            }
+            img
+        })
+        .collect();
+    let mut out = std::io::Cursor::new(Vec::new());
+    let mut enc = tiff::encoder::TiffEncoder::new(&mut out).unwrap();
+    for p in &pages {
+        enc.write_image::<tiff::encoder::colortype::RGB8>(p.width(), p.height(), p.as_raw()).unwrap();
+    }
+    let bytes = out.into_inner();
+    let decoded =
+        ocr_engine::decode_pages(&bytes, ocr_engine::DEFAULT_MAX_PIXELS, ocr_engine::DEFAULT_MAX_PAGES).unwrap();
+    assert_eq!(decoded.len(), 3);
+    for (k, (page, lines)) in engine.recognize(&decoded).into_iter().zip(&texts).enumerate() {
+        let text = page.unwrap().text();
+        let c = cer(&text, &lines.join("\n"));
+        assert!(c <= 0.01, "page {}: CER {c:.3}\n{text}", k + 1);
+    }
+}

@@ -165,6 +165,7 @@ impl WorkerConfig {
             prefetch_concurrency: self.prefetch_concurrency,
             decode_concurrency: self.decode_concurrency,
             max_pixels: self.engine.max_pixels,
+            max_pages: self.engine.max_pages,
             bucket: self.resources.upload_bucket.clone(),
             shutdown_grace: self.shutdown_grace(),
             retry_backoff: Duration::from_millis(self.retry_backoff_ms),

@@ -417,3 +417,40 @@ async fn bulk_keeps_flowing_under_a_stream_of_express_jobs() {
     assert!(bulk * 8 >= read.len(), "bulk read {bulk} of {}: {calls:?}", read.len());
     assert!(bulk >= 10, "bulk kept finishing: {bulk}");
 }
+
+fn tiff(widths: &[u32]) -> Vec<u8> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    let mut enc = tiff::encoder::TiffEncoder::new(&mut out).unwrap();
+    for &w in widths {
+        enc.write_image::<tiff::encoder::colortype::Gray8>(w, 8, &vec![255u8; w as usize * 8]).unwrap();
+    }
+    out.into_inner()
+}
+
+/// A multi-page TIFF is read page by page into one result, its pages counting toward the batch
+/// like images; one bad page fails the job, saying which.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_page_of_a_document_is_read_into_one_result() {
+    let w = World::new();
+    let doc = w.job(Priority::Bulk, tiff(&[31, 32, 33])).await;
+    let long = w.job(Priority::Bulk, tiff(&[40, 41, 42, 43, 44, 45, 46, 47, 48, 49])).await;
+    let bad = w.job(Priority::Bulk, tiff(&[50, 13, 52])).await;
+    let image = w.job(Priority::Bulk, png(60)).await;
+    // The 10-page document is deferred (requeued after a second) when it does not fit a batch.
+    w.run_until_empty(Duration::from_secs(20)).await;
+
+    let result = w.store.result(&doc).unwrap();
+    let texts: Vec<&str> = result.pages.iter().map(|p| p.text.as_str()).collect();
+    assert_eq!(texts, ["width 31", "width 32", "width 33"]);
+    assert_eq!(result.pages.iter().map(|p| p.page).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(result.text, "width 31\u{c}width 32\u{c}width 33");
+    assert_eq!(w.store.result(&long).unwrap().pages.len(), 10);
+    assert_eq!(w.store.result(&image).unwrap().text, "width 60");
+    let failed = w.status(bad).await;
+    assert_eq!(failed.status, JobStatus::Failed);
+    assert!(failed.error.as_deref().unwrap_or_default().contains("page 2: cannot read width 13"), "{failed:?}");
+    // At most BATCH_MAX (8) pages per engine call; the 10-page document went through alone.
+    let calls = w.recognizer.calls.lock().unwrap();
+    assert!(calls.iter().all(|c| c.len() <= 8 || c.len() == 10), "{calls:?}");
+    assert!(calls.iter().any(|c| c.len() == 10), "{calls:?}");
+}

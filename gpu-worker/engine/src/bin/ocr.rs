@@ -12,9 +12,10 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
+use image::RgbImage;
 use ocr_core::OcrResult;
 use ocr_core::render::{self, PageImage};
-use ocr_engine::{Engine, EngineSettings, Page, StageTimes};
+use ocr_engine::{Engine, EngineSettings, StageTimes};
 
 #[derive(Debug, Clone, Copy, PartialEq, ValueEnum)]
 enum Format {
@@ -126,25 +127,55 @@ fn read_chunk(
     let cpu0 = process_cpu_seconds();
     let read: Vec<Result<Vec<u8>, String>> =
         chunk.iter().map(|f| std::fs::read(f).map_err(|e| format!("cannot read {}: {e}", f.display()))).collect();
-    let bytes: Vec<&[u8]> = read.iter().filter_map(|r| r.as_deref().ok()).collect();
+    // Multi-page inputs (a TIFF's pages) are decoded here and read as pages of one result;
+    // single images go to the engine as bytes, decoded in its detection threads.
+    let docs: Vec<Option<Result<Vec<RgbImage>, String>>> = read
+        .iter()
+        .map(|r| match r {
+            Ok(b) if ocr_engine::page_count(b, args.engine.max_pages).map_or(true, |n| n > 1) => Some(
+                ocr_engine::decode_pages(b, args.engine.max_pixels, args.engine.max_pages).map_err(|e| e.to_string()),
+            ),
+            _ => None,
+        })
+        .collect();
+    let bytes: Vec<&[u8]> =
+        read.iter().zip(&docs).filter_map(|(r, d)| if d.is_none() { r.as_deref().ok() } else { None }).collect();
     let (pages, t_call) = engine.recognize_bytes_timed(&bytes);
     times.add(&t_call);
+    let mut pages = pages.into_iter();
+    let mut results: Vec<Result<(OcrResult, u32, Option<Vec<RgbImage>>), String>> = Vec::new();
+    for (r, doc) in read.iter().zip(docs) {
+        results.push(match (r, doc) {
+            (Err(e), _) => Err(e.clone()),
+            (Ok(_), None) => pages.next().expect("one page per input").map_err(|e| e.to_string()).map(|p| {
+                let rotation = p.rotation;
+                (OcrResult::from_pages(vec![p.into_result_page(1)], 0.0), rotation, None)
+            }),
+            (Ok(_), Some(Err(e))) => Err(e),
+            (Ok(_), Some(Ok(images))) => {
+                let (read, t_doc) = engine.recognize_timed(&images);
+                times.add(&t_doc);
+                read.into_iter()
+                    .enumerate()
+                    .map(|(k, p)| {
+                        p.map(|p| p.into_result_page(k as u32 + 1)).map_err(|e| format!("page {}: {e}", k + 1))
+                    })
+                    .collect::<Result<Vec<_>, String>>()
+                    .map(|p| (OcrResult::from_pages(p, 0.0), 0, Some(images)))
+            }
+        });
+    }
     // Wall time of the call, shared equally by its images (their work overlaps).
     let per_image = t.elapsed().as_secs_f64() / chunk.len() as f64;
     let cpu_per_image = (process_cpu_seconds() - cpu0) / chunk.len() as f64;
-    let mut pages = pages.into_iter();
     let mut failures = 0;
-    for (f, r) in chunk.iter().zip(read) {
-        let res: Result<(Page, Vec<u8>), String> = match r {
-            Err(e) => Err(e),
-            Ok(bytes) => pages.next().expect("one page per input").map(|p| (p, bytes)).map_err(|e| e.to_string()),
-        };
+    for ((f, r), res) in chunk.iter().zip(read).zip(results) {
         let file = f.display().to_string();
         let written = match res {
-            Ok((page, bytes)) => {
-                let rotation = page.rotation;
-                let result = OcrResult::from_pages(vec![page.into_result_page(1)], per_image);
-                render_one(&result, &bytes, f, args, rotation, cpu_per_image)
+            Ok((mut result, rotation, images)) => {
+                result.seconds = per_image;
+                let bytes = r.unwrap_or_default();
+                render_one(&result, &bytes, images.as_deref(), f, args, rotation, cpu_per_image)
                     .and_then(|doc| emit(f, args, &doc, out).map_err(|e| format!("{e:#}")))
             }
             Err(e) => {
@@ -167,6 +198,7 @@ fn read_chunk(
 fn render_one(
     result: &OcrResult,
     bytes: &[u8],
+    pages: Option<&[RgbImage]>,
     file: &std::path::Path,
     args: &Args,
     rotation: u32,
@@ -186,16 +218,24 @@ fn render_one(
         }
         Format::Hocr => render::hocr(result, &name).into_bytes(),
         Format::Alto => render::alto(result, &name).into_bytes(),
-        Format::Pdf => render::searchable_pdf(result, &[Some(page_image(bytes, args)?)], args.pdf_dpi),
+        Format::Pdf => {
+            let images = match pages {
+                Some(pages) => pages.iter().map(|p| page_image(p).map(Some)).collect::<Result<Vec<_>, _>>()?,
+                None => {
+                    let img = ocr_engine::decode_image(bytes, args.engine.max_pixels).map_err(|e| e.to_string())?;
+                    vec![Some(page_image(&img)?)]
+                }
+            };
+            render::searchable_pdf(result, &images, args.pdf_dpi)
+        }
     })
 }
 
 /// The image under a PDF page: the upright picture the boxes are measured on, as JPEG.
-fn page_image(bytes: &[u8], args: &Args) -> Result<PageImage, String> {
-    let img = ocr_engine::decode_image(bytes, args.engine.max_pixels).map_err(|e| e.to_string())?;
+fn page_image(img: &RgbImage) -> Result<PageImage, String> {
     let mut jpeg = Vec::new();
     image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 85)
-        .encode_image(&img)
+        .encode_image(img)
         .map_err(|e| format!("encoding the page image: {e}"))?;
     Ok(PageImage { jpeg, width: img.width(), height: img.height(), gray: false })
 }

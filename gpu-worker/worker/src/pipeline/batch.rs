@@ -16,8 +16,8 @@ use crate::recognizer::ImageFailure;
 pub enum State {
     /// Just received: nothing known yet.
     Received,
-    /// Decoded and waiting for the engine.
-    Ready(RgbImage),
+    /// Decoded and waiting for the engine: its pages (one for an image).
+    Ready(Vec<RgbImage>),
     /// Handed to the engine (its result replaces this).
     InEngine,
     /// The engine read it.
@@ -63,10 +63,10 @@ impl Item {
         self.job.as_ref().map(|j| j.id)
     }
 
-    /// The decoded image, if the item is ready for the engine; it is then [`State::InEngine`].
-    pub fn take_image(&mut self) -> Option<RgbImage> {
+    /// The decoded pages, if the item is ready for the engine; it is then [`State::InEngine`].
+    pub fn take_pages(&mut self) -> Option<Vec<RgbImage>> {
         match std::mem::replace(&mut self.state, State::InEngine) {
-            State::Ready(image) => Some(image),
+            State::Ready(pages) => Some(pages),
             other => {
                 self.state = other;
                 None

@@ -9,6 +9,7 @@ use super::batch::{Batch, Lane, State};
 use crate::metrics::Metrics;
 use crate::now_ms;
 use crate::recognizer::{ImageFailure, Recognizer};
+use ocr_core::{OcrPage, OcrResult};
 
 pub(super) fn stage<R: Recognizer>(mut recognizer: R, metrics: Metrics, mut lanes: Lanes, tx: mpsc::Sender<Batch>) {
     while let Some(mut batch) = lanes.next() {
@@ -58,11 +59,20 @@ impl Lanes {
     }
 }
 
-/// Moves every `Ready` item to `Done` or `Failed`. A panic inside the engine, or a result count
+/// Moves every `Ready` item to `Done` or `Failed`: every page of the batch's jobs in one engine
+/// call, each job's pages then made its result. A panic inside the engine, or a result count
 /// that does not match, fails this attempt of the batch's images (retryably), not the worker.
 pub(super) fn infer<R: Recognizer>(recognizer: &mut R, metrics: &Metrics, batch: &mut Batch) {
-    let (slots, images): (Vec<usize>, Vec<_>) =
-        batch.items.iter_mut().enumerate().filter_map(|(i, item)| item.take_image().map(|img| (i, img))).unzip();
+    let mut slots = Vec::new();
+    let mut counts = Vec::new();
+    let mut images = Vec::new();
+    for (i, item) in batch.items.iter_mut().enumerate() {
+        if let Some(pages) = item.take_pages() {
+            slots.push(i);
+            counts.push(pages.len());
+            images.extend(pages);
+        }
+    }
     if images.is_empty() {
         batch.pixels = None;
         return;
@@ -91,12 +101,32 @@ pub(super) fn infer<R: Recognizer>(recognizer: &mut R, metrics: &Metrics, batch:
     let jobs: Vec<String> = slots.iter().filter_map(|&i| batch.items[i].job_id()).map(|id| id.to_string()).collect();
     tracing::info!(images = n_images, lane = batch.lane.as_str(), seconds = took.as_secs_f64(), jobs = %jobs.join(","), "engine batch");
     let ended_ms = now_ms();
-    for (slot, result) in slots.into_iter().zip(results) {
+    let mut results = results.into_iter();
+    for (slot, n) in slots.into_iter().zip(counts) {
         batch.items[slot].hops.engine_start_ms = started_ms;
         batch.items[slot].hops.engine_end_ms = ended_ms;
-        batch.items[slot].state = match result {
+        batch.items[slot].state = match document(results.by_ref().take(n).collect()) {
             Ok(r) => State::Done(r),
             Err(f) => State::Failed(f),
         };
     }
+}
+
+/// A job's result from its pages' (each read as a one-page result): the pages in order, or the
+/// first failing page's failure, named by its number when the job has several.
+fn document(pages: Vec<Result<OcrResult, ImageFailure>>) -> Result<OcrResult, ImageFailure> {
+    let several = pages.len() > 1;
+    let mut out = Vec::with_capacity(pages.len());
+    let mut seconds = 0.0;
+    for (k, page) in pages.into_iter().enumerate() {
+        match page {
+            Ok(r) => {
+                seconds += r.seconds;
+                out.extend(r.pages.into_iter().map(|p| OcrPage { page: k as u32 + 1, ..p }));
+            }
+            Err(f) if several => return Err(ImageFailure { reason: format!("page {}: {}", k + 1, f.reason), ..f }),
+            Err(f) => return Err(f),
+        }
+    }
+    Ok(OcrResult::from_pages(out, seconds))
 }

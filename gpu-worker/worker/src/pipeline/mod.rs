@@ -55,6 +55,8 @@ pub struct Settings {
     pub prefetch_concurrency: usize,
     pub decode_concurrency: usize,
     pub max_pixels: u64,
+    /// Most pages of one document (`MAX_PAGES`); each page is read as an image.
+    pub max_pages: usize,
     pub bucket: String,
     pub shutdown_grace: Duration,
     /// Delay before a failed delivery returns; doubles with each attempt (at most a minute).
@@ -81,6 +83,7 @@ impl Default for Settings {
             prefetch_concurrency: 16,
             decode_concurrency: 2,
             max_pixels: ocr_engine::DEFAULT_MAX_PIXELS,
+            max_pages: ocr_engine::DEFAULT_MAX_PAGES,
             bucket: String::new(),
             shutdown_grace: Duration::from_secs(60),
             retry_backoff: Duration::from_secs(2),

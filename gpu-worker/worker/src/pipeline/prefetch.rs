@@ -159,11 +159,12 @@ pub(super) async fn prepare(deps: &PipelineDeps, settings: &Settings, limits: &L
         }
     }
     fetched.sort_by_key(|(index, _)| *index);
-    let fetched = plan_pixels(&mut batch, fetched, limits, settings.max_pixels).await;
+    let fetched =
+        plan_pixels(&mut batch, fetched, limits, settings.max_pixels, settings.max_pages, settings.batch_max).await;
     let mut decodes = Vec::new();
     for (index, bytes) in fetched {
-        let (permits, max_pixels) = (limits.decodes.clone(), settings.max_pixels);
-        decodes.push(async move { (index, decode(bytes, &permits, max_pixels).await) });
+        let (permits, max_pixels, max_pages) = (limits.decodes.clone(), settings.max_pixels, settings.max_pages);
+        decodes.push(async move { (index, decode(bytes, &permits, max_pixels, max_pages).await) });
     }
     let mut results = futures::stream::iter(decodes).buffer_unordered(settings.decode_concurrency.max(1));
     while let Some((index, state)) = results.next().await {
@@ -218,44 +219,54 @@ fn still_open(item: &mut Item) -> bool {
 pub const CHANGED_REASON: &str =
     "the image was replaced after its upload was checked (a second PUT to the upload URL); create a new job for it";
 
-/// Keeps the images of `fetched` (in batch order) that fit the batch's share of the pixel
-/// budget, takes their pixels from the budget (waiting while earlier batches hold it) and marks
-/// the rest deferred. An image larger than the share goes through alone, taking the whole
-/// budget. Images whose header cannot be read cost nothing here: decoding fails them.
+/// Keeps the images of `fetched` (in batch order) that fit the batch: at most `max_batch`
+/// pages in all (a document's pages count like images, so a long one does not hold the engine
+/// for the length of many batches) and, with a budget, the batch's share of decoded pixels,
+/// taken from the budget here (waiting while earlier batches hold it). The rest are deferred.
+/// An image or document larger than the batch goes through alone. Inputs whose header cannot
+/// be read cost nothing here: decoding fails them.
 async fn plan_pixels(
     batch: &mut Batch,
     fetched: Vec<(usize, Bytes)>,
     limits: &Limits,
     max_pixels: u64,
+    max_pages: usize,
+    max_batch: usize,
 ) -> Vec<(usize, Bytes)> {
-    let Some(pixels) = &limits.pixels else { return fetched };
     let mut kept = Vec::with_capacity(fetched.len());
-    let mut total = 0u64;
+    let (mut total, mut total_pages) = (0u64, 0usize);
     for (index, bytes) in fetched {
-        let cost = match ocr_engine::probe_dimensions(&bytes) {
-            Ok((w, h)) if u64::from(w) * u64::from(h) <= max_pixels => u64::from(w) * u64::from(h),
-            _ => 0,
-        };
-        if total > 0 && total + cost > limits.per_batch {
+        let pages = ocr_engine::probe_pages(&bytes, max_pages).unwrap_or_default();
+        let n = pages.len().max(1);
+        // Every page of a document counts.
+        let cost: u64 = pages.iter().map(|&(w, h)| u64::from(w) * u64::from(h)).filter(|&p| p <= max_pixels).sum();
+        let over_pages = total_pages > 0 && total_pages + n > max_batch.max(1);
+        let over_pixels = limits.pixels.is_some() && total > 0 && total + cost > limits.per_batch;
+        if over_pages || over_pixels {
             let item = &mut batch.items[index];
             tracing::info!(
-                job_id = ?item.job_id().map(|id| id.to_string()), pixels = cost, batch_pixels = total,
-                "image left for a later batch (decoded-pixel budget)"
+                job_id = ?item.job_id().map(|id| id.to_string()), pages = n, batch_pages = total_pages,
+                pixels = cost, batch_pixels = total, "image left for a later batch (batch pages or decoded-pixel budget)"
             );
-            item.state = State::Deferred {
-                reason: format!(
+            let reason = if over_pages {
+                format!("its {n} pages did not fit this batch of at most {max_batch} pages")
+            } else {
+                format!(
                     "its {cost} pixels did not fit this batch's share of the decoded-pixel budget ({} of {} pixels)",
                     limits.per_batch, limits.budget
-                ),
-                after: OVER_BUDGET_DELAY,
+                )
             };
+            item.state = State::Deferred { reason, after: OVER_BUDGET_DELAY };
             continue;
         }
         total += cost;
+        total_pages += n;
         kept.push((index, bytes));
     }
     let take = total.min(limits.budget) as u32;
-    if take > 0 {
+    if let Some(pixels) = &limits.pixels
+        && take > 0
+    {
         batch.pixels = Some(pixels.clone().acquire_many_owned(take).await.expect("semaphore never closed"));
     }
     kept
@@ -276,11 +287,12 @@ async fn download(objects: &dyn ObjectStore, key: &str, version: Option<&str>) -
     }
 }
 
-/// Decodes one image, at most `permits` decodes at once, on blocking threads.
-async fn decode(bytes: Bytes, permits: &Arc<Semaphore>, max_pixels: u64) -> State {
+/// Decodes one image (every page of a document), at most `permits` decodes at once, on
+/// blocking threads.
+async fn decode(bytes: Bytes, permits: &Arc<Semaphore>, max_pixels: u64, max_pages: usize) -> State {
     let _permit = permits.clone().acquire_owned().await.expect("semaphore never closed");
-    match tokio::task::spawn_blocking(move || ocr_engine::decode_image(&bytes, max_pixels)).await {
-        Ok(Ok(image)) => State::Ready(image),
+    match tokio::task::spawn_blocking(move || ocr_engine::decode_pages(&bytes, max_pixels, max_pages)).await {
+        Ok(Ok(pages)) => State::Ready(pages),
         Ok(Err(e)) => State::Failed(ImageFailure::from(&e)),
         Err(e) => State::Failed(ImageFailure { reason: format!("decoder crashed: {e}"), retryable: false }),
     }
