@@ -143,7 +143,7 @@ fn read_chunk(
     let (pages, t_call) = engine.recognize_bytes_timed(&bytes);
     times.add(&t_call);
     let mut pages = pages.into_iter();
-    let mut results: Vec<Result<(OcrResult, u32, Option<Vec<RgbImage>>), String>> = Vec::new();
+    let mut results: Vec<Result<Read, String>> = Vec::new();
     for (r, doc) in read.iter().zip(docs) {
         results.push(match (r, doc) {
             (Err(e), _) => Err(e.clone()),
@@ -193,6 +193,9 @@ fn read_chunk(
     out.flush()?;
     Ok(failures)
 }
+
+/// A file's result, the turn the engine gave it, and its decoded pages when it has several.
+type Read = (OcrResult, u32, Option<Vec<RgbImage>>);
 
 /// One file's result in the chosen format.
 fn render_one(
