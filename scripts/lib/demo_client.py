@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp",
-         ".tif": "image/tiff", ".tiff": "image/tiff"}
+         ".tif": "image/tiff", ".tiff": "image/tiff", ".pdf": "application/pdf"}
 
 
 def call(method, url, token=None, body=None, headers=None):

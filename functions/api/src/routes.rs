@@ -338,6 +338,13 @@ async fn get_result(
         Format::Text => render::text(&result).into_bytes(),
         Format::Hocr => render::hocr(&result, &job.id.to_string()).into_bytes(),
         Format::Alto => render::alto(&result, &job.id.to_string()).into_bytes(),
+        Format::Pdf if job.content_type == ocr_core::ContentType::Pdf => {
+            // Rendering its pages again needs PDFium, which the API does not carry.
+            return Err(ApiError::NoResult(
+                "a searchable PDF is made from image uploads; this job's upload is a PDF already: ask for hocr or alto"
+                    .into(),
+            ));
+        }
         Format::Pdf => {
             let upload = state.ports.objects.get(&job.object_key(), None).await?;
             let (w, h) = result.pages.first().map_or((0, 0), |p| (p.width, p.height));

@@ -16,10 +16,13 @@ pub enum ContentType {
     Webp,
     #[serde(rename = "image/tiff")]
     Tiff,
+    /// A PDF document: each page is rendered and read (`MAX_PAGES` at most).
+    #[serde(rename = "application/pdf")]
+    Pdf,
 }
 
 impl ContentType {
-    pub const ALL: [ContentType; 4] = [Self::Jpeg, Self::Png, Self::Webp, Self::Tiff];
+    pub const ALL: [ContentType; 5] = [Self::Jpeg, Self::Png, Self::Webp, Self::Tiff, Self::Pdf];
 
     /// Bytes needed by [`ContentType::sniff`].
     pub const SNIFF_LEN: usize = 16;
@@ -30,6 +33,7 @@ impl ContentType {
             Self::Png => "image/png",
             Self::Webp => "image/webp",
             Self::Tiff => "image/tiff",
+            Self::Pdf => "application/pdf",
         }
     }
 
@@ -43,6 +47,8 @@ impl ContentType {
             Some(Self::Webp)
         } else if head.starts_with(b"II*\0") || head.starts_with(b"MM\0*") {
             Some(Self::Tiff)
+        } else if head.starts_with(b"%PDF-") {
+            Some(Self::Pdf)
         } else {
             None
         }
@@ -66,8 +72,9 @@ impl FromStr for ContentType {
             "image/png" => Ok(Self::Png),
             "image/webp" => Ok(Self::Webp),
             "image/tiff" => Ok(Self::Tiff),
+            "application/pdf" => Ok(Self::Pdf),
             _ => Err(format!(
-                "unsupported content type {s:?}: expected one of image/jpeg, image/png, image/webp, image/tiff"
+                "unsupported content type {s:?}: expected one of image/jpeg, image/png, image/webp, image/tiff, application/pdf"
             )),
         }
     }
@@ -84,6 +91,7 @@ mod tests {
         assert_eq!(ContentType::sniff(b"RIFF\x10\0\0\0WEBPVP8 "), Some(ContentType::Webp));
         assert_eq!(ContentType::sniff(b"II*\0\x08\0\0\0"), Some(ContentType::Tiff));
         assert_eq!(ContentType::sniff(b"MM\0*\0\0\0\x08"), Some(ContentType::Tiff));
+        assert_eq!(ContentType::sniff(b"%PDF-1.7\n%\xe2\xe3"), Some(ContentType::Pdf));
         assert_eq!(ContentType::sniff(b"hello, this is text"), None);
         assert_eq!(ContentType::sniff(b""), None);
         assert_eq!(ContentType::sniff(b"RIFF\0\0\0\0WAVE"), None);
@@ -106,7 +114,7 @@ mod tests {
 pub enum ShapeError {
     #[error("the file is empty")]
     Empty,
-    #[error("the file is not an image of an accepted type (JPEG, PNG, WebP, TIFF)")]
+    #[error("the file is not an image of an accepted type (JPEG, PNG, WebP, TIFF) or a PDF")]
     NotAnImage,
     #[error("the file is {found}, but {declared} was declared")]
     WrongType { declared: ContentType, found: ContentType },
@@ -115,7 +123,7 @@ pub enum ShapeError {
 }
 
 /// Bytes of the file's end that [`check_shape`] looks at.
-pub const TAIL_LEN: usize = 16;
+pub const TAIL_LEN: usize = 1024;
 
 /// Checks what can be checked without decoding: the type the leading bytes show
 /// against the declared one, and for PNG and WebP that the file is whole (PNG ends
@@ -140,6 +148,13 @@ pub fn check_shape(declared: ContentType, size: u64, head: &[u8], tail: &[u8]) -
             let riff_len = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as u64;
             // RIFF pads odd-sized payloads to even length.
             if riff_len + 8 != size && riff_len + 9 != size {
+                return Err(ShapeError::Truncated(found));
+            }
+        }
+        ContentType::Pdf => {
+            // Every PDF ends with an end-of-file marker (readers allow junk after it, so look
+            // through the whole tail read).
+            if !tail.windows(5).any(|w| w == b"%%EOF") {
                 return Err(ShapeError::Truncated(found));
             }
         }
@@ -180,5 +195,16 @@ mod shape_tests {
         webp.extend_from_slice(&[0; 4]);
         assert_eq!(check(ContentType::Webp, &webp), Ok(()));
         assert_eq!(check(ContentType::Webp, &webp[..18]), Err(ShapeError::Truncated(ContentType::Webp)));
+        // A PDF ends with %%EOF, perhaps followed by a little junk; a cut one does not.
+        let pdf = b"%PDF-1.7\n1 0 obj\n<<>>\nendobj\ntrailer\n<<>>\n%%EOF\r\n".to_vec();
+        assert_eq!(check(ContentType::Pdf, &pdf), Ok(()));
+        let mut junk = pdf.clone();
+        junk.extend_from_slice(&[b' '; 500]);
+        assert_eq!(check(ContentType::Pdf, &junk), Ok(()));
+        assert_eq!(check(ContentType::Pdf, &pdf[..pdf.len() - 8]), Err(ShapeError::Truncated(ContentType::Pdf)));
+        assert_eq!(
+            check(ContentType::Png, &pdf),
+            Err(ShapeError::WrongType { declared: ContentType::Png, found: ContentType::Pdf })
+        );
     }
 }

@@ -146,7 +146,7 @@ pub fn parse_create(raw: &RawCreateRequest<'_>, limits: &CreateLimits) -> Result
         let spec = parse_create_request(raw.body, limits.max_upload_bytes)?;
         let idempotency = key.map(|key| Idempotency { key, request_hash: request_hash("json", &[], raw.body) });
         Ok(CreateRequest { spec, idempotency, direct: false })
-    } else if media_type.starts_with("image/") {
+    } else if media_type.starts_with("image/") || media_type == "application/pdf" {
         let content_type: ContentType = media_type.parse().map_err(RequestError::UnsupportedMediaType)?;
         let query = parse_direct_query(raw.query)?;
         let spec = direct_upload_spec(content_type, query, raw.body, limits)?;
@@ -161,7 +161,7 @@ pub fn parse_create(raw: &RawCreateRequest<'_>, limits: &CreateLimits) -> Result
         Ok(CreateRequest { spec, idempotency, direct: true })
     } else {
         Err(RequestError::UnsupportedMediaType(
-            "send application/json to get an upload URL, or the image itself as image/jpeg, image/png, image/webp or image/tiff".into(),
+            "send application/json to get an upload URL, or the image itself as image/jpeg, image/png, image/webp or image/tiff (or a PDF as application/pdf)".into(),
         ))
     }
 }

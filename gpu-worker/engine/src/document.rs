@@ -1,5 +1,5 @@
-//! Documents: every page of an input as an image. A multi-page TIFF gives each of its pages,
-//! any other image its one page.
+//! Documents: every page of an input as an image. A PDF gives each page rendered (see
+//! [`crate::pdf`]), a multi-page TIFF each of its pages, any other image its one page.
 //!
 //! A TIFF's pages are a chain of image directories (IFDs), and the file header points at the
 //! first. Each page is decoded by [`decode_image`] from the same bytes with the header pointing
@@ -90,14 +90,26 @@ impl TiffKind {
     }
 }
 
+/// Whether the input is a document the engine reads page by page (a PDF, or a TIFF of more
+/// than one page) rather than an image it decodes itself.
+pub fn is_document(bytes: &[u8], max_pages: usize) -> bool {
+    crate::pdf::is_pdf(bytes) || page_count(bytes, max_pages).map_or(true, |n| n > 1)
+}
+
 /// How many pages the input has (1 for a single image), walking no further than `max_pages`.
 pub fn page_count(bytes: &[u8], max_pages: usize) -> Result<usize> {
+    if crate::pdf::is_pdf(bytes) {
+        return crate::pdf::pdf_page_count(bytes, max_pages);
+    }
     Ok(tiff_pages(bytes, max_pages)?.map_or(1, |(_, offsets)| offsets.len()))
 }
 
-/// Each page's size in pixels as its header declares it, none decoded: what decoding the
-/// input would cost.
-pub fn probe_pages(bytes: &[u8], max_pages: usize) -> Result<Vec<(u32, u32)>> {
+/// Each page's size in pixels as its header declares it (as it will be rendered, for a PDF
+/// within `max_pixels`), none decoded: what decoding the input would cost.
+pub fn probe_pages(bytes: &[u8], max_pixels: u64, max_pages: usize) -> Result<Vec<(u32, u32)>> {
+    if crate::pdf::is_pdf(bytes) {
+        return crate::pdf::probe_pdf(bytes, max_pixels, max_pages);
+    }
     match tiff_pages(bytes, max_pages)? {
         Some((kind, offsets)) if offsets.len() > 1 => {
             offsets.iter().map(|&o| probe_dimensions(&kind.pointing_at(bytes, o))).collect()
@@ -109,6 +121,9 @@ pub fn probe_pages(bytes: &[u8], max_pages: usize) -> Result<Vec<(u32, u32)>> {
 /// Decodes every page, each within `max_pixels`. A page that fails fails the input, named by
 /// its number.
 pub fn decode_pages(bytes: &[u8], max_pixels: u64, max_pages: usize) -> Result<Vec<RgbImage>> {
+    if crate::pdf::is_pdf(bytes) {
+        return crate::pdf::render_pdf(bytes, max_pixels, max_pages);
+    }
     match tiff_pages(bytes, max_pages)? {
         Some((kind, offsets)) if offsets.len() > 1 => offsets
             .iter()
@@ -145,7 +160,7 @@ mod tests {
             (1..=3u8).map(|k| RgbImage::from_pixel(10 * u32::from(k), 5, image::Rgb([k * 50, 0, 0]))).collect();
         let bytes = tiff(&pages);
         assert_eq!(page_count(&bytes, 50).unwrap(), 3);
-        assert_eq!(probe_pages(&bytes, 50).unwrap(), vec![(10, 5), (20, 5), (30, 5)]);
+        assert_eq!(probe_pages(&bytes, 1_000_000, 50).unwrap(), vec![(10, 5), (20, 5), (30, 5)]);
         let decoded = decode_pages(&bytes, 1_000_000, 50).unwrap();
         assert_eq!(decoded, pages);
         assert!(matches!(decode_pages(&bytes, 1_000_000, 2), Err(EngineError::TooManyPages { limit: 2 })));

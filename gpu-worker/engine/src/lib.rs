@@ -37,13 +37,14 @@ pub mod layout;
 pub mod manifest;
 pub mod model;
 pub mod ort_backend;
+pub mod pdf;
 pub mod recognition;
 mod scheduler;
 pub mod settings;
 pub mod words;
 
 pub use decode::{DEFAULT_MAX_PIXELS, decode_image, probe_dimensions};
-pub use document::{DEFAULT_MAX_PAGES, decode_pages, page_count, probe_pages};
+pub use document::{DEFAULT_MAX_PAGES, decode_pages, is_document, page_count, probe_pages};
 pub use engine::{Engine, EngineOptions, Line, Models, Page, StageTimes};
 pub use error::EngineError;
 pub use geometry::Quad;

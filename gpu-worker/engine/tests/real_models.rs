@@ -517,3 +517,126 @@ fn every_page_of_a_tiff_reads() {
         assert!(c <= 0.01, "page {}: CER {c:.3}\n{text}", k + 1);
     }
 }
+
+/// A PDF from its objects (numbered from 1; object 1 is the catalog), with a correct
+/// cross-reference table and `trailer` added to the trailer dictionary.
+fn raw_pdf(objects: &[String], trailer: &str) -> Vec<u8> {
+    let mut out = b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n".to_vec();
+    let mut offsets = Vec::new();
+    for (i, o) in objects.iter().enumerate() {
+        offsets.push(out.len());
+        out.extend_from_slice(format!("{} 0 obj\n{o}\nendobj\n", i + 1).as_bytes());
+    }
+    let xref = out.len();
+    out.extend_from_slice(format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).as_bytes());
+    for o in offsets {
+        out.extend_from_slice(format!("{o:010} 00000 n \n").as_bytes());
+    }
+    out.extend_from_slice(
+        format!("trailer\n<< /Size {} /Root 1 0 R {trailer} >>\nstartxref\n{xref}\n%%EOF\n", objects.len() + 1)
+            .as_bytes(),
+    );
+    out
+}
+
+/// Pages of text in Helvetica: objects 1 catalog, 2 page tree, 3 font, then a page and its
+/// content stream per page. `media` is each page's media box, `kids` overrides the page list.
+fn text_pdf(pages: &[&[&str]], media: &str, kids: Option<(String, usize)>, catalog_extra: &str) -> Vec<u8> {
+    let n = pages.len();
+    let page_ids: Vec<String> = (0..n).map(|k| format!("{} 0 R", 4 + 2 * k)).collect();
+    let (kids, count) = kids.unwrap_or((page_ids.join(" "), n));
+    let mut objects = vec![
+        format!("<< /Type /Catalog /Pages 2 0 R {catalog_extra} >>"),
+        format!("<< /Type /Pages /Kids [{kids}] /Count {count} >>"),
+        "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>".to_string(),
+    ];
+    for (k, lines) in pages.iter().enumerate() {
+        let mut stream = String::from("BT /F1 20 Tf 72 720 Td 28 TL\n");
+        for l in lines.iter() {
+            stream.push_str(&format!("({l}) Tj T*\n"));
+        }
+        stream.push_str("ET");
+        objects.push(format!(
+            "<< /Type /Page /Parent 2 0 R /MediaBox {media} /Resources << /Font << /F1 3 0 R >> >> /Contents {} 0 R >>",
+            5 + 2 * k
+        ));
+        objects.push(format!("<< /Length {} >>\nstream\n{stream}\nendstream", stream.len()));
+    }
+    raw_pdf(&objects, "")
+}
+
+fn pdfium_present() -> bool {
+    let path = std::env::var_os("PDFIUM_DYLIB_PATH").map(PathBuf::from).unwrap_or_else(|| {
+        std::env::var_os("OCR_MODEL_DIR")
+            .map_or_else(|| repo_root().join("models"), PathBuf::from)
+            .join("pdfium/libpdfium.so")
+    });
+    if !path.is_file() {
+        assert!(
+            !require(),
+            "OCR_REQUIRE_MODELS=1 but PDFium is missing at {} (scripts/fetch-models.sh)",
+            path.display()
+        );
+        eprintln!("SKIPPED PDF test: no PDFium at {}", path.display());
+        return false;
+    }
+    true
+}
+
+/// Each page of a PDF is rendered and read (CER <= 0.01 per page); hostile PDFs fail alone,
+/// each with a reason, within the pixel limit.
+#[test]
+fn pdf_pages_read_and_hostile_pdfs_fail_alone() {
+    let Some(engine) = engine() else { return };
+    if !pdfium_present() {
+        return;
+    }
+    let texts: [&[&str]; 3] = [
+        &["Page one of three", "Invoice 2026-0417", "Total EUR 23.40"],
+        &["Page two of three", "Delivery note 88", "Weight 12.5 kg"],
+        &["Page three of three", "Signed by the driver", "Thank you"],
+    ];
+    let a4 = "[0 0 595 842]";
+    let good = text_pdf(&texts, a4, None, "");
+    let (max_pixels, max_pages) = (ocr_engine::DEFAULT_MAX_PIXELS, ocr_engine::DEFAULT_MAX_PAGES);
+    assert_eq!(ocr_engine::page_count(&good, max_pages).unwrap(), 3);
+    let pages = ocr_engine::decode_pages(&good, max_pixels, max_pages).unwrap();
+    // A4 at 200 dpi.
+    assert_eq!(pages[0].dimensions(), (1653, 2339));
+    for (k, (page, lines)) in engine.recognize(&pages).into_iter().zip(texts).enumerate() {
+        let text = page.unwrap().text();
+        let c = cer(&text, &lines.join("\n"));
+        assert!(c <= 0.01, "page {}: CER {c:.3}\n{text}", k + 1);
+    }
+
+    let decode = |bytes: &[u8]| ocr_engine::decode_pages(bytes, max_pixels, max_pages);
+    let err = |bytes: &[u8]| decode(bytes).map(|p| p.len()).unwrap_err().to_string();
+    // Damaged or not a PDF at all.
+    assert!(err(&good[..good.len() / 2]).contains("damaged"), "{}", err(&good[..good.len() / 2]));
+    assert!(err(b"%PDF-1.7\nnot really").contains("damaged"));
+    // Encrypted (a user password is needed).
+    let encrypt = "<< /Filter /Standard /V 1 /R 2 /O <0102030405060708090a0b0c0d0e0f100102030405060708090a0b0c0d0e0f10> \
+                   /U <1112131415161718191a1b1c1d1e1f201112131415161718191a1b1c1d1e1f20> /P -4 >>";
+    let objects: Vec<String> = vec![
+        "<< /Type /Catalog /Pages 2 0 R >>".into(),
+        "<< /Type /Pages /Kids [3 0 R] /Count 1 >>".into(),
+        format!("<< /Type /Page /Parent 2 0 R /MediaBox {a4} >>"),
+        encrypt.into(),
+    ];
+    let encrypted =
+        raw_pdf(&objects, "/Encrypt 4 0 R /ID [<00112233445566778899aabbccddeeff> <00112233445566778899aabbccddeeff>]");
+    assert!(err(&encrypted).contains("encrypted"), "{}", err(&encrypted));
+    // A page bomb: one page listed 10,000 times.
+    let bomb = text_pdf(&texts[..1], a4, Some((vec!["4 0 R"; 10_000].join(" "), 10_000)), "");
+    assert!(err(&bomb).contains("more than 50 pages"), "{}", err(&bomb));
+    // A 200-inch page renders within the pixel limit, at a lower resolution.
+    let huge = text_pdf(&texts[..1], "[0 0 14400 14400]", None, "");
+    let page = &decode(&huge).unwrap()[0];
+    assert!(u64::from(page.width()) * u64::from(page.height()) <= max_pixels, "{:?}", page.dimensions());
+    // JavaScript is never run: the page reads as any other.
+    let js =
+        text_pdf(&texts[..1], a4, None, "/OpenAction << /S /JavaScript /JS (app.alert\\(1\\); while\\(true\\){}) >>");
+    let page = decode(&js).unwrap();
+    let text = engine.recognize(&page).pop().unwrap().unwrap().text();
+    assert!(cer(&text, &texts[0].join("\n")) <= 0.01, "{text}");
+}

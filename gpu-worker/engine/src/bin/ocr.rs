@@ -132,7 +132,7 @@ fn read_chunk(
     let docs: Vec<Option<Result<Vec<RgbImage>, String>>> = read
         .iter()
         .map(|r| match r {
-            Ok(b) if ocr_engine::page_count(b, args.engine.max_pages).map_or(true, |n| n > 1) => Some(
+            Ok(b) if ocr_engine::is_document(b, args.engine.max_pages) => Some(
                 ocr_engine::decode_pages(b, args.engine.max_pixels, args.engine.max_pages).map_err(|e| e.to_string()),
             ),
             _ => None,

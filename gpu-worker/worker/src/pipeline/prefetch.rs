@@ -236,7 +236,7 @@ async fn plan_pixels(
     let mut kept = Vec::with_capacity(fetched.len());
     let (mut total, mut total_pages) = (0u64, 0usize);
     for (index, bytes) in fetched {
-        let pages = ocr_engine::probe_pages(&bytes, max_pages).unwrap_or_default();
+        let pages = ocr_engine::probe_pages(&bytes, max_pixels, max_pages).unwrap_or_default();
         let n = pages.len().max(1);
         // Every page of a document counts.
         let cost: u64 = pages.iter().map(|&(w, h)| u64::from(w) * u64::from(h)).filter(|&p| p <= max_pixels).sum();
