@@ -119,7 +119,7 @@ export AWS_ENDPOINT_URL="$LOCALSTACK_URL" AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCE
     AWS_DEFAULT_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
 "$LOCALSTACK_VENV/bin/python" "$ROOT/localstack/init.py" --prefix "$PREFIX" --env-file "$ENV_FILE" >/dev/null
 eval "$("$ROOT/scripts/fetch-models.sh" --print-env)"
-export ORT_DYLIB_PATH OCR_MODEL_DIR
+export ORT_DYLIB_PATH OCR_MODEL_DIR PDFIUM_DYLIB_PATH
 
 if [[ $profile == release ]]; then
     log "building release binaries (cargo build --release --workspace --bins)"

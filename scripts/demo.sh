@@ -33,7 +33,7 @@ images=("$@")
 if ((${#images[@]} == 0)); then
     py=$(python_env demo "pillow==13.0.0")
     rm -rf "$RUN_DIR/samples"
-    "$py" "$ROOT/scripts/lib/make_samples.py" "$RUN_DIR/samples" --count 6
+    "$py" "$ROOT/scripts/lib/make_samples.py" "$RUN_DIR/samples" --count 6 --documents 2
     mapfile -t images < <(find "$RUN_DIR/samples" -type f ! -name '*.jsonl' | sort)
 fi
 log "sending ${#images[@]} images to $API_URL"

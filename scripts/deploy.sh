@@ -68,6 +68,8 @@ stage_artifacts() {
     for f in "$ort_dir"/libonnxruntime*.so*; do cp -L "$f" "$out/lib/"; done
     local sets=("$model_set")
     [[ -d "$models_dir/orientation" ]] && sets+=(orientation)
+    # PDFium renders PDF pages; the worker finds it at $OCR_MODEL_DIR/pdfium/libpdfium.so.
+    [[ -f "$models_dir/pdfium/libpdfium.so" ]] && sets+=(pdfium)
     # Reproducible tarball: the same models give the same hash, so the same WorkerVersion.
     tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$models_dir" -cf - "${sets[@]}" |
         gzip -n >"$out/models.tar.gz"
@@ -625,7 +627,7 @@ DOING="pip download onnxruntime-gpu==$ORT_GPU_VERSION (manylinux_2_28_x86_64); e
 run ort_gpu
 
 ARTIFACT_DIR="$WORK/artifact"
-DOING="lay out bin/gpu-worker, bin/ocr-fleet-unhealthy and bin/ocr-fleet-dlq, lib/, models.tar.gz ($MODEL_SET + orientation), systemd/ (worker and its crash-loop handler), bootstrap.sh, agent and logrotate configs, SHA256SUMS"
+DOING="lay out bin/gpu-worker, bin/ocr-fleet-unhealthy and bin/ocr-fleet-dlq, lib/, models.tar.gz ($MODEL_SET + orientation + pdfium), systemd/ (worker and its crash-loop handler), bootstrap.sh, agent and logrotate configs, SHA256SUMS"
 run stage_artifacts "$WORKER_BIN_DIR/gpu-worker" "$ORT_DIR" "${OCR_MODEL_DIR:-$ROOT/models}" "$MODEL_SET" "$ARTIFACT_DIR"
 if ((DRY_RUN)); then
     VERSION="<sha256(SHA256SUMS):16>"

@@ -73,6 +73,44 @@ def metric(url, name):
     return 0.0
 
 
+def pdf_engine_alone(ocr, pdf, threads, batch, model_set, startup):
+    """Pages/s and peak RSS (MiB) of the CLI alone on the PDF, minus its start-up."""
+    env = dict(os.environ, OCR_MODEL_SET=model_set)
+    t = time.perf_counter()
+    out = subprocess.run(["/usr/bin/time", "-f", "%M", ocr, "--format", "json", "--threads", str(threads),
+                          "--batch", str(batch), pdf], env=env, check=True, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    pages = len(__import__("json").loads(out.stdout.splitlines()[0])["pages"])
+    rss = int(out.stderr.strip().splitlines()[-1]) / 1024
+    rate = pages / max(wall - startup, 1e-9)
+    print(f"pdf_pages: {pages}", flush=True)
+    print(f"pdf_engine_alone_pages_per_s: {rate:.2f} ({wall:.1f} s, CLI start-up {startup:.1f} s subtracted)", flush=True)
+    print(f"pdf_engine_alone_peak_rss_mib: {rss:.0f}", flush=True)
+    return pages, rate
+
+
+def pdf_pipeline(args, worker_pid, alone):
+    """The PDF as one job through the running pipeline: queued to result, pages/s, worker RSS."""
+    import json
+    pages, rate_alone = alone
+    before = benchlib.proc_status_kib(worker_pid, "VmHWM") / 1024 if worker_pid else 0
+    job = benchlib.upload(args.api, args.token, Path(args.pdf).read_bytes(), "application/pdf", "bulk")
+    deadline = time.time() + 1800
+    while sql(args.db, f"SELECT status FROM jobs WHERE id = '{job}'")[0][0] not in ("succeeded", "failed"):
+        if time.time() > deadline:
+            sys.exit("the PDF job did not end")
+        time.sleep(0.5)
+    status, queued, finished = sql(args.db, f"SELECT status, queued_at_ms, finished_at_ms FROM jobs WHERE id = '{job}'")[0]
+    _, raw = http("GET", f"{args.api}/v1/jobs/{job}", args.token)
+    got = len((json.loads(raw).get("result") or {}).get("pages") or [])
+    secs = (int(finished) - int(queued)) / 1000
+    after = benchlib.proc_status_kib(worker_pid, "VmHWM") / 1024 if worker_pid else 0
+    print(f"pdf_pipeline_status: {status} ({got} of {pages} pages)")
+    print(f"pdf_pipeline_pages_per_s: {got / max(secs, 1e-9):.2f} (queued to result {secs:.1f} s)")
+    print(f"pdf_pipeline_vs_engine_alone: {got / max(secs, 1e-9) / rate_alone:.3f}")
+    print(f"pdf_worker_peak_rss_mib: {after:.0f} (before the PDF: {before:.0f})")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--api", required=True)
@@ -85,8 +123,10 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--model-set", default="ppocrv6-tiny")
+    ap.add_argument("--pdf", help="a multi-page PDF: pages/s of the CLI alone and through the pipeline, "
+                                  "and the peak RSS of each, after the images")
     args = ap.parse_args()
-    images = sorted(p for p in Path(args.images).iterdir() if p.suffix in TYPES)
+    images = sorted(p for p in Path(args.images).iterdir() if p.suffix in TYPES and "document" not in p.name)
     n = len(images)
 
     rate_alone, wall_alone, startup, cpu_alone = engine_alone(
@@ -94,6 +134,8 @@ def main():
     print(f"engine_alone_images_per_s: {rate_alone:.2f}", flush=True)
     print(f"engine_alone_images_per_cpu_s: {n / cpu_alone:.2f}", flush=True)
     print(f"engine_alone_wall_s: {wall_alone:.1f} (CLI start-up {startup:.1f} s subtracted)", flush=True)
+    if args.pdf:
+        pdf_alone = pdf_engine_alone(args.ocr, args.pdf, args.threads, args.batch, args.model_set, startup)
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         ids = list(pool.map(lambda a: upload(args.api, args.token, a[1], a[0]), enumerate(images)))
@@ -134,6 +176,8 @@ def main():
         busy = metric(args.metrics, "ocr_engine_busy_seconds_total")
         batches = metric(args.metrics, "ocr_batch_size_count")
         jobs_sum = metric(args.metrics, "ocr_batch_size_sum")
+        if args.pdf:
+            pdf_pipeline(args, watched.get("worker"), pdf_alone)
     finally:
         if worker.poll() is None:
             os.killpg(worker.pid, 15)

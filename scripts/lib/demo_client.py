@@ -89,9 +89,14 @@ def main():
             failed += 1
             continue
         result = view["result"]
-        print(f"upload to result {j['seconds']:.1f} s; engine {result['seconds']:.2f} s; "
-              f"{len(result['lines'])} lines; {result['width']}x{result['height']} px")
-        print(result["text"])
+        pages = result.get("pages") or [result]
+        print(f"upload to result {j['seconds']:.1f} s; engine {result['seconds']:.2f} s; {len(pages)} page(s)")
+        for p in pages:
+            words = sum(len(l.get("words", [])) for l in p["lines"])
+            if len(pages) > 1:
+                print(f"--- page {p.get('page', 1)} ---")
+            print(f"{len(p['lines'])} lines, {words} words; {p['width']}x{p['height']} px")
+            print(p["text"])
     return 1 if failed else 0
 
 

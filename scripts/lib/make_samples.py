@@ -66,6 +66,10 @@ def main():
     ap.add_argument("out")
     ap.add_argument("--count", type=int, default=6)
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--documents", type=int, default=0,
+                    help="also write this many multi-page documents: a 3-page PDF (pages as 200 dpi images), "
+                         "then a 2-page TIFF, alternately")
+    ap.add_argument("--pdf-pages", type=int, default=3, help="pages of each PDF document")
     args = ap.parse_args()
     rng = random.Random(args.seed)
     out = Path(args.out)
@@ -89,6 +93,18 @@ def main():
             name = f"{i:04d}-{kind}.{ext}"
             img.save(out / name, quality=90) if ext != "png" else img.save(out / name)
             truth.write(json.dumps({"image": name, "text": "\n".join(lines)}) + "\n")
+        # Documents: the text of each page, pages separated by a form feed as in the result.
+        for d in range(args.documents):
+            pdf = d % 2 == 0
+            pages = [(letter if k % 2 == 0 else receipt)(rng) for k in range(args.pdf_pages if pdf else 2)]
+            images = [img.convert("RGB") for img, _ in pages]
+            name = f"{args.count + d:04d}-document.{'pdf' if pdf else 'tif'}"
+            if pdf:
+                images[0].save(out / name, save_all=True, append_images=images[1:], resolution=200.0)
+            else:
+                images[0].save(out / name, save_all=True, append_images=images[1:], compression="tiff_deflate")
+            text = "\f".join("\n".join(lines) for _, lines in pages)
+            truth.write(json.dumps({"image": name, "text": text, "pages": len(pages)}) + "\n")
 
 
 if __name__ == "__main__":
