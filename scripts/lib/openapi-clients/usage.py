@@ -59,6 +59,8 @@ def main(path: str) -> None:
         assert error.to_dict() == value, f"{where}: {error.to_dict()} != {value}"
         should_retry(error)
         checked += 1
+    box = [[0, 0], [9, 0], [9, 3], [0, 3]]
+    line = {"text": "HELLO", "confidence": 0.9, "box": box, "words": [{"text": "HELLO", "confidence": 0.9, "box": box}]}
     job = {
         "job_id": "0123456789abcdef0123456789abcdef",
         "status": "succeeded",
@@ -72,10 +74,11 @@ def main(path: str) -> None:
         "metadata": {"order": 42},
         "result": {
             "text": "HELLO",
-            "lines": [{"text": "HELLO", "confidence": 0.9, "box": [[0, 0], [9, 0], [9, 3], [0, 3]]}],
+            "lines": [line],
             "width": 10,
             "height": 4,
             "seconds": 0.1,
+            "pages": [{"page": 1, "width": 10, "height": 4, "text": "HELLO", "lines": [line]}],
         },
     }
     parsed = Job.from_dict(job)

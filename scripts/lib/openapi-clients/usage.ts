@@ -33,6 +33,18 @@ export function firstLine(job: Created | Job): string | undefined {
     return `${job.result.lines[0]?.text ?? ""} at ${corner?.join(",") ?? "?"} of ${job.result.width}x${job.result.height}`;
 }
 
+// Documents: every page's words, and the result in another format.
+export function pageWords(job: Job): string[] {
+    return (job.result?.pages ?? []).flatMap((page) =>
+        page.lines.flatMap((line) => line.words.map((word) => `${page.page}:${word.text}@${word.box[0]?.join(",") ?? "?"}`)),
+    );
+}
+
+type ResultAnswer = operations["getJobResult"]["responses"][200]["content"];
+export function resultText(answer: ResultAnswer["text/plain"], hocr: ResultAnswer["application/xhtml+xml"]): number {
+    return answer.length + hocr.length;
+}
+
 export const request: Schemas["CreateJobRequest"] = {
     content_type: "image/png",
     content_length: 10,
