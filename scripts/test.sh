@@ -15,7 +15,8 @@
 #      to LocalStack: names vs init.py, redrive, visibility, alarm thresholds), infra/check.sh
 #      (sam validate --lint, shellcheck, deploy.sh --dry-run, pytest infra/tests), the workspace
 #      tests (cargo nextest, else cargo test), scripts/api-fuzz.sh (schemathesis against the
-#      API's OpenAPI document, 50 examples, fixed seed), scripts/chaos.sh --jobs 100 (load with
+#      API's OpenAPI document, 50 examples, fixed seed), scripts/browser-check.sh (the browser
+#      page in headless Chromium against the local pipeline), scripts/chaos.sh --jobs 100 (load with
 #      faults, long database faults included) and --flood 200 (two callers, one flooding), then `sam build` (infra/sam-build.sh; skipped
 #      only with OCR_SKIP_SAM_BUILD=1)
 #   5. prints a timing summary; exits non-zero if any step failed.
@@ -182,6 +183,11 @@ check "cargo tests" run_tests "$@"
 # A fixed seed keeps CI reproducible; scripts/api-fuzz.sh without --seed explores new cases.
 if (($# == 0)); then
     check "api fuzz (schemathesis)" "$ROOT/scripts/api-fuzz.sh" --max-examples 50 --seed 20261129 --time-limit 300
+fi
+# The browser page in headless Chromium (Debian's package) against the local pipeline: the
+# presigned PUT's CORS preflight, a real upload from the page, the result drawn and screenshotted.
+if (($# == 0)); then
+    check "browser page (headless Chromium)" "$ROOT/scripts/browser-check.sh"
 fi
 # Load with faults (scripts/chaos.sh, small): its own LocalStack on :4599, the dev binaries the
 # tests just built; fails when a job is lost or duplicated, a webhook missing, a secret logged.

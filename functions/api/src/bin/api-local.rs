@@ -49,7 +49,12 @@ async fn main() -> anyhow::Result<()> {
     let state = services.app_state(api).await?;
     // Waiting requests (`?wait=`) answer at once on shutdown instead of holding it up to 20 s.
     let waits = state.waits.clone();
-    let app = ocr_api::routes::router(state);
+    // The browser page (functions/api/web/index.html) beside the API, same origin.
+    let app = ocr_api::routes::router(state).merge(
+        axum::Router::new()
+            .route("/ui/", axum::routing::get(web_page))
+            .route("/ui", axum::routing::get(|| async { axum::response::Redirect::permanent("/ui/") })),
+    );
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let events = &config.upload_events;
@@ -92,4 +97,12 @@ async fn main() -> anyhow::Result<()> {
         p.await?;
     }
     Ok(())
+}
+
+/// The static browser page: pick a file, see its boxes and text.
+async fn web_page() -> impl axum::response::IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        include_str!("../../web/index.html"),
+    )
 }
