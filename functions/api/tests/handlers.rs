@@ -635,11 +635,15 @@ async fn bad_uploads_fail_and_are_deleted() {
     let text = b"this is a text file named photo.jpg".to_vec();
     let mut truncated = png_bytes();
     truncated.truncate(40);
+    let cut_pdf = b"%PDF-1.7\n1 0 obj\n<< /Type /Catalog >>\nendobj\nxref\n0 2\n".to_vec();
+    let encrypted_pdf = b"%PDF-1.7\n1 0 obj\n<<>>\nendobj\ntrailer\n<< /Root 1 0 R /Encrypt 2 0 R >>\n%%EOF\n".to_vec();
     let cases = [
         (ContentType::Jpeg, text.len(), text.clone(), "not an image"),
         (ContentType::Png, truncated.len(), truncated.clone(), "truncated"),
         (ContentType::Png, 10, png_bytes(), "declared"),
         (ContentType::Jpeg, png_bytes().len(), png_bytes(), "but image/jpeg was declared"),
+        (ContentType::Pdf, cut_pdf.len(), cut_pdf.clone(), "truncated"),
+        (ContentType::Pdf, encrypted_pdf.len(), encrypted_pdf.clone(), "encrypted"),
     ];
     for (content_type, declared, bytes, reason_part) in cases {
         let (id, key) = uploaded(&h, content_type, declared, bytes).await;

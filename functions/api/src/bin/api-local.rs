@@ -101,8 +101,5 @@ async fn main() -> anyhow::Result<()> {
 
 /// The static browser page: pick a file, see its boxes and text.
 async fn web_page() -> impl axum::response::IntoResponse {
-    (
-        [(axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        include_str!("../../web/index.html"),
-    )
+    ([(axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8")], include_str!("../../web/index.html"))
 }
