@@ -182,9 +182,11 @@ def main():
         if worker.poll() is None:
             os.killpg(worker.pid, 15)
             worker.wait(60)
-    rows = sql(args.db, "SELECT status, finished_at_ms, queued_at_ms FROM jobs")
+    # The images' jobs (the PDF's job, read after them, is reported on its own above).
+    rows = sql(args.db, "SELECT status, finished_at_ms, queued_at_ms FROM jobs WHERE content_type <> 'application/pdf'")
     succeeded = [r for r in rows if r[0] == "succeeded"]
-    results = int(sql(args.db, "SELECT COUNT(*) FROM job_results")[0][0])
+    results = int(sql(args.db, "SELECT COUNT(*) FROM job_results r JOIN jobs j ON j.id = r.job_id "
+                               "WHERE j.content_type <> 'application/pdf'")[0][0])
     last = max(int(r[1]) for r in succeeded) if succeeded else ready_ms
     window = max(last - ready_ms, 1) / 1000
     lat = sorted((int(r[1]) - int(r[2])) / 1000 for r in succeeded)
