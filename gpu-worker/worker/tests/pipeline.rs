@@ -354,7 +354,7 @@ async fn the_decoded_pixel_budget_bounds_each_batch_and_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_express_job_waits_behind_one_batch_during_a_bulk_flood() {
     let mut w = World::new();
-    w.recognizer.delay = Duration::from_millis(300);
+    w.recognizer.delay = Duration::from_millis(1000);
     for i in 0..80 {
         w.job(Priority::Bulk, png(100 + i)).await;
     }
@@ -449,8 +449,42 @@ async fn every_page_of_a_document_is_read_into_one_result() {
     let failed = w.status(bad).await;
     assert_eq!(failed.status, JobStatus::Failed);
     assert!(failed.error.as_deref().unwrap_or_default().contains("page 2: cannot read width 13"), "{failed:?}");
-    // At most BATCH_MAX (8) pages per engine call; the 10-page document went through alone.
+    // At most BATCH_MAX (8) pages per engine call: the 10-page document went through alone, in
+    // two calls.
     let calls = w.recognizer.calls.lock().unwrap();
-    assert!(calls.iter().all(|c| c.len() <= 8 || c.len() == 10), "{calls:?}");
-    assert!(calls.iter().any(|c| c.len() == 10), "{calls:?}");
+    assert!(calls.iter().all(|c| c.len() <= 8), "{calls:?}");
+    assert!(calls.iter().any(|c| c == &[48, 49]), "{calls:?}");
+}
+
+/// An express job that arrives while a long document is being read is read between the
+/// document's engine calls, not after all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn express_jobs_go_between_the_pages_of_a_long_document() {
+    let mut w = World::new();
+    w.recognizer.delay = Duration::from_millis(1000);
+    let widths: Vec<u32> = (100..124).collect();
+    let doc = w.job(Priority::Bulk, tiff(&widths)).await;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let pipeline = Pipeline::new(w.deps(), w.settings.clone());
+    let running = tokio::spawn(pipeline.run(w.recognizer.clone(), stop_rx));
+    let calls = w.recognizer.calls.clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while calls.lock().unwrap().is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let urgent = w.job(Priority::Express, png(77)).await;
+    while (w.status(doc).await.status != JobStatus::Succeeded || w.status(urgent).await.status != JobStatus::Succeeded)
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop_tx.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), running).await.expect("stops in time").unwrap();
+    assert_eq!(w.store.result(&doc).unwrap().pages.len(), 24);
+    assert_eq!(w.store.result(&urgent).unwrap().text, "width 77");
+    let calls = calls.lock().unwrap();
+    let express_at = calls.iter().position(|c| c == &[77]).expect("the express image was read");
+    let last_page_at = calls.iter().rposition(|c| c.contains(&123)).unwrap();
+    assert!(express_at < last_page_at, "the express job waited for the whole document: {calls:?}");
+    assert!(calls.iter().all(|c| c.len() <= 8), "{calls:?}");
 }

@@ -11,9 +11,38 @@ use crate::now_ms;
 use crate::recognizer::{ImageFailure, Recognizer};
 use ocr_core::{OcrPage, OcrResult};
 
-pub(super) fn stage<R: Recognizer>(mut recognizer: R, metrics: Metrics, mut lanes: Lanes, tx: mpsc::Sender<Batch>) {
+pub(super) fn stage<R: Recognizer>(
+    mut recognizer: R,
+    metrics: Metrics,
+    mut lanes: Lanes,
+    tx: mpsc::Sender<Batch>,
+    chunk: usize,
+) {
     while let Some(mut batch) = lanes.next() {
-        infer(&mut recognizer, &metrics, &mut batch);
+        let main = batch.lane == Lane::Main;
+        let (express, next_main, held, tx_urgent) = (&mut lanes.express, &mut lanes.main, &mut lanes.held, &tx);
+        // Between the engine calls of a long main-lane batch (a document's pages), express jobs
+        // that have come meanwhile are read first: the express lane's batches, and the next
+        // main-lane batch when it carries any (the main lane takes express jobs while it
+        // gathers); one without is held for its turn.
+        let mut between = |recognizer: &mut R| {
+            if !main {
+                return;
+            }
+            let mut urgent: Vec<Batch> = std::iter::from_fn(|| express.try_recv().ok()).collect();
+            if held.is_none()
+                && let Ok(b) = next_main.try_recv()
+            {
+                if b.express() > 0 { urgent.push(b) } else { *held = Some(b) }
+            }
+            for mut b in urgent {
+                infer_chunked(recognizer, &metrics, &mut b, chunk, &mut |_: &mut R| {});
+                if tx_urgent.blocking_send(b).is_err() {
+                    return;
+                }
+            }
+        };
+        infer_chunked(&mut recognizer, &metrics, &mut batch, chunk, &mut between);
         if tx.blocking_send(batch).is_err() {
             break;
         }
@@ -30,11 +59,17 @@ pub(super) struct Lanes {
     /// To wait on both channels from this (non-runtime) thread.
     pub runtime: tokio::runtime::Handle,
     pub last_express: bool,
+    /// A main-lane batch taken early (to look for express jobs) and not read yet: next in turn.
+    pub held: Option<Batch>,
 }
 
 impl Lanes {
     /// The next batch for the engine; `None` once both lanes are closed and empty.
     fn next(&mut self) -> Option<Batch> {
+        if let Some(batch) = self.held.take() {
+            self.last_express = false;
+            return Some(batch);
+        }
         let picked = if self.last_express {
             self.main.try_recv().or_else(|_| self.express.try_recv())
         } else {
@@ -63,6 +98,19 @@ impl Lanes {
 /// call, each job's pages then made its result. A panic inside the engine, or a result count
 /// that does not match, fails this attempt of the batch's images (retryably), not the worker.
 pub(super) fn infer<R: Recognizer>(recognizer: &mut R, metrics: &Metrics, batch: &mut Batch) {
+    infer_chunked(recognizer, metrics, batch, usize::MAX, &mut |_: &mut R| {});
+}
+
+/// [`infer`] in engine calls of at most `chunk` pages, calling `between` after each call but the
+/// last: a document longer than a batch never holds the engine for longer than one batch's
+/// worth of pages at a time.
+pub(super) fn infer_chunked<R: Recognizer>(
+    recognizer: &mut R,
+    metrics: &Metrics,
+    batch: &mut Batch,
+    chunk: usize,
+    between: &mut dyn FnMut(&mut R),
+) {
     let mut slots = Vec::new();
     let mut counts = Vec::new();
     let mut images = Vec::new();
@@ -77,29 +125,46 @@ pub(super) fn infer<R: Recognizer>(recognizer: &mut R, metrics: &Metrics, batch:
         batch.pixels = None;
         return;
     }
-    let started = Instant::now();
     let started_ms = now_ms();
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| recognizer.recognize(&images)));
-    let took = started.elapsed();
+    let n_images = images.len();
+    let chunk = chunk.max(1);
+    let mut results = Vec::with_capacity(n_images);
+    let mut rest = images;
+    // Which item each page belongs to, for the log line of each engine call.
+    let owners: Vec<usize> = slots.iter().zip(&counts).flat_map(|(&slot, &n)| std::iter::repeat_n(slot, n)).collect();
+    while !rest.is_empty() {
+        let tail = rest.split_off(chunk.min(rest.len()));
+        let part = std::mem::replace(&mut rest, tail);
+        let from = results.len();
+        let started = Instant::now();
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| recognizer.recognize(&part)));
+        let took = started.elapsed();
+        metrics.engine_busy(took);
+        metrics.stage("infer", took);
+        let n = part.len();
+        drop(part);
+        results.extend(match outcome {
+            Ok(r) if r.len() == n => r,
+            Ok(r) => {
+                let reason = format!("engine returned {} results for {} images", r.len(), n);
+                vec![Err(ImageFailure { reason, retryable: true }); n]
+            }
+            Err(_) => vec![Err(ImageFailure { reason: "the engine panicked".into(), retryable: true }); n],
+        });
+        // One line per engine call with the jobs it read: how often each job's image was read
+        // is what the chaos run checks (above once only for batches a stopped or killed worker
+        // held).
+        let mut jobs: Vec<String> =
+            owners[from..from + n].iter().filter_map(|&i| batch.items[i].job_id()).map(|id| id.to_string()).collect();
+        jobs.dedup();
+        tracing::info!(images = n, lane = batch.lane.as_str(), seconds = took.as_secs_f64(), jobs = %jobs.join(","), "engine batch");
+        if !rest.is_empty() {
+            between(recognizer);
+        }
+    }
     // The decoded pixels go, and with them the batch's share of the budget: the next batch may
     // decode while this one is written.
-    let n_images = images.len();
-    drop(images);
     batch.pixels = None;
-    metrics.engine_busy(took);
-    metrics.stage("infer", took);
-    let results = match outcome {
-        Ok(r) if r.len() == n_images => r,
-        Ok(r) => {
-            let reason = format!("engine returned {} results for {} images", r.len(), n_images);
-            vec![Err(ImageFailure { reason, retryable: true }); n_images]
-        }
-        Err(_) => vec![Err(ImageFailure { reason: "the engine panicked".into(), retryable: true }); n_images],
-    };
-    // One line per engine call with the jobs it read: how often each job's image was read is
-    // what the chaos run checks (above once only for batches a stopped or killed worker held).
-    let jobs: Vec<String> = slots.iter().filter_map(|&i| batch.items[i].job_id()).map(|id| id.to_string()).collect();
-    tracing::info!(images = n_images, lane = batch.lane.as_str(), seconds = took.as_secs_f64(), jobs = %jobs.join(","), "engine batch");
     let ended_ms = now_ms();
     let mut results = results.into_iter();
     for (slot, n) in slots.into_iter().zip(counts) {

@@ -163,15 +163,17 @@ impl Pipeline {
         let main = lane(Lane::Main, main_tx, prefetch::Armed::Sets(armed_tx));
         let express = lane(Lane::Express, express_tx, prefetch::Armed::Reads(armed_rx));
         let metrics = deps.metrics.clone();
+        let batch_max = settings.batch_max;
         let lanes = infer::Lanes {
             main: main_rx,
             express: express_rx,
             runtime: tokio::runtime::Handle::current(),
             last_express: false,
+            held: None,
         };
         let infer = std::thread::Builder::new()
             .name("ocr-infer".into())
-            .spawn(move || infer::stage(recognizer, metrics, lanes, inferred_tx))
+            .spawn(move || infer::stage(recognizer, metrics, lanes, inferred_tx, batch_max))
             .expect("spawning the inference thread");
         let persist = tokio::spawn(persist::stage(deps.clone(), settings.clone(), in_flight.clone(), inferred_rx));
 
