@@ -277,6 +277,13 @@ async fn expire_if_due(state: &AppState, job: Job) -> Result<Job, ApiError> {
     Ok(state.ports.store.get(&job.id).await?.unwrap_or(job))
 }
 
+/// Whether the job is older than `RETENTION_DAYS` (and not deleted): it reads `expired`, with no
+/// result, whatever its row still says (the purge has not reached it yet).
+fn past_retention(state: &AppState, job: &Job) -> bool {
+    let retention_ms = i64::from(state.limits.retention_days) * 86_400_000;
+    job.status != JobStatus::Deleted && state.ports.clock.now_ms() - job.created_at_ms >= retention_ms
+}
+
 /// `GET /v1/jobs/{id}`: status, times, attempts, error, and the result when there is one.
 /// With `?wait=SECONDS` it answers once the job has ended or the wait is over, whichever comes
 /// first (see [`wait_for_end`]); another caller's job is the same immediate 404 as without.
@@ -288,14 +295,11 @@ async fn get_job(
 ) -> Result<Response, ApiError> {
     let wait = wait_param(query)?;
     let mut job = expire_if_due(&state, owned_job(&state, &caller, id).await?).await?;
-    let retention_ms = i64::from(state.limits.retention_days) * 86_400_000;
-    let past_retention =
-        |job: &Job| job.status != JobStatus::Deleted && state.ports.clock.now_ms() - job.created_at_ms >= retention_ms;
     // A job past retention already reads `expired`: nothing to wait for.
-    if !wait.is_zero() && !job.status.is_terminal() && !past_retention(&job) {
+    if !wait.is_zero() && !job.status.is_terminal() && !past_retention(&state, &job) {
         job = wait_for_end(&state, job, wait).await?;
     }
-    if past_retention(&job) {
+    if past_retention(&state, &job) {
         return Ok(axum::Json(JobView::past_retention(&job, state.limits.retention_days)).into_response());
     }
     let mut view = JobView::new(&job);
@@ -316,8 +320,7 @@ async fn get_result(
 ) -> Result<Response, ApiError> {
     let format = format_param(query)?;
     let job = expire_if_due(&state, owned_job(&state, &caller, id).await?).await?;
-    let retention_ms = i64::from(state.limits.retention_days) * 86_400_000;
-    if job.status != JobStatus::Deleted && state.ports.clock.now_ms() - job.created_at_ms >= retention_ms {
+    if past_retention(&state, &job) {
         return Err(ApiError::NoResult(format!(
             "the job's result is past its {} days of retention",
             state.limits.retention_days
