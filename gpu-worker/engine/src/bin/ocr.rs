@@ -26,6 +26,18 @@ enum Format {
     Pdf,
 }
 
+impl From<Format> for render::Format {
+    fn from(f: Format) -> Self {
+        match f {
+            Format::Text => render::Format::Text,
+            Format::Json => render::Format::Json,
+            Format::Hocr => render::Format::Hocr,
+            Format::Alto => render::Format::Alto,
+            Format::Pdf => render::Format::Pdf,
+        }
+    }
+}
+
 /// Recognise text in images (JPEG, PNG, WebP, TIFF).
 #[derive(Debug, Parser)]
 #[command(name = "ocr", version)]
@@ -248,13 +260,7 @@ fn emit(file: &std::path::Path, args: &Args, doc: &[u8], out: &mut impl Write) -
     match &args.output_dir {
         None => out.write_all(doc)?,
         Some(dir) => {
-            let ext = match args.format {
-                Format::Text => "txt",
-                Format::Json => "json",
-                Format::Hocr => "hocr",
-                Format::Alto => "xml",
-                Format::Pdf => "pdf",
-            };
+            let ext = render::Format::from(args.format).extension();
             let stem = file.file_name().map_or_else(|| "out".into(), |n| n.to_string_lossy().into_owned());
             let path = dir.join(format!("{stem}.{ext}"));
             std::fs::write(&path, doc).with_context(|| format!("writing {}", path.display()))?;
