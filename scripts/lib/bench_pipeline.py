@@ -11,6 +11,7 @@ Prints `name: value` lines.
 
 import argparse
 import concurrent.futures
+import json
 import os
 import resource
 import statistics
@@ -80,7 +81,7 @@ def pdf_engine_alone(ocr, pdf, threads, batch, model_set, startup):
     out = subprocess.run(["/usr/bin/time", "-f", "%M", ocr, "--format", "json", "--threads", str(threads),
                           "--batch", str(batch), pdf], env=env, check=True, capture_output=True, text=True)
     wall = time.perf_counter() - t
-    pages = len(__import__("json").loads(out.stdout.splitlines()[0])["pages"])
+    pages = len(json.loads(out.stdout.splitlines()[0])["pages"])
     rss = int(out.stderr.strip().splitlines()[-1]) / 1024
     rate = pages / max(wall - startup, 1e-9)
     print(f"pdf_pages: {pages}", flush=True)
@@ -91,7 +92,6 @@ def pdf_engine_alone(ocr, pdf, threads, batch, model_set, startup):
 
 def pdf_pipeline(args, worker_pid, alone):
     """The PDF as one job through the running pipeline: queued to result, pages/s, worker RSS."""
-    import json
     pages, rate_alone = alone
     before = benchlib.proc_status_kib(worker_pid, "VmHWM") / 1024 if worker_pid else 0
     job = benchlib.upload(args.api, args.token, Path(args.pdf).read_bytes(), "application/pdf", "bulk")
