@@ -74,6 +74,37 @@ impl TiffKind {
         }
     }
 
+    /// An unsigned integer of `n` (2, 4 or 8) bytes.
+    fn uint(self, b: &[u8], at: usize, n: usize) -> Option<u64> {
+        let s = b.get(at..at.checked_add(n)?)?;
+        let fold = |acc: u64, &x: &u8| (acc << 8) | u64::from(x);
+        Some(if self.little { s.iter().rev().fold(0, fold) } else { s.iter().fold(0, fold) })
+    }
+
+    /// Width and height (tags 256 and 257) of the directory at `offset`, read in place: the cost
+    /// of a page without copying the file for it. `None` when either is missing or odd.
+    fn page_size(self, b: &[u8], offset: u64) -> Option<(u32, u32)> {
+        let at = usize::try_from(offset).ok()?;
+        let (count, first, entry, value) =
+            if self.big { (self.uint(b, at, 8)?, 8, 20, 12) } else { (self.uint(b, at, 2)?, 2, 12, 8) };
+        let (mut width, mut height) = (None, None);
+        for i in 0..usize::try_from(count).ok()?.min(4096) {
+            let e = at + first + i * entry;
+            let v = match self.uint(b, e + 2, 2)? {
+                3 => self.uint(b, e + value, 2)?,  // SHORT
+                4 => self.uint(b, e + value, 4)?,  // LONG
+                16 => self.uint(b, e + value, 8)?, // LONG8 (BigTIFF)
+                _ => continue,
+            };
+            match self.uint(b, e, 2)? {
+                256 => width = u32::try_from(v).ok(),
+                257 => height = u32::try_from(v).ok(),
+                _ => {}
+            }
+        }
+        Some((width?, height?))
+    }
+
     /// The file with its header pointing at the directory at `offset`.
     fn pointing_at(self, bytes: &[u8], offset: u64) -> Vec<u8> {
         let mut b = bytes.to_vec();
@@ -111,9 +142,10 @@ pub fn probe_pages(bytes: &[u8], max_pixels: u64, max_pages: usize) -> Result<Ve
         return crate::pdf::probe_pdf(bytes, max_pixels, max_pages);
     }
     match tiff_pages(bytes, max_pages)? {
-        Some((kind, offsets)) if offsets.len() > 1 => {
-            offsets.iter().map(|&o| probe_dimensions(&kind.pointing_at(bytes, o))).collect()
-        }
+        Some((kind, offsets)) if offsets.len() > 1 => offsets
+            .iter()
+            .map(|&o| kind.page_size(bytes, o).map_or_else(|| probe_dimensions(&kind.pointing_at(bytes, o)), Ok))
+            .collect(),
         _ => Ok(vec![probe_dimensions(bytes)?]),
     }
 }
@@ -161,12 +193,32 @@ mod tests {
         let bytes = tiff(&pages);
         assert_eq!(page_count(&bytes, 50).unwrap(), 3);
         assert_eq!(probe_pages(&bytes, 1_000_000, 50).unwrap(), vec![(10, 5), (20, 5), (30, 5)]);
+        // Read from the directories in place, not from a copy of the file per page.
+        let (kind, offsets) = tiff_pages(&bytes, 50).unwrap().unwrap();
+        assert_eq!(kind.page_size(&bytes, offsets[1]), Some((20, 5)));
         let decoded = decode_pages(&bytes, 1_000_000, 50).unwrap();
         assert_eq!(decoded, pages);
         assert!(matches!(decode_pages(&bytes, 1_000_000, 2), Err(EngineError::TooManyPages { limit: 2 })));
         // A page over the pixel limit fails the input, by page number.
         let e = decode_pages(&bytes, 120, 50).unwrap_err();
         assert!(e.to_string().contains("page 3"), "{e}");
+    }
+
+    #[test]
+    fn bigtiff_pages_are_sized_in_place() {
+        let mut out = std::io::Cursor::new(Vec::new());
+        let mut enc = tiff::encoder::TiffEncoder::new_big(&mut out).unwrap();
+        for w in [7u32, 9] {
+            enc.write_image::<tiff::encoder::colortype::RGB8>(w, 3, &vec![0u8; w as usize * 9]).unwrap();
+        }
+        let bytes = out.into_inner();
+        let (kind, offsets) = tiff_pages(&bytes, 50).unwrap().unwrap();
+        assert!(kind.big);
+        assert_eq!(
+            offsets.iter().map(|&o| kind.page_size(&bytes, o)).collect::<Vec<_>>(),
+            [Some((7, 3)), Some((9, 3))]
+        );
+        assert_eq!(probe_pages(&bytes, 1_000_000, 50).unwrap(), vec![(7, 3), (9, 3)]);
     }
 
     #[test]
