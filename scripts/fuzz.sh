@@ -26,7 +26,7 @@ set -euo pipefail
 # shellcheck source=scripts/lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
-ALL_TARGETS=(decode engine create_json create_request)
+ALL_TARGETS=(decode engine create_json create_request pdf_facts)
 seconds=60 build_only=0 targets=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -70,6 +70,7 @@ opts_of() {
         decode | engine) echo "-max_len=65536" ;;
         create_json) echo "-max_len=8192 -dict=fuzz/dicts/json.dict" ;;
         create_request) echo "-max_len=8192" ;;
+        pdf_facts) echo "-max_len=65536" ;;
     esac
 }
 

@@ -108,7 +108,8 @@ def make_sandbox(tpl, tmp_path):
               "UploadBucket": "ocr-prod-uploads-1-us-east-1",
               "DatabaseProxy.Endpoint": "ocr-prod-db-proxy.proxy-abc.us-east-1.rds.amazonaws.com",
               **{s: secret_arn(s) for s in SECRETS}, "RetentionDays": SANDBOX_RETENTION_DAYS,
-              "HttpApi": "abc123", "WorkerModelSet": "ppocrv6-small", "WorkerLogGroup": "/ocr-fleet/prod/worker",
+              "HttpApi": "abc123", "WorkerModelSet": "ppocrv6-small", "MaxPages": "50",
+              "WorkerLogGroup": "/ocr-fleet/prod/worker",
               "CudaLibsUri": "s3://artifacts/ocr-fleet/worker/cuda/0123456789abcdef"}
     # The NVIDIA driver AMI's nvidia-modprobe: makes the device nodes (plain files here).
     modprobe = root / "usr" / "bin" / "nvidia-modprobe"

@@ -4,7 +4,8 @@
 #   xmllint      (Debian libxml2-utils) with the ALTO v4 schema: alto-4-3.xsd and the xlink.xsd
 #                it imports, taken from the kraken 6.0.3 source archive on PyPI (the one registry
 #                package found that ships them; sha256-pinned), kept in $OCR_FLEET_CACHE/alto
-#   pdftotext    (Debian poppler-utils)
+#   pdftotext, pdfinfo (Debian poppler-utils) and qpdf: the upload check's PDF reader is compared
+#                with them (functions/core/tests/pdf_structure.rs)
 # checkers_ensure installs what is missing and exports OCR_HOCR_CHECK and OCR_ALTO_XSD.
 # Source after common.sh.
 
@@ -15,7 +16,7 @@ ALTO_XSD_SHA256="e075e34e07eb5d1ad9d75fab4822285564b83d324b141abb053481ad1f829d4
 checkers_ensure() {
     # shellcheck source=scripts/lib/python-env.sh
     source "$ROOT/scripts/lib/python-env.sh"
-    apt_install poppler-utils libxml2-utils
+    apt_install poppler-utils libxml2-utils qpdf
     local py dir="$OCR_FLEET_CACHE/alto" tmp
     py=$(python_env checkers hocr-tools==1.1.1) || die "could not install hocr-tools"
     export OCR_HOCR_CHECK="${py%/python}/hocr-check"

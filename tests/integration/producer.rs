@@ -442,7 +442,7 @@ async fn uploads_made_during_a_database_outage_are_all_queued_once_it_returns() 
         statuses: store.clone(),
         wait_slots: store.clone(),
     };
-    let handler = UploadHandler { ports, max_upload_bytes: 20_000_000 };
+    let handler = UploadHandler { ports, max_upload_bytes: 20_000_000, max_pages: 50 };
     let upload_dlq = env.queues.dlqs[0].clone();
     assert!(upload_dlq.ends_with("-upload-events-dlq"), "{upload_dlq}");
     let settings = PollerSettings {

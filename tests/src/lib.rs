@@ -254,7 +254,7 @@ impl TestEnv {
         };
         let state = AppState::new(ports.clone(), auth, options.limits.clone())
             .with_signing(ocr_core::signing::MasterKey::new(WEBHOOK_SECRET));
-        let uploads = UploadHandler { ports, max_upload_bytes: options.handler_max_upload_bytes };
+        let uploads = UploadHandler { ports, max_upload_bytes: options.handler_max_upload_bytes, max_pages: 50 };
 
         let (stop, stop_rx) = watch::channel(false);
         let api = serve_api(state, stop_rx.clone()).await?;

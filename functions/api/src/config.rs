@@ -95,6 +95,9 @@ pub struct ApiArgs {
     /// Largest image accepted, in bytes.
     #[arg(long, env = "MAX_UPLOAD_BYTES", default_value_t = 20_000_000)]
     pub max_upload_bytes: u64,
+    /// Most pages a PDF may declare; a longer one is refused on upload (api-local's handler).
+    #[arg(long, env = "MAX_PAGES", default_value_t = ocr_core::pdf::DEFAULT_MAX_PAGES as u64)]
+    pub max_pages: u64,
     /// Lifetime of a presigned upload URL in seconds (at most 900).
     #[arg(long, env = "PRESIGN_EXPIRY_SECS", default_value_t = 900)]
     pub presign_expiry_secs: u64,

@@ -58,8 +58,8 @@ impl Services {
         Ok(AppState::new(self.ports(), auth, Limits::from(api)).with_signing(signing))
     }
 
-    pub fn upload_handler(&self, max_upload_bytes: u64) -> UploadHandler {
-        UploadHandler { ports: self.ports(), max_upload_bytes }
+    pub fn upload_handler(&self, max_upload_bytes: u64, max_pages: u64) -> UploadHandler {
+        UploadHandler { ports: self.ports(), max_upload_bytes, max_pages }
     }
 
     /// The adapters as the ports the handlers take, on the wall clock.

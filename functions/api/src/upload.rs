@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use aws_lambda_events::s3::S3Event;
 use ocr_core::content::{TAIL_LEN, check_shape};
 use ocr_core::job::parse_object_key;
+use ocr_core::pdf;
 use ocr_core::ports::{ObjectInfo, StatusChange};
 use ocr_core::{ContentType, JobId, JobMessage, JobStatus, PortError, Priority};
 use tracing::Instrument;
@@ -30,6 +31,8 @@ pub enum UploadOutcome {
 pub struct UploadHandler {
     pub ports: Ports,
     pub max_upload_bytes: u64,
+    /// Most pages a PDF may declare (`MAX_PAGES`).
+    pub max_pages: u64,
 }
 
 /// One upload-events message as delivered (by Lambda's SQS trigger or the local poller).
@@ -271,7 +274,25 @@ impl UploadHandler {
         let head = self.ports.objects.read_range(key, 0, ContentType::SNIFF_LEN, version).await?;
         let tail_start = size.saturating_sub(TAIL_LEN as u64);
         let tail = self.ports.objects.read_range(key, tail_start, TAIL_LEN, version).await?;
-        Ok(check_shape(*declared, size, &head, &tail).err().map(|e| e.to_string()))
+        if let Err(e) = check_shape(*declared, size, &head, &tail) {
+            return Ok(Some(e.to_string()));
+        }
+        if *declared != ContentType::Pdf {
+            return Ok(None);
+        }
+        // The PDF's structure, read in a few ranges: its page count and its encryption (which
+        // may be named in a cross-reference stream far from the tail).
+        let read = |offset, len| self.ports.objects.read_range(key, offset, len, version);
+        Ok(match pdf::read_facts(size, &tail, read).await? {
+            Ok(facts) if facts.pages > self.max_pages => {
+                Some(format!("the PDF has {} pages, over the limit of {}", facts.pages, self.max_pages))
+            }
+            Ok(facts) => {
+                tracing::info!(pages = facts.pages, "PDF checked");
+                None
+            }
+            Err(e) => Some(e.to_string()),
+        })
     }
 
     async fn reject(&self, id: &JobId, from: JobStatus, key: &str, reason: String) -> Result<UploadOutcome, PortError> {

@@ -76,7 +76,7 @@ impl Harness {
             statuses: self.store.clone(),
             wait_slots: self.slots.clone(),
         };
-        UploadHandler { ports, max_upload_bytes: 20_000_000 }
+        UploadHandler { ports, max_upload_bytes: 20_000_000, max_pages: 50 }
     }
 }
 
@@ -660,6 +660,70 @@ async fn bad_uploads_fail_and_are_deleted() {
         assert!(job.error.is_some());
     }
     assert!(h.queue.messages(Priority::Bulk).is_empty());
+}
+
+/// A PDF of `pages` blank pages, as the API's own searchable-PDF writer makes it.
+fn pdf_bytes(pages: u32) -> Vec<u8> {
+    let result =
+        OcrResult::from_pages((1..=pages).map(|n| ocr_core::OcrPage::new(n, 800, 1000, Vec::new())).collect(), 0.1);
+    ocr_core::render::searchable_pdf(&result, &vec![None; pages as usize], 200.0)
+}
+
+#[tokio::test]
+async fn pdf_uploads_are_checked_for_their_pages_and_encryption() {
+    let h = harness();
+    let handler = h.uploads();
+    let good = pdf_bytes(3);
+    let (id, key) = uploaded(&h, ContentType::Pdf, good.len(), good).await;
+    assert_eq!(handler.handle_object(&key).await.unwrap(), UploadOutcome::Enqueued(id));
+
+    // An update appended to a good file names an encryption dictionary, with more than the
+    // tail the shape check reads after it: only the structure read finds it.
+    let mut encrypted = pdf_bytes(2);
+    let prev = {
+        let tail = String::from_utf8_lossy(&encrypted[encrypted.len() - 40..]).to_string();
+        tail.split_whitespace().rev().nth(1).unwrap().to_string()
+    };
+    let at = encrypted.len();
+    let pad = "0".repeat(3000);
+    encrypted.extend_from_slice(
+        format!("xref\ntrailer\n<< /Size 99 /Root 1 0 R /Prev {prev} /Encrypt 98 0 R /ID [<{pad}> <{pad}>] >>\nstartxref\n{at}\n%%EOF\n")
+            .as_bytes(),
+    );
+    assert!(!encrypted[encrypted.len() - ocr_core::content::TAIL_LEN..].windows(8).any(|w| w == b"/Encrypt"));
+
+    let mut no_catalog = pdf_bytes(1);
+    let at = no_catalog.windows(8).position(|w| w == b"/Catalog").unwrap();
+    no_catalog[at..at + 8].copy_from_slice(b"/Katalog");
+    let at = no_catalog.windows(6).position(|w| w == b"/Pages").unwrap();
+    no_catalog[at..at + 6].copy_from_slice(b"/Xages");
+    let at = no_catalog.windows(6).rposition(|w| w == b"/Pages").unwrap();
+    no_catalog[at..at + 6].copy_from_slice(b"/Xages");
+
+    let cases = [
+        (pdf_bytes(51), "the PDF has 51 pages, over the limit of 50"),
+        (encrypted, "the PDF is encrypted"),
+        (no_catalog, "the PDF is damaged"),
+    ];
+    for (bytes, reason_part) in cases {
+        let (id, key) = uploaded(&h, ContentType::Pdf, bytes.len(), bytes).await;
+        match handler.handle_object(&key).await.unwrap() {
+            UploadOutcome::Rejected { job_id, reason } => {
+                assert_eq!(job_id, id);
+                assert!(reason.contains(reason_part), "{reason}");
+            }
+            other => panic!("expected a rejection for {reason_part}, got {other:?}"),
+        }
+        assert!(!h.objects.contains(&key));
+        assert_eq!(h.store.get(&id).await.unwrap().unwrap().status, JobStatus::Failed);
+    }
+    // MAX_PAGES is the handler's setting.
+    let mut roomy = h.uploads();
+    roomy.max_pages = 60;
+    let long = pdf_bytes(51);
+    let (id, key) = uploaded(&h, ContentType::Pdf, long.len(), long).await;
+    assert_eq!(roomy.handle_object(&key).await.unwrap(), UploadOutcome::Enqueued(id));
+    assert_eq!(h.queue.messages(Priority::Bulk).len(), 2);
 }
 
 /// An object store whose objects vanish right after their HEAD, as when the job's DELETE lands

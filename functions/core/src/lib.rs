@@ -13,6 +13,7 @@ pub mod id;
 pub mod job;
 pub mod message;
 pub mod net;
+pub mod pdf;
 pub mod ports;
 pub mod quota;
 pub mod render;

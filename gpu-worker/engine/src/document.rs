@@ -11,8 +11,8 @@ use image::RgbImage;
 use crate::decode::{decode_image, probe_dimensions};
 use crate::error::{EngineError, Result};
 
-/// Default most pages of one input (`MAX_PAGES`).
-pub const DEFAULT_MAX_PAGES: usize = 50;
+/// Default most pages of one input (`MAX_PAGES`), the upload check's too.
+pub const DEFAULT_MAX_PAGES: usize = ocr_core::pdf::DEFAULT_MAX_PAGES;
 
 /// Where each page's directory starts, for a TIFF; `None` for anything else. A chain longer than
 /// `max_pages` is refused without walking it further, and so is a chain that loops (a page

@@ -66,7 +66,7 @@ async fn main() -> anyhow::Result<()> {
     .filter_map(|(url, loops)| url.map(|url| (url, loops.max(1))))
     .collect();
     let poller = (!queues.is_empty()).then(|| {
-        let handler = services.upload_handler(api.max_upload_bytes);
+        let handler = services.upload_handler(api.max_upload_bytes, api.max_pages);
         let consumers = queues.into_iter().map(|(url, loops)| (SqsConsumer::new(&services.aws, url), loops)).collect();
         let retry = &config.upload_retry;
         let settings = ocr_api::poller::PollerSettings {

@@ -28,6 +28,9 @@ struct Config {
     /// Largest image accepted, in bytes.
     #[arg(long, env = "MAX_UPLOAD_BYTES", default_value_t = 20_000_000)]
     max_upload_bytes: u64,
+    /// Most pages a PDF may declare; a longer one is refused on upload.
+    #[arg(long, env = "MAX_PAGES", default_value_t = ocr_core::pdf::DEFAULT_MAX_PAGES as u64)]
+    max_pages: u64,
 }
 
 /// Time kept back at the end of an invocation: for the visibility changes, the response, and a
@@ -135,7 +138,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let config = Config::parse();
     let services = Services::new(&config.resources, &config.db).await?;
     let function = Function {
-        handler: services.upload_handler(config.max_upload_bytes),
+        handler: services.upload_handler(config.max_upload_bytes, config.max_pages),
         backoff: config.retry.backoff(),
         events: config.upload_events.urls().into_iter().map(|url| SqsConsumer::new(&services.aws, url)).collect(),
         dead_letters: config.retry.upload_events_dlq_url.as_ref().map(|url| SqsConsumer::new(&services.aws, url)),
