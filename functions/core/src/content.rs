@@ -120,8 +120,6 @@ pub enum ShapeError {
     WrongType { declared: ContentType, found: ContentType },
     #[error("the {0} file is truncated")]
     Truncated(ContentType),
-    #[error("the PDF is encrypted (it needs a password)")]
-    Encrypted,
 }
 
 /// Bytes of the file's end that [`check_shape`] looks at.
@@ -159,11 +157,7 @@ pub fn check_shape(declared: ContentType, size: u64, head: &[u8], tail: &[u8]) -
             if !tail.windows(5).any(|w| w == b"%%EOF") {
                 return Err(ShapeError::Truncated(found));
             }
-            // A classic trailer names the encryption dictionary just before the end; one kept
-            // in a cross-reference stream further back is found by the worker instead.
-            if tail.windows(8).any(|w| w == b"/Encrypt") {
-                return Err(ShapeError::Encrypted);
-            }
+            // Encryption and pages are the structure's business: `crate::pdf` reads them.
         }
         ContentType::Jpeg | ContentType::Tiff => {}
     }
@@ -209,8 +203,6 @@ mod shape_tests {
         junk.extend_from_slice(&[b' '; 500]);
         assert_eq!(check(ContentType::Pdf, &junk), Ok(()));
         assert_eq!(check(ContentType::Pdf, &pdf[..pdf.len() - 8]), Err(ShapeError::Truncated(ContentType::Pdf)));
-        let encrypted = b"%PDF-1.7\n1 0 obj\n<<>>\nendobj\ntrailer\n<< /Root 1 0 R /Encrypt 2 0 R >>\n%%EOF\n";
-        assert_eq!(check(ContentType::Pdf, encrypted), Err(ShapeError::Encrypted));
         assert_eq!(
             check(ContentType::Png, &pdf),
             Err(ShapeError::WrongType { declared: ContentType::Png, found: ContentType::Pdf })

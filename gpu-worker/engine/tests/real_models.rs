@@ -317,6 +317,29 @@ fn eval_receipt_reads_in_every_orientation() {
     }
 }
 
+/// `qpdf OPTIONS in out` over `bytes`, if qpdf is installed (scripts/lib/checkers.sh installs it;
+/// with `OCR_REQUIRE_CHECKERS=1` it must be).
+#[allow(clippy::type_complexity)]
+fn qpdf() -> Option<Box<dyn Fn(&[&str], &[u8]) -> Vec<u8>>> {
+    if std::process::Command::new("qpdf").arg("--version").output().is_err() {
+        let required = std::env::var("OCR_REQUIRE_CHECKERS").is_ok_and(|v| v == "1");
+        assert!(!required, "OCR_REQUIRE_CHECKERS=1 but qpdf is missing; run scripts/lib/checkers.sh's checkers_ensure");
+        eprintln!("SKIPPED encrypted-PDF checks: qpdf missing");
+        return None;
+    }
+    Some(Box::new(|opts: &[&str], bytes: &[u8]| {
+        let dir = std::env::temp_dir().join(format!("ocr-qpdf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (input, output) = (dir.join("in.pdf"), dir.join("out.pdf"));
+        std::fs::write(&input, bytes).unwrap();
+        let out = std::process::Command::new("qpdf").args(opts).arg(&input).arg(&output).output().unwrap();
+        assert!(out.status.success(), "qpdf {opts:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let written = std::fs::read(&output).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        written
+    }))
+}
+
 /// Whether the output-format tests must run their external checkers (scripts/test.sh installs
 /// them with scripts/lib/checkers.sh and sets `OCR_REQUIRE_CHECKERS=1`).
 fn checkers() -> Option<(PathBuf, PathBuf)> {
@@ -626,8 +649,32 @@ fn pdf_pages_read_and_hostile_pdfs_fail_alone() {
     let encrypted =
         raw_pdf(&objects, "/Encrypt 4 0 R /ID [<00112233445566778899aabbccddeeff> <00112233445566778899aabbccddeeff>]");
     assert!(err(&encrypted).contains("encrypted"), "{}", err(&encrypted));
-    // A page bomb: one page listed 10,000 times.
+    assert_eq!(ocr_core::pdf::facts(&encrypted), Err(ocr_core::pdf::PdfError::Encrypted));
+    // Encrypted with a password only to change it: the upload check lets it through, and the
+    // worker reads it; with a password to open it, both refuse it.
+    if let Some(qpdf) = qpdf() {
+        for (opts, opens) in [
+            (&["--object-streams=generate", "--encrypt", "", "owner", "256", "--"][..], true),
+            (&["--object-streams=generate", "--encrypt", "", "owner", "128", "--use-aes=y", "--"][..], true),
+            (&["--encrypt", "user", "owner", "256", "--"][..], false),
+        ] {
+            let bytes = qpdf(opts, &good);
+            let checked = ocr_core::pdf::facts(&bytes);
+            if opens {
+                assert_eq!(checked, Ok(ocr_core::pdf::PdfFacts { pages: 3 }), "{opts:?}");
+                let pages = decode(&bytes).unwrap();
+                let text = engine.recognize(&pages[..1]).pop().unwrap().unwrap().text();
+                assert!(cer(&text, &texts[0].join("\n")) <= 0.01, "{opts:?}: {text}");
+            } else {
+                assert_eq!(checked, Err(ocr_core::pdf::PdfError::Encrypted));
+                assert!(err(&bytes).contains("encrypted"), "{}", err(&bytes));
+            }
+        }
+    }
+    // A page bomb: one page listed 10,000 times. The upload check refuses it by its declared
+    // count; the worker by the pages PDFium finds.
     let bomb = text_pdf(&texts[..1], a4, Some((vec!["4 0 R"; 10_000].join(" "), 10_000)), "");
+    assert_eq!(ocr_core::pdf::facts(&bomb), Ok(ocr_core::pdf::PdfFacts { pages: 10_000 }));
     assert!(err(&bomb).contains("more than 50 pages"), "{}", err(&bomb));
     // A 200-inch page renders within the pixel limit, at a lower resolution.
     let huge = text_pdf(&texts[..1], "[0 0 14400 14400]", None, "");

@@ -17,6 +17,8 @@
 //! The page count is the one the page tree's root declares (`/Count`). A file that lies there is
 //! still stopped by the worker, which counts the pages PDFium finds against `MAX_PAGES`.
 
+mod security;
+
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 
@@ -220,11 +222,11 @@ pub fn examine(known: &Known) -> Result<PdfFacts, Halt> {
 #[derive(Debug, Clone, PartialEq)]
 enum Obj {
     Null,
-    Bool,
+    Bool(bool),
     Int(i64),
     Real,
     Name(Vec<u8>),
-    Str,
+    Str(Vec<u8>),
     Array(Vec<Obj>),
     Dict(Dict),
     Ref(u32),
@@ -259,7 +261,7 @@ enum Tok<'a> {
     Int(i64),
     Real,
     Name(Vec<u8>),
-    Str,
+    Str(Vec<u8>),
     DictOpen,
     DictClose,
     ArrOpen,
@@ -332,36 +334,13 @@ impl<'a> Lexer<'a> {
                 let raw = self.regular_run()?;
                 Ok(Tok::Name(decode_name(raw)))
             }
-            b'(' => {
-                let mut depth = 0usize;
-                while let Some(&c) = self.b.get(self.pos) {
-                    self.pos += 1;
-                    match c {
-                        b'\\' => self.pos += 1,
-                        b'(' => depth += 1,
-                        b')' => {
-                            depth -= 1;
-                            if depth == 0 {
-                                return Ok(Tok::Str);
-                            }
-                        }
-                        _ => {}
-                    }
-                }
-                Err(Syntax::Eof)
-            }
+            b'(' => self.literal().map(Tok::Str),
             b'<' => {
                 if self.b.get(self.pos + 1) == Some(&b'<') {
                     self.pos += 2;
                     return Ok(Tok::DictOpen);
                 }
-                while let Some(&c) = self.b.get(self.pos) {
-                    self.pos += 1;
-                    if c == b'>' {
-                        return Ok(Tok::Str);
-                    }
-                }
-                Err(Syntax::Eof)
+                self.hex().map(Tok::Str)
             }
             b'>' => match self.b.get(self.pos + 1) {
                 Some(b'>') => {
@@ -387,6 +366,101 @@ impl<'a> Lexer<'a> {
         }
     }
 
+    /// A literal string's bytes, escapes undone, from its `(`.
+    fn literal(&mut self) -> Result<Vec<u8>, Syntax> {
+        let mut out = Vec::new();
+        let mut depth = 0usize;
+        while let Some(&c) = self.b.get(self.pos) {
+            self.pos += 1;
+            match c {
+                b'(' => {
+                    depth += 1;
+                    if depth == 1 {
+                        continue;
+                    }
+                }
+                b')' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        return Ok(out);
+                    }
+                }
+                b'\\' => {
+                    let &e = self.b.get(self.pos).ok_or(Syntax::Eof)?;
+                    self.pos += 1;
+                    let byte = match e {
+                        b'n' => b'\n',
+                        b'r' => b'\r',
+                        b't' => b'\t',
+                        b'b' => 8,
+                        b'f' => 12,
+                        b'0'..=b'7' => {
+                            let mut v = u32::from(e - b'0');
+                            for _ in 0..2 {
+                                match self.b.get(self.pos) {
+                                    Some(d @ b'0'..=b'7') => {
+                                        v = v * 8 + u32::from(d - b'0');
+                                        self.pos += 1;
+                                    }
+                                    _ => break,
+                                }
+                            }
+                            v as u8
+                        }
+                        // A line break after a backslash continues the string.
+                        b'\r' => {
+                            if self.b.get(self.pos) == Some(&b'\n') {
+                                self.pos += 1;
+                            }
+                            continue;
+                        }
+                        b'\n' => continue,
+                        other => other,
+                    };
+                    out.push(byte);
+                    continue;
+                }
+                // An unescaped line end, CR LF or CR alike, is a line feed.
+                b'\r' => {
+                    if self.b.get(self.pos) == Some(&b'\n') {
+                        self.pos += 1;
+                    }
+                    out.push(b'\n');
+                    continue;
+                }
+                _ => {}
+            }
+            out.push(c);
+        }
+        Err(Syntax::Eof)
+    }
+
+    /// A hexadecimal string's bytes, from its `<` (white space skipped, an odd last digit
+    /// padded with 0).
+    fn hex(&mut self) -> Result<Vec<u8>, Syntax> {
+        self.pos += 1;
+        let mut digits = Vec::new();
+        while let Some(&c) = self.b.get(self.pos) {
+            self.pos += 1;
+            match c {
+                b'>' => {
+                    if !digits.len().is_multiple_of(2) {
+                        digits.push(0);
+                    }
+                    return Ok(digits.chunks(2).map(|p| (p[0] << 4) | p[1]).collect());
+                }
+                c if is_space(c) => {}
+                c => digits.push(match c {
+                    b'0'..=b'9' => c - b'0',
+                    b'a'..=b'f' => c - b'a' + 10,
+                    b'A'..=b'F' => c - b'A' + 10,
+                    _ => return Err(Syntax::Bad("a bad hexadecimal string")),
+                }),
+            }
+        }
+        Err(Syntax::Eof)
+    }
+
     fn value(&mut self, depth: usize) -> Result<Obj, Syntax> {
         if depth > MAX_DEPTH {
             return Err(Syntax::Bad("objects nested too deep"));
@@ -403,7 +477,7 @@ impl<'a> Lexer<'a> {
             }
             Tok::Real => Obj::Real,
             Tok::Name(n) => Obj::Name(n),
-            Tok::Str => Obj::Str,
+            Tok::Str(s) => Obj::Str(s),
             Tok::ArrOpen => {
                 let mut items = Vec::new();
                 loop {
@@ -430,7 +504,8 @@ impl<'a> Lexer<'a> {
                 }
                 Obj::Dict(entries)
             }
-            Tok::Word(b"true" | b"false") => Obj::Bool,
+            Tok::Word(b"true") => Obj::Bool(true),
+            Tok::Word(b"false") => Obj::Bool(false),
             Tok::Word(b"null") => Obj::Null,
             Tok::Word(_) => return Err(Syntax::Bad("an unexpected keyword")),
             Tok::DictClose | Tok::ArrClose => return Err(Syntax::Bad("an unexpected closing bracket")),
@@ -488,6 +563,7 @@ fn number(run: &[u8]) -> Option<Tok<'static>> {
 /// An indirect object `num gen obj value [stream]` at the start of `b`.
 struct Indirect {
     num: u32,
+    generation: u16,
     value: Obj,
     /// Where the stream's data starts in `b`, if it has one.
     stream_at: Option<usize>,
@@ -499,7 +575,11 @@ fn parse_indirect(b: &[u8], complete: bool) -> Result<Indirect, Syntax> {
         Tok::Int(n) => u32::try_from(n).map_err(|_| Syntax::Bad("a bad object number"))?,
         _ => return Err(Syntax::Bad("no object where the cross-reference points")),
     };
-    if !matches!(lx.next()?, Tok::Int(_)) || lx.next()? != Tok::Word(b"obj") {
+    let generation = match lx.next()? {
+        Tok::Int(g) => u16::try_from(g).map_err(|_| Syntax::Bad("a bad generation number"))?,
+        _ => return Err(Syntax::Bad("no object where the cross-reference points")),
+    };
+    if lx.next()? != Tok::Word(b"obj") {
         return Err(Syntax::Bad("no object where the cross-reference points"));
     }
     let value = lx.value(0)?;
@@ -521,7 +601,7 @@ fn parse_indirect(b: &[u8], complete: bool) -> Result<Indirect, Syntax> {
             _ => {}
         }
     }
-    Ok(Indirect { num, value, stream_at })
+    Ok(Indirect { num, generation, value, stream_at })
 }
 
 // ------------------------------------------------------------------------------------ document
@@ -542,11 +622,13 @@ struct Doc<'k> {
     trailers: Vec<Dict>,
     /// Page-tree roots seen by a repair scan: the answer when the catalog cannot be followed.
     scanned_roots: Vec<i64>,
+    /// For a file encrypted without a user password: how its streams decrypt.
+    decryptor: Option<security::Decryptor>,
 }
 
 impl<'k> Doc<'k> {
     fn new(known: &'k Known) -> Self {
-        Doc { known, xref: HashMap::new(), trailers: Vec::new(), scanned_roots: Vec::new() }
+        Doc { known, xref: HashMap::new(), trailers: Vec::new(), scanned_roots: Vec::new(), decryptor: None }
     }
 
     /// The document as its cross-reference sections describe it.
@@ -713,9 +795,27 @@ impl<'k> Doc<'k> {
         Ok(doc)
     }
 
-    fn facts(&self) -> Result<PdfFacts, Halt> {
-        if self.trailers.iter().any(|t| get(t, b"Encrypt").is_some()) {
-            return Err(Halt::Fail(PdfError::Encrypted));
+    fn facts(mut self) -> Result<PdfFacts, Halt> {
+        if let Some(encrypt) = self.trailers.iter().find_map(|t| get(t, b"Encrypt")) {
+            // Readable without a password (one is needed only to change the file, as on many
+            // statements and forms): PDFium opens it, so it is read. Anything else is refused.
+            let id = self.trailers.iter().find_map(|t| match get(t, b"ID") {
+                Some(Obj::Array(ids)) => match ids.first() {
+                    Some(Obj::Str(id)) => Some(id.as_slice()),
+                    _ => None,
+                },
+                _ => None,
+            });
+            let dict = match self.resolve(encrypt, 0) {
+                Ok(Obj::Dict(d)) => Some(d),
+                Err(e @ Halt::Need { .. }) => return Err(e),
+                _ => None,
+            };
+            match dict.and_then(|d| security::open_without_password(&d, id.unwrap_or_default())) {
+                // Its object streams, where the catalog may be, are then read decrypted.
+                Some(decryptor) => self.decryptor = Some(decryptor),
+                None => return Err(Halt::Fail(PdfError::Encrypted)),
+            }
         }
         let from_catalog = self.count_from_catalog();
         let count = match (from_catalog, self.scanned_roots.iter().max()) {
@@ -830,6 +930,13 @@ impl<'k> Doc<'k> {
                     want = (want * 4).min(MAX_STREAM);
                 }
             }
+        };
+        // Encrypted files encrypt every stream but their cross-reference streams.
+        let raw = match &self.decryptor {
+            Some(d) if !is_name(get(dict, b"Type"), b"XRef") => {
+                d.stream(obj.num, obj.generation, &raw).ok_or_else(|| damaged("a stream does not decrypt"))?
+            }
+            _ => raw,
         };
         decode(dict, raw)
     }
