@@ -15,6 +15,35 @@ pub const PDF_DPI: f32 = 300.0;
 /// needs no turning is embedded as it is, whatever its size.
 pub const MAX_DECODE_PIXELS: u64 = 16_000_000;
 
+/// Most pixels, all pages together, decoded to make one PDF of a multi-page TIFF: the budget of
+/// one image (two A4 pages at 300 dpi, four at 200 dpi), as the function's CPU share is small.
+pub const MAX_DOCUMENT_PIXELS: u64 = MAX_DECODE_PIXELS;
+
+/// The upload as PDF page images, one per result page of `sizes` (`width × height` each): every
+/// page of a multi-page TIFF, else the one image.
+pub fn page_images(bytes: &[u8], sizes: &[(u32, u32)]) -> Result<Vec<Option<PageImage>>, ApiError> {
+    let limit = ocr_core::pdf::DEFAULT_MAX_PAGES.max(sizes.len());
+    match ocr_core::tiff::TiffPages::read(bytes, limit) {
+        Ok(Some(pages)) if pages.len() > 1 && sizes.len() > 1 => {
+            let total: u64 = sizes.iter().map(|&(w, h)| u64::from(w) * u64::from(h)).sum();
+            if total > MAX_DOCUMENT_PIXELS {
+                return Err(ApiError::TooLarge(format!(
+                    "the document's pages are {total} pixels together; a PDF is made here from documents up to \
+                     {MAX_DOCUMENT_PIXELS} pixels: ask for hocr or alto instead"
+                )));
+            }
+            // One page decoded at a time; each re-pointed copy of the file is dropped after it.
+            (0..pages.len().min(sizes.len()))
+                .map(|i| page_image(&pages.page(bytes, i), sizes[i].0, sizes[i].1).map(Some))
+                .collect()
+        }
+        _ => {
+            let (w, h) = sizes.first().copied().unwrap_or_default();
+            Ok(vec![Some(page_image(bytes, w, h)?)])
+        }
+    }
+}
+
 /// The upload as a PDF page image of `width × height` (the result's page, EXIF-upright).
 pub fn page_image(bytes: &[u8], width: u32, height: u32) -> Result<PageImage, ApiError> {
     let unreadable = |e: image::ImageError| ApiError::NoResult(format!("the uploaded image cannot be read again: {e}"));
@@ -86,6 +115,37 @@ mod tests {
         let back = image::load_from_memory(&page.jpeg).unwrap().to_rgb8();
         assert_eq!(back.dimensions(), (30, 10));
         assert!(back.get_pixel(5, 5).0.iter().all(|&c| c > 240), "{:?}", back.get_pixel(5, 5));
+    }
+
+    #[test]
+    fn every_page_of_a_tiff_is_under_its_text() {
+        let pages: Vec<image::RgbImage> = [(40, 30, 200u8), (50, 20, 100), (30, 60, 20)]
+            .iter()
+            .map(|&(w, h, v)| image::RgbImage::from_pixel(w, h, image::Rgb([v; 3])))
+            .collect();
+        let mut tiff = Vec::new();
+        {
+            let mut enc = tiff::encoder::TiffEncoder::new(Cursor::new(&mut tiff)).unwrap();
+            for p in &pages {
+                enc.write_image::<tiff::encoder::colortype::RGB8>(p.width(), p.height(), p.as_raw()).unwrap();
+            }
+        }
+        let sizes: Vec<(u32, u32)> = pages.iter().map(|p| p.dimensions()).collect();
+        let images = page_images(&tiff, &sizes).unwrap();
+        assert_eq!(images.len(), 3);
+        for (image, page) in images.iter().zip(&pages) {
+            let image = image.as_ref().unwrap();
+            let back = image::load_from_memory(&image.jpeg).unwrap().to_rgb8();
+            assert_eq!(back.dimensions(), page.dimensions());
+            let (got, want) = (back.get_pixel(3, 3).0[0], page.get_pixel(3, 3).0[0]);
+            assert!(got.abs_diff(want) <= 3, "{got} vs {want}");
+        }
+        // A single image is one page, whatever the sizes say.
+        let png = encode(&DynamicImage::ImageRgb8(pages[0].clone()), ImageFormat::Png);
+        assert_eq!(page_images(&png, &sizes[..1]).unwrap().len(), 1);
+        // Too many pixels together: a clear 413, not a timeout.
+        let big = vec![(4000, 2000); 3];
+        assert!(matches!(page_images(&tiff, &big), Err(ApiError::TooLarge(_))));
     }
 
     #[test]

@@ -350,11 +350,11 @@ async fn get_result(
         }
         Format::Pdf => {
             let upload = state.ports.objects.get(&job.object_key(), None).await?;
-            let (w, h) = result.pages.first().map_or((0, 0), |p| (p.width, p.height));
-            let image = tokio::task::spawn_blocking(move || crate::page_image::page_image(&upload, w, h))
+            let sizes: Vec<(u32, u32)> = result.pages.iter().map(|p| (p.width, p.height)).collect();
+            let images = tokio::task::spawn_blocking(move || crate::page_image::page_images(&upload, &sizes))
                 .await
                 .map_err(|e| ApiError::Internal(format!("page image task: {e}")))??;
-            render::searchable_pdf(&result, &[Some(image)], crate::page_image::PDF_DPI)
+            render::searchable_pdf(&result, &images, crate::page_image::PDF_DPI)
         }
     };
     let disposition = format!("inline; filename=\"{name}\"");

@@ -21,6 +21,7 @@ pub mod request;
 pub mod result;
 pub mod retry;
 pub mod signing;
+pub mod tiff;
 pub mod worker;
 
 #[cfg(any(test, feature = "test-util"))]

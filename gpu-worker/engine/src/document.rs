@@ -9,116 +9,19 @@
 use image::RgbImage;
 
 use crate::decode::{decode_image, probe_dimensions};
+use ocr_core::tiff::{TiffError, TiffPages};
+
 use crate::error::{EngineError, Result};
 
 /// Default most pages of one input (`MAX_PAGES`), the upload check's too.
 pub const DEFAULT_MAX_PAGES: usize = ocr_core::pdf::DEFAULT_MAX_PAGES;
 
-/// Where each page's directory starts, for a TIFF; `None` for anything else. A chain longer than
-/// `max_pages` is refused without walking it further, and so is a chain that loops (a page
-/// bomb: 4 bytes can point back at the first page for ever).
-fn tiff_pages(bytes: &[u8], max_pages: usize) -> Result<Option<(TiffKind, Vec<u64>)>> {
-    let kind = match bytes.get(..4) {
-        Some(b"II*\0") => TiffKind { little: true, big: false },
-        Some(b"MM\0*") => TiffKind { little: false, big: false },
-        Some(b"II+\0") => TiffKind { little: true, big: true },
-        Some(b"MM\0+") => TiffKind { little: false, big: true },
-        _ => return Ok(None),
-    };
-    let bad = |what: &str| EngineError::Decode(format!("TIFF: {what}"));
-    let mut offsets = Vec::new();
-    let mut next = kind.read(bytes, if kind.big { 8 } else { 4 }).ok_or_else(|| bad("header cut short"))?;
-    while next != 0 {
-        if offsets.contains(&next) {
-            return Err(bad("its pages loop back on themselves"));
-        }
-        if offsets.len() == max_pages {
-            return Err(EngineError::TooManyPages { limit: max_pages });
-        }
-        offsets.push(next);
-        let at = usize::try_from(next).map_err(|_| bad("page offset out of range"))?;
-        let (count, entry, count_len) = if kind.big {
-            (kind.read(bytes, at).ok_or_else(|| bad("page directory out of the file"))?, 20, 8)
-        } else {
-            (kind.read16(bytes, at).ok_or_else(|| bad("page directory out of the file"))?, 12, 2)
-        };
-        let link = (count as usize).checked_mul(entry).and_then(|n| n.checked_add(at + count_len));
-        next = link.and_then(|l| kind.read(bytes, l)).ok_or_else(|| bad("page directory cut short"))?;
-    }
-    if offsets.is_empty() {
-        return Err(bad("no pages"));
-    }
-    Ok(Some((kind, offsets)))
-}
-
-#[derive(Clone, Copy)]
-struct TiffKind {
-    little: bool,
-    big: bool,
-}
-
-impl TiffKind {
-    fn read16(self, b: &[u8], at: usize) -> Option<u64> {
-        let s: [u8; 2] = b.get(at..at + 2)?.try_into().ok()?;
-        Some(u64::from(if self.little { u16::from_le_bytes(s) } else { u16::from_be_bytes(s) }))
-    }
-
-    /// An offset: 4 bytes in a classic TIFF, 8 in a BigTIFF.
-    fn read(self, b: &[u8], at: usize) -> Option<u64> {
-        if self.big {
-            let s: [u8; 8] = b.get(at..at + 8)?.try_into().ok()?;
-            Some(if self.little { u64::from_le_bytes(s) } else { u64::from_be_bytes(s) })
-        } else {
-            let s: [u8; 4] = b.get(at..at + 4)?.try_into().ok()?;
-            Some(u64::from(if self.little { u32::from_le_bytes(s) } else { u32::from_be_bytes(s) }))
-        }
-    }
-
-    /// An unsigned integer of `n` (2, 4 or 8) bytes.
-    fn uint(self, b: &[u8], at: usize, n: usize) -> Option<u64> {
-        let s = b.get(at..at.checked_add(n)?)?;
-        let fold = |acc: u64, &x: &u8| (acc << 8) | u64::from(x);
-        Some(if self.little { s.iter().rev().fold(0, fold) } else { s.iter().fold(0, fold) })
-    }
-
-    /// Width and height (tags 256 and 257) of the directory at `offset`, read in place: the cost
-    /// of a page without copying the file for it. `None` when either is missing or odd.
-    fn page_size(self, b: &[u8], offset: u64) -> Option<(u32, u32)> {
-        let at = usize::try_from(offset).ok()?;
-        let (count, first, entry, value) =
-            if self.big { (self.uint(b, at, 8)?, 8, 20, 12) } else { (self.uint(b, at, 2)?, 2, 12, 8) };
-        let (mut width, mut height) = (None, None);
-        for i in 0..usize::try_from(count).ok()?.min(4096) {
-            let e = at + first + i * entry;
-            let v = match self.uint(b, e + 2, 2)? {
-                3 => self.uint(b, e + value, 2)?,  // SHORT
-                4 => self.uint(b, e + value, 4)?,  // LONG
-                16 => self.uint(b, e + value, 8)?, // LONG8 (BigTIFF)
-                _ => continue,
-            };
-            match self.uint(b, e, 2)? {
-                256 => width = u32::try_from(v).ok(),
-                257 => height = u32::try_from(v).ok(),
-                _ => {}
-            }
-        }
-        Some((width?, height?))
-    }
-
-    /// The file with its header pointing at the directory at `offset`.
-    fn pointing_at(self, bytes: &[u8], offset: u64) -> Vec<u8> {
-        let mut b = bytes.to_vec();
-        if self.big {
-            let v = if self.little { offset.to_le_bytes() } else { offset.to_be_bytes() };
-            b[8..16].copy_from_slice(&v);
-        } else {
-            // The chain was read from 4-byte offsets, so it fits.
-            let o = offset as u32;
-            let v = if self.little { o.to_le_bytes() } else { o.to_be_bytes() };
-            b[4..8].copy_from_slice(&v);
-        }
-        b
-    }
+/// A TIFF's pages (`None` for anything else), as engine errors.
+fn tiff_pages(bytes: &[u8], max_pages: usize) -> Result<Option<TiffPages>> {
+    TiffPages::read(bytes, max_pages).map_err(|e| match e {
+        TiffError::TooManyPages { limit } => EngineError::TooManyPages { limit },
+        TiffError::Damaged(_) => EngineError::Decode(e.to_string()),
+    })
 }
 
 /// Whether the input is a document the engine reads page by page (a PDF, or a TIFF of more
@@ -132,7 +35,7 @@ pub fn page_count(bytes: &[u8], max_pages: usize) -> Result<usize> {
     if crate::pdf::is_pdf(bytes) {
         return crate::pdf::pdf_page_count(bytes, max_pages);
     }
-    Ok(tiff_pages(bytes, max_pages)?.map_or(1, |(_, offsets)| offsets.len()))
+    Ok(tiff_pages(bytes, max_pages)?.map_or(1, |t| t.len()))
 }
 
 /// Each page's size in pixels as its header declares it (as it will be rendered, for a PDF
@@ -142,9 +45,8 @@ pub fn probe_pages(bytes: &[u8], max_pixels: u64, max_pages: usize) -> Result<Ve
         return crate::pdf::probe_pdf(bytes, max_pixels, max_pages);
     }
     match tiff_pages(bytes, max_pages)? {
-        Some((kind, offsets)) if offsets.len() > 1 => offsets
-            .iter()
-            .map(|&o| kind.page_size(bytes, o).map_or_else(|| probe_dimensions(&kind.pointing_at(bytes, o)), Ok))
+        Some(t) if t.len() > 1 => (0..t.len())
+            .map(|i| t.page_size(bytes, i).map_or_else(|| probe_dimensions(&t.page(bytes, i)), Ok))
             .collect(),
         _ => Ok(vec![probe_dimensions(bytes)?]),
     }
@@ -157,11 +59,9 @@ pub fn decode_pages(bytes: &[u8], max_pixels: u64, max_pages: usize) -> Result<V
         return crate::pdf::render_pdf(bytes, max_pixels, max_pages);
     }
     match tiff_pages(bytes, max_pages)? {
-        Some((kind, offsets)) if offsets.len() > 1 => offsets
-            .iter()
-            .enumerate()
-            .map(|(k, &o)| decode_image(&kind.pointing_at(bytes, o), max_pixels).map_err(|e| on_page(k + 1, e)))
-            .collect(),
+        Some(t) if t.len() > 1 => {
+            (0..t.len()).map(|i| decode_image(&t.page(bytes, i), max_pixels).map_err(|e| on_page(i + 1, e))).collect()
+        }
         _ => Ok(vec![decode_image(bytes, max_pixels)?]),
     }
 }
@@ -194,8 +94,8 @@ mod tests {
         assert_eq!(page_count(&bytes, 50).unwrap(), 3);
         assert_eq!(probe_pages(&bytes, 1_000_000, 50).unwrap(), vec![(10, 5), (20, 5), (30, 5)]);
         // Read from the directories in place, not from a copy of the file per page.
-        let (kind, offsets) = tiff_pages(&bytes, 50).unwrap().unwrap();
-        assert_eq!(kind.page_size(&bytes, offsets[1]), Some((20, 5)));
+        let t = tiff_pages(&bytes, 50).unwrap().unwrap();
+        assert_eq!(t.page_size(&bytes, 1), Some((20, 5)));
         let decoded = decode_pages(&bytes, 1_000_000, 50).unwrap();
         assert_eq!(decoded, pages);
         assert!(matches!(decode_pages(&bytes, 1_000_000, 2), Err(EngineError::TooManyPages { limit: 2 })));
@@ -212,12 +112,8 @@ mod tests {
             enc.write_image::<tiff::encoder::colortype::RGB8>(w, 3, &vec![0u8; w as usize * 9]).unwrap();
         }
         let bytes = out.into_inner();
-        let (kind, offsets) = tiff_pages(&bytes, 50).unwrap().unwrap();
-        assert!(kind.big);
-        assert_eq!(
-            offsets.iter().map(|&o| kind.page_size(&bytes, o)).collect::<Vec<_>>(),
-            [Some((7, 3)), Some((9, 3))]
-        );
+        let t = tiff_pages(&bytes, 50).unwrap().unwrap();
+        assert_eq!((0..2).map(|i| t.page_size(&bytes, i)).collect::<Vec<_>>(), [Some((7, 3)), Some((9, 3))]);
         assert_eq!(probe_pages(&bytes, 1_000_000, 50).unwrap(), vec![(7, 3), (9, 3)]);
     }
 
