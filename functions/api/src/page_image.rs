@@ -11,8 +11,8 @@ use crate::error::ApiError;
 /// Pixels per inch a PDF page is laid out at (a 2480 px wide scan makes an A4 page).
 pub const PDF_DPI: f32 = 300.0;
 
-/// Largest image (pixels) decoded to make a PDF here: the API function has 256 MB. A JPEG that
-/// needs no turning is embedded as it is, whatever its size.
+/// Largest image (pixels) decoded to make a PDF here: the API function has 256 MB. An RGB or
+/// grey JPEG is embedded as it is (turned by the PDF when its EXIF says so), whatever its size.
 pub const MAX_DECODE_PIXELS: u64 = 16_000_000;
 
 /// Most pixels, all pages together, decoded to make one PDF of a multi-page TIFF: the budget of
@@ -53,18 +53,21 @@ pub fn page_image(bytes: &[u8], width: u32, height: u32) -> Result<PageImage, Ap
     let (w, h) = decoder.dimensions();
     let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
     let color = decoder.color_type();
-    let upright = orientation == image::metadata::Orientation::NoTransforms;
+    let exif = orientation.to_exif();
+    // Orientations 5 to 8 swap the sides.
+    let upright_size = if exif >= 5 { (h, w) } else { (w, h) };
     if format == Some(ImageFormat::Jpeg)
-        && upright
-        && (w, h) == (width, height)
+        && upright_size == (width, height)
         && matches!(color, image::ColorType::L8 | image::ColorType::Rgb8)
     {
-        return Ok(PageImage { jpeg: bytes.to_vec(), width, height, gray: color == image::ColorType::L8 });
+        // Embedded as it is, whatever its size; the PDF turns it upright.
+        let gray = color == image::ColorType::L8;
+        return Ok(PageImage { jpeg: bytes.to_vec(), width: w, height: h, gray, orientation: exif });
     }
     if u64::from(w) * u64::from(h) > MAX_DECODE_PIXELS {
         return Err(ApiError::TooLarge(format!(
             "the image is {w}x{h} pixels; a PDF is made here from images up to {MAX_DECODE_PIXELS} pixels \
-             (or an upright RGB or grey JPEG of any size): ask for hocr or alto instead"
+             (or an RGB or grey JPEG of any size): ask for hocr or alto instead"
         )));
     }
     let mut limits = Limits::default();
@@ -87,7 +90,7 @@ pub fn page_image(bytes: &[u8], width: u32, height: u32) -> Result<PageImage, Ap
     image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 85)
         .encode_image(&rgb)
         .map_err(|e| ApiError::Internal(format!("encoding the page image: {e}")))?;
-    Ok(PageImage { jpeg, width: rgb.width(), height: rgb.height(), gray: false })
+    Ok(PageImage { jpeg, width: rgb.width(), height: rgb.height(), gray: false, orientation: 1 })
 }
 
 #[cfg(test)]
@@ -146,6 +149,75 @@ mod tests {
         // Too many pixels together: a clear 413, not a timeout.
         let big = vec![(4000, 2000); 3];
         assert!(matches!(page_images(&tiff, &big), Err(ApiError::TooLarge(_))));
+    }
+
+    /// `jpeg` with an EXIF segment saying `orientation`, as a phone writes it.
+    fn with_exif(jpeg: &[u8], orientation: u8) -> Vec<u8> {
+        // A little-endian TIFF block with one IFD entry: tag 0x0112, SHORT, count 1.
+        let mut tiff = b"II*\0\x08\0\0\0\x01\0\x12\x01\x03\0\x01\0\0\0".to_vec();
+        tiff.extend_from_slice(&[orientation, 0, 0, 0, 0, 0, 0, 0]);
+        let mut app1 = b"Exif\0\0".to_vec();
+        app1.extend_from_slice(&tiff);
+        let mut out = jpeg[..2].to_vec();
+        out.extend_from_slice(&[0xFF, 0xE1]);
+        out.extend_from_slice(&((app1.len() + 2) as u16).to_be_bytes());
+        out.extend_from_slice(&app1);
+        out.extend_from_slice(&jpeg[2..]);
+        out
+    }
+
+    #[test]
+    fn a_turned_jpeg_is_embedded_as_it_is_and_turned_by_the_pdf() {
+        // 64 × 32 stored, dark in its top-left quarter: every turn puts that block elsewhere.
+        let stored =
+            image::RgbImage::from_fn(64, 32, |x, y| image::Rgb(if x < 32 && y < 16 { [20; 3] } else { [235; 3] }));
+        let jpeg = encode(&DynamicImage::ImageRgb8(stored), ImageFormat::Jpeg);
+        let pdftoppm = std::process::Command::new("pdftoppm").arg("-v").output().is_ok();
+        if !pdftoppm {
+            let required = std::env::var("OCR_REQUIRE_CHECKERS").is_ok_and(|v| v == "1");
+            assert!(!required, "OCR_REQUIRE_CHECKERS=1 but pdftoppm (poppler-utils) is missing");
+            eprintln!("SKIPPED rendering the turned pages: pdftoppm missing");
+        }
+        for o in 1..=8u8 {
+            let bytes = with_exif(&jpeg, o);
+            let upright = {
+                let mut d =
+                    ImageReader::new(Cursor::new(&bytes)).with_guessed_format().unwrap().into_decoder().unwrap();
+                let turn = d.orientation().unwrap();
+                let mut img = DynamicImage::from_decoder(d).unwrap();
+                img.apply_orientation(turn);
+                img.to_luma8()
+            };
+            let (w, h) = upright.dimensions();
+            let page = page_image(&bytes, w, h).unwrap();
+            assert_eq!((page.jpeg == bytes, page.orientation), (true, o), "orientation {o}: not passed through");
+            if !pdftoppm {
+                continue;
+            }
+            // At 72 dpi one pixel is one point: poppler's rendering must be the upright picture.
+            let result = ocr_core::OcrResult::image(w, h, Vec::new(), 0.0);
+            let pdf = ocr_core::render::searchable_pdf(&result, &[Some(page)], 72.0);
+            let dir = std::env::temp_dir().join(format!("ocr-exif-{}-{o}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("p.pdf"), &pdf).unwrap();
+            let ok = std::process::Command::new("pdftoppm")
+                .args(["-r", "72", "-gray", "-png", "-singlefile"])
+                .arg(dir.join("p.pdf"))
+                .arg(dir.join("p"))
+                .status()
+                .unwrap();
+            assert!(ok.success());
+            let rendered = image::open(dir.join("p.png")).unwrap().to_luma8();
+            std::fs::remove_dir_all(&dir).unwrap();
+            assert_eq!(rendered.dimensions(), (w, h), "orientation {o}");
+            let diff: u64 =
+                rendered.pixels().zip(upright.pixels()).map(|(a, b)| u64::from(a.0[0].abs_diff(b.0[0]))).sum();
+            let mean = diff as f64 / f64::from(w * h);
+            assert!(
+                mean < 12.0,
+                "orientation {o}: rendered page differs from the upright picture by {mean:.1} per pixel"
+            );
+        }
     }
 
     #[test]

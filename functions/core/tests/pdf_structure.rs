@@ -71,7 +71,7 @@ fn base(pages: u32) -> Vec<u8> {
         .map(|_| {
             let mut jpeg = vec![0u8; 120_000];
             rng.fill(&mut jpeg[..]);
-            Some(PageImage { jpeg, width: 800, height: 1000, gray: true })
+            Some(PageImage { jpeg, width: 800, height: 1000, gray: true, orientation: 1 })
         })
         .collect();
     searchable_pdf(&result, &images, 200.0)

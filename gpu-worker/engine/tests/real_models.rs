@@ -442,12 +442,12 @@ fn words_have_boxes_and_every_output_format_passes_its_checker() {
     image::DynamicImage::ImageRgb8(img.clone())
         .write_to(&mut std::io::Cursor::new(&mut jpeg), image::ImageFormat::Jpeg)
         .unwrap();
-    let image = PageImage { jpeg, width: img.width(), height: img.height(), gray: false };
+    let image = PageImage { jpeg, width: img.width(), height: img.height(), gray: false, orientation: 1 };
     let mut jpeg = Vec::new();
     image::DynamicImage::ImageRgb8(low.clone())
         .write_to(&mut std::io::Cursor::new(&mut jpeg), image::ImageFormat::Jpeg)
         .unwrap();
-    let image2 = PageImage { jpeg, width: low.width(), height: low.height(), gray: false };
+    let image2 = PageImage { jpeg, width: low.width(), height: low.height(), gray: false, orientation: 1 };
     let pdf = dir.join("page.pdf");
     std::fs::write(&pdf, render::searchable_pdf(&result, &[Some(image), Some(image2)], 72.0)).unwrap();
     let (ok, text) = run(std::process::Command::new("pdftotext").arg(&pdf).arg("-"));

@@ -21,6 +21,34 @@ pub struct PageImage {
     pub height: u32,
     /// One grey channel rather than three.
     pub gray: bool,
+    /// How the stored picture is turned to stand upright on the page: the EXIF orientation, 1
+    /// (as stored) to 8. A turned JPEG is embedded as it is and turned by the PDF instead of
+    /// decoded; `width` and `height` are then the stored picture's.
+    pub orientation: u8,
+}
+
+/// Where the picture's unit square goes on a `w × h` point page, for EXIF orientation `o`: the
+/// matrix of its `cm`.
+fn placement(o: u8, w: f32, h: f32) -> [f32; 6] {
+    // The upright page's (right, down) fractions of a stored pixel at (right, down) fractions
+    // (a, b), per EXIF orientation.
+    let upright = |a: f32, b: f32| match o {
+        2 => (1.0 - a, b),
+        3 => (1.0 - a, 1.0 - b),
+        4 => (a, 1.0 - b),
+        5 => (b, a),
+        6 => (1.0 - b, a),
+        7 => (1.0 - b, 1.0 - a),
+        8 => (b, 1.0 - a),
+        _ => (a, b),
+    };
+    // Image space runs up from the bottom row; page space up from the bottom edge.
+    let place = |u: f32, v: f32| {
+        let (x, y) = upright(u, 1.0 - v);
+        (x * w, (1.0 - y) * h)
+    };
+    let (o0, ou, ov) = (place(0.0, 0.0), place(1.0, 0.0), place(0.0, 1.0));
+    [ou.0 - o0.0, ou.1 - o0.1, ov.0 - o0.0, ov.1 - o0.1, o0.0, o0.1]
 }
 
 /// Character width in the text font, thousandths of an em.
@@ -69,7 +97,7 @@ pub fn searchable_pdf(r: &OcrResult, images: &[Option<PageImage>], dpi: f32) -> 
                 x.color_space().device_rgb();
             }
             x.finish();
-            c.save_state().transform([w, 0.0, 0.0, h, 0.0, 0.0]).x_object(Name(b"Im1")).restore_state();
+            c.save_state().transform(placement(img.orientation, w, h)).x_object(Name(b"Im1")).restore_state();
         }
         write_words(&mut c, page, scale, h);
         pdf.stream(content_id, &c.finish());
@@ -173,6 +201,29 @@ fn identity_cmap() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_turned_picture_lands_upright() {
+        // Where the stored picture's top-left and top-right corners land on a 30 × 20 page, per
+        // EXIF orientation (PDF points, y up): 6 is a phone held upright (turn 90° clockwise).
+        let (w, h) = (30.0, 20.0);
+        let expected = [
+            (1, (0.0, h), (w, h)),
+            (2, (w, h), (0.0, h)),
+            (3, (w, 0.0), (0.0, 0.0)),
+            (4, (0.0, 0.0), (w, 0.0)),
+            (5, (0.0, h), (0.0, 0.0)),
+            (6, (w, h), (w, 0.0)),
+            (7, (w, 0.0), (w, h)),
+            (8, (0.0, 0.0), (0.0, h)),
+        ];
+        for (o, top_left, top_right) in expected {
+            let [a, b, c, d, e, f] = placement(o, w, h);
+            let at = |u: f32, v: f32| (a * u + c * v + e, b * u + d * v + f);
+            // Image space: (0, 1) is the stored top-left corner, (1, 1) the top-right.
+            assert_eq!((at(0.0, 1.0), at(1.0, 1.0)), (top_left, top_right), "orientation {o}");
+        }
+    }
     use crate::render::tests::sample;
 
     #[test]

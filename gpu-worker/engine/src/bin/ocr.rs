@@ -252,7 +252,7 @@ fn page_image(img: &RgbImage) -> Result<PageImage, String> {
     image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 85)
         .encode_image(img)
         .map_err(|e| format!("encoding the page image: {e}"))?;
-    Ok(PageImage { jpeg, width: img.width(), height: img.height(), gray: false })
+    Ok(PageImage { jpeg, width: img.width(), height: img.height(), gray: false, orientation: 1 })
 }
 
 /// Writes a document to stdout or to its file in `--output-dir`.
