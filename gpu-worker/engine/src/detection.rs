@@ -10,13 +10,16 @@ use imageproc::point::Point;
 use ndarray::{Array4, ArrayView2};
 
 use crate::geometry::{Quad, quad_side_lengths};
-use crate::manifest::{DetSpec, LimitType};
+use crate::manifest::{DetSpec, LimitType, TALL_RATIO};
 
 /// Detector input size `(width, height)` for an image of `w × h` pixels: scaled by the limit,
 /// capped by `max_side_len`, each side rounded to a multiple of 32 (at least 32).
 pub fn det_input_size(w: u32, h: u32, spec: &DetSpec) -> (u32, u32) {
     let (wf, hf) = (w as f32, h as f32);
-    let limit = spec.limit_side_len as f32;
+    let limit = match spec.tall_limit_side_len {
+        Some(tall) if spec.limit_type == LimitType::Max && hf >= TALL_RATIO * wf => tall as f32,
+        _ => spec.limit_side_len as f32,
+    };
     let mut ratio = match spec.limit_type {
         LimitType::Max if wf.max(hf) > limit => limit / wf.max(hf),
         LimitType::Min if wf.min(hf) < limit => limit / wf.min(hf),
@@ -256,6 +259,12 @@ mod tests {
         assert_eq!(det_input_size(500, 1000, &min), (736, 1472));
         min.max_side_len = 1000;
         assert_eq!(det_input_size(500, 2000, &min), (256, 992));
+        // A tall page's own limit; an A4 page (1.41) is not tall.
+        let mut tall = spec();
+        tall.tall_limit_side_len = Some(1280);
+        assert_eq!(det_input_size(932, 1869, &tall), (640, 1280));
+        assert_eq!(det_input_size(932, 1869, &s), (480, 960));
+        assert_eq!(det_input_size(2480, 3508, &tall), det_input_size(2480, 3508, &s));
     }
 
     #[test]

@@ -126,6 +126,8 @@ pub struct EngineOptions {
     pub det_limit_side_len: Option<u32>,
     /// Override the set's detector limit type.
     pub det_limit_type: Option<LimitType>,
+    /// Override the set's detector limit for tall pages (0: none).
+    pub det_tall_limit: Option<u32>,
     /// Override the set's DB unclip ratio.
     pub det_unclip_ratio: Option<f32>,
     /// Override the set's DB box threshold.
@@ -161,6 +163,7 @@ impl Default for EngineOptions {
             max_pixels: DEFAULT_MAX_PIXELS,
             det_limit_side_len: None,
             det_limit_type: None,
+            det_tall_limit: None,
             rec_sessions: 0,
             det_sessions: 0,
             cpu_slots: 0,
@@ -254,6 +257,9 @@ impl Engine {
         }
         if let Some(t) = opts.det_limit_type {
             det_spec.limit_type = t;
+        }
+        if let Some(t) = opts.det_tall_limit {
+            det_spec.tall_limit_side_len = (t > 0).then_some(t);
         }
         if let Some(v) = opts.det_unclip_ratio {
             det_spec.unclip_ratio = v;

@@ -9,6 +9,10 @@ use serde::Deserialize;
 
 use crate::error::{EngineError, Result};
 
+/// Height over width from which a page is tall (receipts run 1.5–3; A4 and Letter pages are
+/// 1.29–1.41).
+pub const TALL_RATIO: f32 = 1.5;
+
 /// How the detector input size is chosen (PaddleOCR's `DetResizeForTest`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -29,6 +33,11 @@ pub struct DetSpec {
     pub limit_side_len: u32,
     /// Which side the limit applies to.
     pub limit_type: LimitType,
+    /// With [`LimitType::Max`], the limit for a tall page (height at least
+    /// [`TALL_RATIO`] × width: receipts, slips), whose narrow side the usual limit would shrink
+    /// below what the detector separates well. `None`: the usual limit.
+    #[serde(default)]
+    pub tall_limit_side_len: Option<u32>,
     /// Hard cap on the longer side after the limit, in pixels (bounds cost on huge pages).
     #[serde(default = "default_max_side")]
     pub max_side_len: u32,
@@ -61,6 +70,7 @@ impl DetSpec {
             model,
             limit_side_len: 960,
             limit_type: LimitType::Max,
+            tall_limit_side_len: None,
             max_side_len: 4000,
             mean: [0.485, 0.456, 0.406],
             std: [0.229, 0.224, 0.225],

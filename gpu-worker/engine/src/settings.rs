@@ -93,6 +93,9 @@ pub struct EngineSettings {
     /// Override the detector limit type.
     #[arg(long, env = "OCR_DET_LIMIT_TYPE", value_enum)]
     pub det_limit_type: Option<DetLimit>,
+    /// Override the detector side limit for tall pages (height at least 1.5 × width); 0: none.
+    #[arg(long, env = "OCR_DET_TALL_LIMIT")]
+    pub det_tall_limit: Option<u32>,
     /// Lines below this confidence are dropped.
     #[arg(long, env = "OCR_MIN_CONFIDENCE", default_value_t = EngineOptions::default().min_confidence)]
     pub min_confidence: f32,
@@ -138,6 +141,7 @@ impl EngineSettings {
                 DetLimit::Max => LimitType::Max,
                 DetLimit::Min => LimitType::Min,
             }),
+            det_tall_limit: self.det_tall_limit,
             det_unclip_ratio: self.det_unclip_ratio,
             det_box_thresh: self.det_box_thresh,
             det_thresh: self.det_thresh,
