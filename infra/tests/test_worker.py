@@ -27,7 +27,8 @@ MACHINE_DEFAULTS = {"DECODED_BUDGET_MB"}
 # unset (the worker reads them like the `ocr` tool, should an operator add one).
 ENGINE_TUNING = {"OCR_REC_BATCH", "OCR_REC_BATCH_WIDTH", "OCR_REC_WIDTH_STEP", "OCR_REC_MIN_WIDTH",
                  "OCR_REC_SESSIONS", "OCR_DET_SESSIONS", "OCR_DET_UNCLIP_RATIO", "OCR_DET_BOX_THRESH",
-                 "OCR_DET_THRESH", "OCR_DET_LIMIT", "OCR_DET_LIMIT_TYPE", "OCR_MIN_CONFIDENCE", "OCR_SPIN"}
+                 "OCR_DET_THRESH", "OCR_DET_LIMIT", "OCR_DET_LIMIT_TYPE", "OCR_DET_TALL_LIMIT", "OCR_MIN_CONFIDENCE",
+                 "OCR_SPIN"}
 
 
 def unit_settings(path=UNIT) -> dict[str, str]:
