@@ -19,6 +19,7 @@
 
 mod security;
 
+use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 
@@ -57,6 +58,10 @@ const MAX_SECTIONS: usize = 64;
 const MAX_DEPTH: usize = 32;
 /// The first window read at an object's offset; doubled up to [`MAX_OBJECT`] as needed.
 const FIRST_WINDOW: u64 = 4096;
+/// Bytes lexed, scanned or inflated while reading one file, over all its reads: bounds the CPU
+/// a hostile file costs (an unclosed string repeated 20 MB long would otherwise be lexed once
+/// per candidate object by the repair scan).
+const WORK_LIMIT: u64 = 64 << 20;
 /// Files up to this size are fetched whole in one read.
 pub const WHOLE_BELOW: u64 = 1 << 20;
 /// Reads [`read_facts`] makes at most (a file needs 2–8).
@@ -175,8 +180,9 @@ where
         known.insert(0, bytes.as_ref());
     }
     let mut fetched = 0u64;
+    let work = Cell::new(0);
     for _ in 0..MAX_READS {
-        match examine(&known) {
+        match examine_within(&known, &work) {
             Ok(facts) => return Ok(Ok(facts)),
             Err(Halt::Fail(e)) => return Ok(Err(e)),
             Err(Halt::Need { offset, len }) => {
@@ -211,8 +217,13 @@ pub fn facts(bytes: &[u8]) -> Result<PdfFacts, PdfError> {
 /// The facts from what is known, or what is missing. Runs from scratch each time: cheap next to
 /// a read.
 pub fn examine(known: &Known) -> Result<PdfFacts, Halt> {
-    match Doc::from_xref(known).and_then(|doc| doc.facts()) {
-        Err(Halt::Fail(PdfError::Damaged(_))) => Doc::from_scan(known)?.facts(),
+    examine_within(known, &Cell::new(0))
+}
+
+/// [`examine`], adding the work done to `work` and giving up past [`WORK_LIMIT`].
+fn examine_within(known: &Known, work: &Cell<u64>) -> Result<PdfFacts, Halt> {
+    match Doc::from_xref(known, work).and_then(|doc| doc.facts()) {
+        Err(Halt::Fail(PdfError::Damaged(_))) => Doc::from_scan(known, work)?.facts(),
         other => other,
     }
 }
@@ -569,8 +580,14 @@ struct Indirect {
     stream_at: Option<usize>,
 }
 
-fn parse_indirect(b: &[u8], complete: bool) -> Result<Indirect, Syntax> {
+/// [`indirect`] at the start of `b`, and how many bytes it lexed.
+fn parse_indirect(b: &[u8], complete: bool) -> (Result<Indirect, Syntax>, usize) {
     let mut lx = Lexer::new(b, 0, complete);
+    let r = indirect(&mut lx, b);
+    (r, lx.pos.min(b.len()))
+}
+
+fn indirect(lx: &mut Lexer<'_>, b: &[u8]) -> Result<Indirect, Syntax> {
     let num = match lx.next()? {
         Tok::Int(n) => u32::try_from(n).map_err(|_| Syntax::Bad("a bad object number"))?,
         _ => return Err(Syntax::Bad("no object where the cross-reference points")),
@@ -624,16 +641,24 @@ struct Doc<'k> {
     scanned_roots: Vec<i64>,
     /// For a file encrypted without a user password: how its streams decrypt.
     decryptor: Option<security::Decryptor>,
+    /// Work done so far (see [`WORK_LIMIT`]).
+    work: &'k Cell<u64>,
 }
 
 impl<'k> Doc<'k> {
-    fn new(known: &'k Known) -> Self {
-        Doc { known, xref: HashMap::new(), trailers: Vec::new(), scanned_roots: Vec::new(), decryptor: None }
+    fn new(known: &'k Known, work: &'k Cell<u64>) -> Self {
+        Doc { known, xref: HashMap::new(), trailers: Vec::new(), scanned_roots: Vec::new(), decryptor: None, work }
+    }
+
+    /// Counts `n` bytes of work; past the limit the file is too complex to check.
+    fn charge(&self, n: usize) -> Result<(), Halt> {
+        self.work.set(self.work.get().saturating_add(n as u64));
+        if self.work.get() > WORK_LIMIT { Err(damaged("its structure is too complex to check")) } else { Ok(()) }
     }
 
     /// The document as its cross-reference sections describe it.
-    fn from_xref(known: &'k Known) -> Result<Self, Halt> {
-        let mut doc = Doc::new(known);
+    fn from_xref(known: &'k Known, work: &'k Cell<u64>) -> Result<Self, Halt> {
+        let mut doc = Doc::new(known, work);
         let tail_at = known.size.saturating_sub(1024);
         let tail = known.window(tail_at, known.size - tail_at)?;
         let at = find_last(tail, b"startxref").ok_or_else(|| damaged("no startxref"))?;
@@ -686,7 +711,9 @@ impl<'k> Doc<'k> {
         loop {
             let b = self.known.window(offset, want)?;
             let more = (offset + (b.len() as u64)) < self.known.size;
-            match parse_table(b, !more) {
+            let (parsed, used) = parse_table(b, !more);
+            self.charge(used)?;
+            match parsed {
                 Ok((entries, trailer)) => {
                     for (num, at) in entries {
                         self.xref.entry(num).or_insert(Loc::At(at));
@@ -749,9 +776,11 @@ impl<'k> Doc<'k> {
     }
 
     /// The document rebuilt by scanning the whole file for `n g obj` and `trailer`.
-    fn from_scan(known: &'k Known) -> Result<Self, Halt> {
+    fn from_scan(known: &'k Known, work: &'k Cell<u64>) -> Result<Self, Halt> {
         let b = known.window(0, known.size)?;
-        let mut doc = Doc::new(known);
+        let mut doc = Doc::new(known, work);
+        // The two searches below, for `obj` and `trailer`.
+        doc.charge(2 * b.len())?;
         let mut streams = Vec::new();
         let mut at = 0;
         while let Some(found) = find(&b[at..], b"obj") {
@@ -761,7 +790,9 @@ impl<'k> Doc<'k> {
                 continue; // `objects`, `endobj`, ...
             }
             let Some(start) = object_start(b, kw) else { continue };
-            let Ok(obj) = parse_indirect(&b[start..], true) else { continue };
+            let (parsed, used) = parse_indirect(&b[start..], true);
+            doc.charge(used)?;
+            let Ok(obj) = parsed else { continue };
             // A later definition replaces an earlier one, as an incremental update does.
             doc.xref.insert(obj.num, Loc::At(start as u64));
             if let Obj::Dict(d) = &obj.value {
@@ -780,7 +811,10 @@ impl<'k> Doc<'k> {
         let mut at = 0;
         while let Some(found) = find(&b[at..], b"trailer") {
             at += found + 7;
-            if let Ok(Obj::Dict(d)) = Lexer::new(&b[at..], 0, true).value(0) {
+            let mut lx = Lexer::new(&b[at..], 0, true);
+            let parsed = lx.value(0);
+            doc.charge(lx.pos)?;
+            if let Ok(Obj::Dict(d)) = parsed {
                 doc.trailers.insert(0, d);
             }
         }
@@ -880,7 +914,9 @@ impl<'k> Doc<'k> {
         loop {
             let b = self.known.window(offset, want)?;
             let more = offset + (b.len() as u64) < self.known.size;
-            match parse_indirect(b, !more) {
+            let (parsed, used) = parse_indirect(b, !more);
+            self.charge(used)?;
+            match parsed {
                 Ok(obj) => return Ok(obj),
                 Err(Syntax::Eof) if more && want < MAX_OBJECT => want = (want * 4).min(MAX_OBJECT),
                 Err(Syntax::Eof) if more => return Err(damaged("an object is too large")),
@@ -918,6 +954,7 @@ impl<'k> Doc<'k> {
                 let mut want = FIRST_WINDOW.max(MIN_READ);
                 loop {
                     let b = self.known.window(start, want)?;
+                    self.charge(b.len())?;
                     if let Some(end) = find(b, b"endstream") {
                         let mut data = &b[..end];
                         data = data.strip_suffix(b"\n").unwrap_or(data);
@@ -938,7 +975,9 @@ impl<'k> Doc<'k> {
             }
             _ => raw,
         };
-        decode(dict, raw)
+        let data = decode(dict, raw)?;
+        self.charge(data.len())?;
+        Ok(data)
     }
 
     fn stream_object(&self, stm: u32, depth: usize) -> Result<(Vec<u8>, i64, i64), Halt> {
@@ -1005,8 +1044,14 @@ fn stream_index(data: &[u8], n: i64) -> Result<Vec<(u32, usize)>, Halt> {
 /// A classic table: `xref`, subsections of `start count` then `offset gen n|f` lines, `trailer`
 /// and its dictionary. Returns the in-use entries.
 #[allow(clippy::type_complexity)]
-fn parse_table(b: &[u8], complete: bool) -> Result<(Vec<(u32, u64)>, Dict), Syntax> {
+fn parse_table(b: &[u8], complete: bool) -> (Result<(Vec<(u32, u64)>, Dict), Syntax>, usize) {
     let mut lx = Lexer::new(b, 0, complete);
+    let r = table_entries(&mut lx);
+    (r, lx.pos.min(b.len()))
+}
+
+#[allow(clippy::type_complexity)]
+fn table_entries(lx: &mut Lexer<'_>) -> Result<(Vec<(u32, u64)>, Dict), Syntax> {
     lx.next()?; // xref
     let mut entries = Vec::new();
     loop {
@@ -1385,6 +1430,21 @@ mod tests {
         w.obj(1, &format!("<< /Type /Catalog /Pages {}{} >>", "[".repeat(100_000), "]".repeat(100_000)));
         w.table(0, "<< /Size 2 /Root 1 0 R >>");
         assert!(damaged(pages(&w.out)));
+    }
+
+    #[test]
+    fn a_file_made_to_be_slow_to_repair_is_refused_within_the_work_limit() {
+        // An unclosed string after every object header: without the limit the repair scan would
+        // lex each to the end of the file, 400,000 times over.
+        let mut bytes = b"%PDF-1.7\n".to_vec();
+        while bytes.len() < 4 << 20 {
+            bytes.extend_from_slice(b"1 0 obj (\n");
+        }
+        bytes.extend_from_slice(b"%%EOF\n");
+        let work = Cell::new(0);
+        let r = examine_within(&Known::whole(&bytes), &work);
+        assert!(matches!(&r, Err(Halt::Fail(PdfError::Damaged(why))) if why.contains("too complex")), "{r:?}");
+        assert!(work.get() <= WORK_LIMIT + bytes.len() as u64, "{} bytes of work", work.get());
     }
 
     #[test]
