@@ -646,20 +646,33 @@ async fn bad_uploads_fail_and_are_deleted() {
         (ContentType::Pdf, encrypted_pdf.len(), encrypted_pdf.clone(), "encrypted"),
     ];
     for (content_type, declared, bytes, reason_part) in cases {
-        let (id, key) = uploaded(&h, content_type, declared, bytes).await;
-        match handler.handle_object(&key).await.unwrap() {
-            UploadOutcome::Rejected { job_id, reason } => {
-                assert_eq!(job_id, id);
-                assert!(reason.contains(reason_part), "{reason}");
-            }
-            other => panic!("expected a rejection, got {other:?}"),
-        }
-        assert!(!h.objects.contains(&key));
-        let job = h.store.get(&id).await.unwrap().unwrap();
-        assert_eq!(job.status, JobStatus::Failed);
-        assert!(job.error.is_some());
+        assert_refused(&h, &handler, content_type, declared, bytes, reason_part).await;
     }
     assert!(h.queue.messages(Priority::Bulk).is_empty());
+}
+
+/// Uploads `bytes` for a new job and checks that `handler` refuses it with a reason containing
+/// `reason_part`: the job failed with that error, its object deleted.
+async fn assert_refused(
+    h: &Harness,
+    handler: &UploadHandler,
+    content_type: ContentType,
+    declared: usize,
+    bytes: Vec<u8>,
+    reason_part: &str,
+) {
+    let (id, key) = uploaded(h, content_type, declared, bytes).await;
+    match handler.handle_object(&key).await.unwrap() {
+        UploadOutcome::Rejected { job_id, reason } => {
+            assert_eq!(job_id, id);
+            assert!(reason.contains(reason_part), "{reason}");
+        }
+        other => panic!("expected a rejection for {reason_part}, got {other:?}"),
+    }
+    assert!(!h.objects.contains(&key));
+    let job = h.store.get(&id).await.unwrap().unwrap();
+    assert_eq!(job.status, JobStatus::Failed);
+    assert!(job.error.is_some());
 }
 
 /// A PDF of `pages` blank pages, as the API's own searchable-PDF writer makes it.
@@ -706,16 +719,7 @@ async fn pdf_uploads_are_checked_for_their_pages_and_encryption() {
         (no_catalog, "the PDF is damaged"),
     ];
     for (bytes, reason_part) in cases {
-        let (id, key) = uploaded(&h, ContentType::Pdf, bytes.len(), bytes).await;
-        match handler.handle_object(&key).await.unwrap() {
-            UploadOutcome::Rejected { job_id, reason } => {
-                assert_eq!(job_id, id);
-                assert!(reason.contains(reason_part), "{reason}");
-            }
-            other => panic!("expected a rejection for {reason_part}, got {other:?}"),
-        }
-        assert!(!h.objects.contains(&key));
-        assert_eq!(h.store.get(&id).await.unwrap().unwrap().status, JobStatus::Failed);
+        assert_refused(&h, &handler, ContentType::Pdf, bytes.len(), bytes, reason_part).await;
     }
     // MAX_PAGES is the handler's setting.
     let mut roomy = h.uploads();
