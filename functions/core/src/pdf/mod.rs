@@ -19,9 +19,10 @@
 
 mod security;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::rc::Rc;
 
 /// Default most pages of one document (`MAX_PAGES`): the upload check refuses a PDF that
 /// declares more, the worker a document it finds longer.
@@ -643,11 +644,28 @@ struct Doc<'k> {
     decryptor: Option<security::Decryptor>,
     /// Work done so far (see [`WORK_LIMIT`]).
     work: &'k Cell<u64>,
+    /// Object streams decoded so far.
+    object_streams: RefCell<HashMap<u32, Rc<ObjectStream>>>,
+}
+
+/// An object stream's decoded data: `n` objects, the first at offset `first`.
+struct ObjectStream {
+    data: Vec<u8>,
+    n: i64,
+    first: i64,
 }
 
 impl<'k> Doc<'k> {
     fn new(known: &'k Known, work: &'k Cell<u64>) -> Self {
-        Doc { known, xref: HashMap::new(), trailers: Vec::new(), scanned_roots: Vec::new(), decryptor: None, work }
+        Doc {
+            known,
+            xref: HashMap::new(),
+            trailers: Vec::new(),
+            scanned_roots: Vec::new(),
+            decryptor: None,
+            work,
+            object_streams: RefCell::new(HashMap::new()),
+        }
     }
 
     /// Counts `n` bytes of work; past the limit the file is too complex to check.
@@ -847,7 +865,11 @@ impl<'k> Doc<'k> {
             };
             match dict.and_then(|d| security::open_without_password(&d, id.unwrap_or_default())) {
                 // Its object streams, where the catalog may be, are then read decrypted.
-                Some(decryptor) => self.decryptor = Some(decryptor),
+                Some(decryptor) => {
+                    self.decryptor = Some(decryptor);
+                    // Any decoded before the key was known were read without it.
+                    self.object_streams.borrow_mut().clear();
+                }
                 None => return Err(Halt::Fail(PdfError::Encrypted)),
             }
         }
@@ -980,7 +1002,12 @@ impl<'k> Doc<'k> {
         Ok(data)
     }
 
-    fn stream_object(&self, stm: u32, depth: usize) -> Result<(Vec<u8>, i64, i64), Halt> {
+    /// Object stream `stm`, decoded once per examination (the catalog, the page tree and its
+    /// count are often in the same one).
+    fn stream_object(&self, stm: u32, depth: usize) -> Result<Rc<ObjectStream>, Halt> {
+        if let Some(cached) = self.object_streams.borrow().get(&stm) {
+            return Ok(cached.clone());
+        }
         let Some(Loc::At(offset)) = self.xref.get(&stm) else {
             return Err(damaged("an object stream that is not in the file"));
         };
@@ -993,25 +1020,28 @@ impl<'k> Doc<'k> {
             return Err(damaged("an object stream without /N or /First"));
         };
         let data = self.stream_data(*offset, &obj, depth)?;
-        Ok((data, n, first))
+        let decoded = Rc::new(ObjectStream { data, n, first });
+        self.object_streams.borrow_mut().insert(stm, decoded.clone());
+        Ok(decoded)
     }
 
     /// Object `num` from object stream `stm`.
     fn in_stream(&self, stm: u32, num: u32, depth: usize) -> Result<Obj, Halt> {
-        let (data, n, first) = self.stream_object(stm, depth)?;
-        for (member, offset) in stream_index(&data, n)? {
+        let stream = self.stream_object(stm, depth)?;
+        let (data, first) = (&stream.data, stream.first);
+        for (member, offset) in stream_index(data, stream.n)? {
             if member == num {
                 let at = usize::try_from(first).ok().and_then(|f| f.checked_add(offset)).filter(|a| *a < data.len());
                 let at = at.ok_or_else(|| damaged("an object stream's offsets are wrong"))?;
-                return Lexer::new(&data, at, true).value(0).map_err(|_| damaged("a bad object in an object stream"));
+                return Lexer::new(data, at, true).value(0).map_err(|_| damaged("a bad object in an object stream"));
             }
         }
         Ok(Obj::Null)
     }
 
     fn stream_members(&self, stm: u32) -> Result<Vec<u32>, Halt> {
-        let (data, n, _) = self.stream_object(stm, 0)?;
-        Ok(stream_index(&data, n)?.into_iter().map(|(num, _)| num).collect())
+        let stream = self.stream_object(stm, 0)?;
+        Ok(stream_index(&stream.data, stream.n)?.into_iter().map(|(num, _)| num).collect())
     }
 }
 
