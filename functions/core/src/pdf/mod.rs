@@ -88,10 +88,6 @@ impl Known {
         Known { size: bytes.len() as u64, spans: vec![(0, bytes.to_vec())] }
     }
 
-    pub fn size(&self) -> u64 {
-        self.size
-    }
-
     /// Adds bytes read at `offset` (anything past the file's end is dropped).
     pub fn insert(&mut self, offset: u64, bytes: &[u8]) {
         let end = (offset + bytes.len() as u64).min(self.size);
