@@ -26,7 +26,7 @@ set -euo pipefail
 # shellcheck source=scripts/lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
-ALL_TARGETS=(decode engine create_json create_request pdf_facts)
+ALL_TARGETS=(decode engine create_json create_request pdf_facts text_layer)
 seconds=60 build_only=0 targets=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -62,6 +62,7 @@ done
 seeds_of() {
     case "$1" in
         decode | engine) echo fuzz/seeds/images ;;
+        text_layer) echo fuzz/seeds/pdf_facts ;;
         *) echo "fuzz/seeds/$1" ;;
     esac
 }
@@ -70,7 +71,7 @@ opts_of() {
         decode | engine) echo "-max_len=65536" ;;
         create_json) echo "-max_len=8192 -dict=fuzz/dicts/json.dict" ;;
         create_request) echo "-max_len=8192" ;;
-        pdf_facts) echo "-max_len=65536" ;;
+        pdf_facts | text_layer) echo "-max_len=65536" ;;
     esac
 }
 

@@ -687,3 +687,79 @@ fn pdf_pages_read_and_hostile_pdfs_fail_alone() {
     let text = engine.recognize(&page).pop().unwrap().unwrap().text();
     assert!(cer(&text, &texts[0].join("\n")) <= 0.01, "{text}");
 }
+
+/// A scanned PDF (each page a JPEG, no text) read by the engine becomes searchable: the text
+/// layer added to the upload (`ocr_core::pdf::add_text_layer`, what `GET …/result?format=pdf`
+/// answers for a PDF upload) gives `pdftotext` each page's text (CER <= 0.01), and PDFium renders
+/// the searchable file exactly as the scan: the words are invisible and the pages untouched.
+#[test]
+fn a_scanned_pdf_becomes_searchable_and_looks_the_same() {
+    let Some(engine) = engine() else { return };
+    if !pdfium_present() || checkers().is_none() {
+        return;
+    }
+    let texts: [&[&str]; 2] = [
+        &["Scanned page one", "Invoice 2026-0417", "Total EUR 23.40"],
+        &["Scanned page two", "Delivery note 88", "Weight 12.5 kg"],
+    ];
+    let (max_pixels, max_pages) = (ocr_engine::DEFAULT_MAX_PIXELS, ocr_engine::DEFAULT_MAX_PAGES);
+    let printed =
+        ocr_engine::decode_pages(&text_pdf(&texts, "[0 0 595 842]", None, ""), max_pixels, max_pages).unwrap();
+    // The scan: each rendered page as a JPEG filling an A4 page (hex-encoded, so the file is text).
+    let mut objects = vec!["<< /Type /Catalog /Pages 2 0 R >>".to_string(), String::new()];
+    let mut kids = Vec::new();
+    for page in &printed {
+        let mut jpeg = Vec::new();
+        image::DynamicImage::ImageRgb8(page.clone())
+            .write_to(&mut std::io::Cursor::new(&mut jpeg), image::ImageFormat::Jpeg)
+            .unwrap();
+        let hex: String = jpeg.iter().map(|b| format!("{b:02x}")).collect();
+        let n = objects.len() + 1;
+        kids.push(format!("{n} 0 R"));
+        objects.push(format!(
+            "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] /Resources << /XObject << /Scan {} 0 R >> >> /Contents {} 0 R >>",
+            n + 1,
+            n + 2
+        ));
+        objects.push(format!(
+            "<< /Type /XObject /Subtype /Image /Width {} /Height {} /ColorSpace /DeviceRGB /BitsPerComponent 8 \
+             /Filter [/ASCIIHexDecode /DCTDecode] /Length {} >>\nstream\n{hex}>\nendstream",
+            page.width(),
+            page.height(),
+            hex.len() + 1
+        ));
+        let draw = "q 595 0 0 842 0 0 cm /Scan Do Q";
+        objects.push(format!("<< /Length {} >>\nstream\n{draw}\nendstream", draw.len()));
+    }
+    objects[1] = format!("<< /Type /Pages /Kids [{}] /Count {} >>", kids.join(" "), kids.len());
+    let scan = raw_pdf(&objects, "");
+
+    let scanned = ocr_engine::decode_pages(&scan, max_pixels, max_pages).unwrap();
+    let pages: Vec<ocr_core::OcrPage> = engine
+        .recognize(&scanned)
+        .into_iter()
+        .enumerate()
+        .map(|(k, p)| p.unwrap().into_result_page(k as u32 + 1))
+        .collect();
+    let result = ocr_core::OcrResult::from_pages(pages, 0.0);
+    let layered = ocr_core::pdf::add_text_layer(&scan, &result).unwrap();
+    assert!(layered.starts_with(&scan));
+
+    let path = std::env::temp_dir().join(format!("ocr-scan-layer-{}.pdf", std::process::id()));
+    std::fs::write(&path, &layered).unwrap();
+    let out = std::process::Command::new("pdftotext").arg(&path).arg("-").output().unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let extracted: Vec<&str> = text.split('\u{c}').collect();
+    for (k, lines) in texts.iter().enumerate() {
+        let c = cer(extracted[k].trim(), &lines.join("\n"));
+        assert!(c <= 0.01, "page {}: pdftotext CER {c:.3}\n{}", k + 1, extracted[k]);
+    }
+    // PDFium follows the update and draws nothing more.
+    let again = ocr_engine::decode_pages(&layered, max_pixels, max_pages).unwrap();
+    assert_eq!(again.len(), scanned.len());
+    for (k, (a, b)) in again.iter().zip(&scanned).enumerate() {
+        assert!(a.as_raw() == b.as_raw(), "page {} renders differently with its text layer", k + 1);
+    }
+}

@@ -17,7 +17,10 @@
 //! The page count is the one the page tree's root declares (`/Count`). A file that lies there is
 //! still stopped by the worker, which counts the pages PDFium finds against `MAX_PAGES`.
 
+mod overlay;
 mod security;
+
+pub use overlay::{LayerError, add_text_layer};
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
@@ -232,17 +235,19 @@ enum Obj {
     Null,
     Bool(bool),
     Int(i64),
-    Real,
+    Real(f64),
     Name(Vec<u8>),
+    /// As stored: an encrypted file's strings stay encrypted.
     Str(Vec<u8>),
     Array(Vec<Obj>),
     Dict(Dict),
-    Ref(u32),
+    /// Object number and generation.
+    Ref(u32, u16),
 }
 
 type Dict = Vec<(Vec<u8>, Obj)>;
 
-fn get<'a>(d: &'a Dict, key: &[u8]) -> Option<&'a Obj> {
+fn get<'a>(d: &'a [(Vec<u8>, Obj)], key: &[u8]) -> Option<&'a Obj> {
     d.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v)
 }
 
@@ -267,7 +272,7 @@ enum Syntax {
 #[derive(Debug, Clone, PartialEq)]
 enum Tok<'a> {
     Int(i64),
-    Real,
+    Real(f64),
     Name(Vec<u8>),
     Str(Vec<u8>),
     DictOpen,
@@ -477,13 +482,13 @@ impl<'a> Lexer<'a> {
             Tok::Int(n) => {
                 // `n g R` is a reference; anything else leaves the lexer after `n`.
                 let after = self.pos;
-                if let Some(num) = self.reference_after(n)? {
-                    return Ok(Obj::Ref(num));
+                if let Some((num, generation)) = self.reference_after(n)? {
+                    return Ok(Obj::Ref(num, generation));
                 }
                 self.pos = after;
                 Obj::Int(n)
             }
-            Tok::Real => Obj::Real,
+            Tok::Real(r) => Obj::Real(r),
             Tok::Name(n) => Obj::Name(n),
             Tok::Str(s) => Obj::Str(s),
             Tok::ArrOpen => {
@@ -520,9 +525,9 @@ impl<'a> Lexer<'a> {
         })
     }
 
-    /// The object number if `n` is followed by `g R`; only running out of a window's bytes is
-    /// an error.
-    fn reference_after(&mut self, n: i64) -> Result<Option<u32>, Syntax> {
+    /// The object number and generation if `n` is followed by `g R`; only running out of a
+    /// window's bytes is an error.
+    fn reference_after(&mut self, n: i64) -> Result<Option<(u32, u16)>, Syntax> {
         let g = match self.next() {
             Ok(Tok::Int(g)) => g,
             Err(Syntax::Eof) if !self.complete => return Err(Syntax::Eof),
@@ -533,7 +538,10 @@ impl<'a> Lexer<'a> {
             Err(Syntax::Eof) if !self.complete => return Err(Syntax::Eof),
             _ => return Ok(None),
         }
-        Ok(if (0..=65535).contains(&g) { u32::try_from(n).ok() } else { None })
+        Ok(match (u32::try_from(n), u16::try_from(g)) {
+            (Ok(n), Ok(g)) => Some((n, g)),
+            _ => None,
+        })
     }
 }
 
@@ -561,11 +569,19 @@ fn number(run: &[u8]) -> Option<Tok<'static>> {
     if digits.is_empty() || !digits.iter().all(|c| c.is_ascii_digit() || *c == b'.') {
         return None;
     }
+    let text = std::str::from_utf8(run).ok()?;
+    // `4.`, `-.5` and `+1` are numbers too.
+    let real = || {
+        let t = text.strip_prefix('+').unwrap_or(text);
+        let t = t.strip_suffix('.').unwrap_or(t);
+        let t = t.replacen("-.", "-0.", 1);
+        Some(Tok::Real(if t == "-" || t.is_empty() { 0.0 } else { t.parse::<f64>().unwrap_or(0.0) }))
+    };
     if digits.contains(&b'.') {
-        return Some(Tok::Real);
+        return real();
     }
     // Too long for an integer: no PDF offset or count is; a number nonetheless.
-    std::str::from_utf8(run).ok()?.parse::<i64>().map(Tok::Int).ok().or(Some(Tok::Real))
+    text.parse::<i64>().map(Tok::Int).ok().or_else(real)
 }
 
 /// An indirect object `num gen obj value [stream]` at the start of `b`.
@@ -642,6 +658,9 @@ struct Doc<'k> {
     work: &'k Cell<u64>,
     /// Object streams decoded so far.
     object_streams: RefCell<HashMap<u32, Rc<ObjectStream>>>,
+    /// Where the newest cross-reference section starts (`startxref`), and whether it is a
+    /// stream; `None` for a document rebuilt by a scan.
+    newest_section: Option<(u64, bool)>,
 }
 
 /// An object stream's decoded data: `n` objects, the first at offset `first`.
@@ -661,6 +680,7 @@ impl<'k> Doc<'k> {
             decryptor: None,
             work,
             object_streams: RefCell::new(HashMap::new()),
+            newest_section: None,
         }
     }
 
@@ -691,6 +711,9 @@ impl<'k> Doc<'k> {
                 return Err(damaged("too many cross-reference sections"));
             }
             let trailer = doc.section(offset)?;
+            if offset == first {
+                doc.newest_section = Some((first, !doc.is_table_at(first)?));
+            }
             if let Some(o) = get_int(&trailer, b"XRefStm").filter(|o| *o >= 0) {
                 queue.push_front(o as u64);
             }
@@ -705,8 +728,7 @@ impl<'k> Doc<'k> {
     /// Reads the cross-reference section at `offset` into `xref` (newer entries kept) and
     /// returns its trailer.
     fn section(&mut self, offset: u64) -> Result<Dict, Halt> {
-        let head = self.known.window(offset, 16)?;
-        if Lexer::new(head, 0, false).next() == Ok(Tok::Word(b"xref")) {
+        if self.is_table_at(offset)? {
             self.table(offset)
         } else {
             let obj = self.object_at(offset)?;
@@ -718,6 +740,12 @@ impl<'k> Doc<'k> {
             self.xref_stream(dict, &data)?;
             Ok(obj.value_dict())
         }
+    }
+
+    /// Whether the section at `offset` is a classic table (else a stream).
+    fn is_table_at(&self, offset: u64) -> Result<bool, Halt> {
+        let head = self.known.window(offset, 16)?;
+        Ok(Lexer::new(head, 0, false).next() == Ok(Tok::Word(b"xref")))
     }
 
     fn table(&mut self, offset: u64) -> Result<Dict, Halt> {
@@ -887,11 +915,11 @@ impl<'k> Doc<'k> {
             .trailers
             .iter()
             .find_map(|t| match get(t, b"Root") {
-                Some(Obj::Ref(r)) => Some(*r),
+                Some(r @ Obj::Ref(..)) => Some(r.clone()),
                 _ => None,
             })
             .ok_or_else(|| damaged("no document catalog"))?;
-        let catalog = self.resolve(&Obj::Ref(root), 0)?;
+        let catalog = self.resolve(&root, 0)?;
         let Obj::Dict(catalog) = catalog else { return Err(damaged("the catalog is not a dictionary")) };
         let pages = get(&catalog, b"Pages").ok_or_else(|| damaged("the catalog has no page tree"))?;
         let Obj::Dict(pages) = self.resolve(pages, 0)? else {
@@ -908,7 +936,7 @@ impl<'k> Doc<'k> {
 
     /// `o` with references followed.
     fn resolve(&self, o: &Obj, depth: usize) -> Result<Obj, Halt> {
-        let Obj::Ref(num) = o else { return Ok(o.clone()) };
+        let Obj::Ref(num, _) = o else { return Ok(o.clone()) };
         if depth > MAX_DEPTH {
             return Err(damaged("references loop"));
         }

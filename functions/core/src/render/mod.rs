@@ -2,7 +2,7 @@
 //! from one [`OcrResult`].
 
 mod markup;
-mod pdf;
+pub(crate) mod pdf;
 
 use std::str::FromStr;
 

@@ -7,7 +7,7 @@
 //! horizontally to its box's width and turned along its baseline.
 
 use pdf_writer::types::{CidFontType, FontFlags, SystemInfo, TextRenderingMode};
-use pdf_writer::{Content, Filter, Finish, Name, Pdf, Rect, Ref, Str, TextStr};
+use pdf_writer::{Chunk, Content, Filter, Finish, Name, Pdf, Rect, Ref, Str, TextStr};
 
 use crate::result::{OcrPage, OcrResult, Quad};
 
@@ -99,15 +99,16 @@ pub fn searchable_pdf(r: &OcrResult, images: &[Option<PageImage>], dpi: f32) -> 
             x.finish();
             c.save_state().transform(placement(img.orientation, w, h)).x_object(Name(b"Im1")).restore_state();
         }
-        write_words(&mut c, page, scale, h);
+        write_words(&mut c, Name(b"F1"), page, [scale, scale], h);
         pdf.stream(content_id, &c.finish());
     }
     pdf.finish()
 }
 
-/// Each word (or line, for results without words) as invisible text on its box.
-fn write_words(c: &mut Content, page: &OcrPage, scale: f32, page_h: f32) {
-    let to_pdf = |p: [f32; 2]| [p[0] * scale, page_h - p[1] * scale];
+/// Each word (or line, for results without words) as invisible text on its box, in font `font`
+/// (see [`write_font`]): a pixel `(x, y)` of the page is at `(x · sx, page_h − y · sy)` points.
+pub(crate) fn write_words(c: &mut Content, font: Name<'_>, page: &OcrPage, [sx, sy]: [f32; 2], page_h: f32) {
+    let to_pdf = |p: [f32; 2]| [p[0] * sx, page_h - p[1] * sy];
     c.begin_text();
     c.set_text_rendering_mode(TextRenderingMode::Invisible);
     for line in &page.lines {
@@ -142,7 +143,7 @@ fn write_words(c: &mut Content, page: &OcrPage, scale: f32, page_h: f32) {
             for u in &units {
                 bytes.extend_from_slice(&u.to_be_bytes());
             }
-            c.set_font(Name(b"F1"), height);
+            c.set_font(font, height);
             c.set_text_matrix([ux, uy, vx, vy, ox, oy]);
             c.set_horizontal_scaling(100.0 * width / natural);
             c.show(Str(&bytes));
@@ -153,7 +154,7 @@ fn write_words(c: &mut Content, page: &OcrPage, scale: f32, page_h: f32) {
 
 /// The text font: Type 0 over a glyph-less CID font (codes are UTF-16 units, all half an em
 /// wide) with an identity `ToUnicode` map over the Basic Multilingual Plane.
-fn write_font(pdf: &mut Pdf, font: Ref, cid: Ref, descriptor: Ref, cmap: Ref) {
+pub(crate) fn write_font(pdf: &mut Chunk, font: Ref, cid: Ref, descriptor: Ref, cmap: Ref) {
     let name = Name(b"GlyphLessFont");
     pdf.type0_font(font).base_font(name).encoding_predefined(Name(b"Identity-H")).descendant_font(cid).to_unicode(cmap);
     pdf.cid_font(cid)
@@ -172,7 +173,8 @@ fn write_font(pdf: &mut Pdf, font: Ref, cid: Ref, descriptor: Ref, cmap: Ref) {
         .descent(DESCENT)
         .cap_height(ASCENT)
         .stem_v(80.0);
-    pdf.stream(cmap, identity_cmap().as_bytes());
+    let data = miniz_oxide::deflate::compress_to_vec_zlib(identity_cmap().as_bytes(), 6);
+    pdf.stream(cmap, &data).filter(Filter::FlateDecode);
 }
 
 /// A `ToUnicode` CMap mapping each 2-byte code to the same UTF-16 unit (surrogates excepted),

@@ -43,7 +43,8 @@ impl From<Format> for render::Format {
 #[command(name = "ocr", version)]
 struct Args {
     /// Output format: plain text, JSON Lines (one object per file), hOCR, ALTO v4 XML, or a
-    /// searchable PDF (the image with an invisible text layer on the words).
+    /// searchable PDF (the image with an invisible text layer on the words; a PDF input keeps
+    /// its own pages, the words added as invisible text to those without text).
     #[arg(long, value_enum, default_value = "text")]
     format: Format,
     /// Write each file's result to DIR/<file name>.<txt|json|hocr|xml|pdf> instead of stdout
@@ -234,6 +235,14 @@ fn render_one(
         Format::Hocr => render::hocr(result, &name).into_bytes(),
         Format::Alto => render::alto(result, &name).into_bytes(),
         Format::Pdf => {
+            // A PDF keeps its own pages, with the words added as invisible text (as the API
+            // answers); only one that cannot take a text layer is written from its renderings.
+            if ocr_engine::pdf::is_pdf(bytes) {
+                match ocr_core::pdf::add_text_layer(bytes, result) {
+                    Ok(pdf) => return Ok(pdf),
+                    Err(e) => eprintln!("ocr: {name}: {e}; writing its rendered pages with the text instead"),
+                }
+            }
             let images = match pages {
                 Some(pages) => pages.iter().map(|p| page_image(p).map(Some)).collect::<Result<Vec<_>, _>>()?,
                 None => {
