@@ -65,6 +65,7 @@ UPLOAD_EVENTS_VISIBILITY_SECS = 60
 DLQ_RETENTION_SECS = 14 * 24 * 3600
 QUEUE_RETENTION_SECS = 4 * 24 * 3600
 UPLOAD_PREFIX = "uploads/"
+OUTPUT_PREFIX = "outputs/"
 # Each priority's uploads (uploads/<priority>/<job id>) notify their own upload-events queue.
 PRIORITIES = ("express", "bulk")
 UPLOAD_EXPIRY_DAYS = 7
@@ -227,6 +228,9 @@ def ensure_bucket(s3, bucket: str, region: str) -> None:
     s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": [
         {"ID": "expire-uploads", "Status": "Enabled", "Filter": {"Prefix": UPLOAD_PREFIX},
          "Expiration": {"Days": UPLOAD_EXPIRY_DAYS}},
+        # Result outputs too large for an API response (the API answers 303 to them).
+        {"ID": "expire-outputs", "Status": "Enabled", "Filter": {"Prefix": OUTPUT_PREFIX},
+         "Expiration": {"Days": 1}},
         {"ID": "abort-incomplete-multipart", "Status": "Enabled", "Filter": {"Prefix": ""},
          "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1}},
     ]})

@@ -145,13 +145,16 @@ def test_on_upload_role_is_least_privilege(tpl, transformed):
 
 def test_api_role_is_least_privilege(tpl):
     stmts = {st["Sid"]: st for rid, st in iam_statements(tpl) if rid == "ApiFunctionRole"}
-    assert set(stmts) == {"QueueDepth", "Uploads", "OwnLogs", "Secrets", "VpcNetworkInterfaces"}
+    assert set(stmts) == {"QueueDepth", "Uploads", "Outputs", "OwnLogs", "Secrets", "VpcNetworkInterfaces"}
     # The API reads queue depth for its 503s and sends no message.
     assert actions_of(stmts["QueueDepth"]) == ["sqs:GetQueueAttributes"]
     assert stmts["QueueDepth"]["Resource"] == [{"Fn::GetAtt": ["ExpressQueue", "Arn"]},
                                                {"Fn::GetAtt": ["BulkQueue", "Arn"]}]
     assert sorted(actions_of(stmts["Uploads"])) == ["s3:DeleteObject", "s3:GetObject", "s3:PutObject"]
     assert stmts["Uploads"]["Resource"] == {"Fn::Sub": "${UploadBucket.Arn}/uploads/*"}
+    # Outputs too large to answer inline, stored for a redirect (and deleted with their job).
+    assert sorted(actions_of(stmts["Outputs"])) == ["s3:DeleteObject", "s3:GetObject", "s3:PutObject"]
+    assert stmts["Outputs"]["Resource"] == {"Fn::Sub": "${UploadBucket.Arn}/outputs/*"}
     assert stmts["OwnLogs"]["Resource"] == {"Fn::GetAtt": ["ApiLogGroup", "Arn"]}
     assert actions_of(stmts["Secrets"]) == ["secretsmanager:GetSecretValue"]
     assert stmts["Secrets"]["Resource"] == [{"Ref": "ApiDatabaseSecret"}, {"Ref": "WebhookSecret"}]

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
 use ocr_api::config::Limits;
+use ocr_core::ports::ObjectStore;
 use ocr_core::signing::verify;
+use ocr_integration_tests::images::scanned_pdf;
 use ocr_integration_tests::worker::{WebhookReceiver, WorkerProcess, line_images, models_available};
 use ocr_integration_tests::{ALICE_TOKEN, BOB_TOKEN, Options, TestEnv};
 use reqwest::{Method, StatusCode};
@@ -15,7 +17,17 @@ use ocr_integration_tests::WEBHOOK_SECRET as SECRET;
 
 /// Creates a job and uploads `bytes` with its presigned URL, as a phone does.
 async fn upload(env: &TestEnv, bytes: &[u8], priority: &str, callback: Option<&str>) -> anyhow::Result<String> {
-    let mut body = json!({"content_type": "image/png", "content_length": bytes.len(), "priority": priority});
+    upload_as(env, bytes, "image/png", priority, callback).await
+}
+
+async fn upload_as(
+    env: &TestEnv,
+    bytes: &[u8],
+    content_type: &str,
+    priority: &str,
+    callback: Option<&str>,
+) -> anyhow::Result<String> {
+    let mut body = json!({"content_type": content_type, "content_length": bytes.len(), "priority": priority});
     if let Some(c) = callback {
         body["callback_url"] = json!(c);
     }
@@ -82,7 +94,12 @@ async fn images_become_text_and_signed_webhooks() -> anyhow::Result<()> {
     }
     let hooks = WebhookReceiver::start().await?;
     // The receiver is plain http on loopback: allowed explicitly, for the API as for the worker.
-    let limits = Limits { webhook_allow_hosts: [hooks.addr.to_string()].into_iter().collect(), ..Limits::default() };
+    // Outputs over 3 kB are stored and redirected to, as ones over 4 MB are on Lambda.
+    let limits = Limits {
+        webhook_allow_hosts: [hooks.addr.to_string()].into_iter().collect(),
+        max_inline_output: 3000,
+        ..Limits::default()
+    };
     let env = TestEnv::with(Options { limits, ..Options::default() }).await?;
     let images = line_images(6)?;
     let mut jobs = Vec::new();
@@ -90,8 +107,14 @@ async fn images_become_text_and_signed_webhooks() -> anyhow::Result<()> {
         let priority = if i % 2 == 0 { "express" } else { "bulk" };
         jobs.push((upload(&env, bytes, priority, Some(&hooks.url())).await?, text.clone()));
     }
+    // A scanned PDF of two of the lines, one per page.
+    let scan = scanned_pdf(&[&images[0].0, &images[1].0])?;
+    let pdf_job = upload_as(&env, &scan, "application/pdf", "express", None).await?;
     let mut worker =
         env.spawn_worker(&[("WEBHOOK_SECRET", SECRET.into()), ("WEBHOOK_ALLOW_HOSTS", hooks.addr.to_string())])?;
+    env.wait_for_status(&pdf_job, "succeeded", Duration::from_secs(120))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\nworker log:\n{}", worker.logs()))?;
     for (id, _) in &jobs {
         env.wait_for_status(id, "succeeded", Duration::from_secs(120))
             .await
@@ -128,6 +151,29 @@ async fn images_become_text_and_signed_webhooks() -> anyhow::Result<()> {
             assert_eq!(std::str::from_utf8(&body)?.trim_end(), job["result"]["text"].as_str().unwrap());
         }
     }
+
+    // The PDF reads page by page; its searchable PDF is the upload with a text layer, too
+    // large to answer inline here: a redirect to the bucket (LocalStack), which the client
+    // follows. Deleting the job deletes that stored copy with the upload.
+    let job: Value = env.request(Method::GET, &format!("/v1/jobs/{pdf_job}"), ALICE_TOKEN).send().await?.json().await?;
+    let pages = job["result"]["pages"].as_array().cloned().unwrap_or_default();
+    assert_eq!(pages.len(), 2, "{job}");
+    for (page, (_, truth)) in pages.iter().zip(&images) {
+        assert_eq!(normalise(page["text"].as_str().unwrap_or_default()), normalise(truth), "{job}");
+    }
+    let response =
+        env.request(Method::GET, &format!("/v1/jobs/{pdf_job}/result?format=pdf"), ALICE_TOKEN).send().await?;
+    assert_eq!(response.status(), 200);
+    let final_url = response.url().clone();
+    assert!(final_url.path().ends_with(&format!("/outputs/{pdf_job}.pdf")), "{}", final_url.path());
+    let body = response.bytes().await?;
+    assert!(body.starts_with(&scan) && body.len() > scan.len());
+    assert_eq!(String::from_utf8_lossy(&body[scan.len()..]).matches("/OcrText").count(), 2);
+    let key = format!("outputs/{pdf_job}.pdf");
+    assert!(env.objects.head(&key).await?.is_some());
+    let response = env.request(Method::DELETE, &format!("/v1/jobs/{pdf_job}"), ALICE_TOKEN).send().await?;
+    assert_eq!(response.status(), 200);
+    assert!(env.objects.head(&key).await?.is_none(), "the stored output outlived its job");
 
     wait_until("webhooks", Duration::from_secs(30), || async {
         Ok(hooks.received.lock().unwrap().len() >= jobs.len())

@@ -169,6 +169,11 @@ pub const DEFAULT_CALLER: CallerQuota = CallerQuota {
 /// Largest body accepted for a direct (server-to-server) upload: Lambda's payload limit.
 pub const MAX_DIRECT_UPLOAD_BYTES: usize = 6 * 1024 * 1024;
 
+/// Largest output of `GET /v1/jobs/{id}/result` answered in the response itself: a Lambda
+/// response carries 6 MB, and a binary body travels base64-encoded (a third larger). A larger
+/// one is stored and answered with a redirect.
+pub const MAX_INLINE_OUTPUT: usize = 4 << 20;
+
 /// Limits the handlers enforce, separated from how they were read.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -187,6 +192,8 @@ pub struct Limits {
     pub wait: WaitSettings,
     /// Waiting requests across every process (`WAIT_MAX_TOTAL`, `WAIT_MAX_PER_CALLER`).
     pub wait_caps: WaitCaps,
+    /// Largest result output answered inline ([`MAX_INLINE_OUTPUT`]; tests lower it).
+    pub max_inline_output: usize,
 }
 
 impl Default for Limits {
@@ -202,6 +209,7 @@ impl Default for Limits {
             caller: DEFAULT_CALLER,
             wait: WaitSettings::default(),
             wait_caps: WaitCaps::default(),
+            max_inline_output: MAX_INLINE_OUTPUT,
         }
     }
 }
@@ -229,6 +237,7 @@ impl From<&ApiArgs> for Limits {
                 max_waiters: a.wait_max_waiters,
             },
             wait_caps: WaitCaps { max_total: a.wait_max_total, max_per_caller: a.wait_max_per_caller },
+            max_inline_output: MAX_INLINE_OUTPUT,
         }
     }
 }

@@ -170,7 +170,7 @@ async fn create(
 /// When storing fails the caller gets 500 (retryable). Without an idempotency key no retry can
 /// reach this job, so it goes; with one it stays, and the retry stores the image into it.
 async fn store_direct_upload(state: &AppState, job: &Job, body: Bytes) -> Result<Response, ApiError> {
-    if let Err(e) = state.ports.objects.put(&job.object_key(), job.content_type, body).await {
+    if let Err(e) = state.ports.objects.put(&job.object_key(), job.content_type.as_str(), body).await {
         tracing::error!(error = %e, "storing the image failed");
         if job.idempotency.is_none() {
             let _ = state.ports.store.remove(&job.id).await;
@@ -337,16 +337,22 @@ async fn get_result(
     };
     let name = format!("{}.{}", job.id, format.extension());
     let body: Vec<u8> = match format {
-        Format::Json => return Ok(axum::Json(result).into_response()),
+        Format::Json => serde_json::to_vec(&result).map_err(|e| ApiError::Internal(format!("result JSON: {e}")))?,
         Format::Text => render::text(&result).into_bytes(),
         Format::Hocr => render::hocr(&result, &job.id.to_string()).into_bytes(),
         Format::Alto => render::alto(&result, &job.id.to_string()).into_bytes(),
         Format::Pdf if job.content_type == ocr_core::ContentType::Pdf => {
-            // Rendering its pages again needs PDFium, which the API does not carry.
-            return Err(ApiError::NoResult(
-                "a searchable PDF is made from image uploads; this job's upload is a PDF already: ask for hocr or alto"
-                    .into(),
-            ));
+            // The upload itself with the words added as invisible text: its pages stay as they
+            // are (vector text and all), no renderer needed.
+            let upload = state.ports.objects.get(&job.object_key(), None).await?;
+            tokio::task::spawn_blocking(move || ocr_core::pdf::add_text_layer(&upload, &result))
+                .await
+                .map_err(|e| ApiError::Internal(format!("text layer task: {e}")))?
+                .map_err(|e| {
+                    ApiError::NoResult(format!(
+                        "no searchable PDF can be made of this upload: {e}; ask for hocr or alto"
+                    ))
+                })?
         }
         Format::Pdf => {
             let upload = state.ports.objects.get(&job.object_key(), None).await?;
@@ -358,8 +364,40 @@ async fn get_result(
         }
     };
     let disposition = format!("inline; filename=\"{name}\"");
+    if body.len() > state.limits.max_inline_output {
+        return stored_output(&state, &job, format, body, &disposition).await;
+    }
     Ok(([(header::CONTENT_TYPE, format.media_type().to_owned()), (header::CONTENT_DISPOSITION, disposition)], body)
         .into_response())
+}
+
+/// How long the URL an output too large to answer inline is redirected to stays valid.
+const OUTPUT_URL_EXPIRY: Duration = Duration::from_secs(300);
+
+/// An output too large for a response (a Lambda response carries 6 MB, a binary body base64-
+/// encoded): stored under `outputs/` and answered `303 See Other` with a short-lived URL of it.
+/// The bucket's lifecycle removes it after a day, deleting the job at once.
+async fn stored_output(
+    state: &AppState,
+    job: &Job,
+    format: Format,
+    body: Vec<u8>,
+    disposition: &str,
+) -> Result<Response, ApiError> {
+    let key = ocr_core::job::output_key(&job.id, format.extension());
+    let bytes = body.len();
+    state.ports.objects.put(&key, format.media_type(), body.into()).await?;
+    // A DELETE that came meanwhile may have removed the job's outputs before this one was
+    // stored: look again, and take it back if so.
+    let current = state.ports.store.get(&job.id).await?;
+    if current.is_none_or(|j| j.status == JobStatus::Deleted) {
+        state.ports.objects.delete(&key).await?;
+        return Err(ApiError::NotFound);
+    }
+    let url = state.ports.objects.presign_get(&key, OUTPUT_URL_EXPIRY, disposition).await?;
+    // Never the URL: its signature is a credential.
+    tracing::info!(job_id = %job.id, format = format.as_str(), bytes, "output too large to answer inline: redirected");
+    Ok((StatusCode::SEE_OTHER, [(header::LOCATION, url)]).into_response())
 }
 
 /// `?format=` of `GET /v1/jobs/{id}/result`; absent: JSON. Other query parameters are ignored.
@@ -450,6 +488,9 @@ async fn delete_job(
     let job = owned_job(&state, &caller, id).await?;
     if job.status != JobStatus::Deleted {
         state.ports.objects.delete(&job.object_key()).await?;
+        for format in Format::ALL {
+            state.ports.objects.delete(&ocr_core::job::output_key(&job.id, format.extension())).await?;
+        }
         state.ports.store.mark_deleted(&job.id, state.ports.clock.now_ms()).await?;
         tracing::info!(job_id = %job.id, "job deleted");
     }

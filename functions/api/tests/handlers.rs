@@ -92,6 +92,10 @@ fn get(token: &str, path: &str) -> Request<Body> {
     Request::get(path).header(header::AUTHORIZATION, format!("Bearer {token}")).body(Body::empty()).unwrap()
 }
 
+fn delete(token: &str, path: &str) -> Request<Body> {
+    Request::delete(path).header(header::AUTHORIZATION, format!("Bearer {token}")).body(Body::empty()).unwrap()
+}
+
 fn png_bytes() -> Vec<u8> {
     let mut v = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR".to_vec();
     v.extend_from_slice(&[7; 64]);
@@ -748,7 +752,7 @@ impl ObjectStore for VanishingObjects {
     ) -> Result<PresignedPut, PortError> {
         self.0.presign_put(key, content_type, content_length, expires_in).await
     }
-    async fn put(&self, key: &str, content_type: ContentType, body: bytes::Bytes) -> Result<(), PortError> {
+    async fn put(&self, key: &str, content_type: &str, body: bytes::Bytes) -> Result<(), PortError> {
         self.0.put(key, content_type, body).await
     }
     async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, PortError> {
@@ -770,6 +774,14 @@ impl ObjectStore for VanishingObjects {
     }
     async fn delete(&self, key: &str) -> Result<(), PortError> {
         self.0.delete(key).await
+    }
+    async fn presign_get(
+        &self,
+        key: &str,
+        expires_in: std::time::Duration,
+        disposition: &str,
+    ) -> Result<String, PortError> {
+        self.0.presign_get(key, expires_in, disposition).await
     }
 }
 
@@ -1366,4 +1378,100 @@ async fn a_result_reads_in_every_format_for_its_caller_only() {
             "{query}"
         );
     }
+}
+
+/// A PDF of `pages` A4 pages that draw a line each and have no text, as a scanner's pages have
+/// none: the kind a text layer is added to.
+fn scanned_pdf_bytes(pages: usize) -> Vec<u8> {
+    let mut objects = vec!["<< /Type /Catalog /Pages 2 0 R >>".to_string()];
+    let kids: Vec<String> = (0..pages).map(|k| format!("{} 0 R", 3 + 2 * k)).collect();
+    objects.push(format!("<< /Type /Pages /Kids [{}] /Count {pages} >>", kids.join(" ")));
+    for k in 0..pages {
+        objects.push(format!("<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] /Contents {} 0 R >>", 4 + 2 * k));
+        let draw = "0 0 m 595 842 l S";
+        objects.push(format!("<< /Length {} >>\nstream\n{draw}\nendstream", draw.len()));
+    }
+    let mut out = b"%PDF-1.7\n".to_vec();
+    let mut offsets = Vec::new();
+    for (i, o) in objects.iter().enumerate() {
+        offsets.push(out.len());
+        out.extend_from_slice(format!("{} 0 obj\n{o}\nendobj\n", i + 1).as_bytes());
+    }
+    let xref = out.len();
+    out.extend_from_slice(format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).as_bytes());
+    for o in offsets {
+        out.extend_from_slice(format!("{o:010} 00000 n \n").as_bytes());
+    }
+    let trailer = format!("trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n", objects.len() + 1);
+    out.extend_from_slice(trailer.as_bytes());
+    out
+}
+
+/// A succeeded job of a PDF upload with `result`; returns its id.
+async fn succeeded_pdf_job(h: &Harness, pdf: Vec<u8>, result: OcrResult) -> JobId {
+    let (_, _, json) = h.call(direct(ALICE, "application/pdf", "", pdf)).await;
+    let id: JobId = json["job_id"].as_str().unwrap_or_else(|| panic!("{json}")).parse().unwrap();
+    let change = |at| StatusChange { at_ms: at, error: None, ..Default::default() };
+    h.store.set_status(&id, JobStatus::AwaitingUpload, JobStatus::Queued, change(1)).await.unwrap();
+    h.store.set_status(&id, JobStatus::Queued, JobStatus::Processing, change(2)).await.unwrap();
+    h.store.set_status(&id, JobStatus::Processing, JobStatus::Succeeded, change(3)).await.unwrap();
+    h.store.put_result(id, result);
+    id
+}
+
+#[tokio::test]
+async fn a_pdf_upload_reads_back_as_itself_with_a_text_layer() {
+    let h = harness();
+    let scan = scanned_pdf_bytes(2);
+    let page = |n| ocr_core::OcrPage::new(n, 1654, 2339, vec![hello_line()]);
+    let id = succeeded_pdf_job(&h, scan.clone(), OcrResult::from_pages(vec![page(1), page(2)], 0.1)).await;
+    let response = ocr_api::routes::router(h.state.clone())
+        .oneshot(get(ALICE, &format!("/v1/jobs/{id}/result?format=pdf")))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()[header::CONTENT_TYPE], "application/pdf");
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    // The upload, every byte, then the update with the words (pdftotext reads them: see
+    // ocr-core's tests/text_layer.rs).
+    assert!(body.starts_with(&scan) && body.len() > scan.len());
+    assert_eq!(ocr_core::pdf::facts(&body), Ok(ocr_core::pdf::PdfFacts { pages: 2 }));
+    assert_eq!(String::from_utf8_lossy(&body[scan.len()..]).matches("/OcrText").count(), 2);
+
+    // A result that is not the document's pages: a clear 409, not a wrong file.
+    let id = succeeded_pdf_job(&h, scan.clone(), OcrResult::from_pages(vec![page(1)], 0.1)).await;
+    let (status, _, json) = h.call(get(ALICE, &format!("/v1/jobs/{id}/result?format=pdf"))).await;
+    assert_eq!((status, json["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("no_result")), "{json}");
+    let message = json["error"]["message"].as_str().unwrap();
+    assert!(message.contains("has 2 pages but its result has 1") && message.contains("hocr"), "{message}");
+}
+
+#[tokio::test]
+async fn an_output_too_large_to_answer_inline_is_a_redirect_and_goes_with_its_job() {
+    let h = harness_with(Limits { max_inline_output: 1000, ..Limits::default() });
+    let scan = scanned_pdf_bytes(3);
+    let page = |n| ocr_core::OcrPage::new(n, 1654, 2339, vec![hello_line()]);
+    let pages = (1..=3).map(page).collect();
+    let id = succeeded_pdf_job(&h, scan, OcrResult::from_pages(pages, 0.1)).await;
+    let key = format!("outputs/{id}.pdf");
+
+    let response = ocr_api::routes::router(h.state.clone())
+        .oneshot(get(ALICE, &format!("/v1/jobs/{id}/result?format=pdf")))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let location = response.headers()[header::LOCATION].to_str().unwrap().to_owned();
+    assert!(location.starts_with(&format!("memory://test-bucket/{key}?expires=300")), "{location}");
+    let stored = h.objects.get(&key, None).await.unwrap();
+    assert!(stored.starts_with(b"%PDF-") && stored.len() > 1000);
+    // Small outputs still answer inline; another caller still gets 404 and no redirect.
+    let (status, _, _) = h.call(get(ALICE, &format!("/v1/jobs/{id}/result?format=text"))).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = h.call(get(BOB, &format!("/v1/jobs/{id}/result?format=pdf"))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Deleting the job deletes its stored outputs with its upload.
+    let (status, _, _) = h.call(delete(ALICE, &format!("/v1/jobs/{id}"))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!h.objects.contains(&key));
 }

@@ -69,12 +69,12 @@ impl ObjectStore for S3ObjectStore {
         Ok(PresignedPut { url: request.uri().to_owned(), headers, expires_at_ms })
     }
 
-    async fn put(&self, key: &str, content_type: ContentType, body: Bytes) -> Result<(), PortError> {
+    async fn put(&self, key: &str, content_type: &str, body: Bytes) -> Result<(), PortError> {
         self.client
             .put_object()
             .bucket(&self.bucket)
             .key(key)
-            .content_type(content_type.as_str())
+            .content_type(content_type)
             .body(ByteStream::from(body))
             .send()
             .await
@@ -125,6 +125,21 @@ impl ObjectStore for S3ObjectStore {
     async fn delete(&self, key: &str) -> Result<(), PortError> {
         self.client.delete_object().bucket(&self.bucket).key(key).send().await.map_err(|e| sdk_error("s3", e))?;
         Ok(())
+    }
+
+    async fn presign_get(&self, key: &str, expires_in: Duration, disposition: &str) -> Result<String, PortError> {
+        let expires_in = expires_in.min(MAX_PRESIGN_EXPIRY);
+        let config = PresigningConfig::expires_in(expires_in).map_err(|e| PortError::permanent("s3", e))?;
+        let request = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .response_content_disposition(disposition)
+            .presigned(config)
+            .await
+            .map_err(|e| sdk_error("s3", e))?;
+        Ok(request.uri().to_owned())
     }
 }
 

@@ -314,7 +314,7 @@ impl WaitSlots for InMemoryWaitSlots {
 #[derive(Debug)]
 pub struct InMemoryObjectStore {
     bucket: String,
-    objects: Mutex<HashMap<String, (ContentType, Bytes)>>,
+    objects: Mutex<HashMap<String, (String, Bytes)>>,
     failing: AtomicBool,
 }
 
@@ -334,7 +334,7 @@ impl InMemoryObjectStore {
     }
     /// Stores an object as if a client had uploaded it.
     pub fn insert(&self, key: &str, content_type: ContentType, body: impl Into<Bytes>) {
-        self.objects.lock().unwrap().insert(key.to_owned(), (content_type, body.into()));
+        self.objects.lock().unwrap().insert(key.to_owned(), (content_type.as_str().to_owned(), body.into()));
     }
     fn check(&self) -> Result<(), PortError> {
         if self.failing.load(Ordering::SeqCst) {
@@ -369,9 +369,9 @@ impl ObjectStore for InMemoryObjectStore {
         })
     }
 
-    async fn put(&self, key: &str, content_type: ContentType, body: Bytes) -> Result<(), PortError> {
+    async fn put(&self, key: &str, content_type: &str, body: Bytes) -> Result<(), PortError> {
         self.check()?;
-        self.insert(key, content_type, body);
+        self.objects.lock().unwrap().insert(key.to_owned(), (content_type.to_owned(), body));
         Ok(())
     }
 
@@ -379,7 +379,7 @@ impl ObjectStore for InMemoryObjectStore {
         self.check()?;
         Ok(self.objects.lock().unwrap().get(key).map(|(ct, body)| ObjectInfo {
             size: body.len() as u64,
-            content_type: Some(ct.as_str().into()),
+            content_type: Some(ct.clone()),
             etag: Some(etag(body)),
         }))
     }
@@ -403,6 +403,11 @@ impl ObjectStore for InMemoryObjectStore {
         self.check()?;
         self.objects.lock().unwrap().remove(key);
         Ok(())
+    }
+
+    async fn presign_get(&self, key: &str, expires_in: Duration, _disposition: &str) -> Result<String, PortError> {
+        self.check()?;
+        Ok(format!("memory://{}/{key}?expires={}", self.bucket, expires_in.as_secs()))
     }
 }
 

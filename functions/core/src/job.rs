@@ -266,6 +266,15 @@ impl Job {
 /// Prefix under which uploads land; the bucket's event notification filters on it.
 pub const UPLOAD_PREFIX: &str = "uploads/";
 
+/// Prefix under which outputs too large to answer inline wait for their caller (the bucket's
+/// lifecycle removes them after a day; deleting the job removes them at once).
+pub const OUTPUT_PREFIX: &str = "outputs/";
+
+/// `outputs/{job_id}.{extension}`: the job's output in one format.
+pub fn output_key(id: &JobId, extension: &str) -> String {
+    format!("{OUTPUT_PREFIX}{id}.{extension}")
+}
+
 /// `uploads/{priority}/{job_id}`.
 pub fn object_key(priority: Priority, id: &JobId) -> String {
     format!("{UPLOAD_PREFIX}{priority}/{id}")

@@ -199,7 +199,8 @@ pub trait ObjectStore: Send + Sync {
         expires_in: Duration,
     ) -> Result<PresignedPut, PortError>;
 
-    async fn put(&self, key: &str, content_type: ContentType, body: Bytes) -> Result<(), PortError>;
+    /// Stores `body` as the object, served with media type `content_type`.
+    async fn put(&self, key: &str, content_type: &str, body: Bytes) -> Result<(), PortError>;
 
     /// Size and type of the object, or `None` when it does not exist.
     async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, PortError>;
@@ -214,6 +215,10 @@ pub trait ObjectStore: Send + Sync {
 
     /// Deletes the object; deleting a missing object succeeds.
     async fn delete(&self, key: &str) -> Result<(), PortError>;
+
+    /// A GET URL for the object, valid for `expires_in`, whose answer carries
+    /// `Content-Disposition: disposition` (for an output too large to answer inline).
+    async fn presign_get(&self, key: &str, expires_in: Duration, disposition: &str) -> Result<String, PortError>;
 }
 
 /// Where job messages wait for a worker.

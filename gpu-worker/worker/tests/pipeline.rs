@@ -101,7 +101,7 @@ impl World {
             created_at_ms: 1,
         });
         let key = job.object_key();
-        self.objects.put(&key, ContentType::Png, bytes.clone().into()).await.unwrap();
+        self.objects.put(&key, ContentType::Png.as_str(), bytes.clone().into()).await.unwrap();
         let message = JobMessage::for_job(&job, "test-bucket", bytes.len() as u64, 2);
         self.store.insert_queued(job);
         let mut body: serde_json::Value = serde_json::from_str(&message.to_json()).unwrap();
