@@ -110,6 +110,12 @@ impl Limits {
 /// How long an image left out of a batch by the pixel budget waits before it is offered again.
 const OVER_BUDGET_DELAY: Duration = Duration::from_secs(1);
 
+/// Times a message may be put back (left for a later batch, or held through an outage) before
+/// its image is planned first in its batch. A document longer than a batch goes through only
+/// when it comes first, and a put-back message goes to the back of its queue: without this, a
+/// steady stream of small jobs would leave it for later forever.
+pub const AGED_AFTER: u32 = 3;
+
 /// Moves every item of a fresh batch to `Ready` (decoded image), `Failed`, `Ended`,
 /// `Unreadable` or `Deferred` (the database away, or over the batch's share of the pixel budget).
 pub(super) async fn prepare(deps: &PipelineDeps, settings: &Settings, limits: &Limits, mut batch: Batch) -> Batch {
@@ -219,20 +225,23 @@ fn still_open(item: &mut Item) -> bool {
 pub const CHANGED_REASON: &str =
     "the image was replaced after its upload was checked (a second PUT to the upload URL); create a new job for it";
 
-/// Keeps the images of `fetched` (in batch order) that fit the batch: at most `max_batch`
-/// pages in all (a document's pages count like images, so a long one does not hold the engine
-/// for the length of many batches) and, with a budget, the batch's share of decoded pixels,
-/// taken from the budget here (waiting while earlier batches hold it). The rest are deferred.
-/// An image or document larger than the batch goes through alone. Inputs whose header cannot
-/// be read cost nothing here: decoding fails them.
+/// Keeps the images of `fetched` (in batch order, those put back [`AGED_AFTER`] times or more
+/// first) that fit the batch: at most `max_batch` pages in all (a document's pages count like
+/// images, so a long one does not hold the engine for the length of many batches) and, with a
+/// budget, the batch's share of decoded pixels, taken from the budget here (waiting while
+/// earlier batches hold it). The rest are deferred. An image or document larger than the batch
+/// goes through alone. Inputs whose header cannot be read cost nothing here: decoding fails
+/// them.
 async fn plan_pixels(
     batch: &mut Batch,
-    fetched: Vec<(usize, Bytes)>,
+    mut fetched: Vec<(usize, Bytes)>,
     limits: &Limits,
     max_pixels: u64,
     max_pages: usize,
     max_batch: usize,
 ) -> Vec<(usize, Bytes)> {
+    // Stable: batch order within the aged and within the rest.
+    fetched.sort_by_key(|(index, _)| batch.items[*index].delivery.requeues < AGED_AFTER);
     let mut kept = Vec::with_capacity(fetched.len());
     let (mut total, mut total_pages) = (0u64, 0usize);
     for (index, bytes) in fetched {
@@ -246,6 +255,7 @@ async fn plan_pixels(
             let item = &mut batch.items[index];
             tracing::info!(
                 job_id = ?item.job_id().map(|id| id.to_string()), pages = n, batch_pages = total_pages,
+                put_back = item.delivery.requeues,
                 pixels = cost, batch_pixels = total, "image left for a later batch (batch pages or decoded-pixel budget)"
             );
             let reason = if over_pages {
@@ -269,6 +279,7 @@ async fn plan_pixels(
     {
         batch.pixels = Some(pixels.clone().acquire_many_owned(take).await.expect("semaphore never closed"));
     }
+    kept.sort_by_key(|(index, _)| *index);
     kept
 }
 
@@ -295,5 +306,65 @@ async fn decode(bytes: Bytes, permits: &Arc<Semaphore>, max_pixels: u64, max_pag
         Ok(Ok(pages)) => State::Ready(pages),
         Ok(Err(e)) => State::Failed(ImageFailure::from(&e)),
         Err(e) => State::Failed(ImageFailure { reason: format!("decoder crashed: {e}"), retryable: false }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ocr_core::Priority;
+    use ocr_core::worker::Delivery;
+
+    use super::*;
+    use crate::pipeline::receive::Received;
+
+    fn tiff(pages: usize) -> Bytes {
+        let mut out = std::io::Cursor::new(Vec::new());
+        let mut enc = tiff::encoder::TiffEncoder::new(&mut out).unwrap();
+        for _ in 0..pages {
+            enc.write_image::<tiff::encoder::colortype::Gray8>(8, 8, &[255u8; 64]).unwrap();
+        }
+        out.into_inner().into()
+    }
+
+    fn batch(requeues: &[u32]) -> Batch {
+        let received = requeues
+            .iter()
+            .enumerate()
+            .map(|(k, &requeues)| Received {
+                delivery: Delivery {
+                    priority: Priority::Bulk,
+                    message_id: format!("m{k}"),
+                    receipt_handle: format!("r{k}"),
+                    body: String::new(),
+                    receive_count: 1,
+                    requeues,
+                },
+                at_ms: 0,
+            })
+            .collect();
+        Batch::new(Lane::Main, received)
+    }
+
+    /// A document longer than a batch, behind smaller jobs, is left for later (and goes to the
+    /// back of its queue) until it has been put back `AGED_AFTER` times; then it comes first
+    /// and goes through alone.
+    #[tokio::test]
+    async fn a_document_put_back_often_enough_comes_first() {
+        let limits = Limits { decodes: Arc::new(Semaphore::new(1)), pixels: None, budget: 0, per_batch: 1 };
+        for (requeues, kept_doc) in [(0, false), (AGED_AFTER - 1, false), (AGED_AFTER, true)] {
+            let mut b = batch(&[0, 0, requeues, 0]);
+            let fetched = vec![(0, tiff(1)), (1, tiff(2)), (2, tiff(10)), (3, tiff(1))];
+            let kept = plan_pixels(&mut b, fetched, &limits, 1 << 20, 50, 8).await;
+            let kept: Vec<usize> = kept.iter().map(|(i, _)| *i).collect();
+            if kept_doc {
+                assert_eq!(kept, [2], "an aged document goes alone, the rest wait");
+                assert!(
+                    b.items.iter().enumerate().all(|(i, it)| (i == 2) != matches!(it.state, State::Deferred { .. }))
+                );
+            } else {
+                assert_eq!(kept, [0, 1, 3], "requeues {requeues}");
+                assert!(matches!(b.items[2].state, State::Deferred { .. }));
+            }
+        }
     }
 }
