@@ -373,3 +373,20 @@ fn a_result_for_other_pages_or_an_encrypted_file_is_refused() {
     assert_eq!(add_text_layer(&encrypted, &result(&layouts)), Err(LayerError::Encrypted));
     assert!(matches!(add_text_layer(b"%PDF-1.4\nnothing here", &result(&layouts)), Err(LayerError::Unreadable(_))));
 }
+
+/// Found by fuzzing: a catalog that names itself as the page tree. Taken for a page, it would
+/// have been rewritten as one, and the file's catalog lost.
+#[test]
+fn a_page_tree_that_leads_back_to_the_catalog_is_refused() {
+    let mut w = Writer::new();
+    w.obj(1, "<< /Type /Catalog /Pages 1 0 R >>");
+    w.obj(2, "<< /Type /Pages /Kids [3 0 R] /Count 1 >>");
+    w.obj(3, "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] >>");
+    let pdf = w.finish(1);
+    let layout = Layout { media: [0.0, 0.0, 612.0, 792.0], crop: None, rotate: 0 };
+    let refused = add_text_layer(&pdf, &result(&[layout]));
+    assert!(
+        matches!(&refused, Err(LayerError::Unreadable(why)) if why.contains("neither a page nor pages")),
+        "{refused:?}"
+    );
+}

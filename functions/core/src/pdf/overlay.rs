@@ -318,9 +318,14 @@ impl Doc<'_> {
                 here.set(key, self.resolve(v, 0)?);
             }
         }
-        if !is_name(get(&dict, b"Type"), b"Page")
-            && let Some(kids) = get(&dict, b"Kids")
-        {
+        let kind = get(&dict, b"Type");
+        let is_node = is_name(kind, b"Pages") || (!is_name(kind, b"Page") && get(&dict, b"Kids").is_some());
+        if !is_node && kind.is_some() && !is_name(kind, b"Page") {
+            // The catalog, say: rewriting it as a page would break the file.
+            return Err(damaged("the page tree holds an object that is neither a page nor pages"));
+        }
+        if is_node {
+            let kids = get(&dict, b"Kids").ok_or_else(|| damaged("a page tree node without kids"))?;
             let Obj::Array(kids) = self.resolve(kids, 0)? else {
                 return Err(damaged("a page tree's kids are not a list"));
             };
