@@ -16,8 +16,9 @@ source "$ROOT/scripts/lib/mariadb.sh"
 start=$(date +%s)
 
 # util-linux gives setsid, procps gives ps (both in Debian's base system, but be sure).
-# fonts-dejavu-core: the fonts the demo, bench and chaos scripts render sample images with.
-apt_install ca-certificates curl util-linux procps fonts-dejavu-core openssl
+# fonts-dejavu-core: the fonts the demo, bench and chaos scripts render sample images with;
+# fonts-droid-fallback: a CJK font, for the test that reads Chinese words (real_models.rs).
+apt_install ca-certificates curl util-linux procps fonts-dejavu-core fonts-droid-fallback openssl
 mariadb_install
 
 venv_ensure

@@ -763,3 +763,97 @@ fn a_scanned_pdf_becomes_searchable_and_looks_the_same() {
         assert!(a.as_raw() == b.as_raw(), "page {} renders differently with its text layer", k + 1);
     }
 }
+
+/// A CJK font (Debian's fonts-droid-fallback, which scripts/setup.sh installs).
+fn cjk_font() -> Option<ab_glyph::FontVec> {
+    let path = "/usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf";
+    match std::fs::read(path) {
+        Ok(bytes) => ab_glyph::FontVec::try_from_vec(bytes).ok(),
+        Err(_) => {
+            assert!(!require(), "OCR_REQUIRE_MODELS=1 but {path} is missing (Debian fonts-droid-fallback)");
+            eprintln!("SKIPPED: no CJK font at {path} (Debian fonts-droid-fallback)");
+            None
+        }
+    }
+}
+
+/// Chinese lines, rendered, read as text, and each character is a word of its own (numbers
+/// stay whole) whose box sits over the character drawn, left to right.
+#[test]
+fn chinese_characters_are_words_with_their_own_boxes() {
+    let Some(engine) = engine() else { return };
+    let Some(cjk) = cjk_font() else { return };
+    let lines: [&[&str]; 3] = [
+        &["发", "票", "号", "码", " ", "2026"],
+        &["合", "计", "金", "额", " ", "23.40", " ", "元"],
+        &["谢", "谢", "光", "临"],
+    ];
+    let Some(latin) = font() else { return };
+    let (size, left) = (44.0, 40.0);
+    let mut img = RgbImage::from_pixel(760, 300, Rgb([250, 250, 245]));
+    // Where each drawn word is: [x0, y0, x1, y1]. The CJK font has no Latin glyphs: numbers and
+    // spaces are drawn in DejaVu, as a document mixing scripts does.
+    let mut drawn: Vec<(String, [f32; 4])> = Vec::new();
+    for (i, parts) in lines.iter().enumerate() {
+        let y = 30 + 90 * i as i32;
+        let mut x = left;
+        for part in parts.iter() {
+            let f = if part.chars().any(ocr_engine::words::is_cjk) { &cjk } else { &latin };
+            let w = imageproc::drawing::text_size(size, f, part).0 as f32;
+            imageproc::drawing::draw_text_mut(&mut img, Rgb([20, 20, 20]), x as i32, y, size, f, part);
+            if !part.trim().is_empty() {
+                drawn.push((part.to_string(), [x, y as f32, x + w, y as f32 + size]));
+            }
+            x += if part.trim().is_empty() { size * 0.5 } else { w };
+        }
+    }
+    let page = engine.recognize(&[img.clone()]).pop().unwrap().unwrap();
+    let truth: String = lines.iter().map(|l| l.concat()).collect::<Vec<_>>().join("\n");
+    let no_spaces = |s: &str| s.chars().filter(|c| !c.is_whitespace()).collect::<String>();
+    let c = cer(&no_spaces(&page.text()), &no_spaces(&truth));
+    assert!(c <= 0.05, "CER {c:.3}: {:?}", page.text());
+
+    let words: Vec<&ocr_engine::Word> = page.lines.iter().flat_map(|l| &l.words).collect();
+    let mut found = 0;
+    for (text, [x0, y0, x1, y1]) in &drawn {
+        let Some(w) = words.iter().find(|w| {
+            &w.text == text && {
+                let r = rect(&w.quad);
+                let (cx, cy) = ((r[0] + r[2]) / 2.0, (r[1] + r[3]) / 2.0);
+                cx >= *x0 && cx <= *x1 && cy >= *y0 - 8.0 && cy <= *y1 + 8.0
+            }
+        }) else {
+            continue;
+        };
+        // No wider than the character and a little padding on each side.
+        let r = rect(&w.quad);
+        assert!(r[2] - r[0] <= (x1 - x0) + 0.6 * size, "{text}: box {r:?} for a drawn {:?}", [x0, y0, x1, y1]);
+        found += 1;
+    }
+    eprintln!("{found} of {} drawn words read on their places", drawn.len());
+    assert!(found * 10 >= drawn.len() * 9, "{found} of {} drawn words found on them: {words:?}", drawn.len());
+    // Every CJK word is one character.
+    for w in &words {
+        if w.text.chars().any(ocr_engine::words::is_cjk) {
+            assert_eq!(w.text.chars().count(), 1, "{w:?}");
+        }
+    }
+    // A searchable PDF of it gives pdftotext the same characters (the text font's codes are
+    // UTF-16 units, mapped back by its ToUnicode map).
+    if checkers().is_some() {
+        let text = no_spaces(&page.text());
+        let result = ocr_core::OcrResult::from_pages(vec![page.into_result_page(1)], 0.0);
+        let mut jpeg = Vec::new();
+        image::DynamicImage::ImageRgb8(img)
+            .write_to(&mut std::io::Cursor::new(&mut jpeg), image::ImageFormat::Jpeg)
+            .unwrap();
+        let image = ocr_core::render::PageImage { jpeg, width: 760, height: 300, gray: false, orientation: 1 };
+        let path = std::env::temp_dir().join(format!("ocr-cjk-{}.pdf", std::process::id()));
+        std::fs::write(&path, ocr_core::render::searchable_pdf(&result, &[Some(image)], 72.0)).unwrap();
+        // -raw: in the text's own order (the layout analysis would take "23.40 元", far right,
+        // for a column of its own).
+        let out = std::process::Command::new("pdftotext").arg("-raw").arg(&path).arg("-").output().unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(no_spaces(&String::from_utf8_lossy(&out.stdout)), text);
+    }
+}
