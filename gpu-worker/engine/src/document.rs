@@ -16,6 +16,15 @@ use crate::error::{EngineError, Result};
 /// Default most pages of one input (`MAX_PAGES`), the upload check's too.
 pub const DEFAULT_MAX_PAGES: usize = ocr_core::pdf::DEFAULT_MAX_PAGES;
 
+/// Most pixels of all a document's pages together, for a one-page limit of `max_pixels`: five
+/// pages at the limit (250 MP, 750 MB decoded, at the default 50 MP). Fifty A4 pages at 200 dpi
+/// are 193 MP; without it, fifty pages each at the one-page limit (a small file of huge media
+/// boxes, or of blank 50 MP TIFF pages) would decode to 7.5 GB. A PDF's pages are rendered at a
+/// lower resolution to fit; a TIFF over it fails.
+pub fn document_pixels(max_pixels: u64) -> u64 {
+    max_pixels.saturating_mul(5)
+}
+
 /// A TIFF's pages (`None` for anything else), as engine errors.
 fn tiff_pages(bytes: &[u8], max_pages: usize) -> Result<Option<TiffPages>> {
     TiffPages::read(bytes, max_pages).map_err(|e| match e {
@@ -45,11 +54,22 @@ pub fn probe_pages(bytes: &[u8], max_pixels: u64, max_pages: usize) -> Result<Ve
         return crate::pdf::probe_pdf(bytes, max_pixels, max_pages);
     }
     match tiff_pages(bytes, max_pages)? {
-        Some(t) if t.len() > 1 => (0..t.len())
-            .map(|i| t.page_size(bytes, i).map_or_else(|| probe_dimensions(&t.page(bytes, i)), Ok))
-            .collect(),
+        Some(t) if t.len() > 1 => tiff_sizes(&t, bytes, max_pixels),
         _ => Ok(vec![probe_dimensions(bytes)?]),
     }
+}
+
+/// A multi-page TIFF's page sizes from their headers, refused when together over
+/// [`document_pixels`].
+fn tiff_sizes(t: &TiffPages, bytes: &[u8], max_pixels: u64) -> Result<Vec<(u32, u32)>> {
+    let sizes = (0..t.len())
+        .map(|i| t.page_size(bytes, i).map_or_else(|| probe_dimensions(&t.page(bytes, i)), Ok))
+        .collect::<Result<Vec<_>>>()?;
+    let (pixels, limit) = (sizes.iter().map(|&(w, h)| u64::from(w) * u64::from(h)).sum(), document_pixels(max_pixels));
+    if pixels > limit {
+        return Err(EngineError::DocumentTooLarge { pixels, limit });
+    }
+    Ok(sizes)
 }
 
 /// Decodes every page, each within `max_pixels`. A page that fails fails the input, named by
@@ -60,6 +80,8 @@ pub fn decode_pages(bytes: &[u8], max_pixels: u64, max_pages: usize) -> Result<V
     }
     match tiff_pages(bytes, max_pages)? {
         Some(t) if t.len() > 1 => {
+            // Sizes first: nothing is decoded of a document too large in all.
+            tiff_sizes(&t, bytes, max_pixels)?;
             (0..t.len()).map(|i| decode_image(&t.page(bytes, i), max_pixels).map_err(|e| on_page(i + 1, e))).collect()
         }
         _ => Ok(vec![decode_image(bytes, max_pixels)?]),
@@ -102,6 +124,13 @@ mod tests {
         // A page over the pixel limit fails the input, by page number.
         let e = decode_pages(&bytes, 120, 50).unwrap_err();
         assert!(e.to_string().contains("page 3"), "{e}");
+        // Six pages each at the limit are more than five pages' worth together: refused
+        // before anything is decoded.
+        let full = tiff(&vec![RgbImage::new(10, 10); 6]);
+        for e in [probe_pages(&full, 100, 50).unwrap_err(), decode_pages(&full, 100, 50).unwrap_err()] {
+            assert!(matches!(e, EngineError::DocumentTooLarge { pixels: 600, limit: 500 }), "{e}");
+        }
+        assert_eq!(decode_pages(&tiff(&vec![RgbImage::new(10, 10); 5]), 100, 50).unwrap().len(), 5);
     }
 
     #[test]

@@ -31,6 +31,15 @@ pub enum EngineError {
         /// The configured limit (`MAX_PAGES`).
         limit: usize,
     },
+    /// A document's pages together have more pixels than [`crate::document::document_pixels`]
+    /// allows (a PDF's pages are rendered smaller instead; a TIFF's are what they are).
+    #[error("the document's pages are {pixels} pixels together, over the limit of {limit} pixels")]
+    DocumentTooLarge {
+        /// All pages' pixels.
+        pixels: u64,
+        /// The limit.
+        limit: u64,
+    },
     /// One page of a document failed.
     #[error("page {page}: {source}")]
     Page {

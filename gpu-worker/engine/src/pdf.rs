@@ -63,6 +63,20 @@ fn scale(w: f32, h: f32, max_pixels: u64) -> f32 {
     if px > max_pixels as f64 { s * (max_pixels as f64 / px).sqrt() as f32 } else { s }
 }
 
+/// Each page's scale ([`scale`]), all lowered alike when the pages together would pass
+/// [`crate::document::document_pixels`].
+fn scales(sizes: &[(f32, f32)], max_pixels: u64) -> Vec<f32> {
+    let mut scales: Vec<f32> = sizes.iter().map(|&(w, h)| scale(w, h, max_pixels)).collect();
+    let total: f64 = sizes.iter().zip(&scales).map(|(&(w, h), &s)| f64::from(w * s) * f64::from(h * s)).sum();
+    // A little under the limit, so rounding each page's size up cannot pass it.
+    let limit = crate::document::document_pixels(max_pixels) as f64 * 0.999;
+    if total > limit {
+        let f = (limit / total).sqrt() as f32;
+        scales.iter_mut().for_each(|s| *s *= f);
+    }
+    scales
+}
+
 fn page_count(doc: &PdfDocument<'_>, max_pages: usize) -> Result<usize> {
     let n = doc.pages().len() as usize;
     if n == 0 {
@@ -96,13 +110,9 @@ pub fn pdf_page_count(bytes: &[u8], max_pages: usize) -> Result<usize> {
 pub fn probe_pdf(bytes: &[u8], max_pixels: u64, max_pages: usize) -> Result<Vec<(u32, u32)>> {
     let pdfium = pdfium()?;
     let doc = load(pdfium, bytes)?;
-    (0..page_count(&doc, max_pages)?)
-        .map(|k| {
-            let (w, h) = page_size(&doc, k)?;
-            let s = scale(w, h, max_pixels);
-            Ok(((w * s).round() as u32, (h * s).round() as u32))
-        })
-        .collect()
+    let sizes = (0..page_count(&doc, max_pages)?).map(|k| page_size(&doc, k)).collect::<Result<Vec<_>>>()?;
+    let scales = scales(&sizes, max_pixels);
+    Ok(sizes.iter().zip(scales).map(|(&(w, h), s)| ((w * s).round() as u32, (h * s).round() as u32)).collect())
 }
 
 /// Renders every page at [`PDF_DPI`] (each within `max_pixels`), on white.
@@ -110,12 +120,14 @@ pub fn render_pdf(bytes: &[u8], max_pixels: u64, max_pages: usize) -> Result<Vec
     let pdfium = pdfium()?;
     let doc = load(pdfium, bytes)?;
     let n = page_count(&doc, max_pages)?;
+    // Sizes first: the scales keep the pages together within the document limit.
+    let sizes = (0..n).map(|k| page_size(&doc, k)).collect::<Result<Vec<_>>>()?;
+    let scales = scales(&sizes, max_pixels);
     let mut pages = Vec::with_capacity(n);
-    for k in 0..n {
+    for (k, scale) in scales.into_iter().enumerate() {
         let on_page = |what: String| EngineError::Page { page: k + 1, source: Box::new(EngineError::Decode(what)) };
-        let (w, h) = page_size(&doc, k)?;
         let page = doc.pages().get(k as PdfPageIndex).map_err(|e| on_page(format!("{e:?}")))?;
-        let config = PdfRenderConfig::new().scale_page_by_factor(scale(w, h, max_pixels));
+        let config = PdfRenderConfig::new().scale_page_by_factor(scale);
         let bitmap = page.render_with_config(&config).map_err(|e| on_page(format!("does not render: {e:?}")))?;
         let (bw, bh) = (bitmap.width().max(0) as u32, bitmap.height().max(0) as u32);
         crate::decode::check_dimensions(bw, bh, max_pixels)
@@ -145,6 +157,18 @@ mod tests {
         let s = scale(14_400.0, 14_400.0, 50_000_000);
         let px = f64::from(14_400.0 * s).powi(2);
         assert!(px <= 50_000_000.0 * 1.0001 && px > 49_000_000.0, "{px}");
+    }
+
+    #[test]
+    fn a_document_too_large_in_all_is_rendered_smaller() {
+        // Fifty A4 pages at 200 dpi (193 MP) are within 5 × 50 MP; fifty 200-inch pages, each
+        // at the one-page limit, are lowered alike to fit it.
+        let a4 = scales(&[(595.0, 842.0); 50], 50_000_000);
+        assert!(a4.iter().all(|s| (s - 200.0 / 72.0).abs() < 1e-6));
+        let huge = [(14_400.0, 14_400.0); 50];
+        let s = scales(&huge, 50_000_000);
+        let total: f64 = huge.iter().zip(&s).map(|(&(w, h), &s)| f64::from(w * s) * f64::from(h * s)).sum();
+        assert!(total <= 250_000_000.0 && total > 240_000_000.0, "{total}");
     }
 
     #[test]

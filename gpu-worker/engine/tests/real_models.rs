@@ -680,6 +680,12 @@ fn pdf_pages_read_and_hostile_pdfs_fail_alone() {
     let huge = text_pdf(&texts[..1], "[0 0 14400 14400]", None, "");
     let page = &decode(&huge).unwrap()[0];
     assert!(u64::from(page.width()) * u64::from(page.height()) <= max_pixels, "{:?}", page.dimensions());
+    // Fifty such pages are planned within five pages' worth of pixels together (rendered at a
+    // lower resolution still), not 50 × 50 MP: 7.5 GB decoded.
+    let many = text_pdf(&[texts[0]; 50], "[0 0 14400 14400]", None, "");
+    let sizes = ocr_engine::probe_pages(&many, max_pixels, max_pages).unwrap();
+    let total: u64 = sizes.iter().map(|&(w, h)| u64::from(w) * u64::from(h)).sum();
+    assert!(sizes.len() == 50 && total <= 5 * max_pixels && total > 4 * max_pixels, "{total}");
     // JavaScript is never run: the page reads as any other.
     let js =
         text_pdf(&texts[..1], a4, None, "/OpenAction << /S /JavaScript /JS (app.alert\\(1\\); while\\(true\\){}) >>");
