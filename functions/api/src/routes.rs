@@ -488,11 +488,13 @@ async fn delete_job(
     let job = owned_job(&state, &caller, id).await?;
     if job.status != JobStatus::Deleted {
         state.ports.objects.delete(&job.object_key()).await?;
-        for format in Format::ALL {
-            state.ports.objects.delete(&ocr_core::job::output_key(&job.id, format.extension())).await?;
-        }
         state.ports.store.mark_deleted(&job.id, state.ports.clock.now_ms()).await?;
         tracing::info!(job_id = %job.id, "job deleted");
+    }
+    // Stored outputs after the mark: a result request storing one meanwhile then finds the job
+    // deleted and takes it back. Again on a repeated DELETE, in case this one failed here.
+    for format in Format::ALL {
+        state.ports.objects.delete(&ocr_core::job::output_key(&job.id, format.extension())).await?;
     }
     let job = state.ports.store.get(&job.id).await?.ok_or(ApiError::NotFound)?;
     Ok(axum::Json(JobView::new(&job)).into_response())
