@@ -1,5 +1,6 @@
 """A client that behaves like a phone: create a job, PUT the image to the presigned URL,
-then poll until the job ends. Prints progress, then each image's text and timings.
+then poll until the job ends. Prints progress, then each image's text and timings (and, for
+a PDF, the size of its searchable PDF).
 
 Usage: demo_client.py API_URL TOKEN IMAGE...   (stdlib only)
 """
@@ -51,7 +52,8 @@ def main():
         if status != 200:
             print(f"{path.name}: upload failed: HTTP {status}", file=sys.stderr)
             return 1
-        jobs.append({"file": path.name, "id": job["job_id"], "priority": priority, "started": started})
+        jobs.append({"file": path.name, "id": job["job_id"], "priority": priority, "started": started,
+                     "bytes": len(data), "pdf": ctype == "application/pdf"})
         print(f"uploaded {path.name} ({len(data)} bytes, {priority}) as job {job['job_id']}", file=sys.stderr)
 
     # Each job read with `?wait=20` (one request answered when the job ends), side by side.
@@ -97,6 +99,15 @@ def main():
                 print(f"--- page {p.get('page', 1)} ---")
             print(f"{len(p['lines'])} lines, {words} words; {p['width']}x{p['height']} px")
             print(p["text"])
+        if j["pdf"]:
+            # The searchable PDF of a PDF: the upload itself with the words added as invisible text.
+            status, body = call("GET", f"{api}/v1/jobs/{j['id']}/result?format=pdf", token)
+            if status == 200 and body.startswith(b"%PDF-"):
+                print(f"searchable PDF (?format=pdf): {len(body)} bytes, the upload's {j['bytes']} "
+                      f"and a text layer of {len(body) - j['bytes']}")
+            else:
+                print(f"searchable PDF (?format=pdf): HTTP {status}")
+                failed += 1
     return 1 if failed else 0
 
 
