@@ -32,6 +32,9 @@ pub enum LayerError {
     PageCount { pdf: usize, result: usize },
 }
 
+/// The text font's resource name on a page.
+const TEXT_FONT: &[u8] = b"OcrText";
+
 /// Most pages followed in the page tree: far past any `MAX_PAGES` (the worker refuses longer
 /// documents), while a hostile tree's cost stays bounded.
 const MAX_WALKED: usize = 10_000;
@@ -100,7 +103,6 @@ pub fn add_text_layer(original: &[u8], result: &OcrResult) -> Result<Vec<u8>, La
             continue;
         }
         let text = alloc();
-        let font_name = unused_name(&doc, &page.resources).map_err(unreadable)?;
         let contents = doc.contents(&page.dict)?;
         let [left, bottom, right, top] = page.shown;
         let (w, h) = if page.turns % 2 == 0 { (right - left, top - bottom) } else { (top - bottom, right - left) };
@@ -119,11 +121,11 @@ pub fn add_text_layer(original: &[u8], result: &OcrResult) -> Result<Vec<u8>, La
         }
         c.save_state().transform(to_user);
         let scale = [(w / f64::from(read.width.max(1))) as f32, (h / f64::from(read.height.max(1))) as f32];
-        crate::render::pdf::write_words(&mut c, Name(&font_name), read, scale, h as f32);
+        crate::render::pdf::write_words(&mut c, Name(TEXT_FONT), read, scale, h as f32);
         c.restore_state();
         let data = miniz_oxide::deflate::compress_to_vec_zlib(&c.finish(), 6);
         new.stream(text, &data).filter(Filter::FlateDecode);
-        changed.push((page, contents, text, font_name));
+        changed.push((page, contents, text));
     }
     if changed.is_empty() {
         return Ok(original.to_vec());
@@ -142,7 +144,7 @@ pub fn add_text_layer(original: &[u8], result: &OcrResult) -> Result<Vec<u8>, La
     out.extend_from_slice(&new[body_start..body_end]);
     let mut entries: Vec<(u32, u16, usize)> =
         offsets.iter().map(|(num, at)| (*num, 0, base + at - body_start)).collect();
-    for (page, contents, text, font_name) in changed {
+    for (page, contents, text) in changed {
         let mut dict: Vec<(Vec<u8>, Obj)> =
             page.dict.iter().filter(|(k, _)| k != b"Contents" && k != b"Resources").cloned().collect();
         let mut items = Vec::with_capacity(contents.len() + 2);
@@ -152,7 +154,7 @@ pub fn add_text_layer(original: &[u8], result: &OcrResult) -> Result<Vec<u8>, La
         }
         items.push(Obj::Ref(text.get() as u32, 0));
         dict.push((b"Contents".to_vec(), Obj::Array(items)));
-        dict.push((b"Resources".to_vec(), Obj::Dict(with_font(&doc, &page.resources, font_name, font))));
+        dict.push((b"Resources".to_vec(), Obj::Dict(with_font(&page.resources, font))));
         entries.push((page.num, page.generation, out.len()));
         out.extend_from_slice(format!("{} {} obj\n", page.num, page.generation).as_bytes());
         write(&mut out, &Obj::Dict(dict));
@@ -186,7 +188,7 @@ pub fn add_text_layer(original: &[u8], result: &OcrResult) -> Result<Vec<u8>, La
         entries.push((xref_num, 0, xref_at));
         let mut data = Vec::with_capacity(entries.len() * 7);
         let mut index = Vec::new();
-        for run in runs(&entries) {
+        for run in entries.chunk_by(consecutive) {
             index.extend([Obj::Int(i64::from(run[0].0)), Obj::Int(run.len() as i64)]);
             for (_, generation, at) in run {
                 data.push(1);
@@ -208,7 +210,7 @@ pub fn add_text_layer(original: &[u8], result: &OcrResult) -> Result<Vec<u8>, La
         out.extend_from_slice(b"\nendstream\nendobj\n");
     } else {
         out.extend_from_slice(b"xref\n");
-        for run in runs(&entries) {
+        for run in entries.chunk_by(consecutive) {
             out.extend_from_slice(format!("{} {}\n", run[0].0, run.len()).as_bytes());
             for (_, generation, at) in run {
                 out.extend_from_slice(format!("{at:010} {generation:05} n\r\n").as_bytes());
@@ -223,18 +225,9 @@ pub fn add_text_layer(original: &[u8], result: &OcrResult) -> Result<Vec<u8>, La
     Ok(out)
 }
 
-/// Runs of consecutive object numbers in `entries` (sorted), one cross-reference subsection
-/// each.
-fn runs(entries: &[(u32, u16, usize)]) -> Vec<&[(u32, u16, usize)]> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    for i in 1..=entries.len() {
-        if i == entries.len() || entries[i].0 != entries[i - 1].0 + 1 {
-            out.push(&entries[start..i]);
-            start = i;
-        }
-    }
-    out
+/// Whether two cross-reference entries (sorted) belong to one subsection: consecutive numbers.
+fn consecutive(a: &(u32, u16, usize), b: &(u32, u16, usize)) -> bool {
+    b.0 == a.0 + 1
 }
 
 /// The object offsets of a file `pdf_writer` wrote, from its cross-reference table, and where
@@ -247,34 +240,11 @@ fn written_offsets(pdf: &[u8]) -> Option<(Vec<(u32, usize)>, usize)> {
     Some((entries.into_iter().map(|(num, at)| (num, at as usize)).collect(), xref))
 }
 
-/// A resource name for the text font that the page's fonts do not use.
-fn unused_name(doc: &Doc<'_>, resources: &[(Vec<u8>, Obj)]) -> Result<Vec<u8>, Halt> {
-    let fonts = match get(resources, b"Font") {
-        Some(f) => doc.resolve(f, 0)?,
-        None => Obj::Null,
-    };
-    let taken = |name: &[u8]| matches!(&fonts, Obj::Dict(d) if get(d, name).is_some());
-    let mut name = b"OcrText".to_vec();
-    let mut k = 1;
-    while taken(&name) {
-        name = format!("OcrText{k}").into_bytes();
-        k += 1;
-    }
-    Ok(name)
-}
-
-/// The page's resources with the text font added to its fonts.
-fn with_font(doc: &Doc<'_>, resources: &[(Vec<u8>, Obj)], name: Vec<u8>, font: Ref) -> Vec<(Vec<u8>, Obj)> {
-    let mut fonts = match get(resources, b"Font") {
-        Some(f) => match doc.resolve(f, 0) {
-            Ok(Obj::Dict(d)) => d,
-            _ => Vec::new(),
-        },
-        None => Vec::new(),
-    };
-    fonts.push((name, Obj::Ref(font.get() as u32, 0)));
+/// The page's resources with the text font as its only font: only pages without fonts get a
+/// text layer (see [`Doc::has_text`]), so the name is free.
+fn with_font(resources: &[(Vec<u8>, Obj)], font: Ref) -> Vec<(Vec<u8>, Obj)> {
     let mut out: Vec<(Vec<u8>, Obj)> = resources.iter().filter(|(k, _)| k != b"Font").cloned().collect();
-    out.push((b"Font".to_vec(), Obj::Dict(fonts)));
+    out.push((b"Font".to_vec(), Obj::Dict(vec![(TEXT_FONT.to_vec(), Obj::Ref(font.get() as u32, 0))])));
     out
 }
 
