@@ -80,48 +80,29 @@ fn render_line(text: &str, font: &FontVec, background: u8) -> anyhow::Result<Vec
 /// A scanned document: one page per PNG, each its picture (uncompressed RGB) filling a page
 /// at 200 dpi, no text of its own, as a scanner writes a PDF.
 pub fn scanned_pdf(pngs: &[&[u8]]) -> anyhow::Result<Vec<u8>> {
-    let mut out = b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n".to_vec();
-    let mut offsets = Vec::new();
-    let mut object = |out: &mut Vec<u8>, num: usize, dict: String, data: Option<&[u8]>| {
-        offsets.push((num, out.len()));
-        out.extend_from_slice(format!("{num} 0 obj\n{dict}\n").as_bytes());
-        if let Some(data) = data {
-            out.extend_from_slice(b"stream\n");
-            out.extend_from_slice(data);
-            out.extend_from_slice(b"\nendstream\n");
-        }
-        out.extend_from_slice(b"endobj\n");
-    };
-    object(&mut out, 1, "<< /Type /Catalog /Pages 2 0 R >>".into(), None);
+    let mut w = ocr_core::fakes::PdfWriter::new();
+    w.obj(1, "<< /Type /Catalog /Pages 2 0 R >>");
     let kids: Vec<String> = (0..pngs.len()).map(|k| format!("{} 0 R", 3 + 3 * k)).collect();
-    object(&mut out, 2, format!("<< /Type /Pages /Kids [{}] /Count {} >>", kids.join(" "), pngs.len()), None);
+    w.obj(2, &format!("<< /Type /Pages /Kids [{}] /Count {} >>", kids.join(" "), pngs.len()));
     for (k, png) in pngs.iter().enumerate() {
         let img = image::load_from_memory(png)?.to_rgb8();
-        let (w, h) = (img.width() as f32 * 72.0 / 200.0, img.height() as f32 * 72.0 / 200.0);
-        let (page, picture, draw) = (3 + 3 * k, 4 + 3 * k, 5 + 3 * k);
-        let dict = format!(
-            "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 {w} {h}] /Resources << /XObject << /Scan {picture} 0 R >> >> /Contents {draw} 0 R >>"
+        let (w_pt, h_pt) = (img.width() as f32 * 72.0 / 200.0, img.height() as f32 * 72.0 / 200.0);
+        let (page, picture, draw) = (3 + 3 * k as u32, 4 + 3 * k as u32, 5 + 3 * k as u32);
+        w.obj(
+            page,
+            &format!(
+                "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 {w_pt} {h_pt}] /Resources << /XObject << /Scan {picture} 0 R >> >> /Contents {draw} 0 R >>"
+            ),
         );
-        object(&mut out, page, dict, None);
         let dict = format!(
-            "<< /Type /XObject /Subtype /Image /Width {} /Height {} /ColorSpace /DeviceRGB /BitsPerComponent 8 /Length {} >>",
+            "/Type /XObject /Subtype /Image /Width {} /Height {} /ColorSpace /DeviceRGB /BitsPerComponent 8",
             img.width(),
-            img.height(),
-            img.as_raw().len()
+            img.height()
         );
-        object(&mut out, picture, dict, Some(img.as_raw()));
-        let ops = format!("q {w} 0 0 {h} 0 0 cm /Scan Do Q");
-        object(&mut out, draw, format!("<< /Length {} >>", ops.len()), Some(ops.as_bytes()));
+        w.stream(picture, &dict, img.as_raw());
+        w.stream(draw, "", format!("q {w_pt} 0 0 {h_pt} 0 0 cm /Scan Do Q").as_bytes());
     }
-    let xref = out.len();
-    let size = 3 + 3 * pngs.len();
-    out.extend_from_slice(format!("xref\n0 {size}\n0000000000 65535 f \n").as_bytes());
-    offsets.sort();
-    for (_, at) in &offsets {
-        out.extend_from_slice(format!("{at:010} 00000 n \n").as_bytes());
-    }
-    out.extend_from_slice(format!("trailer\n<< /Size {size} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n").as_bytes());
-    Ok(out)
+    Ok(w.finish(1, ""))
 }
 
 #[cfg(test)]

@@ -1383,28 +1383,18 @@ async fn a_result_reads_in_every_format_for_its_caller_only() {
 /// A PDF of `pages` A4 pages that draw a line each and have no text, as a scanner's pages have
 /// none: the kind a text layer is added to.
 fn scanned_pdf_bytes(pages: usize) -> Vec<u8> {
-    let mut objects = vec!["<< /Type /Catalog /Pages 2 0 R >>".to_string()];
+    let mut w = ocr_core::fakes::PdfWriter::new();
+    w.obj(1, "<< /Type /Catalog /Pages 2 0 R >>");
     let kids: Vec<String> = (0..pages).map(|k| format!("{} 0 R", 3 + 2 * k)).collect();
-    objects.push(format!("<< /Type /Pages /Kids [{}] /Count {pages} >>", kids.join(" ")));
-    for k in 0..pages {
-        objects.push(format!("<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] /Contents {} 0 R >>", 4 + 2 * k));
-        let draw = "0 0 m 595 842 l S";
-        objects.push(format!("<< /Length {} >>\nstream\n{draw}\nendstream", draw.len()));
+    w.obj(2, &format!("<< /Type /Pages /Kids [{}] /Count {pages} >>", kids.join(" ")));
+    for k in 0..pages as u32 {
+        w.obj(
+            3 + 2 * k,
+            &format!("<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] /Contents {} 0 R >>", 4 + 2 * k),
+        );
+        w.stream(4 + 2 * k, "", b"0 0 m 595 842 l S");
     }
-    let mut out = b"%PDF-1.7\n".to_vec();
-    let mut offsets = Vec::new();
-    for (i, o) in objects.iter().enumerate() {
-        offsets.push(out.len());
-        out.extend_from_slice(format!("{} 0 obj\n{o}\nendobj\n", i + 1).as_bytes());
-    }
-    let xref = out.len();
-    out.extend_from_slice(format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).as_bytes());
-    for o in offsets {
-        out.extend_from_slice(format!("{o:010} 00000 n \n").as_bytes());
-    }
-    let trailer = format!("trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n", objects.len() + 1);
-    out.extend_from_slice(trailer.as_bytes());
-    out
+    w.finish(1, "")
 }
 
 /// A succeeded job of a PDF upload with `result`; returns its id.

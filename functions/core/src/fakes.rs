@@ -971,3 +971,76 @@ mod tests {
         assert!(slots.acquire("dave", job, 300, 100, 10, 10).await.unwrap_err().is_retryable());
     }
 }
+
+/// PDFs written by hand, object by object, for tests that need every structure under control
+/// (the upload check's reader, the text layer, documents for the engine and the pipeline).
+#[derive(Debug)]
+pub struct PdfWriter {
+    /// The file so far.
+    pub out: Vec<u8>,
+    /// Each object written: its number and offset, in the order written.
+    pub offsets: Vec<(u32, usize)>,
+}
+
+impl Default for PdfWriter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PdfWriter {
+    /// A PDF 1.7 header and nothing else.
+    pub fn new() -> Self {
+        PdfWriter { out: b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n".to_vec(), offsets: Vec::new() }
+    }
+
+    /// Object `num` (generation 0) with `body` as its value.
+    pub fn obj(&mut self, num: u32, body: &str) {
+        self.offsets.push((num, self.out.len()));
+        self.out.extend_from_slice(format!("{num} 0 obj\n{body}\nendobj\n").as_bytes());
+    }
+
+    /// Stream object `num`: `dict`'s entries and its `/Length`, then `data`.
+    pub fn stream(&mut self, num: u32, dict: &str, data: &[u8]) {
+        self.offsets.push((num, self.out.len()));
+        self.out.extend_from_slice(format!("{num} 0 obj\n<< {dict} /Length {} >>\nstream\n", data.len()).as_bytes());
+        self.out.extend_from_slice(data);
+        self.out.extend_from_slice(b"\nendstream\nendobj\n");
+    }
+
+    /// A page tree of `n` pages, objects 1 (catalog), 2 (tree) and 3.. (pages).
+    pub fn pages(&mut self, n: u32) {
+        self.obj(1, "<< /Type /Catalog /Pages 2 0 R >>");
+        let kids: Vec<String> = (0..n).map(|i| format!("{} 0 R", 3 + i)).collect();
+        self.obj(2, &format!("<< /Type /Pages /Kids [{}] /Count {n} >>", kids.join(" ")));
+        for i in 0..n {
+            self.obj(3 + i, "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] >>");
+        }
+    }
+
+    /// A classic table of the objects written since the `since`-th, `trailer` and the end;
+    /// returns where the table starts.
+    pub fn table(&mut self, since: usize, trailer: &str) -> usize {
+        let at = self.out.len();
+        let mut entries = self.offsets[since..].to_vec();
+        entries.sort();
+        let mut t = String::from("xref\n");
+        if since == 0 {
+            t += "0 1\n0000000000 65535 f \n";
+        }
+        for (num, off) in entries {
+            t += &format!("{num} 1\n{off:010} 00000 n \n");
+        }
+        t += &format!("trailer\n{trailer}\nstartxref\n{at}\n%%EOF\n");
+        self.out.extend_from_slice(t.as_bytes());
+        at
+    }
+
+    /// The whole file: a table of every object, and a trailer naming object `root` the catalog
+    /// with `extra` entries added.
+    pub fn finish(mut self, root: u32, extra: &str) -> Vec<u8> {
+        let size = self.offsets.iter().map(|o| o.0 + 1).max().unwrap_or(1);
+        self.table(0, &format!("<< /Size {size} /Root {root} 0 R {extra} >>"));
+        self.out
+    }
+}

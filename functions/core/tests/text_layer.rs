@@ -15,6 +15,7 @@
 use std::path::Path;
 use std::process::Command;
 
+use ocr_core::fakes::PdfWriter as Writer;
 use ocr_core::pdf::{LayerError, add_text_layer};
 use ocr_core::{OcrLine, OcrPage, OcrResult, OcrWord};
 
@@ -26,47 +27,6 @@ fn tools() -> bool {
         eprintln!("SKIPPED text layer checks: {msg}");
     }
     found
-}
-
-/// A PDF written by hand, object by object.
-struct Writer {
-    out: Vec<u8>,
-    offsets: Vec<(u32, usize)>,
-}
-
-impl Writer {
-    fn new() -> Self {
-        Writer { out: b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n".to_vec(), offsets: Vec::new() }
-    }
-
-    fn obj(&mut self, num: u32, body: &str) {
-        self.offsets.push((num, self.out.len()));
-        self.out.extend_from_slice(format!("{num} 0 obj\n{body}\nendobj\n").as_bytes());
-    }
-
-    fn stream(&mut self, num: u32, dict: &str, data: &[u8]) {
-        self.offsets.push((num, self.out.len()));
-        self.out.extend_from_slice(format!("{num} 0 obj\n<< {dict} /Length {} >>\nstream\n", data.len()).as_bytes());
-        self.out.extend_from_slice(data);
-        self.out.extend_from_slice(b"\nendstream\nendobj\n");
-    }
-
-    fn finish(mut self, root: u32) -> Vec<u8> {
-        self.offsets.sort();
-        let size = self.offsets.last().map_or(1, |o| o.0 + 1);
-        let at = self.out.len();
-        self.out.extend_from_slice(format!("xref\n0 {size}\n0000000000 65535 f\r\n").as_bytes());
-        for num in 1..size {
-            match self.offsets.iter().find(|o| o.0 == num) {
-                Some((_, off)) => self.out.extend_from_slice(format!("{off:010} 00000 n\r\n").as_bytes()),
-                None => self.out.extend_from_slice(b"0000000000 00000 f\r\n"),
-            }
-        }
-        self.out.extend_from_slice(
-            format!("trailer\n<< /Size {size} /Root {root} 0 R >>\nstartxref\n{at}\n%%EOF\n").as_bytes(),
-        );
-        self.out
-    }
 }
 
 /// A picture with something to see in every corner: a gradient and a dark square at the top
@@ -173,7 +133,7 @@ fn scanned(layouts: &[Layout], with_text: bool) -> Vec<u8> {
         ),
     );
     w.obj(2, &format!("<< /Type /Pages /Kids [{}] /Count {} >>", kids.join(" "), layouts.len()));
-    w.finish(1)
+    w.finish(1, "")
 }
 
 /// A result for the document as the worker reads it: a page of `px_w × px_h` pixels per page,
@@ -382,7 +342,7 @@ fn a_page_tree_that_leads_back_to_the_catalog_is_refused() {
     w.obj(1, "<< /Type /Catalog /Pages 1 0 R >>");
     w.obj(2, "<< /Type /Pages /Kids [3 0 R] /Count 1 >>");
     w.obj(3, "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] >>");
-    let pdf = w.finish(1);
+    let pdf = w.finish(1, "");
     let layout = Layout { media: [0.0, 0.0, 612.0, 792.0], crop: None, rotate: 0 };
     let refused = add_text_layer(&pdf, &result(&[layout]));
     assert!(

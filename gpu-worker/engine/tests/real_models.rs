@@ -544,22 +544,11 @@ fn every_page_of_a_tiff_reads() {
 /// A PDF from its objects (numbered from 1; object 1 is the catalog), with a correct
 /// cross-reference table and `trailer` added to the trailer dictionary.
 fn raw_pdf(objects: &[String], trailer: &str) -> Vec<u8> {
-    let mut out = b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n".to_vec();
-    let mut offsets = Vec::new();
+    let mut w = ocr_core::fakes::PdfWriter::new();
     for (i, o) in objects.iter().enumerate() {
-        offsets.push(out.len());
-        out.extend_from_slice(format!("{} 0 obj\n{o}\nendobj\n", i + 1).as_bytes());
+        w.obj(i as u32 + 1, o);
     }
-    let xref = out.len();
-    out.extend_from_slice(format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).as_bytes());
-    for o in offsets {
-        out.extend_from_slice(format!("{o:010} 00000 n \n").as_bytes());
-    }
-    out.extend_from_slice(
-        format!("trailer\n<< /Size {} /Root 1 0 R {trailer} >>\nstartxref\n{xref}\n%%EOF\n", objects.len() + 1)
-            .as_bytes(),
-    );
-    out
+    w.finish(1, trailer)
 }
 
 /// Pages of text in Helvetica: objects 1 catalog, 2 page tree, 3 font, then a page and its

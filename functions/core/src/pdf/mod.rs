@@ -1242,58 +1242,8 @@ mod tests {
     use super::*;
     use rand::{Rng, SeedableRng, rngs::StdRng};
 
-    /// Writes PDFs by hand, to control every structure the reader meets.
-    #[derive(Default)]
-    struct Writer {
-        out: Vec<u8>,
-        offsets: Vec<(u32, usize)>,
-    }
-
-    impl Writer {
-        fn new() -> Self {
-            Writer { out: b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n".to_vec(), offsets: Vec::new() }
-        }
-
-        fn obj(&mut self, num: u32, body: &str) {
-            self.offsets.push((num, self.out.len()));
-            self.out.extend_from_slice(format!("{num} 0 obj\n{body}\nendobj\n").as_bytes());
-        }
-
-        fn stream(&mut self, num: u32, dict: &str, data: &[u8]) {
-            self.offsets.push((num, self.out.len()));
-            self.out
-                .extend_from_slice(format!("{num} 0 obj\n<< {dict} /Length {} >>\nstream\n", data.len()).as_bytes());
-            self.out.extend_from_slice(data);
-            self.out.extend_from_slice(b"\nendstream\nendobj\n");
-        }
-
-        /// A page tree of `n` pages, objects 1 (catalog), 2 (tree) and 3.. (pages).
-        fn pages(&mut self, n: u32) {
-            self.obj(1, "<< /Type /Catalog /Pages 2 0 R >>");
-            let kids: Vec<String> = (0..n).map(|i| format!("{} 0 R", 3 + i)).collect();
-            self.obj(2, &format!("<< /Type /Pages /Kids [{}] /Count {n} >>", kids.join(" ")));
-            for i in 0..n {
-                self.obj(3 + i, "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] >>");
-            }
-        }
-
-        /// A classic table of the objects written since `since`, its trailer and the end.
-        fn table(&mut self, since: usize, trailer: &str) -> usize {
-            let at = self.out.len();
-            let mut entries = self.offsets[since..].to_vec();
-            entries.sort();
-            let mut t = String::from("xref\n");
-            if since == 0 {
-                t += "0 1\n0000000000 65535 f \n";
-            }
-            for (num, off) in entries {
-                t += &format!("{num} 1\n{off:010} 00000 n \n");
-            }
-            t += &format!("trailer\n{trailer}\nstartxref\n{at}\n%%EOF\n");
-            self.out.extend_from_slice(t.as_bytes());
-            at
-        }
-    }
+    // PDFs written by hand, to control every structure the reader meets.
+    use crate::fakes::PdfWriter as Writer;
 
     fn zlib(data: &[u8]) -> Vec<u8> {
         miniz_oxide::deflate::compress_to_vec_zlib(data, 6)
