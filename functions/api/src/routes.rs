@@ -341,26 +341,12 @@ async fn get_result(
         Format::Text => render::text(&result).into_bytes(),
         Format::Hocr => render::hocr(&result, &job.id.to_string()).into_bytes(),
         Format::Alto => render::alto(&result, &job.id.to_string()).into_bytes(),
-        Format::Pdf if job.content_type == ocr_core::ContentType::Pdf => {
-            // The upload itself with the words added as invisible text: its pages stay as they
-            // are (vector text and all), no renderer needed.
-            let upload = state.ports.objects.get(&job.object_key(), None).await?;
-            tokio::task::spawn_blocking(move || ocr_core::pdf::add_text_layer(&upload, &result))
-                .await
-                .map_err(|e| ApiError::Internal(format!("text layer task: {e}")))?
-                .map_err(|e| {
-                    ApiError::NoResult(format!(
-                        "no searchable PDF can be made of this upload: {e}; ask for hocr or alto"
-                    ))
-                })?
-        }
         Format::Pdf => {
             let upload = state.ports.objects.get(&job.object_key(), None).await?;
-            let sizes: Vec<(u32, u32)> = result.pages.iter().map(|p| (p.width, p.height)).collect();
-            let images = tokio::task::spawn_blocking(move || crate::page_image::page_images(&upload, &sizes))
+            let content_type = job.content_type;
+            tokio::task::spawn_blocking(move || searchable_pdf(&upload, &result, content_type))
                 .await
-                .map_err(|e| ApiError::Internal(format!("page image task: {e}")))??;
-            render::searchable_pdf(&result, &images, crate::page_image::PDF_DPI)
+                .map_err(|e| ApiError::Internal(format!("searchable PDF task: {e}")))??
         }
     };
     let disposition = format!("inline; filename=\"{name}\"");
@@ -369,6 +355,24 @@ async fn get_result(
     }
     Ok(([(header::CONTENT_TYPE, format.media_type().to_owned()), (header::CONTENT_DISPOSITION, disposition)], body)
         .into_response())
+}
+
+/// The searchable PDF of an upload. A PDF is itself with the words added as invisible text:
+/// its pages stay as they are (vector text and all), no renderer needed. An image is drawn
+/// under its text.
+fn searchable_pdf(
+    upload: &[u8],
+    result: &ocr_core::OcrResult,
+    content_type: ocr_core::ContentType,
+) -> Result<Vec<u8>, ApiError> {
+    if content_type == ocr_core::ContentType::Pdf {
+        return ocr_core::pdf::add_text_layer(upload, result).map_err(|e| {
+            ApiError::NoResult(format!("no searchable PDF can be made of this upload: {e}; ask for hocr or alto"))
+        });
+    }
+    let sizes: Vec<(u32, u32)> = result.pages.iter().map(|p| (p.width, p.height)).collect();
+    let images = crate::page_image::page_images(upload, &sizes)?;
+    Ok(render::searchable_pdf(result, &images, crate::page_image::PDF_DPI))
 }
 
 /// How long the URL an output too large to answer inline is redirected to stays valid.
