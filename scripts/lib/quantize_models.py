@@ -220,8 +220,8 @@ def quantize_one(kind: str, src: Path, dst: Path, mode: str, args) -> None:
         if mode == "dynamic":
             onnx.save(model, str(prepared))
             quantize_dynamic(str(prepared), str(dst), op_types_to_quantize=ops or ["Conv", "MatMul"],
-                             per_channel=args.per_channel, weight_type=wtype, nodes_to_exclude=excl,
-                             extra_options={"MatMulConstBOnly": True})
+                             per_channel=args.per_channel, reduce_range=args.reduce_range, weight_type=wtype,
+                             nodes_to_exclude=excl, extra_options={"MatMulConstBOnly": True})
         else:
             if model.opset_import[0].version < 13:
                 model = version_converter.convert_version(model, 13)
@@ -237,7 +237,7 @@ def quantize_one(kind: str, src: Path, dst: Path, mode: str, args) -> None:
             method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                       "entropy": CalibrationMethod.Entropy}[args.calib_method if kind == "rec" else "minmax"]
             common = dict(quant_format=QuantFormat.QDQ, op_types_to_quantize=ops, per_channel=args.per_channel,
-                          activation_type=QuantType.QUInt8, weight_type=wtype, nodes_to_exclude=excl,
+                          reduce_range=args.reduce_range, activation_type=QuantType.QUInt8, weight_type=wtype, nodes_to_exclude=excl,
                           calibrate_method=method, calibration_cache_path=str(cache),
                           extra_options={"MatMulConstBOnly": args.matmul_const_b_only})
             # Calibrate (writes the cache), round the ranges, quantize again from the rounded cache.
@@ -256,6 +256,8 @@ def main() -> int:
     ap.add_argument("--det", choices=["static", "dynamic", "copy"], default="static")
     ap.add_argument("--weight-type", choices=["qint8", "quint8"], default="qint8")
     ap.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=False,
+                    help="7-bit weights: no 16-bit saturation in x86 kernels without VNNI (AVX2, AVX-512F)")
     ap.add_argument("--rec-ops", default="Conv,MatMul",
                     help="recogniser op types to quantize (comma-separated, or all)")
     ap.add_argument("--det-ops", default="all", help="detector op types to quantize (comma-separated, or all)")

@@ -299,6 +299,7 @@ impl Engine {
     /// and reused by every call.
     pub fn load(model_dir: &Path, set: &str, session: &SessionSettings, mut opts: EngineOptions) -> Result<Self> {
         let m = Manifest::load(model_dir, set)?;
+        m.check_cpu(session.provider == crate::ort_backend::Provider::Cpu, crate::manifest::cpu_has_vnni())?;
         let load = |p: &PathBuf| -> Result<Arc<dyn Model>> { Ok(Arc::new(OrtModel::load(&m.path(p), session)?)) };
         // Recognition runs many independent batches: on CPU, one single-threaded session per
         // thread scales better than one session with several intra-op threads.
