@@ -299,7 +299,8 @@ impl Engine {
     /// and reused by every call.
     pub fn load(model_dir: &Path, set: &str, session: &SessionSettings, mut opts: EngineOptions) -> Result<Self> {
         let m = Manifest::load(model_dir, set)?;
-        m.check_cpu(session.provider == crate::ort_backend::Provider::Cpu, crate::manifest::cpu_has_vnni())?;
+        let cpu = session.provider == crate::ort_backend::Provider::Cpu;
+        m.check_cpu(cpu, crate::manifest::cpu_has_vnni())?;
         let load = |p: &PathBuf| -> Result<Arc<dyn Model>> { Ok(Arc::new(OrtModel::load(&m.path(p), session)?)) };
         // Recognition runs many independent batches: on CPU, one single-threaded session per
         // thread scales better than one session with several intra-op threads.
@@ -316,7 +317,6 @@ impl Engine {
             (_, n) => Arc::new(OrtModel::load_pool(&m.path(&m.rec.model), session, n, (threads / n).max(1))?),
         };
         let dict = load_dict(&m.path(&m.rec.dict))?;
-        let cpu = session.provider == crate::ort_backend::Provider::Cpu;
         // The classifiers run inside the detection stage, which holds one compute slot.
         let load_small = |p: &PathBuf| -> Result<Arc<dyn Model>> {
             if cpu { Ok(Arc::new(OrtModel::load_pool(&m.path(p), session, 1, 1)?)) } else { load(p) }
